@@ -1,0 +1,8 @@
+"""`neuraldiffeq demo NAME`: each demo is a module with `add_arguments(parser)` and `run(args)`.
+
+To add a demo, write the module and register it here; the CLI picks it up.
+"""
+
+DEMOS: dict[str, str] = {
+    "spiral": "neuraldiffeq.demos.spiral",
+}

@@ -1,0 +1,363 @@
+"""`fit`: the training loop. Strategies say what to minimise; `fit` minimises it, robustly."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from .strategies import PRESETS, AbstractStrategy
+
+#: consecutive non-finite steps after which `fit` gives up (default of `max_failures`).
+MAX_CONSECUTIVE_FAILURES = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a mixed training loop: minimise `strategy`'s loss with `optimizer`.
+
+    `steps_per_call` fuses that many optimizer steps into one compiled call (`lax.scan`), which
+    removes Python dispatch overhead on tiny models at the cost of coarser progress updates.
+
+    Example:
+        >>> import optax, neuraldiffeq as nde
+        >>> stage = nde.Stage(nde.Trajectory(), optax.adam(0.05), steps=300)
+    """
+
+    strategy: AbstractStrategy
+    optimizer: optax.GradientTransformation
+    steps: int
+    steps_per_call: int = 1
+
+
+@dataclasses.dataclass
+class StageReport:
+    name: str
+    steps: int
+    first_loss: float
+    final_loss: float
+    best_loss: float
+    skipped: int
+    compile_seconds: float
+    wall_seconds: float
+
+
+@dataclasses.dataclass
+class FitResult:
+    """What `fit` returns.
+
+    Attributes:
+        model: the model with the lowest loss seen in the last stage (each stage starts from the
+            previous stage's best).
+        losses: loss at every step, all stages concatenated (`np.ndarray`).
+        times: wall-clock seconds since the start of `fit` at every step (compilation included).
+        stages: a `StageReport` per stage that ran (steps, losses, skipped steps, timings).
+        skipped: total steps whose loss or gradient was not finite (their update was dropped).
+        interrupted: True if Ctrl-C ended the fit early; `model` is still the best so far.
+    """
+
+    model: Any
+    losses: np.ndarray
+    times: np.ndarray
+    stages: list[StageReport]
+    skipped: int
+    interrupted: bool
+
+    @property
+    def best_loss(self) -> float:
+        return self.stages[-1].best_loss if self.stages else float("nan")
+
+    def metrics(self) -> dict:
+        """A JSON-serialisable summary (for `metrics.json`)."""
+        return {
+            "final_loss": float(self.losses[-1]) if len(self.losses) else None,
+            "best_loss": self.best_loss,
+            "steps": int(len(self.losses)),
+            "skipped": self.skipped,
+            "interrupted": self.interrupted,
+            "wall_seconds": float(self.times[-1]) if len(self.times) else 0.0,
+            "stages": [dataclasses.asdict(s) for s in self.stages],
+        }
+
+
+class FitFailure(RuntimeError):
+    """The solver failed on too many consecutive steps; `.result` holds the best model so far."""
+
+    def __init__(self, message: str, result: FitResult):
+        super().__init__(message)
+        self.result = result
+
+
+def fit(
+    model: Any,
+    data: Any,
+    strategy: AbstractStrategy | Sequence[Stage] | str,
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    steps: int | None = None,
+    key: jax.Array | None = None,
+    callback: Callable[[int, float, Any], bool | None] | None = None,
+    progress: bool = True,
+    steps_per_call: int = 1,
+    max_failures: int = MAX_CONSECUTIVE_FAILURES,
+) -> FitResult:
+    """Fit `model` to `data` by minimising a strategy's loss over the model's float arrays.
+
+    Arguments:
+        model: any equinox module (e.g. `nde.NeuralODE`); all its floating-point arrays train.
+        data: what the strategy's `prepare` accepts (for time-series strategies an
+            `nde.TimeSeries` or a `(ts, ys)` pair).
+        strategy: a strategy (then give `optimizer` and `steps`), a list of `nde.Stage`s run in
+            order (mixed training), or the name of a preset in `PRESETS`.
+        optimizer: an optax optimizer (default `optax.adam(1e-2)`); `optax.lbfgs()` works too.
+        steps: number of optimizer steps (single-strategy form).
+        key: PRNG key for strategies that sample (minibatches, SDE paths); default key 0.
+        callback: `callback(step, loss, model)` after each compiled call; return True to stop.
+        progress: show a tqdm progress bar.
+        steps_per_call: fuse this many steps into one compiled call (single-strategy form).
+        max_failures: give up (raise `FitFailure`, holding the best model) after this many
+            consecutive steps with a non-finite loss or gradient. Isolated failures are skipped
+            and counted in `result.skipped`.
+
+    Ctrl-C stops the fit and returns the best model so far (`result.interrupted` is True).
+
+    Example:
+        >>> import equinox as eqx, jax, jax.numpy as jnp, optax, neuraldiffeq as nde
+        >>> data = nde.datasets.spiral()
+        >>> mlp = eqx.nn.MLP(2, 2, 50, 1, activation=jnp.tanh, key=jax.random.key(0))
+        >>> model = nde.NeuralODE(nde.autonomous(mlp, input_fn=lambda y: y**3))
+        >>> result = nde.fit(model, data, nde.Trajectory(), optimizer=optax.adam(0.05),
+        ...                  steps=5, progress=False)
+        >>> result.losses.shape
+        (5,)
+    """
+    stages = _as_stages(strategy, optimizer, steps, steps_per_call)
+    if not (isinstance(max_failures, int) and max_failures > 0):
+        raise ValueError(f"max_failures must be a positive integer, got {max_failures!r}.")
+    key = jax.random.key(0) if key is None else key
+    start = time.perf_counter()
+    losses: list[np.ndarray] = []
+    times: list[np.ndarray] = []
+    reports: list[StageReport] = []
+    interrupted = False
+    step_offset = 0
+
+    for index, stage in enumerate(stages):
+        key, stage_key = jax.random.split(key)
+        prepared = stage.strategy.prepare(data)
+        name = f"{index + 1}/{len(stages)} {type(stage.strategy).__name__}"
+        run = _StageRun(model, stage, prepared, stage_key)
+        with tqdm(total=stage.steps, desc=name, disable=not progress, leave=True) as bar:
+            try:
+                for values in run.calls():
+                    now = time.perf_counter() - start
+                    losses.append(values)
+                    times.append(np.full(values.shape, now))
+                    bar.update(len(values))
+                    bar.set_postfix(loss=f"{values[-1]:.4g}", best=f"{run.best_loss:.4g}",
+                                    skipped=run.skipped, refresh=False)
+                    if run.consecutive_failures >= max_failures:
+                        model = run.best_model()
+                        reports.append(run.report(name))
+                        raise FitFailure(_failure_message(stage, run), _result(
+                            model, losses, times, reports, interrupted))
+                    if callback is not None and callback(
+                        step_offset + run.steps_done, float(values[-1]), run.current_model()
+                    ):
+                        break
+            except KeyboardInterrupt:
+                interrupted = True
+        model = run.best_model()
+        reports.append(run.report(name))
+        step_offset += run.steps_done
+        if run.skipped:
+            warnings.warn(
+                f"stage {name}: {run.skipped} of {run.steps_done} steps had a non-finite loss or "
+                "gradient (solver failure) and were skipped.",
+                stacklevel=2,
+            )
+        if interrupted:
+            break
+    return _result(model, losses, times, reports, interrupted)
+
+
+class _StageRun:
+    """The compiled loop of one stage, with the best parameters tracked on device."""
+
+    def __init__(self, model, stage: Stage, prepared, key):
+        self.stage, self.prepared, self.key = stage, prepared, key
+        params, self.static = eqx.partition(model, eqx.is_inexact_array)
+        self.optimizer = optax.with_extra_args_support(stage.optimizer)
+        # Everything that changes from step to step lives on device, in one carry.
+        # The carry's types must equal the step's outputs, or the second call would recompile.
+        best_loss = jnp.array(jnp.inf, dtype=jnp.float32)
+        self.carry = (params, self.optimizer.init(params), params, best_loss, key)
+        self.best_loss = float("inf")
+        self.first_loss = float("nan")
+        self.last_loss = float("nan")
+        self.steps_done = self.skipped = self.consecutive_failures = 0
+        self.compile_seconds = 0.0
+        self.started = time.perf_counter()
+        self._compiled: dict[int, Any] = {}
+
+    def current_model(self):
+        return eqx.combine(self.carry[0], self.static)
+
+    def best_model(self):
+        return eqx.combine(self.carry[2], self.static)
+
+    def calls(self):
+        """Run the stage, yielding the losses of each compiled call."""
+        remaining = self.stage.steps
+        while remaining > 0:
+            n = min(self.stage.steps_per_call, remaining)
+            first = n not in self._compiled
+            if first:
+                # jax.jit's own dispatch is the fast path; its first call compiles.
+                self._compiled[n] = jax.jit(
+                    _make_steps(self.static, self.stage.strategy, self.optimizer, n))
+                t0 = time.perf_counter()
+            self.carry, out = self._compiled[n](self.carry, self.prepared)
+            out = np.asarray(out)  # one transfer: row 0 the losses, row 1 finiteness
+            values, finite = out[0], out[1].astype(bool)
+            if first:  # compilation plus one call of n steps
+                self.compile_seconds += time.perf_counter() - t0
+            self._record(values, finite)
+            remaining -= n
+            yield values
+
+    def _record(self, values, finite):
+        if self.steps_done == 0:
+            self.first_loss = float(values[0])
+        self.steps_done += len(values)
+        self.skipped += int(np.sum(~finite))
+        for ok in finite:
+            self.consecutive_failures = 0 if ok else self.consecutive_failures + 1
+        self.last_loss = float(values[-1])
+        if finite.any():  # mirrors the on-device rule: finite and strictly lower
+            self.best_loss = min(self.best_loss, float(np.min(values[finite])))
+
+    def report(self, name: str) -> StageReport:
+        return StageReport(
+            name=name,
+            steps=self.steps_done,
+            first_loss=self.first_loss,
+            final_loss=self.last_loss,
+            best_loss=self.best_loss,
+            skipped=self.skipped,
+            compile_seconds=self.compile_seconds,
+            wall_seconds=time.perf_counter() - self.started,
+        )
+
+
+def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int):
+    """A pure function running `n` optimizer steps (a `lax.scan` when n > 1)."""
+
+    def loss_of(params, prepared, key):
+        return strategy.loss(eqx.combine(params, static), prepared, key)
+
+    def one_step(carry, prepared):
+        params, opt_state, best_params, best_loss, key = carry
+        key, step_key = jax.random.split(key)
+        value, grads = jax.value_and_grad(loss_of)(params, prepared, step_key)
+        finite = jnp.isfinite(value) & _all_finite(grads)
+        updates, new_state = optimizer.update(
+            grads, opt_state, params, value=value, grad=grads,
+            value_fn=lambda p: loss_of(p, prepared, step_key),
+        )
+        new_params = optax.apply_updates(params, updates)
+        improved = finite & (value < best_loss)
+        best_params = _tree_where(improved, params, best_params)
+        best_loss = jnp.where(improved, value.astype(best_loss.dtype), best_loss)
+        # A failed solve (non-finite loss or gradient) leaves parameters and state untouched.
+        params = _tree_where(finite, new_params, params)
+        opt_state = _tree_where(finite, new_state, opt_state)
+        return (params, opt_state, best_params, best_loss, key), (value, finite)
+
+    def steps(carry, prepared):
+        if n == 1:  # no scan around a single step: less to trace and compile
+            carry, (value, finite) = one_step(carry, prepared)
+            value, finite = value[None], finite[None]
+        else:
+            carry, (value, finite) = jax.lax.scan(lambda c, _: one_step(c, prepared), carry,
+                                                  length=n)
+        return carry, jnp.stack([value, finite.astype(value.dtype)])
+
+    return steps
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _tree_where(pred, new, old):
+    return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def _as_stages(strategy, optimizer, steps, steps_per_call) -> list[Stage]:
+    if isinstance(strategy, str):
+        if strategy not in PRESETS:
+            raise ValueError(
+                f"unknown strategy preset {strategy!r}; presets: {sorted(PRESETS) or 'none'}. "
+                "Or pass a strategy such as nde.Trajectory() or a list of nde.Stage."
+            )
+        stages = PRESETS[strategy](optimizer=optimizer, steps=steps)
+    elif isinstance(strategy, AbstractStrategy):
+        if steps is None:
+            raise ValueError("steps is required when fitting with a single strategy.")
+        opt = optax.adam(1e-2) if optimizer is None else optimizer
+        stages = [Stage(strategy, opt, steps, steps_per_call)]
+    elif isinstance(strategy, Sequence) and strategy and all(isinstance(s, Stage) for s in strategy):
+        if optimizer is not None or steps is not None:
+            raise ValueError(
+                "with a list of nde.Stage, give each stage its own optimizer and steps; "
+                "do not pass optimizer= or steps= to fit."
+            )
+        stages = list(strategy)
+    else:
+        raise ValueError(
+            "strategy must be a strategy (e.g. nde.Trajectory()), a non-empty list of nde.Stage, "
+            f"or a preset name; got {strategy!r}."
+        )
+    for stage in stages:
+        if not isinstance(stage.strategy, AbstractStrategy):
+            raise ValueError(f"Stage.strategy must be a strategy, got {stage.strategy!r}.")
+        if not isinstance(stage.optimizer, optax.GradientTransformation):
+            raise ValueError(
+                f"optimizer must be an optax optimizer (e.g. optax.adam(0.01)), got {stage.optimizer!r}."
+            )
+        for name in ("steps", "steps_per_call"):
+            value = getattr(stage, name)
+            if not (isinstance(value, int | np.integer) and value > 0):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return stages
+
+
+def _failure_message(stage: Stage, run: _StageRun) -> str:
+    return (
+        f"{run.consecutive_failures} consecutive steps of {type(stage.strategy).__name__} had a "
+        "non-finite loss or gradient, so the solver is failing on this model. Try a stiff solver "
+        "(solver='kvaerno5'), looser tolerances or a larger max_steps, a smaller learning rate, "
+        "or a smaller initialisation of the network. The best model so far is in error.result."
+    )
+
+
+def _result(model, losses, times, reports, interrupted) -> FitResult:
+    return FitResult(
+        model=model,
+        losses=np.concatenate(losses) if losses else np.zeros(0),
+        times=np.concatenate(times) if times else np.zeros(0),
+        stages=reports,
+        skipped=sum(r.skipped for r in reports),
+        interrupted=interrupted,
+    )
