@@ -38,11 +38,19 @@ def cube(y):
 
 
 def bench_neuraldiffeq(data, sensitivity, steps, steps_per_call=1):
-    model = nde.NeuralODE(nde.autonomous(make_mlp(), cube), "tsit5", rtol=1e-3, atol=1e-6,
-                          sensitivity=sensitivity)
+    model = nde.NeuralODE(
+        nde.autonomous(make_mlp(), cube), "tsit5", rtol=1e-3, atol=1e-6, sensitivity=sensitivity
+    )
     t0 = time.perf_counter()
-    result = nde.fit(model, data, nde.Trajectory(), optimizer=optax.adam(0.05),
-                     steps=steps + steps_per_call, steps_per_call=steps_per_call, progress=False)
+    result = nde.fit(
+        model,
+        data,
+        nde.Trajectory(),
+        optimizer=optax.adam(0.05),
+        steps=steps + steps_per_call,
+        steps_per_call=steps_per_call,
+        progress=False,
+    )
     total = time.perf_counter() - t0
     compile_s = result.stages[0].compile_seconds
     # time of the steps after the first compiled call
@@ -66,7 +74,12 @@ def bench_raw_diffrax(data, steps):
     def step(field, state, ts, ys):
         def loss(field):
             sol = diffrax.diffeqsolve(
-                diffrax.ODETerm(field), diffrax.Tsit5(), ts[0], ts[-1], None, ys[0],
+                diffrax.ODETerm(field),
+                diffrax.Tsit5(),
+                ts[0],
+                ts[-1],
+                None,
+                ys[0],
                 saveat=diffrax.SaveAt(ts=ts),
                 stepsize_controller=diffrax.PIDController(rtol=1e-3, atol=1e-6),
             )
@@ -97,8 +110,9 @@ def bench_torchdiffeq(data, adjoint, steps):
     class Func(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.net = torch.nn.Sequential(torch.nn.Linear(2, 50), torch.nn.Tanh(),
-                                           torch.nn.Linear(50, 2))
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(2, 50), torch.nn.Tanh(), torch.nn.Linear(50, 2)
+            )
 
         def forward(self, t, y):
             return self.net(y**3)
@@ -138,30 +152,38 @@ def main():
         "raw diffrax (Tsit5, filter_jit loop)": lambda: bench_raw_diffrax(data, args.steps),
         "neuraldiffeq fit, Direct": lambda: bench_neuraldiffeq(data, nde.Direct(), args.steps),
         "neuraldiffeq fit, Direct, steps_per_call=10": lambda: bench_neuraldiffeq(
-            data, nde.Direct(), args.steps, 10),
-        "neuraldiffeq fit, Backsolve": lambda: bench_neuraldiffeq(data, nde.Backsolve(),
-                                                                  args.steps),
+            data, nde.Direct(), args.steps, 10
+        ),
+        "neuraldiffeq fit, Backsolve": lambda: bench_neuraldiffeq(
+            data, nde.Backsolve(), args.steps
+        ),
     }
     try:
         import torchdiffeq  # noqa: F401
 
-        contenders["torchdiffeq odeint (dopri5)"] = lambda: bench_torchdiffeq(data, False,
-                                                                              args.steps)
+        contenders["torchdiffeq odeint (dopri5)"] = lambda: bench_torchdiffeq(
+            data, False, args.steps
+        )
         contenders["torchdiffeq odeint_adjoint (dopri5)"] = lambda: bench_torchdiffeq(
-            data, True, args.steps)
+            data, True, args.steps
+        )
     except ImportError:
         print("torchdiffeq not installed (pip install '.[bench]'): skipping the PyTorch peers")
 
     results = {}
     for name, run in contenders.items():
         runs = [run() for _ in range(args.repeats)]
-        results[name] = (statistics.median(r[0] for r in runs),
-                         statistics.median(r[1] for r in runs))
+        results[name] = (
+            statistics.median(r[0] for r in runs),
+            statistics.median(r[1] for r in runs),
+        )
         print(f"  {name}: {results[name][0]:.3f} ms/step", flush=True)
 
     raw = results["raw diffrax (Tsit5, filter_jit loop)"][0]
-    print(f"\nmachine: {platform.processor() or platform.machine()}, jax {jax.__version__}, "
-          f"diffrax {diffrax.__version__}, median of {args.repeats} repeats, {args.steps} steps")
+    print(
+        f"\nmachine: {platform.processor() or platform.machine()}, jax {jax.__version__}, "
+        f"diffrax {diffrax.__version__}, median of {args.repeats} repeats, {args.steps} steps"
+    )
     print("| contender | ms/step | vs raw diffrax | first call / compile (s) |")
     print("|---|---|---|---|")
     for name, (ms, first) in results.items():

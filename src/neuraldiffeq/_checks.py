@@ -23,7 +23,9 @@ def check_times(ts, name: str = "ts") -> jax.Array:
     if is_concrete(ts):
         arr = np.asarray(ts)
         if arr.ndim != 1 or arr.shape[0] < 2:
-            raise ValueError(f"{name} must be a 1-D array of at least 2 times, got shape {arr.shape}.")
+            raise ValueError(
+                f"{name} must be a 1-D array of at least 2 times, got shape {arr.shape}."
+            )
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"{name} contains NaN or infinite values.")
         if not np.all(np.diff(arr) > 0):

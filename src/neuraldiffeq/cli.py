@@ -22,12 +22,21 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(sub)
         _add_common(sub)
         sub.set_defaults(handler=module.run)
+    from .commands import fit_csv
+
+    fit_cmd = commands.add_parser(
+        "fit", help="fit a neural ODE to a CSV file", description=fit_csv.__doc__
+    )
+    fit_csv.add_arguments(fit_cmd)
+    _add_common(fit_cmd)
+    fit_cmd.set_defaults(handler=fit_csv.run)
     return parser
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--no-progress", dest="progress", action="store_false",
-                        help="hide progress bars")
+    parser.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="hide progress bars"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

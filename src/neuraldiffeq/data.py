@@ -65,7 +65,9 @@ class TimeSeries(eqx.Module):
         else:
             mask_np = np.asarray(mask)
             if mask_np.shape != ys_np.shape:
-                raise ValueError(f"mask must have the shape of ys {ys_np.shape}, got {mask_np.shape}.")
+                raise ValueError(
+                    f"mask must have the shape of ys {ys_np.shape}, got {mask_np.shape}."
+                )
             mask_np = mask_np.astype(bool)
             if not np.all(np.isfinite(ys_np[mask_np])):
                 raise ValueError("ys has NaN or infinite values where mask says it is observed.")
@@ -114,7 +116,9 @@ class TimeSeries(eqx.Module):
             columns = [c for c in header if c != time]
         missing = [c for c in columns if c not in header]
         if missing:
-            raise ValueError(f"columns {missing} not found in {os.fspath(path)!r}; it has {header}.")
+            raise ValueError(
+                f"columns {missing} not found in {os.fspath(path)!r}; it has {header}."
+            )
         if not columns:
             raise ValueError(f"{os.fspath(path)!r} has no state columns besides {time!r}.")
 

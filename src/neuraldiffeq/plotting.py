@@ -44,10 +44,23 @@ def plot_fit(
         for d in range(dim):
             c = colors[d % len(colors)]
             first = b == 0
-            ax.plot(ts, ys[b, :, d], "o", color=c, ms=4, alpha=0.7,
-                    label=f"data {labels[d]}" if first else None)
-            ax.plot(pred_ts, pred_ys[b, :, d], "-", color=c, lw=1.8,
-                    label=f"model {labels[d]}" if first else None)
+            ax.plot(
+                ts,
+                ys[b, :, d],
+                "o",
+                color=c,
+                ms=4,
+                alpha=0.7,
+                label=f"data {labels[d]}" if first else None,
+            )
+            ax.plot(
+                pred_ts,
+                pred_ys[b, :, d],
+                "-",
+                color=c,
+                lw=1.8,
+                label=f"model {labels[d]}" if first else None,
+            )
     if holdout_from is not None:
         ax.axvline(holdout_from, color="gray", ls="--", lw=1)
         ax.text(holdout_from, ax.get_ylim()[1], " held out →", va="top", color="gray")

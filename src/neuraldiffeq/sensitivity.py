@@ -1,11 +1,16 @@
 """How gradients flow through a differential equation solve.
 
-| choice | method | memory | cost of a gradient | use when |
-|---|---|---|---|---|
-| `Direct()` | discrete adjoint: backpropagate through the solver's own steps, with recursive checkpointing (diffrax `RecursiveCheckpointAdjoint`) | O(log steps) checkpoints | ≈ 2–3 forward solves | the default; exact gradient of the computed solution |
-| `Backsolve()` | continuous adjoint: solve the adjoint ODE backwards alongside the state (diffrax `BacksolveAdjoint`) | O(1) in the number of steps | ≈ 2 forward solves, adaptive backwards | very long solves or deep ODE-Nets where memory is the limit; gradient is only as accurate as the tolerances (reverse solve of the state can drift on unstable systems) |
-| `Forward()` | forward sensitivities: one Jacobian–vector product per parameter (diffrax `ForwardMode`), contracted with the cotangent | O(parameters × outputs) | ≈ (parameters + states) forward solves | few parameters (mechanistic models, small UDEs); SciML's rule: states + parameters ≤ 100 |
-| `"auto"` | `Forward()` when states + parameters ≤ 100, otherwise `Direct()` | | | when unsure |
+- `Direct()`: discrete adjoint, backpropagating through the solver's own steps with recursive
+  checkpointing (diffrax `RecursiveCheckpointAdjoint`). Memory O(log steps); a gradient costs
+  about 2-3 forward solves; exact gradient of the computed solution. The default.
+- `Backsolve()`: continuous adjoint, the adjoint ODE solved backwards alongside the state (diffrax
+  `BacksolveAdjoint`). Memory O(1) in the number of steps; about 2 forward solves. For very long
+  solves or deep ODE-Nets where memory is the limit; the gradient is only as accurate as the
+  tolerances, and re-solving the state backwards can drift on unstable systems.
+- `Forward()`: forward sensitivities, one Jacobian-vector product per input (diffrax
+  `ForwardMode`), contracted with the cotangent. Memory O(parameters x outputs); cost about
+  (parameters + states) forward solves. For few parameters: mechanistic models, small UDEs.
+- `"auto"`: `Forward()` when states + parameters <= 100 (SciML's rule), otherwise `Direct()`.
 
 All of them work under `jax.grad`, so `fit` and user code never need to know which one is in use.
 

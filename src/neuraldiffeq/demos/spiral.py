@@ -41,8 +41,16 @@ def run(args: argparse.Namespace) -> dict:
     result = nde.fit(build_model(args.seed), data, stages, progress=args.progress)
     model = result.model
     dense_ts = jnp.linspace(data.ts[0], data.ts[-1], 200)
-    plot_fit(os.path.join(out, "fit.png"), data.ts, data.ys, dense_ts, model(dense_ts, data.ys[0]),
-             losses=result.losses, labels=["u1", "u2"], title="neural ODE fit to the spiral")
+    plot_fit(
+        os.path.join(out, "fit.png"),
+        data.ts,
+        data.ys,
+        dense_ts,
+        model(dense_ts, data.ys[0]),
+        losses=result.losses,
+        labels=["u1", "u2"],
+        title="neural ODE fit to the spiral",
+    )
     final = float(nde.Trajectory().loss(model, nde.Trajectory().prepare(data), None))
     metrics = {"demo": "spiral", "trajectory_loss": final, **result.metrics()}
     write_json(os.path.join(out, "metrics.json"), metrics)
@@ -50,5 +58,3 @@ def run(args: argparse.Namespace) -> dict:
     print(f"final trajectory loss (sum of squares over {len(data.ts)} points): {final:.5f}")
     print(f"wrote {out}/fit.png, {out}/metrics.json, {out}/model.eqx")
     return metrics
-
-

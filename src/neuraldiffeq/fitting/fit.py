@@ -125,8 +125,9 @@ def fit(
         progress: show a tqdm progress bar.
         steps_per_call: fuse this many steps into one compiled call (single-strategy form).
         max_failures: give up (raise `FitFailure`, holding the best model) after this many
-            consecutive steps with a non-finite loss or gradient. Isolated failures are skipped
-            and counted in `result.skipped`.
+            consecutive steps with a non-finite loss or gradient. A failed step's update is
+            dropped, the parameters step back halfway towards the last ones that solved, and the
+            step is counted in `result.skipped`.
 
     Ctrl-C stops the fit and returns the best model so far (`result.interrupted` is True).
 
@@ -163,13 +164,19 @@ def fit(
                     losses.append(values)
                     times.append(np.full(values.shape, now))
                     bar.update(len(values))
-                    bar.set_postfix(loss=f"{values[-1]:.4g}", best=f"{run.best_loss:.4g}",
-                                    skipped=run.skipped, refresh=False)
+                    bar.set_postfix(
+                        loss=f"{values[-1]:.4g}",
+                        best=f"{run.best_loss:.4g}",
+                        skipped=run.skipped,
+                        refresh=False,
+                    )
                     if run.consecutive_failures >= max_failures:
                         model = run.best_model()
                         reports.append(run.report(name))
-                        raise FitFailure(_failure_message(stage, run), _result(
-                            model, losses, times, reports, interrupted))
+                        raise FitFailure(
+                            _failure_message(stage, run),
+                            _result(model, losses, times, reports, interrupted),
+                        )
                     if callback is not None and callback(
                         step_offset + run.steps_done, float(values[-1]), run.current_model()
                     ):
@@ -200,7 +207,7 @@ class _StageRun:
         # Everything that changes from step to step lives on device, in one carry.
         # The carry's types must equal the step's outputs, or the second call would recompile.
         best_loss = jnp.array(jnp.inf, dtype=jnp.float32)
-        self.carry = (params, self.optimizer.init(params), params, best_loss, key)
+        self.carry = (params, self.optimizer.init(params), params, best_loss, key, params)
         self.best_loss = float("inf")
         self.first_loss = float("nan")
         self.last_loss = float("nan")
@@ -224,7 +231,8 @@ class _StageRun:
             if first:
                 # jax.jit's own dispatch is the fast path; its first call compiles.
                 self._compiled[n] = jax.jit(
-                    _make_steps(self.static, self.stage.strategy, self.optimizer, n))
+                    _make_steps(self.static, self.stage.strategy, self.optimizer, n)
+                )
                 t0 = time.perf_counter()
             self.carry, out = self._compiled[n](self.carry, self.prepared)
             out = np.asarray(out)  # one transfer: row 0 the losses, row 1 finiteness
@@ -266,30 +274,38 @@ def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int):
         return strategy.loss(eqx.combine(params, static), prepared, key)
 
     def one_step(carry, prepared):
-        params, opt_state, best_params, best_loss, key = carry
+        params, opt_state, best_params, best_loss, key, good_params = carry
         key, step_key = jax.random.split(key)
         value, grads = jax.value_and_grad(loss_of)(params, prepared, step_key)
         finite = jnp.isfinite(value) & _all_finite(grads)
         updates, new_state = optimizer.update(
-            grads, opt_state, params, value=value, grad=grads,
+            grads,
+            opt_state,
+            params,
+            value=value,
+            grad=grads,
             value_fn=lambda p: loss_of(p, prepared, step_key),
         )
-        new_params = optax.apply_updates(params, updates)
         improved = finite & (value < best_loss)
         best_params = _tree_where(improved, params, best_params)
         best_loss = jnp.where(improved, value.astype(best_loss.dtype), best_loss)
-        # A failed solve (non-finite loss or gradient) leaves parameters and state untouched.
-        params = _tree_where(finite, new_params, params)
+        # A failed solve (non-finite loss or gradient) drops the update and steps back halfway
+        # towards the last parameters that solved: retrying from the same point would fail
+        # forever when the parameters themselves (not a random draw) broke the solver.
+        halfway = jax.tree_util.tree_map(lambda p, g: g + 0.5 * (p - g), params, good_params)
+        good_params = _tree_where(finite, params, good_params)
+        params = _tree_where(finite, optax.apply_updates(params, updates), halfway)
         opt_state = _tree_where(finite, new_state, opt_state)
-        return (params, opt_state, best_params, best_loss, key), (value, finite)
+        return (params, opt_state, best_params, best_loss, key, good_params), (value, finite)
 
     def steps(carry, prepared):
         if n == 1:  # no scan around a single step: less to trace and compile
             carry, (value, finite) = one_step(carry, prepared)
             value, finite = value[None], finite[None]
         else:
-            carry, (value, finite) = jax.lax.scan(lambda c, _: one_step(c, prepared), carry,
-                                                  length=n)
+            carry, (value, finite) = jax.lax.scan(
+                lambda c, _: one_step(c, prepared), carry, length=n
+            )
         return carry, jnp.stack([value, finite.astype(value.dtype)])
 
     return steps
@@ -317,7 +333,9 @@ def _as_stages(strategy, optimizer, steps, steps_per_call) -> list[Stage]:
             raise ValueError("steps is required when fitting with a single strategy.")
         opt = optax.adam(1e-2) if optimizer is None else optimizer
         stages = [Stage(strategy, opt, steps, steps_per_call)]
-    elif isinstance(strategy, Sequence) and strategy and all(isinstance(s, Stage) for s in strategy):
+    elif (
+        isinstance(strategy, Sequence) and strategy and all(isinstance(s, Stage) for s in strategy)
+    ):
         if optimizer is not None or steps is not None:
             raise ValueError(
                 "with a list of nde.Stage, give each stage its own optimizer and steps; "
@@ -334,7 +352,8 @@ def _as_stages(strategy, optimizer, steps, steps_per_call) -> list[Stage]:
             raise ValueError(f"Stage.strategy must be a strategy, got {stage.strategy!r}.")
         if not isinstance(stage.optimizer, optax.GradientTransformation):
             raise ValueError(
-                f"optimizer must be an optax optimizer (e.g. optax.adam(0.01)), got {stage.optimizer!r}."
+                "optimizer must be an optax optimizer (e.g. optax.adam(0.01)), "
+                f"got {stage.optimizer!r}."
             )
         for name in ("steps", "steps_per_call"):
             value = getattr(stage, name)

@@ -110,7 +110,12 @@ class NeuralODE(eqx.Module):
             raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
         resolve_sensitivity(sensitivity, 0, 0)  # validates the choice now, resolves it later
         self.sensitivity = sensitivity
-        self.rtol, self.atol, self.dt0, self.max_steps = float(rtol), float(atol), dt0, int(max_steps)
+        self.rtol, self.atol, self.dt0, self.max_steps = (
+            float(rtol),
+            float(atol),
+            dt0,
+            int(max_steps),
+        )
 
     # -- public -----------------------------------------------------------------------------
 

@@ -27,6 +27,31 @@ ODE_SOLVERS: Mapping[str, Callable[[], diffrax.AbstractSolver]] = {
 }
 
 
+#: SDE solvers by their usual (torchsde / diffrax) names. Itô: "euler" (Euler–Maruyama),
+#: "milstein". Stratonovich: "euler_heun", "heun", "midpoint", "reversible_heun",
+#: "stratonovich_milstein". Stochastic Runge–Kutta (need space-time Lévy area, which `NeuralSDE`
+#: provides): "srk"/"general_shark" (general noise), "spark", "slow_rk" (commutative noise), and
+#: for additive noise "shark", "sra1", "sea".
+SDE_SOLVERS: Mapping[str, Callable[[], diffrax.AbstractSolver]] = {
+    "euler": diffrax.Euler,
+    "euler_maruyama": diffrax.Euler,
+    "milstein": diffrax.ItoMilstein,
+    "ito_milstein": diffrax.ItoMilstein,
+    "euler_heun": diffrax.EulerHeun,
+    "heun": diffrax.Heun,
+    "midpoint": diffrax.Midpoint,
+    "reversible_heun": diffrax.ReversibleHeun,
+    "stratonovich_milstein": diffrax.StratonovichMilstein,
+    "srk": diffrax.GeneralShARK,
+    "general_shark": diffrax.GeneralShARK,
+    "spark": diffrax.SPaRK,
+    "slow_rk": diffrax.SlowRK,
+    "shark": diffrax.ShARK,
+    "sra1": diffrax.SRA1,
+    "sea": diffrax.SEA,
+}
+
+
 def resolve_solver(
     solver: str | diffrax.AbstractSolver,
     table: Mapping[str, Callable[[], diffrax.AbstractSolver]] = ODE_SOLVERS,

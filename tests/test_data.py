@@ -1,0 +1,113 @@
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+import neuraldiffeq as nde
+
+
+def test_spiral_matches_independent_reference():
+    data = nde.datasets.spiral()
+    assert data.ts.shape == (30,) and data.ys.shape == (30, 2)
+    np.testing.assert_allclose(np.asarray(data.ts)[[0, -1]], [0.0, 1.5])
+    a = np.array([[-0.1, 2.0], [-2.0, -0.1]])
+    ref = solve_ivp(
+        lambda t, u: (u**3) @ a,
+        (0, 1.5),
+        [2.0, 0.0],
+        t_eval=np.asarray(data.ts),
+        rtol=1e-11,
+        atol=1e-12,
+        method="DOP853",
+    )
+    np.testing.assert_allclose(np.asarray(data.ys), ref.y.T, rtol=1e-5, atol=1e-6)
+
+
+def test_lotka_volterra_matches_independent_reference():
+    data = nde.datasets.lotka_volterra(n_points=40, t1=5.0)
+    al, be, de, ga = 1.5, 1.0, 3.0, 1.0
+    ref = solve_ivp(
+        lambda t, u: [al * u[0] - be * u[0] * u[1], de * u[0] * u[1] - ga * u[1]],
+        (0, 5.0),
+        [1.0, 1.0],
+        t_eval=np.asarray(data.ts),
+        rtol=1e-11,
+        atol=1e-12,
+        method="DOP853",
+    )
+    np.testing.assert_allclose(np.asarray(data.ys), ref.y.T, rtol=1e-5, atol=1e-6)
+
+
+def test_lynx_hare_bundled():
+    data = nde.datasets.lynx_hare()
+    assert data.ys.shape == (21, 2)
+    np.testing.assert_allclose(np.asarray(data.ts)[[0, -1]], [1900, 1920])
+    np.testing.assert_allclose(data.ys[0], [4.0, 30.0])
+
+
+@pytest.mark.parametrize(
+    "ts, ys, match",
+    [
+        ([0.0, 2.0, 1.0], np.zeros((3, 2)), "ts must be strictly increasing"),
+        ([0.0, 1.0, 1.0], np.zeros((3, 2)), "ts must be strictly increasing"),
+        ([0.0, np.nan, 1.0], np.zeros((3, 2)), "ts contains NaN"),
+        ([0.0], np.zeros((1, 2)), "at least 2 time points"),
+        ([[0.0, 1.0]], np.zeros((2, 2)), "ts must be one-dimensional"),
+        ([0.0, 1.0, 2.0], np.zeros((4, 2)), "ys has 4 time points"),
+        ([0.0, 1.0, 2.0], np.zeros(3), r"ys must have shape \(T, D\)"),
+        ([0.0, 1.0, 2.0], [[0.0], [np.nan], [1.0]], "ys contains NaN"),
+        ([0.0, 1.0], "abc", "ys must be an array of numbers"),
+    ],
+)
+def test_timeseries_rejects_bad_input(ts, ys, match):
+    with pytest.raises(ValueError, match=match):
+        nde.TimeSeries(ts, ys)
+
+
+def test_timeseries_mask_allows_missing_values():
+    ys = np.array([[1.0], [np.nan], [3.0]])
+    data = nde.TimeSeries([0.0, 1.0, 2.0], ys, mask=~np.isnan(ys))
+    assert np.all(np.isfinite(np.asarray(data.ys)))
+    assert data.mask.tolist() == [[True], [False], [True]]
+    with pytest.raises(ValueError, match="mask must have the shape"):
+        nde.TimeSeries([0.0, 1.0, 2.0], ys, mask=np.ones(3, bool))
+
+
+def test_batched_timeseries():
+    data = nde.TimeSeries(np.arange(4.0), np.zeros((3, 4, 2)))
+    assert data.batched and data.n_trajectories == 3 and data.dim == 2
+    assert nde.TimeSeries(np.arange(4.0), np.zeros((4, 2))).as_batch().ys.shape == (1, 4, 2)
+
+
+def test_from_csv_roundtrip_and_missing_cells(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("# comment line\ntime,a,b,label\n0,1.0,2.0,x\n0.5,,3.0,y\n1.0,2.0,4.0,z\n")
+    data = nde.TimeSeries.from_csv(path, time="time", columns=["a", "b"])
+    np.testing.assert_allclose(data.ts, [0, 0.5, 1.0])
+    assert data.mask[1].tolist() == [False, True]
+    np.testing.assert_allclose(data.ys[2], [2.0, 4.0])
+
+
+@pytest.mark.parametrize(
+    "text, kwargs, match",
+    [
+        ("t,a\n0,1\n1,x\n", {}, "column 'a' .* is not numeric: row 3 holds 'x'"),
+        ("t,a\n0,1\n0,2\n", {}, "strictly increasing"),
+        ("t,a\n0,1\n1,2\n", {"time": "time"}, "time column 'time' not found"),
+        ("t,a\n0,1\n1,2\n", {"columns": ["b"]}, r"columns \['b'\] not found"),
+        ("t,a\n", {}, "header row and at least one data row"),
+    ],
+)
+def test_from_csv_rejects_bad_files(tmp_path, text, kwargs, match):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        nde.TimeSeries.from_csv(path, **kwargs)
+
+
+def test_from_csv_unreadable(tmp_path):
+    with pytest.raises(ValueError, match="cannot read CSV file"):
+        nde.TimeSeries.from_csv(tmp_path / "missing.csv")
+    binary = tmp_path / "bin.csv"
+    binary.write_bytes(b"\xff\xfe\x00\x81" * 10)
+    with pytest.raises(ValueError, match="cannot read CSV file|header row"):
+        nde.TimeSeries.from_csv(binary)

@@ -1,0 +1,230 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import neuraldiffeq as nde
+
+
+class Quadratic(nde.AbstractStrategy):
+    """loss = ||w - target||^2; NaN on steps whose key says so (a simulated solver failure)."""
+
+    fail_rate: float = 0.0
+
+    def prepare(self, data):
+        return jnp.asarray(data)
+
+    def loss(self, model, target, key):
+        value = jnp.sum((model.w - target) ** 2)
+        fail = jax.random.uniform(key) < self.fail_rate
+        return jnp.where(fail, jnp.nan, value)
+
+
+class Params(eqx.Module):
+    w: jax.Array
+
+
+TARGET = jnp.array([1.0, -2.0, 3.0])
+
+
+def test_custom_strategy_plugs_in_and_converges():
+    result = nde.fit(
+        Params(jnp.zeros(3)),
+        TARGET,
+        Quadratic(),
+        optimizer=optax.adam(0.1),
+        steps=300,
+        progress=False,
+    )
+    np.testing.assert_allclose(result.model.w, TARGET, atol=1e-2)
+    assert result.losses.shape == (300,) and result.times.shape == (300,)
+    assert np.all(np.diff(result.times) >= 0)
+    assert result.losses[-1] < 1e-3 * result.losses[0]
+
+
+def test_lbfgs_solves_a_quadratic_in_a_few_steps():
+    result = nde.fit(
+        Params(jnp.zeros(3)), TARGET, Quadratic(), optimizer=optax.lbfgs(), steps=10, progress=False
+    )
+    np.testing.assert_allclose(result.model.w, TARGET, atol=1e-4)
+
+
+def test_fused_steps_give_the_same_trajectory():
+    kwargs = dict(optimizer=optax.adam(0.1), steps=23, progress=False)
+    one = nde.fit(Params(jnp.zeros(3)), TARGET, Quadratic(fail_rate=0.2), **kwargs)
+    fused = nde.fit(
+        Params(jnp.zeros(3)), TARGET, Quadratic(fail_rate=0.2), steps_per_call=5, **kwargs
+    )
+    np.testing.assert_allclose(one.losses, fused.losses, rtol=1e-6)
+    np.testing.assert_allclose(one.model.w, fused.model.w, rtol=1e-6)
+    assert one.skipped == fused.skipped
+
+
+def test_failed_steps_are_skipped_and_counted():
+    with pytest.warns(UserWarning, match="non-finite loss or gradient"):
+        result = nde.fit(
+            Params(jnp.zeros(3)),
+            TARGET,
+            Quadratic(fail_rate=0.3),
+            optimizer=optax.adam(0.1),
+            steps=200,
+            progress=False,
+        )
+    n_nan = int(np.sum(~np.isfinite(result.losses)))
+    assert result.skipped == n_nan and 30 < n_nan < 100
+    assert np.all(np.isfinite(np.asarray(result.model.w)))
+    np.testing.assert_allclose(result.model.w, TARGET, atol=0.05)
+
+
+def test_persistent_failure_raises_with_best_model():
+    with pytest.raises(nde.FitFailure, match="consecutive steps .*kvaerno5") as info:
+        nde.fit(
+            Params(jnp.zeros(3)),
+            TARGET,
+            Quadratic(fail_rate=1.0),
+            optimizer=optax.adam(0.1),
+            steps=100,
+            max_failures=10,
+            progress=False,
+        )
+    assert info.value.result.skipped == 10
+    np.testing.assert_allclose(info.value.result.model.w, 0.0)
+
+
+def test_solver_failure_inside_an_ode_fit_is_skipped():
+    # y' = w y^2, y(0) = 1 blows up at t = 1/w. The data are from w = 0.9 on [0, 1]; starting
+    # from w = 0.3, Adam overshoots w past 1, where the solve fails (max_steps), and the fit must
+    # back off (halfway towards the last parameters that solved) and go on.
+    class Blowup(eqx.Module):
+        w: jax.Array
+
+        def __call__(self, t, y, args):
+            return self.w * y**2
+
+    ts = jnp.linspace(0.0, 1.0, 10)
+    data = nde.TimeSeries(ts, (1.0 / (1.0 - 0.9 * ts))[:, None])
+    model = nde.NeuralODE(Blowup(jnp.array(0.3)), max_steps=64, sensitivity=nde.Direct())
+    with pytest.warns(UserWarning, match="skipped"):
+        result = nde.fit(
+            model, data, nde.Trajectory(), optimizer=optax.adam(0.3), steps=150, progress=False
+        )
+    assert result.skipped > 0
+    assert np.isinf(result.losses).any() and np.isfinite(result.losses[-1])  # it recovered
+    assert result.best_loss < 2.0 and abs(float(result.model.field.w) - 0.9) < 0.03
+
+
+def test_ctrl_c_returns_best_model_so_far():
+    seen = []
+
+    def interrupt(step, loss, model):
+        seen.append(loss)
+        if step == 20:
+            raise KeyboardInterrupt
+
+    result = nde.fit(
+        Params(jnp.zeros(3)),
+        TARGET,
+        Quadratic(),
+        optimizer=optax.adam(0.1),
+        steps=1000,
+        callback=interrupt,
+        progress=False,
+    )
+    assert result.interrupted and len(result.losses) == 20
+    best = float(jnp.sum((result.model.w - TARGET) ** 2))
+    assert best <= min(seen) + 1e-6  # the best model is at least as good as any logged loss
+
+
+def test_callback_can_stop_early():
+    result = nde.fit(
+        Params(jnp.zeros(3)),
+        TARGET,
+        Quadratic(),
+        optimizer=optax.adam(0.1),
+        steps=1000,
+        callback=lambda step, loss, model: step >= 7,
+        progress=False,
+    )
+    assert len(result.losses) == 7 and not result.interrupted
+
+
+def test_stages_run_in_order_and_chain():
+    stages = [nde.Stage(Quadratic(), optax.sgd(0.01), 5), nde.Stage(Quadratic(), optax.lbfgs(), 5)]
+    result = nde.fit(Params(jnp.zeros(3)), TARGET, stages, progress=False)
+    assert [s.steps for s in result.stages] == [5, 5]
+    assert result.stages[1].first_loss <= result.stages[0].best_loss + 1e-6
+    np.testing.assert_allclose(result.model.w, TARGET, atol=1e-4)
+    assert result.metrics()["steps"] == 10
+
+
+def test_trajectory_loss_batches_and_masks():
+    model = nde.NeuralODE(lambda t, y, args: -y, rtol=1e-7, atol=1e-7)
+    ts = jnp.linspace(0.0, 1.0, 6)
+    y0s = jnp.array([[1.0], [2.0]])
+    exact = y0s[:, None, :] * jnp.exp(-ts)[None, :, None]
+    noisy = exact.at[:, 3].add(0.5)
+    strategy = nde.Trajectory()
+    key = jax.random.key(0)
+    loss = strategy.loss(model, strategy.prepare(nde.TimeSeries(ts, noisy)), key)
+    np.testing.assert_allclose(loss, 2 * 0.25, rtol=1e-3)
+    mask = np.ones(noisy.shape, bool)
+    mask[:, 3] = False
+    masked = strategy.loss(model, strategy.prepare(nde.TimeSeries(ts, noisy, mask)), key)
+    assert float(masked) < 1e-6
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(strategy=nde.Trajectory(), steps=0), "steps must be a positive integer"),
+        (dict(strategy=nde.Trajectory()), "steps is required"),
+        (dict(strategy=nde.Trajectory(), steps=5, optimizer="adam"), "optax optimizer"),
+        (dict(strategy="magic"), "unknown strategy preset 'magic'"),
+        (dict(strategy=[]), "strategy must be"),
+        (
+            dict(strategy=[nde.Stage(nde.Trajectory(), optax.adam(0.1), 3)], steps=4),
+            "give each stage its own",
+        ),
+        (dict(strategy=nde.Trajectory(), steps=3, max_failures=0), "max_failures"),
+    ],
+)
+def test_fit_rejects_bad_arguments(kwargs, match):
+    model = nde.NeuralODE(lambda t, y, args: -y)
+    with pytest.raises(ValueError, match=match):
+        nde.fit(model, nde.datasets.spiral(), progress=False, **kwargs)
+
+
+def test_fit_rejects_bad_data():
+    model = nde.NeuralODE(lambda t, y, args: -y)
+    with pytest.raises(ValueError, match="data must be an nde.TimeSeries"):
+        nde.fit(model, "data.csv", nde.Trajectory(), steps=3, progress=False)
+    with pytest.raises(ValueError, match="ts must be strictly increasing"):
+        nde.fit(
+            model, ([0.0, 1.0, 0.5], np.zeros((3, 1))), nde.Trajectory(), steps=3, progress=False
+        )
+
+
+def cube(y):
+    return y**3
+
+
+def test_spiral_fit_reaches_tutorial_loss():
+    """The DiffEqFlux tutorial: MLP 2-50-2 on u**3, Adam(0.05) x 300, then L-BFGS x 100."""
+    data = nde.datasets.spiral()
+    mlp = eqx.nn.MLP(2, 2, 50, 1, activation=jnp.tanh, key=jax.random.key(0))
+    model = nde.NeuralODE(nde.autonomous(mlp, input_fn=cube), "tsit5", rtol=1e-3, atol=1e-6)
+    result = nde.fit(
+        model,
+        data,
+        [
+            nde.Stage(nde.Trajectory(), optax.adam(0.05), 300),
+            nde.Stage(nde.Trajectory(), optax.lbfgs(), 100),
+        ],
+        progress=False,
+    )
+    strategy = nde.Trajectory()
+    final = float(strategy.loss(result.model, strategy.prepare(data), None))
+    assert final < 0.05, final
+    assert result.skipped == 0

@@ -1,0 +1,157 @@
+import equinox as eqx
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.linalg import expm
+
+import neuraldiffeq as nde
+
+A = np.array([[-0.1, 2.0], [-2.0, -0.1]])
+
+
+def linear(t, y, args):
+    return jnp.asarray(A, y.dtype) @ y
+
+
+@pytest.mark.parametrize(
+    "solver, kwargs, tol",
+    [
+        ("tsit5", {}, 1e-6),
+        ("dopri5", {}, 1e-6),
+        ("dopri8", {}, 1e-6),
+        ("bosh3", {}, 1e-5),
+        ("kvaerno5", {}, 1e-5),
+        ("euler", {"dt0": 1e-3}, 5e-3),
+    ],
+)
+def test_solvers_match_matrix_exponential(solver, kwargs, tol):
+    with jax.enable_x64(True):
+        ts = jnp.linspace(0.0, 2.0, 9)
+        y0 = jnp.array([1.0, 0.5])
+        model = nde.NeuralODE(linear, solver, rtol=1e-9, atol=1e-9, **kwargs)
+        ys = np.asarray(model(ts, y0))
+    exact = np.stack([expm(A * t) @ np.array([1.0, 0.5]) for t in np.asarray(ts)])
+    np.testing.assert_allclose(ys, exact, atol=tol, rtol=0)
+
+
+class Field(eqx.Module):
+    """A non-trivial field: an MLP of (y, y**3) plus a learnable linear part."""
+
+    mlp: eqx.nn.MLP
+    a: jax.Array
+
+    def __call__(self, t, y, args):
+        return self.mlp(jnp.concatenate([y, y**3])) + self.a @ y * jnp.cos(t)
+
+
+def central_difference(f, h=1e-3):
+    """Fourth-order central difference of f at 0. A wide step keeps the adaptive solver's
+    tolerance-sized jumps (step counts changing with the parameters) far below the tolerance."""
+    return (8 * (f(h) - f(-h)) - (f(2 * h) - f(-2 * h))) / (12 * h)
+
+
+def _loss(model, y0, ts, weights):
+    return jnp.sum(weights * model(ts, y0) ** 2)
+
+
+@pytest.mark.parametrize(
+    "sensitivity, rtol_solver, tol",
+    [(nde.Direct(), 1e-12, 1e-6), (nde.Forward(), 1e-12, 1e-6), (nde.Backsolve(), 1e-10, 1e-4)],
+)
+def test_gradients_match_finite_differences(sensitivity, rtol_solver, tol):
+    with jax.enable_x64(True):
+        key1, key2, key3, key4 = jax.random.split(jax.random.key(0), 4)
+        mlp = eqx.nn.MLP(4, 2, 8, 1, activation=jnp.tanh, key=key1)
+        field = Field(mlp, 0.3 * jax.random.normal(key2, (2, 2)))
+        field = jax.tree_util.tree_map(
+            lambda x: x.astype(jnp.float64) if eqx.is_inexact_array(x) else x, field
+        )
+        model = nde.NeuralODE(
+            field, "dopri8", rtol=rtol_solver, atol=rtol_solver, sensitivity=sensitivity
+        )
+        ts = jnp.linspace(0.0, 1.5, 7)
+        y0 = jnp.array([1.0, -0.5])
+        weights = jax.random.uniform(key3, (7, 2))
+        grad_model, grad_y0 = eqx.filter_jit(eqx.filter_grad(lambda my: _loss(*my, ts, weights)))(
+            (model, y0)
+        )
+
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+        flat, unravel = jax.flatten_util.ravel_pytree(params)
+        g_flat, _ = jax.flatten_util.ravel_pytree(eqx.filter(grad_model, eqx.is_inexact_array))
+        direction = jax.random.normal(key4, flat.shape)
+        direction = direction / jnp.linalg.norm(direction)
+
+        def along(eps):
+            return _loss(eqx.combine(unravel(flat + eps * direction), static), y0, ts, weights)
+
+        fd = central_difference(along)
+        assert abs(fd - g_flat @ direction) <= tol * abs(fd), (fd, g_flat @ direction)
+
+        for i in range(2):
+            unit = jnp.zeros(2).at[i].set(1.0)
+            fd_y0 = central_difference(lambda e, u=unit: _loss(model, y0 + e * u, ts, weights))
+            assert abs(fd_y0 - grad_y0[i]) <= tol * max(abs(fd_y0), 1e-3), (fd_y0, grad_y0[i])
+
+
+def test_auto_sensitivity_follows_sciml_rule():
+    assert isinstance(nde.resolve_sensitivity("auto", 2, 50), nde.Forward)
+    assert isinstance(nde.resolve_sensitivity("auto", 2, 252), nde.Direct)
+    assert isinstance(nde.resolve_sensitivity("backsolve", 2, 5), nde.Backsolve)
+
+
+def test_autonomous_and_batching_by_vmap():
+    mlp = eqx.nn.MLP(2, 2, 16, 1, activation=jnp.tanh, key=jax.random.key(0))
+    model = nde.NeuralODE(nde.autonomous(mlp, input_fn=lambda y: y**3))
+    ts = jnp.linspace(0, 1, 5)
+    y0s = jnp.array([[1.0, 0.0], [0.5, 0.5], [0.0, 1.0]])
+    batch = jax.vmap(lambda y0: model(ts, y0))(y0s)
+    assert batch.shape == (3, 5, 2)
+    np.testing.assert_allclose(batch[1], model(ts, y0s[1]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batch[:, 0], y0s)
+
+
+def test_solve_exposes_statistics():
+    model = nde.NeuralODE(linear, "tsit5", rtol=1e-8, atol=1e-8)
+    sol = model.solve(jnp.linspace(0.0, 2.0, 5), jnp.array([1.0, 0.0]))
+    assert int(sol.stats["num_steps"]) > 5
+    assert sol.ys.shape == (5, 2)
+
+
+def test_solver_failure_gives_inf_not_an_exception():
+    model = nde.NeuralODE(linear, "tsit5", rtol=1e-10, atol=1e-10, max_steps=3)
+    ys = model(jnp.linspace(0.0, 2.0, 5), jnp.array([1.0, 0.0]))
+    assert not np.all(np.isfinite(np.asarray(ys)))
+    with pytest.raises(Exception, match="max_steps|maximum number of solver steps"):
+        model.solve(jnp.linspace(0.0, 2.0, 5), jnp.array([1.0, 0.0]), throw=True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"solver": "tsit6"}, "unknown solver 'tsit6'. Did you mean 'tsit5'.*Valid names: "),
+        ({"solver": "euler"}, "pass dt0"),
+        ({"rtol": -1.0}, "rtol must be a positive"),
+        ({"atol": float("nan")}, "atol must be a positive"),
+        ({"max_steps": 0}, "max_steps must be a positive integer"),
+        ({"sensitivity": "adjoint"}, "unknown sensitivity 'adjoint'"),
+        ({"solver": 3}, "solver must be a solver name"),
+    ],
+)
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        nde.NeuralODE(linear, **kwargs)
+
+
+def test_bad_call_arguments():
+    model = nde.NeuralODE(linear)
+    with pytest.raises(ValueError, match="ts must be strictly increasing"):
+        model(jnp.array([0.0, 1.0, 0.5]), jnp.ones(2))
+    with pytest.raises(ValueError, match="ts must be a 1-D array of at least 2 times"):
+        model(jnp.array([0.0]), jnp.ones(2))
+    with pytest.raises(ValueError, match="field must be callable"):
+        nde.NeuralODE("not a function")
+    with pytest.raises(ValueError, match="net must be callable"):
+        nde.autonomous(3)
