@@ -3,4 +3,4 @@ import os
 import matplotlib
 
 matplotlib.use("Agg")
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+os.environ.setdefault("NEURALDIFFEQ_CACHE_DIR", "")  # tests stay hermetic: no persistent XLA cache

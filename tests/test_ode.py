@@ -58,7 +58,14 @@ def _loss(model, y0, ts, weights):
 
 @pytest.mark.parametrize(
     "sensitivity, rtol_solver, tol",
-    [(nde.Direct(), 1e-12, 1e-6), (nde.Forward(), 1e-12, 1e-6), (nde.Backsolve(), 1e-10, 1e-4)],
+    [
+        (nde.Direct(), 1e-12, 1e-6),
+        (nde.Forward(), 1e-12, 1e-6),
+        (nde.Backsolve(), 1e-10, 1e-4),
+        (nde.Interpolating(), 1e-10, 1e-4),
+        (nde.Quadrature(), 1e-10, 1e-4),
+    ],
+    ids=["direct", "forward", "backsolve", "interpolating", "quadrature"],
 )
 def test_gradients_match_finite_differences(sensitivity, rtol_solver, tol):
     with jax.enable_x64(True):
@@ -94,6 +101,21 @@ def test_gradients_match_finite_differences(sensitivity, rtol_solver, tol):
             unit = jnp.zeros(2).at[i].set(1.0)
             fd_y0 = central_difference(lambda e, u=unit: _loss(model, y0 + e * u, ts, weights))
             assert abs(fd_y0 - grad_y0[i]) <= tol * max(abs(fd_y0), 1e-3), (fd_y0, grad_y0[i])
+
+
+@pytest.mark.parametrize(
+    "sensitivity",
+    [nde.Direct(), nde.Forward(), nde.Backsolve(), nde.Interpolating(), nde.Quadrature()],
+    ids=["direct", "forward", "backsolve", "interpolating", "quadrature"],
+)
+def test_gradient_wrt_args_and_python_floats(sensitivity):
+    # y' = a y: y(t) = e^{a t}; d/da sum_i y(t_i) = sum_i t_i e^{a t_i}.
+    model = nde.NeuralODE(lambda t, y, a: a * y, rtol=1e-7, atol=1e-7, sensitivity=sensitivity)
+    ts = jnp.array([0.0, 0.5, 1.0, 2.0])
+    exact = float(jnp.sum(ts * jnp.exp(-ts)))
+    for a in (-1.0, jnp.array(-1.0)):  # a weakly typed Python float must not lose its gradient
+        grad = jax.grad(lambda a: model(ts, jnp.ones(1), a).sum())(a)
+        assert abs(float(grad) - exact) < 1e-4, (type(a), float(grad), exact)
 
 
 def test_auto_sensitivity_follows_sciml_rule():

@@ -40,3 +40,19 @@ def count_params(tree) -> int:
     """Number of trainable (floating-point array) entries in a pytree."""
     leaves = jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))
     return int(sum(leaf.size for leaf in leaves))
+
+
+def strong_floats(tree):
+    """Floating arrays (and Python floats) as strongly typed arrays.
+
+    Weakly typed scalars (e.g. a Python float traced by `jax.grad`) are not seen as
+    differentiable by `eqx.filter_custom_vjp`, which would silently give a zero gradient.
+    """
+
+    def strong(x):
+        if isinstance(x, float) or (eqx.is_inexact_array(x)):
+            x = jnp.asarray(x)
+            return jnp.asarray(x, dtype=x.dtype)
+        return x
+
+    return jax.tree_util.tree_map(strong, tree)

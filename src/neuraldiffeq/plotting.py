@@ -21,9 +21,11 @@ def plot_fit(
     labels=None,
     title: str = "fit",
     holdout_from: float | None = None,
+    stage_steps=None,
 ) -> None:
     """Write a PNG: observations (dots) against the model's trajectories (lines), per state, and
-    the loss curve (log scale) if `losses` is given. `ys`/`pred_ys` are (T, D) or (B, T, D).
+    the loss curve (log scale) if `losses` is given, with dotted lines between training stages
+    (`stage_steps`: steps per stage). `ys`/`pred_ys` are (T, D) or (B, T, D).
 
     Example:
         >>> import numpy as np, tempfile, os
@@ -70,6 +72,8 @@ def plot_fit(
     if losses is not None:
         ax = axes[0, 1]
         ax.semilogy(np.arange(1, len(losses) + 1), np.asarray(losses), lw=1.2)
+        for end in np.cumsum(stage_steps or [])[:-1]:
+            ax.axvline(end + 0.5, color="gray", ls=":", lw=1)
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.set_title("training loss")

@@ -207,7 +207,8 @@ class _StageRun:
         # Everything that changes from step to step lives on device, in one carry.
         # The carry's types must equal the step's outputs, or the second call would recompile.
         best_loss = jnp.array(jnp.inf, dtype=jnp.float32)
-        self.carry = (params, self.optimizer.init(params), params, best_loss, key, params)
+        carry = (params, self.optimizer.init(params), params, best_loss, key, params)
+        self.carry = jax.tree_util.tree_map(_strong_type, carry)
         self.best_loss = float("inf")
         self.first_loss = float("nan")
         self.last_loss = float("nan")
@@ -309,6 +310,13 @@ def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int):
         return carry, jnp.stack([value, finite.astype(value.dtype)])
 
     return steps
+
+
+def _strong_type(x):
+    # Optimiser states may start with weakly typed scalars that come back strongly typed.
+    if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.number):
+        return jnp.asarray(x, dtype=x.dtype)
+    return x
 
 
 def _all_finite(tree) -> jax.Array:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_positive, check_times, count_params
+from .._checks import check_positive, check_times, count_params, strong_floats
 from ..sensitivity import AbstractSensitivity, resolve_sensitivity
 from ..solvers import resolve_solver
 
@@ -122,7 +122,7 @@ class NeuralODE(eqx.Module):
     def __call__(self, ts, y0, args: Any = None) -> jax.Array:
         ts, y0 = self._prepare(ts, y0)
         sensitivity = resolve_sensitivity(self.sensitivity, y0.size, count_params(self.field))
-        return sensitivity.differentiate(_solve_values, (self, y0, args), ts)
+        return sensitivity.differentiate(_solve_values, (self, y0, strong_floats(args)), ts)
 
     def solve(
         self, ts, y0, args: Any = None, *, throw: bool = True, saveat: diffrax.SaveAt | None = None
@@ -147,6 +147,7 @@ class NeuralODE(eqx.Module):
         y0 = jnp.asarray(y0)
         if not jnp.issubdtype(y0.dtype, jnp.inexact):
             y0 = y0.astype(jnp.result_type(float))
+        y0 = strong_floats(y0)
         return ts.astype(y0.dtype), y0
 
     def _diffeqsolve(self, ts, y0, args, adjoint, *, throw: bool, saveat=None):
