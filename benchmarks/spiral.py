@@ -3,7 +3,8 @@
 Problem: 30 points on [0, 1.5], MLP 2 -> 50 -> 2 (tanh) applied to u**3, Adam(0.05),
 Tsit5 / dopri5 at rtol 1e-3, atol 1e-6, loss = sum of squares. Contenders:
 
-- neuraldiffeq `fit` with Direct and Backsolve sensitivities (steps_per_call 1 and 10);
+- neuraldiffeq `fit` with the Direct (steps_per_call 1 and 10), Backsolve, Interpolating and
+  Quadrature sensitivities;
 - a hand-written raw diffrax loop (eqx.filter_jit step, same solver and tolerances);
 - torchdiffeq `odeint` and `odeint_adjoint` (dopri5), if the `bench` extra is installed.
 
@@ -156,6 +157,12 @@ def main():
         ),
         "neuraldiffeq fit, Backsolve": lambda: bench_neuraldiffeq(
             data, nde.Backsolve(), args.steps
+        ),
+        "neuraldiffeq fit, Interpolating": lambda: bench_neuraldiffeq(
+            data, nde.Interpolating(), args.steps
+        ),
+        "neuraldiffeq fit, Quadrature": lambda: bench_neuraldiffeq(
+            data, nde.Quadrature(), args.steps
         ),
     }
     try:

@@ -16,7 +16,15 @@ from .models import Autonomous, NeuralODE, autonomous
 from .models import AugmentedNeuralODE, LatentODE, ODEBlock
 from .fitting import ELBO
 from .fitting import Collocation, MultipleShooting, SegmentStates, collocate
-from .sensitivity import AbstractSensitivity, Backsolve, Direct, Forward, resolve_sensitivity
+from .sensitivity import (
+    AbstractSensitivity,
+    Backsolve,
+    Direct,
+    Forward,
+    Interpolating,
+    Quadrature,
+    resolve_sensitivity,
+)
 from .serialisation import load, save
 from .models import NeuralDDE, NeuralSDE
 from .fitting import MomentMatching
@@ -55,6 +63,8 @@ __all__ = [
     "FitFailure",
     "FitResult",
     "Forward",
+    "Interpolating",
+    "Quadrature",
     "NeuralODE",
     "Stage",
     "TimeSeries",

@@ -1,6 +1,17 @@
 """Built-in data: synthetic generators from the tutorials and papers, and small real data sets."""
 
+from .latent_spirals import Spirals, spirals
 from .real import LYNX_HARE_CSV, lynx_hare
+from .toy2d import TOY_2D, toy_2d
 from .synthetic import lotka_volterra, spiral
 
-__all__ = ["LYNX_HARE_CSV", "lotka_volterra", "lynx_hare", "spiral"]
+__all__ = [
+    "TOY_2D",
+    "toy_2d",
+    "LYNX_HARE_CSV",
+    "lotka_volterra",
+    "lynx_hare",
+    "spiral",
+    "spirals",
+    "Spirals",
+]

@@ -5,4 +5,6 @@ To add a demo, write the module and register it here; the CLI picks it up.
 
 DEMOS: dict[str, str] = {
     "spiral": "neuraldiffeq.demos.spiral",
+    "lynx-hare": "neuraldiffeq.demos.lynx_hare",
+    "ffjord": "neuraldiffeq.demos.ffjord",
 }

@@ -1,16 +1,29 @@
 """Fitting: losses, strategies and the training loop."""
 
-from . import losses
+from . import losses, presets
+from .collocation import KERNELS, Collocation, collocate
+from .elbo import ELBO
+from .moments import MomentMatching
 from .fit import FitFailure, FitResult, Stage, fit
+from .shooting import MultipleShooting, SegmentStates, segment_ranges
 from .strategies import PRESETS, AbstractStrategy, Trajectory
 
 __all__ = [
+    "KERNELS",
     "PRESETS",
     "AbstractStrategy",
+    "Collocation",
+    "ELBO",
     "FitFailure",
     "FitResult",
+    "MomentMatching",
+    "MultipleShooting",
+    "SegmentStates",
     "Stage",
     "Trajectory",
+    "collocate",
     "fit",
     "losses",
+    "presets",
+    "segment_ranges",
 ]

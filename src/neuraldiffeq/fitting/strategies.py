@@ -44,6 +44,17 @@ class Trajectory(AbstractStrategy):
     (default `nde.losses.l2`, the sum of squared errors). The model is called as
     `model(ts, y0) -> (T, D)`.
 
+    Minibatching (torchdiffeq's `ode_demo.py`): with `batch_time`, each step solves
+    `batch_size` random windows of `batch_time` consecutive points, each started from its first
+    observation (trajectory and start drawn uniformly, with the step's key); with only
+    `batch_size`, each step solves that many trajectories drawn without replacement. The loss is
+    then the misfit summed over the sampled windows. Without either, every step uses all data.
+
+    Arguments:
+        loss_fn: misfit `loss_fn(pred, target, mask)`.
+        batch_time: points per random window (>= 2), or None for whole series.
+        batch_size: windows (or trajectories) per step; default: the number of trajectories.
+
     Example:
         >>> import neuraldiffeq as nde, jax
         >>> data = nde.datasets.spiral()
@@ -51,9 +62,20 @@ class Trajectory(AbstractStrategy):
         >>> strategy = nde.Trajectory()
         >>> float(strategy.loss(model, strategy.prepare(data), jax.random.key(0))) > 0
         True
+        >>> windows = nde.Trajectory(batch_time=10, batch_size=20)
+        >>> float(windows.loss(model, windows.prepare(data), jax.random.key(0))) > 0
+        True
     """
 
     loss_fn: Callable = l2
+    batch_time: int | None = eqx.field(default=None, static=True)
+    batch_size: int | None = eqx.field(default=None, static=True)
+
+    def __check_init__(self):
+        for name, low in (("batch_time", 2), ("batch_size", 1)):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= low):
+                raise ValueError(f"{name} must be None or an integer >= {low}, got {value!r}.")
 
     def prepare(self, data: Any) -> TimeSeries:
         batch = as_timeseries(data).as_batch()
@@ -63,11 +85,49 @@ class Trajectory(AbstractStrategy):
                 "have missing values at the first time point. Drop those trajectories or "
                 "impute their initial state."
             )
+        n_batch, n_times = batch.ys.shape[0], batch.ys.shape[1]
+        if self.batch_time is not None:
+            if self.batch_time > n_times:
+                raise ValueError(
+                    f"batch_time {self.batch_time} exceeds the {n_times} time points of the data."
+                )
+            if batch.mask is not None:
+                raise ValueError(
+                    "minibatching with batch_time starts windows anywhere, so it needs fully "
+                    "observed data (no mask); impute the missing values or drop batch_time."
+                )
+        elif self.batch_size is not None and self.batch_size > n_batch:
+            raise ValueError(
+                f"batch_size {self.batch_size} exceeds the {n_batch} trajectories of the data "
+                "(without batch_time, batch_size samples whole trajectories)."
+            )
         return batch
 
     def loss(self, model, prepared: TimeSeries, key) -> jax.Array:
-        preds = batch_solve(model, prepared.ts, prepared.ys[:, 0])
-        return self.loss_fn(preds, prepared.ys, prepared.mask)
+        if self.batch_time is None and self.batch_size is None:
+            preds = batch_solve(model, prepared.ts, prepared.ys[:, 0])
+            return self.loss_fn(preds, prepared.ys, prepared.mask)
+        if key is None:
+            raise ValueError("a minibatching Trajectory needs a PRNG key to sample with.")
+        n_batch, n_times, dim = prepared.ys.shape
+        size = n_batch if self.batch_size is None else self.batch_size
+        if self.batch_time is None:  # whole trajectories, without replacement
+            chosen = jax.random.choice(key, n_batch, (size,), replace=False)
+            ys = prepared.ys[chosen]
+            mask = None if prepared.mask is None else prepared.mask[chosen]
+            return self.loss_fn(batch_solve(model, prepared.ts, ys[:, 0]), ys, mask)
+        key_b, key_s = jax.random.split(key)
+        which = jax.random.randint(key_b, (size,), 0, n_batch)
+        starts = jax.random.randint(key_s, (size,), 0, n_times - self.batch_time + 1)
+
+        def window(b, s):
+            ts = jax.lax.dynamic_slice(prepared.ts, (s,), (self.batch_time,))
+            ys = jax.lax.dynamic_slice(prepared.ys[b], (s, 0), (self.batch_time, dim))
+            return ts, ys
+
+        ts_w, ys_w = jax.vmap(window)(which, starts)
+        preds = jax.vmap(model)(ts_w, ys_w[:, 0])
+        return self.loss_fn(preds, ys_w, None)
 
 
 def batch_solve(model, ts: jax.Array, y0s: jax.Array) -> jax.Array:
