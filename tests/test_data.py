@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.integrate import solve_ivp
 
 import neuraldiffeq as nde
@@ -63,6 +65,11 @@ def test_timeseries_rejects_bad_input(ts, ys, match):
         nde.TimeSeries(ts, ys)
 
 
+def test_times_distinct_only_in_float64_are_rejected():
+    with pytest.raises(ValueError, match="float32 precision"):
+        nde.TimeSeries([1e6, 1e6 + 0.01], np.zeros((2, 1)))
+
+
 def test_timeseries_mask_allows_missing_values():
     ys = np.array([[1.0], [np.nan], [3.0]])
     data = nde.TimeSeries([0.0, 1.0, 2.0], ys, mask=~np.isnan(ys))
@@ -111,3 +118,18 @@ def test_from_csv_unreadable(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00\x81" * 10)
     with pytest.raises(ValueError, match="cannot read CSV file|header row"):
         nde.TimeSeries.from_csv(binary)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=2, max_size=12),
+    st.integers(1, 3),
+)
+def test_timeseries_accepts_exactly_the_strictly_increasing_grids(times, dim):
+    ys = np.zeros((len(times), dim))
+    if np.all(np.diff(np.asarray(times, dtype=np.float32)) > 0):
+        data = nde.TimeSeries(times, ys)
+        assert data.ts.shape == (len(times),) and data.dim == dim
+    else:
+        with pytest.raises(ValueError, match="ts must be strictly increasing"):
+            nde.TimeSeries(times, ys)

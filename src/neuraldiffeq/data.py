@@ -39,11 +39,14 @@ class TimeSeries(eqx.Module):
             raise ValueError(f"ts must hold at least 2 time points, got {ts_np.shape[0]}.")
         if not np.all(np.isfinite(ts_np)):
             raise ValueError("ts contains NaN or infinite values; every time must be finite.")
+        # Check the times at the precision they will be used in (float32 unless x64 is on).
+        ts_np = np.asarray(jnp.asarray(ts_np))
         if not np.all(np.diff(ts_np) > 0):
             bad = int(np.argmax(np.diff(ts_np) <= 0))
             raise ValueError(
                 f"ts must be strictly increasing; ts[{bad}]={ts_np[bad]} is followed by "
-                f"ts[{bad + 1}]={ts_np[bad + 1]}. Sort the data and drop repeated times."
+                f"ts[{bad + 1}]={ts_np[bad + 1]} (at {ts_np.dtype} precision). Sort the data, drop "
+                "repeated times, and shift large time origins (e.g. years) towards 0."
             )
         if ys_np.ndim not in (2, 3):
             raise ValueError(
