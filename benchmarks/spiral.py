@@ -130,7 +130,7 @@ def bench_torchdiffeq(data, adjoint, steps):
         loss = ((pred - ys) ** 2).sum()
         loss.backward()
         opt.step()
-        return float(loss)
+        return float(loss.detach())
 
     t0 = time.perf_counter()
     step()

@@ -228,3 +228,28 @@ def test_spiral_fit_reaches_tutorial_loss():
     final = float(strategy.loss(result.model, strategy.prepare(data), None))
     assert final < 0.05, final
     assert result.skipped == 0
+
+
+class NoisyQuadratic(Quadratic):
+    """A loss sampled afresh each step (like a minibatch): fit must keep the last iterate."""
+
+    @property
+    def stochastic(self):
+        return True
+
+    def loss(self, model, target, key):
+        return jnp.sum((model.w - target) ** 2) + jax.random.normal(key)
+
+
+def test_stochastic_losses_return_the_last_iterate_not_the_luckiest_step():
+    seen = []
+    kwargs = dict(optimizer=optax.adam(0.1), steps=40, progress=False)
+    result = nde.fit(
+        Params(jnp.zeros(3)),
+        TARGET,
+        NoisyQuadratic(),
+        callback=lambda step, loss, model: seen.append(model.w),
+        **kwargs,
+    )
+    np.testing.assert_array_equal(result.model.w, seen[-1])
+    assert nde.Trajectory(batch_size=1).stochastic and not nde.Trajectory().stochastic

@@ -3,19 +3,34 @@
 from . import datasets
 from .data import TimeSeries
 from .fitting import (
+    ELBO,
     PRESETS,
     AbstractStrategy,
+    Collocation,
     FitFailure,
     FitResult,
+    MomentMatching,
+    MultipleShooting,
+    SegmentStates,
     Stage,
     Trajectory,
+    collocate,
     fit,
     losses,
 )
-from .models import Autonomous, NeuralODE, autonomous
-from .models import AugmentedNeuralODE, LatentODE, ODEBlock
-from .fitting import ELBO
-from .fitting import Collocation, MultipleShooting, SegmentStates, collocate
+from .fitting.likelihood import MaximumLikelihood
+from .models import (
+    AugmentedNeuralODE,
+    Autonomous,
+    LatentODE,
+    NeuralDDE,
+    NeuralODE,
+    NeuralSDE,
+    ODEBlock,
+    autonomous,
+)
+from .models.cnf import FFJORD, CNFStats
+from .models.concat_squash import ConcatSquashLinear, ConcatSquashMLP
 from .sensitivity import (
     AbstractSensitivity,
     Backsolve,
@@ -26,12 +41,7 @@ from .sensitivity import (
     resolve_sensitivity,
 )
 from .serialisation import load, save
-from .models import NeuralDDE, NeuralSDE
-from .fitting import MomentMatching
 from .solvers import DDESolution, solve_dde
-from .fitting.likelihood import MaximumLikelihood
-from .models.cnf import FFJORD, CNFStats
-from .models.concat_squash import ConcatSquashLinear, ConcatSquashMLP
 
 __version__ = "0.1.0"
 

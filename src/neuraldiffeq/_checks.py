@@ -56,3 +56,13 @@ def strong_floats(tree):
         return x
 
     return jax.tree_util.tree_map(strong, tree)
+
+
+def as_state(y0, name: str = "y0", vector: bool = False) -> jax.Array:
+    """An initial state as a strongly typed floating array (`vector`: shape (D,) required)."""
+    y0 = jnp.asarray(y0)
+    if vector and y0.ndim != 1:
+        raise ValueError(f"{name} must be a state vector of shape (D,), got shape {y0.shape}.")
+    if not jnp.issubdtype(y0.dtype, jnp.inexact):
+        y0 = y0.astype(jnp.result_type(float))
+    return strong_floats(y0)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from .demos import DEMOS
@@ -40,23 +39,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _enable_compilation_cache() -> None:
-    """Reuse compiled programs across runs (XLA's persistent cache): a second run of the same
-    demo or fit skips most of its compile time. NEURALDIFFEQ_CACHE_DIR="" turns it off."""
-    folder = os.environ.get(
-        "NEURALDIFFEQ_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "neuraldiffeq")
-    )
-    if folder:
-        import jax
-
-        jax.config.update("jax_compilation_cache_dir", folder)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _enable_compilation_cache()
     try:
         args.handler(args)
     except ValueError as e:

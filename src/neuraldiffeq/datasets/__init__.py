@@ -2,8 +2,8 @@
 
 from .latent_spirals import Spirals, spirals
 from .real import LYNX_HARE_CSV, lynx_hare
-from .toy2d import TOY_2D, toy_2d
 from .synthetic import lotka_volterra, spiral
+from .toy2d import TOY_2D, toy_2d
 
 __all__ = [
     "TOY_2D",

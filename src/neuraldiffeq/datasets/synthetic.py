@@ -46,7 +46,9 @@ def _reference_solve(field, ts, y0, args=None) -> np.ndarray:
 def spiral(
     n_points: int = 30, t1: float = 1.5, u0=(2.0, 0.0), noise: float = 0.0, key=None
 ) -> TimeSeries:
-    """The DiffEqFlux neural ODE tutorial data: u0 = [2, 0], du = (u**3) A, A = [[-0.1, 2], [-2, -0.1]].
+    """The DiffEqFlux neural ODE tutorial spiral: u0 = [2, 0], du = (u**3) A.
+
+    A = [[-0.1, 2], [-2, -0.1]].
 
     `n_points` equally spaced points on [0, t1] from a reference solve at rtol 1e-8; optional
     Gaussian observation noise of standard deviation `noise` (needs `key`).

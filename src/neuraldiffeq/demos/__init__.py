@@ -7,4 +7,7 @@ DEMOS: dict[str, str] = {
     "spiral": "neuraldiffeq.demos.spiral",
     "lynx-hare": "neuraldiffeq.demos.lynx_hare",
     "ffjord": "neuraldiffeq.demos.ffjord",
+    "sde": "neuraldiffeq.demos.sde",
+    "dde": "neuraldiffeq.demos.dde",
+    "spheres": "neuraldiffeq.demos.spheres",
 }

@@ -3,8 +3,9 @@
 from . import losses, presets
 from .collocation import KERNELS, Collocation, collocate
 from .elbo import ELBO
-from .moments import MomentMatching
 from .fit import FitFailure, FitResult, Stage, fit
+from .likelihood import MaximumLikelihood
+from .moments import MomentMatching
 from .shooting import MultipleShooting, SegmentStates, segment_ranges
 from .strategies import PRESETS, AbstractStrategy, Trajectory
 
@@ -16,6 +17,7 @@ __all__ = [
     "ELBO",
     "FitFailure",
     "FitResult",
+    "MaximumLikelihood",
     "MomentMatching",
     "MultipleShooting",
     "SegmentStates",

@@ -57,7 +57,8 @@ class FitResult:
 
     Attributes:
         model: the model with the lowest loss seen in the last stage (each stage starts from the
-            previous stage's best).
+            previous stage's result); for strategies whose loss is sampled afresh each step
+            (`strategy.stochastic`: minibatches, SDE paths, ELBO), the last iterate instead.
         losses: loss at every step, all stages concatenated (`np.ndarray`).
         times: wall-clock seconds since the start of `fit` at every step (compilation included).
         stages: a `StageReport` per stage that ran (steps, losses, skipped steps, timings).
@@ -183,7 +184,7 @@ def fit(
                         break
             except KeyboardInterrupt:
                 interrupted = True
-        model = run.best_model()
+        model = run.result_model()
         reports.append(run.report(name))
         step_offset += run.steps_done
         if run.skipped:
@@ -222,6 +223,12 @@ class _StageRun:
 
     def best_model(self):
         return eqx.combine(self.carry[2], self.static)
+
+    def result_model(self):
+        """The best parameters, or the last ones when the loss is a noisy (sampled) estimate."""
+        if self.stage.strategy.stochastic:
+            return self.current_model()
+        return self.best_model()
 
     def calls(self):
         """Run the stage, yielding the losses of each compiled call."""

@@ -36,6 +36,15 @@ class AbstractStrategy(eqx.Module):
     def loss(self, model: Any, prepared: Any, key: jax.Array) -> jax.Array:
         """Scalar loss of `model` on the prepared data."""
 
+    @property
+    def stochastic(self) -> bool:
+        """True when the loss depends on the step's key (minibatches, sampled paths).
+
+        Then one step's loss is a noisy estimate, so `fit` returns the last iterate rather than
+        the parameters that happened to draw the luckiest batch.
+        """
+        return False
+
 
 class Trajectory(AbstractStrategy):
     """Single shooting: solve from each trajectory's first observation over the whole series.
@@ -102,6 +111,10 @@ class Trajectory(AbstractStrategy):
                 "(without batch_time, batch_size samples whole trajectories)."
             )
         return batch
+
+    @property
+    def stochastic(self) -> bool:
+        return self.batch_time is not None or self.batch_size is not None
 
     def loss(self, model, prepared: TimeSeries, key) -> jax.Array:
         if self.batch_time is None and self.batch_size is None:

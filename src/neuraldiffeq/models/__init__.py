@@ -1,6 +1,8 @@
 """Model classes: differential equations with neural networks inside."""
 
 from .augmented import AugmentedNeuralODE
+from .cnf import FFJORD, CNFStats, StandardNormal, batched_log_prob, mean_nll
+from .concat_squash import ConcatSquashLinear, ConcatSquashMLP
 from .dde import NeuralDDE
 from .latent import LatentODE
 from .ode import Autonomous, NeuralODE, autonomous
@@ -8,6 +10,13 @@ from .odeblock import ODEBlock
 from .sde import NeuralSDE
 
 __all__ = [
+    "CNFStats",
+    "ConcatSquashLinear",
+    "ConcatSquashMLP",
+    "FFJORD",
+    "StandardNormal",
+    "batched_log_prob",
+    "mean_nll",
     "AugmentedNeuralODE",
     "Autonomous",
     "LatentODE",

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_positive, check_times, count_params, strong_floats
+from .._checks import as_state, check_positive, check_times, count_params, strong_floats
 from ..sensitivity import AbstractSensitivity, resolve_sensitivity
 from ..solvers import resolve_solver
 
@@ -144,10 +144,7 @@ class NeuralODE(eqx.Module):
 
     def _prepare(self, ts, y0):
         ts = check_times(ts, "ts")
-        y0 = jnp.asarray(y0)
-        if not jnp.issubdtype(y0.dtype, jnp.inexact):
-            y0 = y0.astype(jnp.result_type(float))
-        y0 = strong_floats(y0)
+        y0 = as_state(y0)
         return ts.astype(y0.dtype), y0
 
     def _diffeqsolve(self, ts, y0, args, adjoint, *, throw: bool, saveat=None):

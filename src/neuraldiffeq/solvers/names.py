@@ -68,7 +68,8 @@ def resolve_solver(
         return solver
     if not isinstance(solver, str):
         raise ValueError(
-            f"{argname} must be a solver name or a diffrax solver instance, got {type(solver).__name__}."
+            f"{argname} must be a solver name or a diffrax solver instance, "
+            f"got {type(solver).__name__}."
         )
     key = solver.lower().replace("-", "_")
     if key not in table:

@@ -1,0 +1,265 @@
+"""Fitting strategies of issue #3, measured side by side in one process.
+
+1. shooting: the DiffEqFlux multiple-shooting tutorial. Spiral on [0, 5], 30 points, MLP
+   2 -> 16 -> 2 (tanh) on u**3, loss = sum of squares. Single shooting (Adam 0.05, `--ss-steps`)
+   against multiple shooting (group_size 3, continuity 200, Adam 0.05, `--ms-steps`) followed
+   by a trajectory polish (Adam 0.01 then L-BFGS); full-trajectory loss and wall time per seed.
+2. mixed: spiral on [0, 1.5], 30 points, MLP 2 -> 50 -> 2 (tanh) on u**3 (the neural ODE
+   tutorial). Time to reach a full-trajectory loss <= `--target` from the same initialisation:
+   trajectory-only (Adam 0.05) against collocation (`--colloc-steps` Adam steps) then the same
+   trajectory stage. Wall time includes compilation; the compile-free time is shown too.
+3. collocate: `nde.collocate` on 10,000 points x 3 states, after compilation, per kernel.
+
+    python benchmarks/fitting.py --seeds 5
+    python benchmarks/fitting.py --only collocate
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import neuraldiffeq as nde
+
+
+def cube(y):
+    return y**3
+
+
+def spiral_model(width: int, seed: int) -> nde.NeuralODE:
+    mlp = eqx.nn.MLP(2, 2, width, 1, activation=jnp.tanh, key=jax.random.key(seed))
+    return nde.NeuralODE(nde.autonomous(mlp, input_fn=cube), "tsit5", rtol=1e-3, atol=1e-6)
+
+
+def trajectory_loss(model, data) -> float:
+    strategy = nde.Trajectory()
+    return float(strategy.loss(model, strategy.prepare(data), None))
+
+
+# -- 1. multiple shooting on the long spiral ------------------------------------------------------
+
+
+def bench_shooting(seeds, ss_steps, ms_steps, polish_steps, lbfgs_steps):
+    data = nde.datasets.spiral(n_points=30, t1=5.0)
+    rows = []
+    for seed in seeds:
+        row = {"seed": seed}
+        if ss_steps > 0:
+            t0 = time.perf_counter()
+            res = nde.fit(
+                spiral_model(16, seed),
+                data,
+                nde.Trajectory(),
+                optimizer=optax.adam(0.05),
+                steps=ss_steps,
+                progress=False,
+                max_failures=10_000,
+            )
+            row["single_loss"] = trajectory_loss(res.model, data)
+            row["single_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stages = [
+            nde.Stage(
+                nde.MultipleShooting(group_size=3, continuity=200.0), optax.adam(0.05), ms_steps
+            ),
+            nde.Stage(nde.Trajectory(), optax.adam(0.01), polish_steps),
+        ]
+        if lbfgs_steps:
+            stages.append(nde.Stage(nde.Trajectory(), optax.lbfgs(), lbfgs_steps))
+        res = nde.fit(spiral_model(16, seed), data, stages, progress=False, max_failures=10_000)
+        row["ms_s"] = time.perf_counter() - t0
+        row["ms_only_loss"] = trajectory_loss_after_stage(res, data)
+        row["multi_loss"] = trajectory_loss(res.model, data)
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def trajectory_loss_after_stage(res, data):
+    return res.stages[0].best_loss  # the multiple-shooting objective, for information
+
+
+# -- 2. mixed training vs trajectory-only ---------------------------------------------------
+
+
+def time_to_target(model, data, stages, target):
+    """Run `stages`; stop at the first Trajectory step with loss <= target -> (s, s w/o compile)."""
+    hit = {}
+    t0 = time.perf_counter()
+    n_traj_stage = len(stages) - 1
+
+    def callback(step, loss, _model):
+        if stage_index["i"] == n_traj_stage and loss <= target and "t" not in hit:
+            hit["t"] = time.perf_counter() - t0
+            hit["step"] = step
+            return True
+        return False
+
+    stage_index = {"i": 0}
+    compile_s = 0.0
+    for i, stage in enumerate(stages):
+        stage_index["i"] = i
+        res = nde.fit(model, data, [stage], progress=False, callback=callback, max_failures=10_000)
+        model = res.model
+        compile_s += sum(s.compile_seconds for s in res.stages)
+    if "t" not in hit:
+        return float("nan"), float("nan"), trajectory_loss(model, data), None
+    return hit["t"], hit["t"] - compile_s, trajectory_loss(model, data), hit["step"]
+
+
+def bench_mixed(
+    seeds, target, max_steps, colloc_steps, colloc_lr, traj_lr, bandwidth=None, mixed_lr=None
+):
+    data = nde.datasets.spiral()
+    rows = []
+    for seed in seeds:
+        traj = [nde.Stage(nde.Trajectory(), optax.adam(traj_lr), max_steps)]
+        mixed = [
+            nde.Stage(
+                nde.Collocation(bandwidth=bandwidth),
+                optax.adam(colloc_lr),
+                colloc_steps,
+                steps_per_call=min(100, colloc_steps),
+            ),
+            nde.Stage(nde.Trajectory(), optax.adam(mixed_lr or traj_lr), max_steps),
+        ]
+        t_traj, t_traj_nc, l_traj, s_traj = time_to_target(
+            spiral_model(50, seed), data, traj, target
+        )
+        t_mix, t_mix_nc, l_mix, s_mix = time_to_target(spiral_model(50, seed), data, mixed, target)
+        row = dict(
+            seed=seed,
+            traj_s=t_traj,
+            traj_s_nocompile=t_traj_nc,
+            traj_steps=s_traj,
+            traj_loss=l_traj,
+            mixed_s=t_mix,
+            mixed_s_nocompile=t_mix_nc,
+            mixed_traj_steps=s_mix,
+            mixed_loss=l_mix,
+            ratio=t_traj / t_mix,
+        )
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+# -- 3. collocation speed -------------------------------------------------------------------------
+
+
+def bench_collocate(kernels, repeats):
+    ts = np.linspace(0.0, 10.0, 10_000)
+    rng = np.random.default_rng(0)
+    ys = jnp.asarray(
+        np.stack([np.sin(ts), np.cos(ts), np.sin(2 * ts)], -1)
+        + 0.1 * rng.standard_normal((10_000, 3)),
+        dtype=jnp.float32,
+    )
+    rows = []
+    for kernel in kernels:
+        jax.block_until_ready(nde.collocate(ys, ts, kernel))  # compile
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(nde.collocate(ys, ts, kernel))
+            times.append(time.perf_counter() - t0)
+        rows.append({"kernel": kernel, "median_s": statistics.median(times), "min_s": min(times)})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["shooting", "mixed", "collocate"], default=None)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--ss-seeds", type=int, default=3, help="seeds for single shooting")
+    parser.add_argument("--ss-steps", type=int, default=1000)
+    parser.add_argument("--ms-steps", type=int, default=300)
+    parser.add_argument("--polish-steps", type=int, default=300)
+    parser.add_argument("--lbfgs-steps", type=int, default=0)
+    parser.add_argument("--target", type=float, default=0.05)
+    parser.add_argument("--max-steps", type=int, default=3000)
+    parser.add_argument("--colloc-steps", type=int, default=1000)
+    parser.add_argument("--colloc-lr", type=float, default=0.01)
+    parser.add_argument("--traj-lr", type=float, default=0.05)
+    parser.add_argument(
+        "--mixed-traj-lr",
+        type=float,
+        default=None,
+        help="Adam rate of the trajectory stage after collocation (default: --traj-lr)",
+    )
+    parser.add_argument("--colloc-bandwidth", type=float, default=None)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    print(
+        f"machine: {platform.machine()} {platform.processor() or ''}, jax {jax.__version__}, "
+        f"devices {jax.devices()}"
+    )
+    seeds = list(range(args.seeds))
+    if args.only in (None, "collocate"):
+        rows = bench_collocate(list(nde.fitting.KERNELS), args.repeats)
+        print("\n| kernel | median s | min s |\n|---|---|---|")
+        for r in rows:
+            print(f"| {r['kernel']} | {r['median_s']:.3f} | {r['min_s']:.3f} |")
+    if args.only in (None, "mixed"):
+        rows = bench_mixed(
+            seeds,
+            args.target,
+            args.max_steps,
+            args.colloc_steps,
+            args.colloc_lr,
+            args.traj_lr,
+            args.colloc_bandwidth,
+            args.mixed_traj_lr,
+        )
+        print(
+            "\n| seed | trajectory-only s (steps) | mixed s (traj steps) | ratio | "
+            "w/o compile: traj s / mixed s |\n|---|---|---|---|---|"
+        )
+        for r in rows:
+            print(
+                f"| {r['seed']} | {r['traj_s']:.2f} ({r['traj_steps']}) | {r['mixed_s']:.2f} "
+                f"({r['mixed_traj_steps']}) | {r['ratio']:.2f} | "
+                f"{r['traj_s_nocompile']:.2f} / {r['mixed_s_nocompile']:.2f} |"
+            )
+        med_t = statistics.median(r["traj_s"] for r in rows)
+        med_m = statistics.median(r["mixed_s"] for r in rows)
+        print(
+            f"median: trajectory-only {med_t:.2f} s, mixed {med_m:.2f} s, "
+            f"ratio of medians {med_t / med_m:.2f}, "
+            f"median ratio {statistics.median(r['ratio'] for r in rows):.2f}"
+        )
+    if args.only in (None, "shooting"):
+        ss = set(range(args.ss_seeds))
+        rows = []
+        for seed in seeds:
+            rows += bench_shooting(
+                [seed],
+                args.ss_steps if seed in ss else 0,
+                args.ms_steps,
+                args.polish_steps,
+                args.lbfgs_steps,
+            )
+        print(
+            "\n| seed | single shooting loss (s) | multiple shooting + polish loss (s) |"
+            "\n|---|---|---|"
+        )
+        for r in rows:
+            single = f"{r['single_loss']:.2f} ({r['single_s']:.1f})" if "single_loss" in r else "-"
+            print(f"| {r['seed']} | {single} | {r['multi_loss']:.4f} ({r['ms_s']:.1f}) |")
+        print(
+            f"multiple shooting below 1.0 on {sum(r['multi_loss'] < 1.0 for r in rows)} of "
+            f"{len(rows)} seeds; median wall {statistics.median(r['ms_s'] for r in rows):.1f} s"
+        )
+
+
+if __name__ == "__main__":
+    main()

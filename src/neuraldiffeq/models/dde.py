@@ -1,0 +1,142 @@
+"""Neural delay differential equations: y'(t) = f(y(t), y(t - τ₁), ..., y(t - τ_L)), f a network."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._checks import as_state, check_positive, check_times
+from ..sensitivity import AbstractSensitivity, Direct
+from ..solvers.dde import _check_lags, solve_dde
+from ..solvers.names import resolve_solver
+
+
+class DelayedInput(eqx.Module):
+    """A DDE field from a network of the concatenated states: f = net([y(t), y(t-τ₁), ...]).
+
+    Example:
+        >>> import equinox as eqx, jax, jax.numpy as jnp
+        >>> from neuraldiffeq.models.dde import DelayedInput
+        >>> field = DelayedInput(eqx.nn.MLP(2, 1, 8, 1, key=jax.random.key(0)))
+        >>> field(0.0, jnp.ones(1), jnp.ones((1, 1)), None).shape
+        (1,)
+    """
+
+    net: Callable
+
+    def __call__(self, t, y, y_lagged, args=None):
+        return self.net(jnp.concatenate([y, y_lagged.reshape(-1)]))
+
+
+class NeuralDDE(eqx.Module):
+    """A delay differential equation whose right-hand side is a network, solved by `solve_dde`.
+
+    With `autonomous=True` (default) `field` is a network of one vector, and it sees
+    `[y(t), y(t - τ₁), ..., y(t - τ_L)]` concatenated (input size D·(L+1)); with
+    `autonomous=False` it is called as `field(t, y, y_lagged, args)` (y_lagged of shape (L, D)),
+    e.g. a mechanistic model with a network inside.
+
+    `history`: the state before the first time: None (constant, equal to y0: the system was at
+    rest), a callable `history(t) -> (D,)` (may hold trainable arrays), or a constant array (D,).
+    `model(ts, y0) -> (T, D)` solves from `ts[0]`, so `nde.Trajectory()` and
+    `nde.MultipleShooting()` fit it through `nde.fit`. A failed solve returns `inf` (the training
+    step is then skipped). Gradients: the discrete adjoint through `solve_dde`'s checkpointed loop
+    (`sensitivity=nde.Direct(checkpoints=...)`); continuous adjoints are not available for DDEs.
+
+    Example:
+        >>> import equinox as eqx, jax, jax.numpy as jnp, neuraldiffeq as nde
+        >>> mlp = eqx.nn.MLP(2, 1, 16, 1, activation=jnp.tanh, key=jax.random.key(0))
+        >>> model = nde.NeuralDDE(mlp, lags=[1.0])
+        >>> model(jnp.linspace(0, 5, 20), jnp.array([0.5])).shape
+        (20, 1)
+    """
+
+    field: Callable
+    history: Callable | jax.Array | None
+    lags: tuple[float, ...] = eqx.field(static=True)
+    solver: diffrax.AbstractSolver
+    sensitivity: AbstractSensitivity
+    rtol: float = eqx.field(static=True)
+    atol: float = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        field: Callable,
+        lags: Sequence[float] | float,
+        history: Callable | Any | None = None,
+        *,
+        autonomous: bool = True,
+        solver: str | diffrax.AbstractSolver = "tsit5",
+        rtol: float = 1e-3,
+        atol: float = 1e-6,
+        max_steps: int = 1024,
+        sensitivity: AbstractSensitivity | str = "direct",
+    ):
+        if not callable(field):
+            raise ValueError(
+                "field must be callable: a network of [y(t), y(t-τ₁), ...] (autonomous=True) or "
+                f"field(t, y, y_lagged, args) (autonomous=False); got {type(field).__name__}."
+            )
+        self.lags = tuple(float(x) for x in _check_lags(lags))
+        self.field = DelayedInput(field) if autonomous else field
+        if history is not None and not callable(history):
+            history = jnp.asarray(history)
+            if history.ndim != 1:
+                raise ValueError(
+                    f"history must be None, a callable history(t) -> (D,), or a constant of shape "
+                    f"(D,); got an array of shape {history.shape}."
+                )
+        self.history = history
+        self.solver = resolve_solver(solver)
+        check_positive(rtol, "rtol")
+        check_positive(atol, "atol")
+        if not (isinstance(max_steps, int | np.integer) and max_steps > 0):
+            raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
+        if sensitivity not in ("direct", "auto") and not isinstance(sensitivity, Direct):
+            raise ValueError(
+                f"NeuralDDE supports sensitivity=nde.Direct() (the discrete adjoint through the "
+                f"checkpointed DDE loop) only, got {sensitivity!r}."
+            )
+        self.sensitivity = sensitivity if isinstance(sensitivity, Direct) else Direct()
+        self.rtol, self.atol, self.max_steps = float(rtol), float(atol), int(max_steps)
+
+    def __call__(self, ts, y0, args: Any = None) -> jax.Array:
+        return self.solve(ts, y0, args, throw=False).ys
+
+    def solve(self, ts, y0, args: Any = None, *, throw: bool = True):
+        """The `DDESolution` (values, step counts, result, dense `evaluate(t)`).
+
+        Example:
+            >>> import jax.numpy as jnp, neuraldiffeq as nde
+            >>> model = nde.NeuralDDE(lambda t, y, yl, a: -yl[0], [1.0], autonomous=False)
+            >>> sol = model.solve(jnp.linspace(0, 2, 3), jnp.ones(1))
+            >>> round(float(sol.ys[-1, 0]), 3)
+            -0.5
+        """
+        ts = check_times(ts, "ts")
+        y0 = as_state(y0, vector=True)
+        ts = ts.astype(y0.dtype)
+        history = y0 if self.history is None else self.history
+        return solve_dde(
+            self.field,
+            history,
+            self.lags,
+            ts[0],
+            ts[-1],
+            ts,
+            y0=y0,
+            args=args,
+            solver=self.solver,
+            rtol=self.rtol,
+            atol=self.atol,
+            max_steps=self.max_steps,
+            checkpoints=self.sensitivity.checkpoints,
+            throw=throw,
+        )

@@ -1,0 +1,261 @@
+"""Neural stochastic differential equations dy = drift(t, y) dt + diffusion(t, y) dW (diffrax)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+
+from .._checks import as_state, check_positive, check_times, count_params
+from ..sensitivity import AbstractSensitivity, Backsolve, Direct, resolve_sensitivity
+from ..solvers.names import SDE_SOLVERS, resolve_solver
+
+NOISE_TYPES = ("diagonal", "general")
+
+
+class NeuralSDE(eqx.Module):
+    """An SDE dy = drift(t, y, args) dt + diffusion(t, y, args) dW solved with diffrax.
+
+    Noise:
+        - `noise="diagonal"`: `diffusion` returns shape (D,), one independent Brownian motion per
+          state (the diffusion matrix is diag(diffusion(t, y))).
+        - `noise="general"`: `diffusion` returns shape (D, m) for an m-dimensional Brownian motion
+          (`brownian_dim=m`, inferred from the diffusion's output if not given).
+
+    Solvers (by name, see `neuraldiffeq.solvers.SDE_SOLVERS`): Itô `"euler"` (Euler–Maruyama,
+    the default), `"milstein"`; Stratonovich `"euler_heun"`, `"heun"`, `"midpoint"`,
+    `"reversible_heun"`, `"stratonovich_milstein"`; stochastic Runge–Kutta `"srk"`
+    (diffrax GeneralShARK), `"spark"`, `"slow_rk"`, and for additive noise `"shark"`, `"sra1"`,
+    `"sea"`. The drift and diffusion become diffrax's `MultiTerm(ODETerm, ControlTerm)`, and the
+    Brownian motion is a `diffrax.VirtualBrownianTree` (with the space-time Lévy area the solver
+    needs), so the backward pass can re-query the same path. Steps are constant, `dt0` long.
+
+    Sensitivities: `nde.Direct()` (default; discrete adjoint with checkpointing) or
+    `nde.Backsolve()` (continuous adjoint, O(1) memory; diffrax supports it for Stratonovich
+    solvers of a single term only: `"heun"` or `"midpoint"`; its gradient converges to the
+    Direct one as dt0 → 0, with the same Brownian path).
+
+    `model(ts, y0, key)` returns one path at `ts`, shape (T, D) (inf where the solver failed);
+    `model.sample(ts, y0, key, n)` returns n paths, shape (n, T, D). The same key gives the same
+    path.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
+        >>> model = nde.NeuralSDE(lambda t, y, args: -y, lambda t, y, args: 0.2 * y, dt0=0.01)
+        >>> model.sample(jnp.linspace(0, 1, 30), jnp.array([2.0, 0.0]), jax.random.key(0), 8).shape
+        (8, 30, 2)
+    """
+
+    drift: Callable
+    diffusion: Callable
+    solver: diffrax.AbstractSolver
+    sensitivity: AbstractSensitivity | str
+    noise: str = eqx.field(static=True)
+    brownian_dim: int | None = eqx.field(static=True)
+    dt0: float = eqx.field(static=True)
+    max_steps: int | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        drift: Callable,
+        diffusion: Callable,
+        noise: str = "diagonal",
+        brownian_dim: int | None = None,
+        solver: str | diffrax.AbstractSolver = "euler",
+        *,
+        dt0: float = 0.01,
+        max_steps: int | None = None,
+        sensitivity: AbstractSensitivity | str = "direct",
+    ):
+        for name, fn in (("drift", drift), ("diffusion", diffusion)):
+            if not callable(fn):
+                raise ValueError(
+                    f"{name} must be callable as {name}(t, y, args), got {type(fn).__name__}."
+                )
+        if noise not in NOISE_TYPES:
+            raise ValueError(f"noise must be 'diagonal' or 'general', got {noise!r}.")
+        if brownian_dim is not None:
+            if not (isinstance(brownian_dim, int | np.integer) and brownian_dim > 0):
+                raise ValueError(f"brownian_dim must be a positive integer, got {brownian_dim!r}.")
+            if noise == "diagonal":
+                raise ValueError(
+                    "brownian_dim is only for noise='general' (with diagonal noise the Brownian "
+                    "motion has one component per state)."
+                )
+        check_positive(dt0, "dt0")
+        if max_steps is not None and not (
+            isinstance(max_steps, int | np.integer) and max_steps > 0
+        ):
+            raise ValueError(f"max_steps must be None or a positive integer, got {max_steps!r}.")
+        self.solver = resolve_solver(solver, SDE_SOLVERS)
+        sens = resolve_sensitivity(sensitivity, 0, 0)
+        if isinstance(sens, Backsolve) and not _backsolve_ok(self.solver):
+            raise ValueError(
+                f"sensitivity=Backsolve() does not work with solver={type(self.solver).__name__}: "
+                "diffrax's backsolve adjoint solves the Stratonovich adjoint SDE and needs a "
+                "Stratonovich solver of a single term: use solver='heun' or 'midpoint', or "
+                "sensitivity=nde.Direct()."
+            )
+        self.drift, self.diffusion = drift, diffusion
+        self.noise, self.brownian_dim = noise, brownian_dim
+        self.sensitivity = sensitivity
+        self.dt0 = float(dt0)
+        self.max_steps = None if max_steps is None else int(max_steps)
+
+    # -- public -----------------------------------------------------------------------------
+
+    def __call__(self, ts, y0, key: jax.Array, args: Any = None) -> jax.Array:
+        ts, y0 = self._prepare(ts, y0)
+        sol = self._solve(ts, y0, key, args, throw=False)
+        return jnp.where(sol.result == diffrax.RESULTS.successful, sol.ys, jnp.inf)
+
+    def sample(self, ts, y0, key: jax.Array, n: int, args: Any = None) -> jax.Array:
+        """`n` independent paths at `ts`, shape (n, T, D) (vmap over `jax.random.split(key, n)`).
+
+        Example:
+            >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
+            >>> gbm = nde.NeuralSDE(lambda t, y, a: 0.1 * y, lambda t, y, a: 0.2 * y, dt0=0.05)
+            >>> gbm.sample(jnp.linspace(0, 1, 5), jnp.ones(1), jax.random.key(1), 4).shape
+            (4, 5, 1)
+        """
+        if not (isinstance(n, int | np.integer) and n > 0):
+            raise ValueError(f"n (number of paths) must be a positive integer, got {n!r}.")
+        ts, y0 = self._prepare(ts, y0)
+        return jax.vmap(lambda k: self(ts, y0, k, args))(jax.random.split(key, int(n)))
+
+    def solve(self, ts, y0, key: jax.Array, args: Any = None, *, throw: bool = True):
+        """The full diffrax `Solution` of one path (stats, result).
+
+        Example:
+            >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
+            >>> m = nde.NeuralSDE(lambda t, y, a: -y, lambda t, y, a: 0.1 * y, dt0=0.1)
+            >>> sol = m.solve(jnp.linspace(0, 1, 3), jnp.ones(2), jax.random.key(0))
+            >>> int(sol.stats["num_steps"])
+            10
+        """
+        ts, y0 = self._prepare(ts, y0)
+        return self._solve(ts, y0, key, args, throw=throw)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _prepare(self, ts, y0):
+        ts = check_times(ts, "ts")
+        y0 = as_state(y0, vector=True)
+        return ts.astype(y0.dtype), y0
+
+    def _brownian_shape(self, ts, y0, args) -> tuple[int, ...]:
+        """Check the diffusion's output shape (static, so this also works under jit)."""
+        out = jax.eval_shape(self.diffusion, ts[0], y0, args)
+        shape = getattr(out, "shape", None)
+        (d,) = y0.shape
+        if self.noise == "diagonal":
+            if shape != (d,):
+                raise ValueError(
+                    f"with noise='diagonal' the diffusion must return shape (D,) = ({d},), got "
+                    f"{shape}. For a (D, m) matrix use noise='general'."
+                )
+            return (d,)
+        if shape is None or len(shape) != 2 or shape[0] != d:
+            raise ValueError(
+                f"with noise='general' the diffusion must return a (D, m) matrix with D = {d}, "
+                f"got {shape}."
+            )
+        if self.brownian_dim is not None and shape[1] != self.brownian_dim:
+            raise ValueError(
+                f"the diffusion returns shape {shape} but brownian_dim={self.brownian_dim}; "
+                f"make them agree (m = {shape[1]})."
+            )
+        return (shape[1],)
+
+    def _terms(self, ts, y0, key, args):
+        bm_shape = self._brownian_shape(ts, y0, args)
+        drift_out = jax.eval_shape(self.drift, ts[0], y0, args)
+        if getattr(drift_out, "shape", None) != y0.shape:
+            raise ValueError(
+                f"drift must return dy/dt of the state's shape {y0.shape}, got "
+                f"{getattr(drift_out, 'shape', type(drift_out).__name__)}."
+            )
+        brownian = diffrax.VirtualBrownianTree(
+            ts[0],
+            ts[-1],
+            tol=self.dt0 / 16,
+            shape=jax.ShapeDtypeStruct(bm_shape, y0.dtype),
+            key=key,
+            levy_area=_levy_area(self.solver),
+        )
+        if self.noise == "diagonal":
+            diffusion = _Diagonal(self.diffusion)
+        else:
+            diffusion = self.diffusion
+        return diffrax.MultiTerm(
+            diffrax.ODETerm(self.drift), diffrax.ControlTerm(diffusion, brownian)
+        )
+
+    def _solve(self, ts, y0, key, args, *, throw):
+        terms = self._terms(ts, y0, key, args)
+        sensitivity = resolve_sensitivity(
+            self.sensitivity, y0.size, count_params((self.drift, self.diffusion))
+        )
+        if not isinstance(sensitivity, Direct | Backsolve):
+            sensitivity = Direct()  # forward mode through a Brownian tree gains nothing here
+        # Constant steps: when ts is concrete the step count is known, which keeps the loop bound
+        # (and the reverse pass's checkpoints) small.
+        if self.max_steps is not None:
+            max_steps = self.max_steps
+        elif _concrete(ts):
+            span = np.asarray(ts)
+            max_steps = int(np.ceil((span[-1] - span[0]) / self.dt0)) + 2
+        else:
+            max_steps = 4096
+        return diffrax.diffeqsolve(
+            terms,
+            self.solver,
+            ts[0],
+            ts[-1],
+            self.dt0,
+            y0,
+            args=args,
+            saveat=diffrax.SaveAt(ts=ts),
+            stepsize_controller=diffrax.ConstantStepSize(),
+            adjoint=sensitivity.adjoint(),
+            max_steps=max_steps,
+            throw=throw,
+        )
+
+
+class _Diagonal(eqx.Module):
+    """diffusion(t, y) of shape (D,) as the diagonal operator diffrax's ControlTerm expects."""
+
+    fn: Callable
+
+    def __call__(self, t, y, args):
+        return lx.DiagonalLinearOperator(self.fn(t, y, args))
+
+
+def _backsolve_ok(solver) -> bool:
+    # diffrax: BacksolveAdjoint needs a Stratonovich solver taking one (non-Multi) term;
+    # ReversibleHeun passes that check but its backsolve gradients are wrong (measured), so no.
+    return (
+        isinstance(solver, diffrax.AbstractStratonovichSolver)
+        and solver.term_structure is diffrax.AbstractTerm
+        and not isinstance(solver, diffrax.ReversibleHeun)
+    )
+
+
+def _levy_area(solver):
+    needed = getattr(solver, "minimal_levy_area", None)
+    if needed is None or issubclass(diffrax.BrownianIncrement, needed):
+        return diffrax.BrownianIncrement
+    if issubclass(diffrax.SpaceTimeLevyArea, needed):
+        return diffrax.SpaceTimeLevyArea
+    return diffrax.SpaceTimeTimeLevyArea
+
+
+def _concrete(x) -> bool:
+    return not isinstance(x, jax.core.Tracer)

@@ -1,0 +1,120 @@
+"""Mixed training (Stage lists, the "auto" preset), hybrid collocation, and minibatching."""
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import neuraldiffeq as nde
+
+
+def small_model(seed=0):
+    mlp = eqx.nn.MLP(2, 2, 16, 1, activation=jnp.tanh, key=jax.random.key(seed))
+    return nde.NeuralODE(nde.autonomous(mlp, input_fn=lambda y: y**3))
+
+
+def trajectory_loss(model, data):
+    t = nde.Trajectory()
+    return float(t.loss(model, t.prepare(data), None))
+
+
+def test_auto_preset_runs_collocation_shooting_trajectory_lbfgs():
+    data = nde.datasets.spiral(n_points=20)
+    model = small_model()
+    before = trajectory_loss(model, data)
+    stages = nde.PRESETS["auto"](steps=40)
+    assert [type(s.optimizer.init).__qualname__ for s in stages]  # real optax optimizers
+    stages[-1] = dataclasses.replace(stages[-1], steps=10)  # a shorter L-BFGS polish
+    result = nde.fit(model, data, stages, progress=False)
+    names = [s.name.split(" ", 1)[1] for s in result.stages]
+    assert names == ["Collocation", "MultipleShooting", "Trajectory", "Trajectory"]
+    after = trajectory_loss(result.model, data)
+    assert after < 0.1 * before, (before, after)
+    assert nde.PRESETS["mixed"] is nde.PRESETS["auto"]
+    with pytest.raises(ValueError, match="unknown strategy preset"):
+        nde.fit(model, data, "fastest", progress=False)
+
+
+class HybridLV(eqx.Module):
+    """Known growth/decay terms plus a network standing in for the interactions."""
+
+    net: eqx.nn.MLP
+
+    def __call__(self, t, u, args):
+        return jnp.stack([1.5 * u[0], -1.0 * u[1]]) + self.net(u)
+
+
+def test_collocation_fits_a_hybrid_field():
+    data = nde.datasets.lotka_volterra(n_points=200, t1=5.0)
+    net = eqx.nn.MLP(2, 2, 16, 1, activation=jnp.tanh, key=jax.random.key(3))
+    model = nde.NeuralODE(HybridLV(net))
+    result = nde.fit(
+        model,
+        data,
+        nde.Collocation(bandwidth=0.03),
+        optimizer=optax.adam(0.02),
+        steps=600,
+        steps_per_call=200,
+        progress=False,
+    )
+    assert result.losses[-1] < 0.1 * result.losses[0]
+    # the network learnt the interactions -x*y and 3*x*y at a point on the orbit
+    u = data.ys[40]
+    np.testing.assert_allclose(
+        result.model.field.net(u), [-u[0] * u[1], 3 * u[0] * u[1]], rtol=0.2, atol=0.1
+    )
+
+
+def test_minibatching_windows_and_trajectories():
+    data = nde.datasets.spiral(n_points=15)
+    model = small_model(1)
+    full = trajectory_loss(model, data)
+    key = jax.random.key(0)
+    # a window as long as the series on a single series is the full loss
+    whole = nde.Trajectory(batch_time=15, batch_size=1)
+    assert float(whole.loss(model, whole.prepare(data), key)) == pytest.approx(full, rel=1e-5)
+    # windows: reproducible per key, different across keys, scaled with the number of windows
+    win = nde.Trajectory(batch_time=4, batch_size=6)
+    prep = win.prepare(data)
+    a, b = (float(win.loss(model, prep, k)) for k in (key, key))
+    c = float(win.loss(model, prep, jax.random.key(1)))
+    assert a == b and a != c and 0 < a
+    # trajectories without replacement: all of them in some order is the full loss
+    batch = nde.TimeSeries(data.ts, jnp.stack([data.ys, 0.5 * data.ys, -data.ys]))
+    per_traj = nde.Trajectory(batch_size=3)
+    full_b = trajectory_loss(model, batch)
+    assert float(per_traj.loss(model, per_traj.prepare(batch), key)) == pytest.approx(
+        full_b, rel=1e-5
+    )
+    with pytest.raises(ValueError, match="batch_time 20 exceeds"):
+        nde.Trajectory(batch_time=20).prepare(data)
+    with pytest.raises(ValueError, match="batch_size 4 exceeds the 3 trajectories"):
+        nde.Trajectory(batch_size=4).prepare(batch)
+    with pytest.raises(ValueError, match="batch_time must be None or an integer >= 2"):
+        nde.Trajectory(batch_time=1)
+    mask = np.ones((15, 2), bool)
+    mask[5, 1] = False
+    with pytest.raises(ValueError, match="needs fully observed data"):
+        win.prepare(nde.TimeSeries(data.ts, data.ys, mask))
+
+
+def test_fit_with_minibatches_reduces_the_full_loss():
+    data = nde.datasets.spiral(n_points=30)
+    model = small_model(2)
+    before = trajectory_loss(model, data)
+    strategy = nde.Trajectory(batch_time=8, batch_size=10)
+    result = nde.fit(
+        model,
+        data,
+        strategy,
+        optimizer=optax.adam(0.02),
+        steps=150,
+        steps_per_call=50,
+        key=jax.random.key(5),
+        progress=False,
+    )
+    assert trajectory_loss(result.model, data) < 0.3 * before

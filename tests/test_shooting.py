@@ -1,0 +1,134 @@
+"""Multiple shooting: DiffEqFlux's segment rule, reduction to single shooting, vmap, states."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import neuraldiffeq as nde
+from neuraldiffeq.fitting.shooting import auto_group_size, segment_ranges
+
+
+def julia_ranges(datasize, groupsize):
+    """DiffEqFlux: [i:min(datasize, i + groupsize - 1) for i in 1:(groupsize - 1):(datasize - 1)],
+    1-based inclusive, converted to 0-based inclusive (first, last)."""
+    out = []
+    i = 1
+    while i <= datasize - 1:
+        out.append((i - 1, min(datasize, i + groupsize - 1) - 1))
+        i += groupsize - 1
+    return out
+
+
+@pytest.mark.parametrize(
+    "n,g", [(30, 3), (30, 5), (7, 3), (6, 3), (10, 10), (11, 4), (2, 2), (100, 7), (21, 5)]
+)
+def test_segment_ranges_match_diffeqflux(n, g):
+    ranges = segment_ranges(n, g)
+    assert ranges == julia_ranges(n, g)
+    assert ranges[0][0] == 0 and ranges[-1][1] == n - 1
+    for (_, b), (c, _) in zip(ranges, ranges[1:], strict=False):
+        assert b == c  # consecutive segments share their end point
+
+
+def test_segment_ranges_errors_and_auto():
+    with pytest.raises(ValueError, match="group_size must be an integer >= 2"):
+        segment_ranges(10, 1)
+    with pytest.raises(ValueError, match="larger than the number of time points"):
+        segment_ranges(10, 11)
+    with pytest.raises(ValueError, match="group_size must be an integer >= 2"):
+        nde.MultipleShooting(group_size=1)
+    with pytest.raises(ValueError, match="continuity must be a non-negative"):
+        nde.MultipleShooting(group_size=3, continuity=-1.0)
+    assert auto_group_size(30) == 7 and len(segment_ranges(30, 7)) == 5
+
+
+def spiral_model(seed=0, width=8):
+    mlp = eqx.nn.MLP(2, 2, width, 1, activation=jnp.tanh, key=jax.random.key(seed))
+    return nde.NeuralODE(nde.autonomous(mlp, input_fn=lambda y: y**3))
+
+
+def test_group_size_T_is_single_shooting():
+    data = nde.datasets.spiral(n_points=12)
+    model = spiral_model()
+    single = nde.Trajectory()
+    shoot = nde.MultipleShooting(group_size=12, continuity=100.0)
+    a = float(single.loss(model, single.prepare(data), None))
+    b = float(shoot.loss(model, shoot.prepare(data), None))
+    assert b == a
+
+
+def test_loss_matches_a_python_loop_reference():
+    """The vmapped loss equals segment-by-segment solves + L1 continuity, also for a batch and a
+    short last segment; and the loss contains one solver loop (vmap), not one per segment."""
+    data = nde.datasets.spiral(n_points=11, t1=1.0)
+    ys = np.stack([np.asarray(data.ys), 0.9 * np.asarray(data.ys)])  # (2, 11, 2)
+    data = nde.TimeSeries(data.ts, ys)
+    model = spiral_model(1)
+    strategy = nde.MultipleShooting(group_size=4, continuity=50.0)
+    prepared = strategy.prepare(data)
+    got = float(strategy.loss(model, prepared, None))
+    ranges = segment_ranges(11, 4)
+    assert ranges[-1] == (9, 10)  # the short last segment is padded inside the strategy
+    expected = 0.0
+    for b in range(2):
+        preds = []
+        for a, e in ranges:
+            pred = model(data.ts[a : e + 1], data.ys[b, a])
+            expected += float(jnp.sum((pred - data.ys[b, a : e + 1]) ** 2))
+            preds.append(pred)
+        for p, q in zip(preds, preds[1:], strict=False):
+            expected += 50.0 * float(jnp.sum(jnp.abs(p[-1] - q[0])))
+    assert got == pytest.approx(expected, rel=1e-5)
+    jaxpr = str(jax.make_jaxpr(lambda: strategy.loss(model, prepared, None))())
+    single = nde.Trajectory()
+    single_jaxpr = str(jax.make_jaxpr(lambda: single.loss(model, single.prepare(data), None))())
+    # as many solver loops as one (vmapped) solve has, not one per segment
+    assert jaxpr.count("while[") == single_jaxpr.count("while[") > 0
+
+
+def test_true_field_gives_near_zero_loss_and_continuity_counts():
+    data = nde.datasets.spiral(n_points=20, t1=5.0)
+    strategy = nde.MultipleShooting(group_size=3, continuity=200.0)
+    prepared = strategy.prepare(data)
+    true = nde.NeuralODE(nde.datasets.synthetic.spiral_field, rtol=1e-6, atol=1e-8)
+    assert float(strategy.loss(true, prepared, None)) < 1e-3
+    wrong = nde.NeuralODE(lambda t, y, a: -y)
+    no_cont = nde.MultipleShooting(group_size=3, continuity=0.0)
+    assert float(strategy.loss(wrong, prepared, None)) > float(no_cont.loss(wrong, prepared, None))
+
+
+def test_fit_with_learned_segment_states():
+    data = nde.datasets.spiral(n_points=13, t1=1.5)
+    strategy = nde.MultipleShooting(group_size=4, continuity=10.0)
+    wrapped = strategy.with_states(spiral_model(2), data)
+    assert wrapped.states.shape == (1, 4, 2)
+    np.testing.assert_allclose(wrapped.states[0], data.ys[::3][:4])
+    # the states train (gradients reach them) and the wrapped model still solves like the model
+    result = nde.fit(
+        wrapped,
+        data,
+        strategy,
+        optimizer=optax.adam(0.02),
+        steps=30,
+        steps_per_call=30,
+        progress=False,
+    )
+    assert result.stages[0].best_loss < result.stages[0].first_loss
+    assert not np.allclose(result.model.states, wrapped.states)
+    out = eqx.filter_eval_shape(lambda m: m(data.ts, data.ys[0]), result.model)
+    assert out.shape == (13, 2) and result.model.field is result.model.model.field
+    with pytest.raises(ValueError, match="SegmentStates.states has shape"):
+        other = nde.MultipleShooting(group_size=3)
+        other.loss(wrapped, other.prepare(data), None)
+
+
+def test_masked_segment_start_is_rejected():
+    data = nde.datasets.spiral(n_points=7)
+    mask = np.ones((7, 2), bool)
+    mask[2, 0] = False
+    holey = nde.TimeSeries(data.ts, data.ys, mask)
+    with pytest.raises(ValueError, match="segment starts are missing"):
+        nde.MultipleShooting(group_size=3).prepare(holey)
