@@ -127,7 +127,8 @@ def fit(
         steps_per_call: fuse this many steps into one compiled call (single-strategy form).
         max_failures: give up (raise `FitFailure`, holding the best model) after this many
             consecutive steps with a non-finite loss or gradient. A failed step's update is
-            dropped, the parameters step back halfway towards the last ones that solved, and the
+            dropped, the parameters step back halfway towards the last ones that solved, the
+            optimiser state restarts there, and the
             step is counted in `result.skipped`.
 
     Ctrl-C stops the fit and returns the best model so far (`result.interrupted` is True).
@@ -303,7 +304,9 @@ def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int):
         halfway = jax.tree_util.tree_map(lambda p, g: g + 0.5 * (p - g), params, good_params)
         good_params = _tree_where(finite, params, good_params)
         params = _tree_where(finite, optax.apply_updates(params, updates), halfway)
-        opt_state = _tree_where(finite, new_state, opt_state)
+        # ...and restarts the optimiser there: its state (momenta, L-BFGS memory) led into the
+        # failure, and an unchanged state would propose the same failing step again.
+        opt_state = _tree_where(finite, new_state, optimizer.init(halfway))
         return (params, opt_state, best_params, best_loss, key, good_params), (value, finite)
 
     def steps(carry, prepared):
