@@ -229,7 +229,8 @@ def time_jax(flow: nde.FFJORD, x, repeats: int, label: str) -> dict:
     def loss(p, x, key):
         return strategy.loss(eqx.combine(p, static), x, key)
 
-    step = jax.jit(jax.value_and_grad(loss))
+    # compiled as nde.fit compiles its step (nde.compiler_options(): see neuraldiffeq/_compile.py)
+    step = jax.jit(jax.value_and_grad(loss), compiler_options=nde.compiler_options())
     key = jax.random.key(3)
     t0 = time.perf_counter()
     jax.block_until_ready(step(params, x, key))

@@ -1,6 +1,7 @@
 """neuraldiffeq: neural differential equations in JAX (diffrax + equinox + optax)."""
 
 from . import datasets
+from ._compile import compiler_options
 from .data import TimeSeries
 from .fitting import (
     ELBO,
@@ -56,6 +57,7 @@ __all__ = [
     "MultipleShooting",
     "SegmentStates",
     "collocate",
+    "compiler_options",
     "AugmentedNeuralODE",
     "LatentODE",
     "ODEBlock",

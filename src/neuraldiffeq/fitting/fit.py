@@ -15,6 +15,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from .._compile import jit
 from .strategies import PRESETS, AbstractStrategy
 
 #: consecutive non-finite steps after which `fit` gives up (default of `max_failures`).
@@ -239,7 +240,7 @@ class _StageRun:
             first = n not in self._compiled
             if first:
                 # jax.jit's own dispatch is the fast path; its first call compiles.
-                self._compiled[n] = jax.jit(
+                self._compiled[n] = jit(
                     _make_steps(self.static, self.stage.strategy, self.optimizer, n)
                 )
                 t0 = time.perf_counter()

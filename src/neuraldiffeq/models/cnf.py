@@ -14,6 +14,7 @@ steps, as in the FFJORD code.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_positive, is_concrete
+from .._compile import jit_options
 from ..sensitivity import AbstractSensitivity, Forward, resolve_sensitivity
 from ..solvers import resolve_solver
 
@@ -83,21 +85,22 @@ class _Dynamics(eqx.Module):
 
     def _dt(self, t, state, probe):
         z = state[0]
-        fi = lambda zi: self.field(t, zi, None)  # noqa: E731
+        # The field on the whole batch: rows do not interact, so J v is per sample.
+        batch_field = jax.vmap(lambda zi: self.field(t, zi, None))
         if self.trace == "exact":
-
-            def per_sample(zi):
-                dz, jvp = jax.linearize(fi, zi)
-                columns = jax.vmap(jvp)(jnp.eye(zi.shape[0], dtype=zi.dtype))  # row j = J e_j
-                return dz, jnp.trace(columns), jnp.sum(columns**2)
-
-            dz, trace, frobenius = jax.vmap(per_sample)(z)
+            dz, jvp = jax.linearize(batch_field, z)
+            # D products J e_j, unrolled: a vmap over the basis would turn the training
+            # gradient's sums over it into reductions that are slow on the CPU.
+            trace = frobenius = jnp.zeros(z.shape[:1], z.dtype)
+            for j in range(z.shape[1]):
+                column = jvp(jnp.zeros_like(z).at[:, j].set(1))  # row n: J_n e_j
+                trace = trace + column[:, j]
+                frobenius = frobenius + jnp.sum(column**2, axis=-1)
         else:
-            # One VJP for the whole batch: rows do not interact, so ε^T J is per sample.
-            dz, vjp = jax.vjp(jax.vmap(fi), z)
-            (eps_jac,) = vjp(probe)
-            trace = jnp.sum(eps_jac * probe, axis=-1)
-            frobenius = jnp.sum(eps_jac**2, axis=-1)
+            dz, vjp = jax.vjp(batch_field, z)
+            (probe_jac,) = vjp(probe)  # ε^T J, one VJP for the whole batch
+            trace = jnp.sum(probe_jac * probe, axis=-1)
+            frobenius = jnp.sum(probe_jac**2, axis=-1)
         if self.regularise:
             return dz, trace, jnp.sum(dz**2, axis=-1), frobenius
         return dz, trace
@@ -438,9 +441,9 @@ def _evals_per_step(solver) -> int:
     return stages - 1 if getattr(tableau, "fsal", False) else stages
 
 
-@eqx.filter_jit
-def _log_prob_jit(flow, x, key):
-    return flow.log_prob(x, key)
+@functools.cache
+def _log_prob_jit():
+    return eqx.filter_jit(lambda flow, x, key: flow.log_prob(x, key), **jit_options())
 
 
 def batched_log_prob(flow: FFJORD, x, key: jax.Array | None = None, batch_size: int = 1000):
@@ -468,7 +471,7 @@ def batched_log_prob(flow: FFJORD, x, key: jax.Array | None = None, batch_size: 
         if m < batch_size:  # pad with copies of the first row; their values are dropped
             pad = jnp.broadcast_to(chunk[:1], (batch_size - m, x.shape[1]))
             chunk = jnp.concatenate([chunk, pad])
-        out.append(np.asarray(_log_prob_jit(flow, chunk, jax.random.fold_in(key, i)))[:m])
+        out.append(np.asarray(_log_prob_jit()(flow, chunk, jax.random.fold_in(key, i)))[:m])
     return np.concatenate(out)
 
 
