@@ -3,7 +3,7 @@
 Data: the 1797 bundled 8x8 digits (no download), pixels / 16, fixed stratified split
 (`train_test_split(test_size=0.2, random_state=0)`: 1437 train, 360 test).
 
-Models (as in the paper's `odenet_mnist.py`, scaled to 8x8 inputs):
+Models (as in the paper's `odenet_mnist.py`, scaled to 8x8 inputs), all at the same width C:
 - stem: conv3x3(1->C) - GroupNorm - ReLU - conv4x4 stride 2 (C->C): 8x8 -> 4x4;
 - ResNet: 6 residual blocks, each x + conv(ReLU(GN(conv(ReLU(GN(x)))))), 3x3 convs;
 - ODE-Net: one `nde.ODEBlock` on [0, 1] whose field is GroupNorm-ReLU-conv(with time channel)-
@@ -11,12 +11,23 @@ Models (as in the paper's `odenet_mnist.py`, scaled to 8x8 inputs):
   `nde.Direct()` and with `nde.Backsolve()`;
 - head: GroupNorm - ReLU - flatten - linear(16C->10).
 
+Training recipe (the same for every model; the defaults): C = 24 channels, 30 epochs, batch 64,
+AdamW with lr 1e-2 and cosine decay, weight decay 5e-2 on conv/linear weights (`--weight-decay`),
+label smoothing 0.1 (`--label-smoothing`), and each training image translated by a random
+integer offset in [-1, 1]^2 pixels, fresh every step (`--shift`, 0 turns it off). The recipe was
+chosen on a validation split carved from the training split (`--validation`: 20% of the 1437,
+the test set unused), then run on the test set for several seeds (`--seed 0 1 2`); the summary
+gives the median over seeds. `--backsolve-seeds N` trains Backsolve (the slowest) on the first N
+seeds only.
+
 Reported: test error, parameters, peak memory of one compiled training step (XLA's
 `compile().memory_analysis()`: temporaries + arguments + outputs), NFE of the forward solve
 (mean over the test set) and training time; then Backsolve vs Direct memory as the tolerance is
-tightened (max_steps sized to the steps the solve needs, as a user would).
+tightened (max_steps sized to the steps the solve needs, as a user would; `--no-tolerance-table`
+skips it).
 
-    python benchmarks/odenet_digits.py --epochs 15 --channels 16 --lr 1e-2
+    python benchmarks/odenet_digits.py --seed 0 1 2 --backsolve-seeds 1
+    python benchmarks/odenet_digits.py --validation --models direct resnet --no-tolerance-table
 """
 
 from __future__ import annotations
@@ -131,15 +142,45 @@ def odenet(c, key, sensitivity, rtol=1e-3, atol=1e-3, max_steps=4096):
     return Classifier([block], c, k2)
 
 
-def loss_fn(model, x, y):
+def loss_fn(model, x, y, label_smoothing=0.0):
     logits = jax.vmap(model)(x)
-    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+    targets = optax.smooth_labels(jax.nn.one_hot(y, logits.shape[-1]), label_smoothing)
+    return jnp.mean(optax.softmax_cross_entropy(logits, targets))
 
 
-def make_step(optimizer):
+def random_shift(x, key, max_shift):
+    """Translate each image (N, C, H, W) by an independent random integer offset in
+    [-max_shift, max_shift]^2, filling with zeros (the digits' background)."""
+    if max_shift == 0:
+        return x
+    n, c, h, w = x.shape
+    offsets = jax.random.randint(key, (n, 2), 0, 2 * max_shift + 1)
+    padded = jnp.pad(x, ((0, 0), (0, 0), (max_shift, max_shift), (max_shift, max_shift)))
+
+    def one(img, o):
+        return jax.lax.dynamic_slice(img, (0, o[0], o[1]), (c, h, w))
+
+    return jax.vmap(one)(padded, offsets)
+
+
+def make_optimizer(schedule, weight_decay):
+    """AdamW; the decay applies to conv and linear weights only (not biases, not GroupNorm)."""
+
+    def mask(params):
+        def is_weight(path, leaf):
+            name = getattr(path[-1], "name", None)
+            return name == "weight" and leaf.ndim >= 2
+
+        return jax.tree_util.tree_map_with_path(is_weight, params)
+
+    return optax.adamw(schedule, weight_decay=weight_decay, mask=mask)
+
+
+def make_step(optimizer, max_shift=0, label_smoothing=0.0):
     @eqx.filter_jit
-    def step(model, opt_state, x, y):
-        loss, grads = eqx.filter_value_and_grad(loss_fn)(model, x, y)
+    def step(model, opt_state, x, y, key):
+        x = random_shift(x, key, max_shift)
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(model, x, y, label_smoothing)
         updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
         return eqx.apply_updates(model, updates), opt_state, loss
 
@@ -177,36 +218,44 @@ def mean_nfe(block, feats):
     return jnp.mean(jax.vmap(block.nfe)(feats))
 
 
-def train(model, data, epochs, batch, lr, key):
+def train(model, data, args, key, eval_name="test"):
     xtr, ytr, xte, yte = data
+    batch, epochs = args.batch, args.epochs
     steps_per_epoch = len(xtr) // batch
-    schedule = optax.cosine_decay_schedule(lr, epochs * steps_per_epoch)
-    optimizer = optax.adam(schedule)
+    schedule = optax.cosine_decay_schedule(args.lr, epochs * steps_per_epoch)
+    optimizer = make_optimizer(schedule, args.weight_decay)
     opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
-    step = make_step(optimizer)
+    step = make_step(optimizer, args.shift, args.label_smoothing)
     t0 = time.perf_counter()
     for epoch in range(epochs):
         key, k = jax.random.split(key)
         perm = np.asarray(jax.random.permutation(k, len(xtr)))
         for i in range(steps_per_epoch):
             idx = perm[i * batch : (i + 1) * batch]
-            model, opt_state, loss = step(model, opt_state, xtr[idx], ytr[idx])
+            model, opt_state, loss = step(
+                model, opt_state, xtr[idx], ytr[idx], jax.random.fold_in(k, i)
+            )
         if epoch % 5 == 4 or epoch == epochs - 1:
             err = 1 - float(accuracy(model, xte, yte))
             print(
-                f"  epoch {epoch + 1}: loss {float(loss):.4f} test error {100 * err:.2f}% "
+                f"  epoch {epoch + 1}: loss {float(loss):.4f} {eval_name} error {100 * err:.2f}% "
                 f"({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
     return model, time.perf_counter() - t0
 
 
-def load(seed=0):
+def load(validation=False):
+    """The fixed train/test split; with `validation=True`, the test set is left out entirely and
+    20% of the training split (stratified, random_state=1) is held out in its place, for
+    choosing a recipe without looking at the test set."""
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)[:, None]  # (N, 1, 8, 8)
     xtr, xte, ytr, yte = train_test_split(
-        x, digits.target, test_size=0.2, random_state=seed, stratify=digits.target
+        x, digits.target, test_size=0.2, random_state=0, stratify=digits.target
     )
+    if validation:
+        xtr, xte, ytr, yte = train_test_split(xtr, ytr, test_size=0.2, random_state=1, stratify=ytr)
     return jnp.asarray(xtr), jnp.asarray(ytr), jnp.asarray(xte), jnp.asarray(yte)
 
 
@@ -240,19 +289,39 @@ def tolerance_table(base, data, batch):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-2)
-    parser.add_argument("--channels", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--channels", type=int, default=24)
+    parser.add_argument(
+        "--shift", type=int, default=1, help="random +-shift pixel translations (0: none)"
+    )
+    parser.add_argument(
+        "--weight-decay", type=float, default=5e-2, help="AdamW decay of conv/linear weights"
+    )
+    parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, nargs="+", default=[0])
     parser.add_argument("--models", nargs="+", default=["resnet", "direct", "backsolve"])
+    parser.add_argument(
+        "--backsolve-seeds",
+        type=int,
+        default=None,
+        help="train Backsolve for only the first N seeds (it is the slowest); default all",
+    )
+    parser.add_argument(
+        "--validation",
+        action="store_true",
+        help="hold out 20%% of the training split and report error on it; the test set is unused",
+    )
+    parser.add_argument("--no-tolerance-table", dest="tolerance_table", action="store_false")
     parser.add_argument("--out", default="out/odenet_digits")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     print(f"machine: {platform.machine()} {os.cpu_count()} CPUs, jax {jax.__version__}", flush=True)
-    data = load()
+    print(f"args: {vars(args)}", flush=True)
+    data = load(validation=args.validation)
+    eval_name = "validation" if args.validation else "test"
     c = args.channels
-    key = jax.random.key(args.seed)
     builders = {
         "resnet": lambda k: resnet(c, k),
         "direct": lambda k: odenet(c, k, nde.Direct()),
@@ -260,43 +329,71 @@ def main():
     }
     xb, yb = data[0][: args.batch], data[1][: args.batch]
     rows, tol_rows = [], []
-    for name in args.models:
-        k_init, k_train = jax.random.split(jax.random.fold_in(key, list(builders).index(name)))
-        model = builders[name](k_init)
-        temp, total = peak_memory(model, optax.adam(1e-3), xb, yb)
-        print(f"{name}: {count_params(model)} parameters", flush=True)
-        model, seconds = train(model, data, args.epochs, args.batch, args.lr, k_train)
-        row = {
-            "model": name,
-            "params": count_params(model),
-            "test_error_pct": 100 * (1 - float(accuracy(model, data[2], data[3]))),
-            "step_temp_bytes": temp,
-            "step_total_bytes": total,
-            "train_s": seconds,
-            "epochs": args.epochs,
-        }
-        if name != "resnet":
-            stem_out = jax.vmap(_stem(model))(data[2])
-            row["nfe_test_mean"] = float(mean_nfe(model.body[0], stem_out))
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if name != "resnet" and not tol_rows:
-            tol_rows = tolerance_table(model, data, args.batch)
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"models": rows, "tolerance": tol_rows}, f, indent=2)
 
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"models": rows, "tolerance": tol_rows}, f, indent=2)
+    def save():
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump({"args": vars(args), "models": rows, "tolerance": tol_rows}, f, indent=2)
+
+    for s_index, seed in enumerate(args.seed):
+        key = jax.random.key(seed)
+        for name in args.models:
+            if (
+                name == "backsolve"
+                and args.backsolve_seeds is not None
+                and s_index >= args.backsolve_seeds
+            ):
+                continue
+            k_init, k_train = jax.random.split(jax.random.fold_in(key, list(builders).index(name)))
+            model = builders[name](k_init)
+            temp, total = peak_memory(model, optax.adam(1e-3), xb, yb)
+            print(f"{name} (seed {seed}): {count_params(model)} parameters", flush=True)
+            model, seconds = train(model, data, args, k_train, eval_name)
+            wrong = int(jnp.sum(jnp.argmax(jax.vmap(model)(data[2]), -1) != data[3]))
+            row = {
+                "model": name,
+                "seed": seed,
+                "params": count_params(model),
+                f"{eval_name}_errors": wrong,
+                f"{eval_name}_error_pct": 100 * wrong / len(data[3]),
+                "step_temp_bytes": temp,
+                "step_total_bytes": total,
+                "train_s": seconds,
+                "epochs": args.epochs,
+            }
+            if name != "resnet":
+                stem_out = jax.vmap(_stem(model))(data[2])
+                row["nfe_eval_mean"] = float(mean_nfe(model.body[0], stem_out))
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            if name != "resnet" and not tol_rows and args.tolerance_table:
+                tol_rows = tolerance_table(model, data, args.batch)
+            save()
+    save()
 
     mib = 2.0**20
-    print("\n| model | params | test error | step memory (MiB, temp / total) | NFE | train s |")
-    print("|---|---|---|---|---|---|")
+    n_eval = len(data[3])
+    print(
+        f"\n| model | seed | params | {eval_name} error | step memory (MiB, temp / total) "
+        "| NFE | train s |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['model']} | {r['params']} | {r['test_error_pct']:.2f}% | "
+            f"| {r['model']} | {r['seed']} | {r['params']} | "
+            f"{r[f'{eval_name}_error_pct']:.2f}% ({r[f'{eval_name}_errors']}) | "
             f"{r['step_temp_bytes'] / mib:.1f} / {r['step_total_bytes'] / mib:.1f} | "
-            f"{r.get('nfe_test_mean', float('nan')):.1f} | {r['train_s']:.0f} |"
+            f"{r.get('nfe_eval_mean', float('nan')):.1f} | {r['train_s']:.0f} |"
         )
+    print(f"\n| model | seeds | median {eval_name} error | errors per seed |")
+    print("|---|---|---|---|")
+    for name in args.models:
+        errs = [r[f"{eval_name}_errors"] for r in rows if r["model"] == name]
+        if errs:
+            med = float(np.median(errs))
+            print(
+                f"| {name} | {len(errs)} | {100 * med / n_eval:.2f}% ({med:g}) | "
+                f"{', '.join(map(str, errs))} |"
+            )
     if tol_rows:
         print(
             "\n| rtol=atol | NFE | max_steps | Direct temp MiB | Direct (store all) temp MiB "
