@@ -152,6 +152,32 @@ def bench_mixed(
     return rows
 
 
+# -- 4. the presets: nde.fit(model, data, "auto" | "mixed" | ...) as a user calls it ---------
+
+
+def bench_presets(presets, seeds):
+    """Final full-trajectory loss and wall time (compilation included) of each preset."""
+    problems = {
+        "[0, 1.5] spiral, MLP 2-50-2": (nde.datasets.spiral(), 50),
+        "[0, 5] spiral, MLP 2-16-2": (nde.datasets.spiral(n_points=30, t1=5.0), 16),
+    }
+    rows = []
+    for problem, (data, width) in problems.items():
+        for preset in presets:
+            for seed in seeds:
+                t0 = time.perf_counter()
+                try:
+                    res = nde.fit(spiral_model(width, seed), data, preset, progress=False)
+                    loss = trajectory_loss(res.model, data)
+                except nde.FitFailure as failure:  # reported, not hidden
+                    loss = trajectory_loss(failure.result.model, data)
+                row = dict(problem=problem, preset=preset, seed=seed, loss=loss)
+                row["seconds"] = time.perf_counter() - t0
+                rows.append(row)
+                print(row, flush=True)
+    return rows
+
+
 # -- 3. collocation speed -------------------------------------------------------------------------
 
 
@@ -178,7 +204,9 @@ def bench_collocate(kernels, repeats):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["shooting", "mixed", "collocate"], default=None)
+    parser.add_argument(
+        "--only", choices=["shooting", "mixed", "collocate", "presets"], default=None
+    )
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--ss-seeds", type=int, default=3, help="seeds for single shooting")
     parser.add_argument("--ss-steps", type=int, default=1000)
@@ -198,6 +226,7 @@ def main():
     )
     parser.add_argument("--colloc-bandwidth", type=float, default=None)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--presets", nargs="+", default=["auto", "mixed", "trajectory"])
     args = parser.parse_args()
     print(
         f"machine: {platform.machine()} {platform.processor() or ''}, jax {jax.__version__}, "
@@ -237,6 +266,19 @@ def main():
             f"ratio of medians {med_t / med_m:.2f}, "
             f"median ratio {statistics.median(r['ratio'] for r in rows):.2f}"
         )
+    if args.only in (None, "presets"):
+        rows = bench_presets(args.presets, seeds)
+        print("\n| problem | preset | final trajectory loss, per seed | median | median s |")
+        print("|---|---|---|---|---|")
+        for problem in dict.fromkeys(r["problem"] for r in rows):
+            for preset in args.presets:
+                sel = [r for r in rows if r["problem"] == problem and r["preset"] == preset]
+                losses = ", ".join(f"{r['loss']:.4g}" for r in sel)
+                print(
+                    f"| {problem} | {preset} | {losses} | "
+                    f"{statistics.median(r['loss'] for r in sel):.4g} | "
+                    f"{statistics.median(r['seconds'] for r in sel):.1f} |"
+                )
     if args.only in (None, "shooting"):
         ss = set(range(args.ss_seeds))
         rows = []

@@ -29,7 +29,8 @@ from ..serialisation import save
 
 #: --strategy choices -> presets (see `neuraldiffeq.fitting.presets`).
 STRATEGIES = {
-    "mixed": "auto",
+    "auto": "auto",
+    "mixed": "mixed",
     "trajectory": "trajectory",
     "shooting": "shooting",
     "collocation": "collocation",
@@ -100,8 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--strategy",
         choices=sorted(STRATEGIES),
-        default="mixed",
-        help="mixed = collocation -> multiple shooting -> trajectory -> L-BFGS",
+        default="auto",
+        help="auto = multiple shooting -> trajectory -> L-BFGS; mixed = collocation first "
+        "(for dense series)",
     )
     parser.add_argument(
         "--steps", type=int, default=300, help="Adam steps of each solving stage (default 300)"
