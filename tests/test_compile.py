@@ -33,3 +33,8 @@ def test_batched_gradient_is_identical_with_and_without_options():
         jax.tree_util.tree_leaves(plain), jax.tree_util.tree_leaves(tuned), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_only_batched_strategies_ask_for_the_options():
+    assert nde.MaximumLikelihood(batch_size=8).compiler_options == nde.compiler_options()
+    assert nde.Trajectory().compiler_options is None

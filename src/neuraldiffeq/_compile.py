@@ -1,18 +1,20 @@
-"""XLA options for the programs neuraldiffeq compiles itself (`fit`'s step, batched log-densities).
+"""XLA options for programs that push one wide batch through a model (flows' log-likelihoods).
 
 Why: on the CPU, jaxlib 0.10 hands XLA fusions to the YNNPACK library, whose reductions over a
 leading axis are slow — a (100, 64) -> (64,) sum takes ~50-90 µs instead of ~1 µs. The backward
 pass of any batched model is full of them (the gradient of every weight shared across a batch is
 such a sum), so a FFJORD training step on a batch of 100 spent most of its time there. Letting
 YNNPACK handle single matrix products only, and XLA's own code generator everything else, made
-that step 1.2-3.7x faster (benchmarks/RESULTS.md, "FFJORD speed"). Elsewhere (GPU, or a jaxlib that
-does not know the option) no options are passed.
+that step 1.2-3.7x faster (benchmarks/RESULTS.md, "FFJORD speed"). The price is ~20% more compile
+time (XLA generates the code YNNPACK would have run), which is not worth paying for small unbatched
+problems, so they are opt-in: `nde.MaximumLikelihood` asks `fit` for them (a strategy's
+`compiler_options`), and so does `batched_log_prob`. Elsewhere (GPU, or a jaxlib that does not
+know the option) no options are passed.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -26,7 +28,8 @@ _YNN_DOTS_ONLY = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"
 def compiler_options() -> dict[str, str] | None:
     """The XLA options neuraldiffeq compiles with on this backend (None: XLA's defaults).
 
-    Pass them to your own `jax.jit` to get the same programs as `nde.fit`.
+    Pass them to your own `jax.jit` for a training step on a wide batch (what `nde.fit` does for
+    `nde.MaximumLikelihood`).
 
     Example:
         >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
@@ -48,14 +51,3 @@ def jit_options() -> dict[str, Any]:
     """Keyword arguments for `jax.jit`/`eqx.filter_jit`: the `compiler_options` (if any)."""
     options = compiler_options()
     return {} if options is None else {"compiler_options": options}
-
-
-def jit(fun: Callable, **kwargs: Any) -> Callable:
-    """`jax.jit(fun, **kwargs)` with neuraldiffeq's `compiler_options()`.
-
-    Example:
-        >>> from neuraldiffeq._compile import jit
-        >>> jit(lambda x: 2 * x)(3)
-        Array(6, dtype=int32, weak_type=True)
-    """
-    return jax.jit(fun, **jit_options(), **kwargs)

@@ -64,7 +64,7 @@ class Direct(AbstractSensitivity):
     Example:
         >>> import neuraldiffeq as nde
         >>> nde.Direct().adjoint()
-        RecursiveCheckpointAdjoint(checkpoints=None)
+        RecursiveCheckpointAdjoint()
     """
 
     checkpoints: int | None = None

@@ -1,7 +1,7 @@
 """Fit the Hudson's Bay lynx-hare series (1900-1920): a neural ODE and a universal ODE.
 
-Two models, both trained with the mixed recipe (collocation -> multiple shooting -> trajectory ->
-L-BFGS, the `"auto"` preset) on normalised data:
+Two models, both trained with the `"auto"` preset (multiple shooting -> trajectory -> L-BFGS) on
+normalised data:
 
 - `neural-ode/`: du/dt = MLP(u) on standardised populations;
 - `ude/`: Lotka-Volterra with a network replacing the interaction terms,

@@ -15,7 +15,6 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from .._compile import jit
 from .strategies import PRESETS, AbstractStrategy
 
 #: consecutive non-finite steps after which `fit` gives up (default of `max_failures`).
@@ -240,8 +239,9 @@ class _StageRun:
             first = n not in self._compiled
             if first:
                 # jax.jit's own dispatch is the fast path; its first call compiles.
-                self._compiled[n] = jit(
-                    _make_steps(self.static, self.stage.strategy, self.optimizer, n)
+                self._compiled[n] = jax.jit(
+                    _make_steps(self.static, self.stage.strategy, self.optimizer, n),
+                    compiler_options=self.stage.strategy.compiler_options,
                 )
                 t0 = time.perf_counter()
             self.carry, out = self._compiled[n](self.carry, self.prepared)

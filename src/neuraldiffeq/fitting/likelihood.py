@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._compile import compiler_options as cpu_compiler_options
 from .strategies import AbstractStrategy
 
 
@@ -80,6 +81,12 @@ class MaximumLikelihood(AbstractStrategy):
     @property
     def stochastic(self) -> bool:  # fresh samples every step: keep the last iterate
         return True
+
+    @property
+    def compiler_options(self) -> dict[str, str] | None:
+        # A batch of samples through the flow: the backward pass is full of sums over the batch,
+        # which these options make 1.2-3.7x faster on the CPU (see neuraldiffeq/_compile.py).
+        return cpu_compiler_options()
 
     def loss(self, model: Any, prepared: jax.Array, key: jax.Array) -> jax.Array:
         key = jax.random.key(0) if key is None else key

@@ -45,6 +45,15 @@ class AbstractStrategy(eqx.Module):
         """
         return False
 
+    @property
+    def compiler_options(self) -> dict[str, str] | None:
+        """XLA options for `fit`'s compiled step (None: XLA's defaults).
+
+        A strategy whose loss runs one wide batch through the model (a flow's log-likelihood)
+        returns `nde.compiler_options()`: faster steps on the CPU for ~20% more compile time.
+        """
+        return None
+
 
 class Trajectory(AbstractStrategy):
     """Single shooting: solve from each trajectory's first observation over the whole series.
