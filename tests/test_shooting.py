@@ -132,3 +132,32 @@ def test_masked_segment_start_is_rejected():
     holey = nde.TimeSeries(data.ts, data.ys, mask)
     with pytest.raises(ValueError, match="segment starts are missing"):
         nde.MultipleShooting(group_size=3).prepare(holey)
+
+
+def test_minibatch_loss_is_the_full_loss_of_the_drawn_trajectories():
+    # Three trajectories; a minibatch of two is exactly the full-batch loss of the two drawn.
+    base = nde.datasets.spiral(n_points=11, t1=1.0)
+    ys = np.stack([np.asarray(base.ys) * s for s in (1.0, 0.9, 1.1)])
+    data = nde.TimeSeries(base.ts, ys)
+    model = spiral_model(1)
+    full = nde.MultipleShooting(group_size=4, continuity=50.0)
+    mini = nde.MultipleShooting(group_size=4, continuity=50.0, batch_size=2)
+    assert mini.stochastic and not full.stochastic
+    key = jax.random.key(3)
+    chosen = np.asarray(jax.random.choice(key, 3, (2,), replace=False))
+    assert len(set(chosen.tolist())) == 2
+    drawn = nde.TimeSeries(base.ts, ys[chosen])
+    expected = float(full.loss(model, full.prepare(drawn), None))
+    got = float(mini.loss(model, mini.prepare(data), key))
+    assert got == pytest.approx(expected, rel=1e-5)
+    # ...and fit trains through it
+    result = nde.fit(model, data, mini, optimizer=optax.adam(1e-2), steps=5, progress=False)
+    assert result.losses.shape == (5,) and np.all(np.isfinite(result.losses))
+
+
+def test_minibatch_size_is_validated():
+    data = nde.datasets.spiral(n_points=11, t1=1.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        nde.MultipleShooting(group_size=3, batch_size=0)
+    with pytest.raises(ValueError, match="exceeds the 1 trajectories"):
+        nde.MultipleShooting(group_size=3, batch_size=2).prepare(data)

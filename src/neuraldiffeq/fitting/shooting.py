@@ -106,6 +106,8 @@ class MultipleShooting(AbstractStrategy):
             None picks about five segments from the data (`auto_group_size`).
         continuity: weight of the continuity penalty.
         loss_fn: data misfit `loss_fn(pred, target, mask)`, default `nde.losses.l2`.
+        batch_size: trajectories per step, drawn without replacement with the step's key (as
+            `nde.Trajectory(batch_size=...)`); None: all of them every step.
 
     Example:
         >>> import equinox as eqx, jax, jax.numpy as jnp, optax, neuraldiffeq as nde
@@ -122,8 +124,15 @@ class MultipleShooting(AbstractStrategy):
     group_size: int | None = eqx.field(static=True)
     continuity: float = eqx.field(default=100.0, static=True)
     loss_fn: Callable = l2
+    batch_size: int | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
+        if self.batch_size is not None and not (
+            isinstance(self.batch_size, int | np.integer) and self.batch_size >= 1
+        ):
+            raise ValueError(
+                f"batch_size must be None or an integer >= 1, got {self.batch_size!r}."
+            )
         if self.group_size is not None and not (
             isinstance(self.group_size, int | np.integer) and self.group_size >= 2
         ):
@@ -152,6 +161,11 @@ class MultipleShooting(AbstractStrategy):
                 "MultipleShooting starts each segment from the observation at its first time, "
                 "but some segment starts are missing (masked). Impute them or change group_size."
             )
+        if self.batch_size is not None and self.batch_size > batch.ys.shape[0]:
+            raise ValueError(
+                f"batch_size {self.batch_size} exceeds the {batch.ys.shape[0]} trajectories of "
+                "the data."
+            )
         return {
             "ts": batch.ts,
             "ys": batch.ys,
@@ -159,8 +173,13 @@ class MultipleShooting(AbstractStrategy):
             "weight": jnp.asarray(valid[None, :, :, None] & observed[:, index]),
         }
 
+    @property
+    def stochastic(self) -> bool:  # a fresh draw of trajectories every step
+        return self.batch_size is not None
+
     def loss(self, model, prepared, key) -> jax.Array:
         ts, ys, index = prepared["ts"], prepared["ys"], prepared["index"]
+        weight = prepared["weight"]
         n_batch, n_seg = ys.shape[0], index.shape[0]
         seg_ts = ts[index]  # (S, g)
         if isinstance(model, SegmentStates):
@@ -174,6 +193,12 @@ class MultipleShooting(AbstractStrategy):
             model = model.model
         else:
             y0 = ys[:, index[:, 0]]  # (B, S, D)
+        if self.batch_size is not None:
+            if key is None:
+                raise ValueError("a minibatching MultipleShooting needs a PRNG key to sample with.")
+            chosen = jax.random.choice(key, n_batch, (self.batch_size,), replace=False)
+            ys, y0, weight = ys[chosen], y0[chosen], weight[chosen]
+            n_batch = self.batch_size
         if n_batch * n_seg == 1:  # single shooting: no vmap (see strategies.batch_solve)
             preds = model(seg_ts[0], y0[0, 0])[None, None]
         else:
@@ -182,7 +207,7 @@ class MultipleShooting(AbstractStrategy):
             )
             flat = jax.vmap(model)(flat_ts, y0.reshape(-1, y0.shape[-1]))
             preds = flat.reshape(n_batch, n_seg, *flat.shape[1:])  # (B, S, g, D)
-        misfit = self.loss_fn(preds, ys[:, index], prepared["weight"])
+        misfit = self.loss_fn(preds, ys[:, index], weight)
         if n_seg == 1:
             return misfit
         # Every segment but the last has all its slots, so its end is slot g - 1.
