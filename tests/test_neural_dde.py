@@ -98,3 +98,36 @@ def test_bad_input():
         model(jnp.linspace(0, 1, 3), jnp.ones(1))
     with pytest.raises(ValueError, match="field must be callable"):
         nde.NeuralDDE(3.0, lags=[1.0])
+
+
+class _NoDelayHint(eqx.Module):
+    """The same model, hidden from MultipleShooting's isinstance check: constant history."""
+
+    model: nde.NeuralDDE
+
+    def __call__(self, ts, y0):
+        return self.model(ts, y0)
+
+
+def test_multiple_shooting_gives_segments_the_observed_past():
+    # With the true field, segments that see the data's past reproduce the data; a constant
+    # history (what a fresh solve from each segment start assumes) does not.
+    data = delayed_decay_data()
+    true = nde.NeuralDDE(DelayedDecay(jnp.array(1.0)), lags=[1.0], autonomous=False, rtol=1e-7)
+    strategy = nde.MultipleShooting(group_size=5, continuity=0.0)  # the data misfit alone
+    prepared = strategy.prepare(data)
+    with_past = float(strategy.loss(true, prepared, None))
+    constant = float(strategy.loss(_NoDelayHint(true), prepared, None))
+    assert with_past < 1e-3, with_past
+    assert constant > 100 * with_past, (constant, with_past)
+
+
+def test_multiple_shooting_of_a_dde_rejects_missing_values():
+    data = delayed_decay_data()
+    mask = np.ones(data.ys.shape, bool)
+    mask[7] = False  # not a segment start
+    masked = nde.TimeSeries(data.ts, data.ys, mask=mask)
+    model = nde.NeuralDDE(DelayedDecay(jnp.array(1.0)), lags=[1.0], autonomous=False)
+    strategy = nde.MultipleShooting(group_size=5)
+    with pytest.raises(Exception, match="fully observed"):
+        jax.block_until_ready(strategy.loss(model, strategy.prepare(masked), None))

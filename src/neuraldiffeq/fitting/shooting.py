@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..models.dde import NeuralDDE
 from .losses import l2
 from .strategies import AbstractStrategy, as_timeseries
 
@@ -57,6 +58,33 @@ def auto_group_size(n_times: int) -> int:
         (7, 5)
     """
     return min(n_times, max(3, -(-(n_times - 1) // 5) + 1))
+
+
+class ObservedPast(eqx.Module):
+    """A trajectory's observations, linearly interpolated: the history of a delay segment.
+
+    A segment of a `nde.NeuralDDE` that starts at t_k needs y(t) for t < t_k: the data's own past,
+    not the constant history a fresh solve would assume. Before the first observation it is the
+    model's own history (`before`; None: the first observation, the default history).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from neuraldiffeq.fitting.shooting import ObservedPast
+        >>> past = ObservedPast(jnp.array([0.0, 1.0]), jnp.array([[0.0], [2.0]]), None)
+        >>> past(0.25).tolist(), past(-1.0).tolist()
+        ([0.5], [0.0])
+    """
+
+    ts: jax.Array
+    ys: jax.Array
+    before: Callable | jax.Array | None
+
+    def __call__(self, t):
+        inside = jax.vmap(lambda y: jnp.interp(t, self.ts, y), in_axes=1)(self.ys)
+        if self.before is None:  # jnp.interp holds ys[0] before ts[0]: the default history
+            return inside
+        before = self.before(t) if callable(self.before) else self.before
+        return jnp.where(t < self.ts[0], before, inside)
 
 
 class SegmentStates(eqx.Module):
@@ -171,6 +199,7 @@ class MultipleShooting(AbstractStrategy):
             "ys": batch.ys,
             "index": jnp.asarray(index),
             "weight": jnp.asarray(valid[None, :, :, None] & observed[:, index]),
+            "observed": jnp.asarray(observed),
         }
 
     @property
@@ -179,7 +208,7 @@ class MultipleShooting(AbstractStrategy):
 
     def loss(self, model, prepared, key) -> jax.Array:
         ts, ys, index = prepared["ts"], prepared["ys"], prepared["index"]
-        weight = prepared["weight"]
+        weight, observed = prepared["weight"], prepared["observed"]
         n_batch, n_seg = ys.shape[0], index.shape[0]
         seg_ts = ts[index]  # (S, g)
         if isinstance(model, SegmentStates):
@@ -197,15 +226,28 @@ class MultipleShooting(AbstractStrategy):
             if key is None:
                 raise ValueError("a minibatching MultipleShooting needs a PRNG key to sample with.")
             chosen = jax.random.choice(key, n_batch, (self.batch_size,), replace=False)
-            ys, y0, weight = ys[chosen], y0[chosen], weight[chosen]
+            ys, y0 = ys[chosen], y0[chosen]
+            weight, observed = weight[chosen], observed[chosen]
             n_batch = self.batch_size
+        if isinstance(model, NeuralDDE):  # each segment's history: its trajectory's past
+            past = eqx.error_if(
+                ys,
+                ~jnp.all(observed),
+                "MultipleShooting gives a NeuralDDE's segments the observed past as history, "
+                "so it needs fully observed data: impute the missing values first.",
+            )
+            solve = _with_past(model, ts)
+        else:
+            past = ys
+            solve = lambda seg, start, _: model(seg, start)  # noqa: E731
         if n_batch * n_seg == 1:  # single shooting: no vmap (see strategies.batch_solve)
-            preds = model(seg_ts[0], y0[0, 0])[None, None]
+            preds = solve(seg_ts[0], y0[0, 0], past[0])[None, None]
         else:
             flat_ts = jnp.broadcast_to(seg_ts, (n_batch, *seg_ts.shape)).reshape(
                 -1, seg_ts.shape[1]
             )
-            flat = jax.vmap(model)(flat_ts, y0.reshape(-1, y0.shape[-1]))
+            flat_past = jnp.repeat(past, n_seg, axis=0)  # row b * S + k: trajectory b
+            flat = jax.vmap(solve)(flat_ts, y0.reshape(-1, y0.shape[-1]), flat_past)
             preds = flat.reshape(n_batch, n_seg, *flat.shape[1:])  # (B, S, g, D)
         misfit = self.loss_fn(preds, ys[:, index], weight)
         if n_seg == 1:
@@ -224,3 +266,14 @@ class MultipleShooting(AbstractStrategy):
         ranges = segment_ranges(n, self.group_size or auto_group_size(n))
         starts = np.array([a for a, _ in ranges])
         return SegmentStates(model, jnp.asarray(batch.ys[:, starts]))
+
+
+def _with_past(model: NeuralDDE, ts: jax.Array) -> Callable:
+    """`solve(segment_ts, y0, trajectory_ys)` for a delay model whose history is the data's past."""
+
+    def solve(seg_ts, start, trajectory_ys):
+        past = ObservedPast(ts, trajectory_ys, model.history)
+        with_past = eqx.tree_at(lambda m: m.history, model, past, is_leaf=lambda x: x is None)
+        return with_past(seg_ts, start)
+
+    return solve

@@ -45,7 +45,8 @@ class NeuralDDE(eqx.Module):
     `history`: the state before the first time: None (constant, equal to y0: the system was at
     rest), a callable `history(t) -> (D,)` (may hold trainable arrays), or a constant array (D,).
     `model(ts, y0) -> (T, D)` solves from `ts[0]`, so `nde.Trajectory()` and
-    `nde.MultipleShooting()` fit it through `nde.fit`. A failed solve returns `inf` (the training
+    `nde.MultipleShooting()` fit it through `nde.fit` (multiple shooting gives each segment the
+    data's past as its history). A failed solve returns `inf` (the training
     step is then skipped). Gradients: the discrete adjoint through `solve_dde`'s checkpointed loop
     (`sensitivity=nde.Direct(checkpoints=...)`); continuous adjoints are not available for DDEs.
 
