@@ -15,7 +15,6 @@ know the option) no options are passed.
 from __future__ import annotations
 
 import functools
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,9 +44,3 @@ def compiler_options() -> dict[str, str] | None:
     except Exception:  # noqa: BLE001 — any refusal means "not supported here"
         return None
     return options
-
-
-def jit_options() -> dict[str, Any]:
-    """Keyword arguments for `jax.jit`/`eqx.filter_jit`: the `compiler_options` (if any)."""
-    options = compiler_options()
-    return {} if options is None else {"compiler_options": options}

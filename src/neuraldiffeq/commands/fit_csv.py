@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -225,27 +226,21 @@ def fit_series(
         **result.metrics(),
     }
     squeeze = not data.batched
-    plot_fit(
-        os.path.join(out, "fit.png"),
-        np.asarray(data.ts),
-        obs[0] if squeeze else np.where(observed, obs, np.nan),
-        dense_ts,
-        pred_dense[0] if squeeze else pred_dense,
-        losses=result.losses,
+    # the same observations and dense prediction in both figures
+    plot = functools.partial(
+        plot_fit,
+        ts=np.asarray(data.ts),
+        ys=obs[0] if squeeze else np.where(observed, obs, np.nan),
+        pred_ts=dense_ts,
+        pred_ys=pred_dense[0] if squeeze else pred_dense,
         labels=list(labels),
-        title=title,
         holdout_from=float(data.ts[n - holdout]) if holdout else None,
     )
+    plot(os.path.join(out, "fit.png"), losses=result.losses, title=title)
     if holdout:
-        plot_fit(
+        plot(
             os.path.join(out, "extrapolation.png"),
-            np.asarray(data.ts),
-            obs[0] if squeeze else np.where(observed, obs, np.nan),
-            dense_ts,
-            pred_dense[0] if squeeze else pred_dense,
-            labels=list(labels),
             title=f"extrapolation: last {holdout} points held out",
-            holdout_from=float(data.ts[n - holdout]),
         )
     if on_prediction is not None:
         on_prediction(dense_ts, pred_dense)

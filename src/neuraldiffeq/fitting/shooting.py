@@ -19,7 +19,7 @@ import numpy as np
 
 from ..models.dde import NeuralDDE
 from .losses import l2
-from .strategies import AbstractStrategy, as_timeseries
+from .strategies import AbstractStrategy, as_timeseries, draw_trajectories
 
 
 def segment_ranges(n_times: int, group_size: int) -> list[tuple[int, int]]:
@@ -223,9 +223,7 @@ class MultipleShooting(AbstractStrategy):
         else:
             y0 = ys[:, index[:, 0]]  # (B, S, D)
         if self.batch_size is not None:
-            if key is None:
-                raise ValueError("a minibatching MultipleShooting needs a PRNG key to sample with.")
-            chosen = jax.random.choice(key, n_batch, (self.batch_size,), replace=False)
+            chosen = draw_trajectories(key, n_batch, self.batch_size, "MultipleShooting")
             ys, y0 = ys[chosen], y0[chosen]
             weight, observed = weight[chosen], observed[chosen]
             n_batch = self.batch_size

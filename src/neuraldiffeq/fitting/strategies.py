@@ -129,15 +129,15 @@ class Trajectory(AbstractStrategy):
         if self.batch_time is None and self.batch_size is None:
             preds = batch_solve(model, prepared.ts, prepared.ys[:, 0])
             return self.loss_fn(preds, prepared.ys, prepared.mask)
-        if key is None:
-            raise ValueError("a minibatching Trajectory needs a PRNG key to sample with.")
         n_batch, n_times, dim = prepared.ys.shape
         size = n_batch if self.batch_size is None else self.batch_size
         if self.batch_time is None:  # whole trajectories, without replacement
-            chosen = jax.random.choice(key, n_batch, (size,), replace=False)
+            chosen = draw_trajectories(key, n_batch, size, "Trajectory")
             ys = prepared.ys[chosen]
             mask = None if prepared.mask is None else prepared.mask[chosen]
             return self.loss_fn(batch_solve(model, prepared.ts, ys[:, 0]), ys, mask)
+        if key is None:
+            raise ValueError("a minibatching Trajectory needs a PRNG key to sample with.")
         key_b, key_s = jax.random.split(key)
         which = jax.random.randint(key_b, (size,), 0, n_batch)
         starts = jax.random.randint(key_s, (size,), 0, n_times - self.batch_time + 1)
@@ -150,6 +150,13 @@ class Trajectory(AbstractStrategy):
         ts_w, ys_w = jax.vmap(window)(which, starts)
         preds = jax.vmap(model)(ts_w, ys_w[:, 0])
         return self.loss_fn(preds, ys_w, None)
+
+
+def draw_trajectories(key: jax.Array | None, n_batch: int, size: int, owner: str) -> jax.Array:
+    """`size` distinct trajectory indices out of `n_batch`, drawn with `key` (a minibatch)."""
+    if key is None:
+        raise ValueError(f"a minibatching {owner} needs a PRNG key to sample with.")
+    return jax.random.choice(key, n_batch, (size,), replace=False)
 
 
 def batch_solve(model, ts: jax.Array, y0s: jax.Array) -> jax.Array:

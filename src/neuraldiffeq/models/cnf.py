@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_positive, is_concrete
-from .._compile import jit_options
+from .._compile import compiler_options
 from ..sensitivity import AbstractSensitivity, Forward, resolve_sensitivity
 from ..solvers import resolve_solver
 
@@ -443,7 +443,9 @@ def _evals_per_step(solver) -> int:
 
 @functools.cache
 def _log_prob_jit():
-    return eqx.filter_jit(lambda flow, x, key: flow.log_prob(x, key), **jit_options())
+    return eqx.filter_jit(
+        lambda flow, x, key: flow.log_prob(x, key), compiler_options=compiler_options()
+    )
 
 
 def batched_log_prob(flow: FFJORD, x, key: jax.Array | None = None, batch_size: int = 1000):
