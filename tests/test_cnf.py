@@ -113,13 +113,13 @@ def test_nll_gradient_matches_finite_differences_float64():
             assert float(jnp.abs(grad.sqrt_t1)) > 1e-3  # the end time does train
 
 
-def test_fit_with_maximum_likelihood_learns_a_shifted_gaussian():
-    """Data N(μ, 0.5² I): a trained flow must beat the base density by a wide margin and
-    approach the true entropy, through the unchanged `fit`."""
+def shifted_gaussian_nlls(seed: int = 10) -> tuple[float, float, float]:
+    """Data N(μ, 0.5² I), a flow initialised from `seed` and trained by maximum likelihood with
+    the unchanged `fit`: (NLL before, NLL after, the true entropy), exact trace for both NLLs."""
     mu = jnp.array([1.0, -0.5])
     data = mu + 0.5 * jax.random.normal(jax.random.key(9), (4000, 2))
     flow = nde.FFJORD(
-        nde.ConcatSquashMLP(2, (32, 32), key=jax.random.key(10)),
+        nde.ConcatSquashMLP(2, (32, 32), key=jax.random.key(seed)),
         t1=1.0,
         trace="hutchinson",
         rtol=1e-3,
@@ -136,9 +136,16 @@ def test_fit_with_maximum_likelihood_learns_a_shifted_gaussian():
         progress=False,
     )
     trained = nde.FFJORD(result.model.field, t1=1.0, trace="exact", rtol=1e-5, atol=1e-5)
-    after = mean_nll(trained, data)
     entropy = float(np.log(2 * np.pi * np.e * 0.25))  # ≈ 1.45 nats
-    assert before > entropy + 1.0
+    return before, mean_nll(trained, data), entropy
+
+
+def test_fit_with_maximum_likelihood_learns_a_shifted_gaussian():
+    """A trained flow beats the base density by a wide margin and approaches the entropy."""
+    before, after, entropy = shifted_gaussian_nlls(seed=10)
+    # Over initialisations 10, 1, 2, 3 (tests/margins.py): before - H = 1.3-2.0 nats and
+    # after - H = -0.004-0.001 nats (the sample's own entropy differs from H by that much).
+    assert before > entropy + 0.5
     assert after < entropy + 0.25, (before, after, entropy)
 
 

@@ -66,8 +66,11 @@ def test_elbo_gradient_matches_finite_differences_float64():
             np.testing.assert_allclose(float(grad[idx]), float(fd), rtol=1e-4, atol=1e-6)
 
 
-def test_elbo_increases_when_trained_with_fit(tiny):
-    s, model = tiny
+def elbo_before_after(seed: int = 1) -> tuple[float, float, int]:
+    """A LatentODE initialised from `seed`, trained by the ELBO strategy through `fit`:
+    (mean ELBO before, after, skipped steps), each averaged over 8 posterior samples."""
+    s = nde.datasets.spirals(n_spirals=16, n_points=40, key=jax.random.key(0), n_obs=20)
+    model = nde.LatentODE(4, 2, key=jax.random.key(seed))
     keys = jax.random.split(jax.random.key(5), 8)
 
     def mean_elbo(m):  # averaged over posterior samples, so the comparison is not noise
@@ -75,7 +78,6 @@ def test_elbo_increases_when_trained_with_fit(tiny):
             np.mean([elbo_and_grad(m, s.data.ts, s.data.ys, s.data.mask, k)[0] for k in keys])
         )
 
-    before = mean_elbo(model)
     result = nde.fit(
         model,
         s.data,
@@ -85,10 +87,16 @@ def test_elbo_increases_when_trained_with_fit(tiny):
         steps_per_call=50,
         progress=False,
     )
-    after = mean_elbo(result.model)
-    assert result.skipped == 0
-    # per spiral: 20 points x 2 coords; the log-likelihood at obs_std 0.3 starts near -1e4
-    assert after > before + 0.5 * abs(before), (before, after)
+    return mean_elbo(model), mean_elbo(result.model), result.skipped
+
+
+def test_elbo_increases_when_trained_with_fit():
+    before, after, skipped = elbo_before_after(seed=1)
+    assert skipped == 0
+    # per spiral: 20 points x 2 coords; the log-likelihood at obs_std 0.3 starts near -1e4.
+    # Training closes 99% of the gap to 0 on initialisations 1-4 (tests/margins.py); demanding
+    # 90% keeps a margin of at least 7x on the remaining gap.
+    assert before < 0 and after > 0.1 * before, (before, after)
 
 
 def test_masked_values_are_never_read(tiny):

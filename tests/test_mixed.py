@@ -22,18 +22,23 @@ def trajectory_loss(model, data):
     return float(t.loss(model, t.prepare(data), None))
 
 
-def test_mixed_preset_runs_collocation_shooting_trajectory_lbfgs():
+def mixed_preset_run(seed: int = 0) -> tuple[float, float, list[str]]:
+    """The "mixed" preset (40 steps a stage, 10 of L-BFGS) on a 20-point spiral:
+    (trajectory loss before, after, stage names)."""
     data = nde.datasets.spiral(n_points=20)
-    model = small_model()
-    before = trajectory_loss(model, data)
+    model = small_model(seed)
     stages = nde.PRESETS["mixed"](steps=40)
-    assert [type(s.optimizer.init).__qualname__ for s in stages]  # real optax optimizers
     stages[-1] = dataclasses.replace(stages[-1], steps=10)  # a shorter L-BFGS polish
     result = nde.fit(model, data, stages, progress=False)
     names = [s.name.split(" ", 1)[1] for s in result.stages]
+    return trajectory_loss(model, data), trajectory_loss(result.model, data), names
+
+
+def test_mixed_preset_runs_collocation_shooting_trajectory_lbfgs():
+    before, after, names = mixed_preset_run(seed=0)
     assert names == ["Collocation", "MultipleShooting", "Trajectory", "Trajectory"]
-    after = trajectory_loss(result.model, data)
     assert after < 0.1 * before, (before, after)
+    model, data = small_model(), nde.datasets.spiral(n_points=20)
     # "auto" is the same recipe without collocation
     assert [type(s.strategy).__name__ for s in nde.PRESETS["auto"]()] == names[1:]
     with pytest.raises(ValueError, match="unknown strategy preset"):
@@ -49,9 +54,10 @@ class HybridLV(eqx.Module):
         return jnp.stack([1.5 * u[0], -1.0 * u[1]]) + self.net(u)
 
 
-def test_collocation_fits_a_hybrid_field():
+def hybrid_collocation_fit(seed: int = 3):
+    """Collocation on Lotka-Volterra with the interaction terms left to a network."""
     data = nde.datasets.lotka_volterra(n_points=200, t1=5.0)
-    net = eqx.nn.MLP(2, 2, 16, 1, activation=jnp.tanh, key=jax.random.key(3))
+    net = eqx.nn.MLP(2, 2, 16, 1, activation=jnp.tanh, key=jax.random.key(seed))
     model = nde.NeuralODE(HybridLV(net))
     result = nde.fit(
         model,
@@ -62,6 +68,11 @@ def test_collocation_fits_a_hybrid_field():
         steps_per_call=200,
         progress=False,
     )
+    return data, result
+
+
+def test_collocation_fits_a_hybrid_field():
+    data, result = hybrid_collocation_fit(seed=3)
     assert result.losses[-1] < 0.1 * result.losses[0]
     # the network learnt the interactions -x*y and 3*x*y at a point on the orbit
     u = data.ys[40]
@@ -103,9 +114,10 @@ def test_minibatching_windows_and_trajectories():
         win.prepare(nde.TimeSeries(data.ts, data.ys, mask))
 
 
-def test_fit_with_minibatches_reduces_the_full_loss():
+def minibatch_fit_losses(seed: int = 2) -> tuple[float, float]:
+    """Trajectory minibatches (windows of 8, 10 a step) on a 30-point spiral: (before, after)."""
     data = nde.datasets.spiral(n_points=30)
-    model = small_model(2)
+    model = small_model(seed)
     before = trajectory_loss(model, data)
     strategy = nde.Trajectory(batch_time=8, batch_size=10)
     result = nde.fit(
@@ -115,7 +127,12 @@ def test_fit_with_minibatches_reduces_the_full_loss():
         optimizer=optax.adam(0.02),
         steps=150,
         steps_per_call=50,
-        key=jax.random.key(5),
+        key=jax.random.key(seed + 3),
         progress=False,
     )
-    assert trajectory_loss(result.model, data) < 0.3 * before
+    return before, trajectory_loss(result.model, data)
+
+
+def test_fit_with_minibatches_reduces_the_full_loss():
+    before, after = minibatch_fit_losses(seed=2)
+    assert after < 0.3 * before, (before, after)

@@ -25,20 +25,26 @@ class DelayedDecay(eqx.Module):
         return -self.rate * y_lagged[0]
 
 
-def test_trajectory_fit_recovers_the_delayed_rate():
+def delayed_rate_fit(start: float = 0.5):
+    """100 Adam steps on y' = -rate·y(t-1) from `start`; the data have rate 1."""
     data = delayed_decay_data()
-    model = nde.NeuralDDE(DelayedDecay(jnp.array(0.5)), lags=[1.0], autonomous=False, rtol=1e-6)
-    result = nde.fit(
+    model = nde.NeuralDDE(DelayedDecay(jnp.array(start)), lags=[1.0], autonomous=False, rtol=1e-6)
+    return nde.fit(
         model, data, nde.Trajectory(), optimizer=optax.adam(0.05), steps=100, progress=False
     )
+
+
+def test_trajectory_fit_recovers_the_delayed_rate():
+    result = delayed_rate_fit(0.5)
     assert abs(float(result.model.field.rate) - 1.0) < 0.02
     assert result.losses[-1] < 1e-3 * result.losses[0]
     assert result.skipped == 0
 
 
-def test_network_sees_current_and_lagged_states_and_fits_with_multiple_shooting():
+def delay_network_shooting_losses(seed: int = 0) -> np.ndarray:
+    """20 Adam steps of multiple shooting on a network that sees y, y(t-1), y(t-2)."""
     data = delayed_decay_data()
-    mlp = eqx.nn.MLP(3, 1, 16, 1, activation=jnp.tanh, key=jax.random.key(0))  # y, y(t-1), y(t-2)
+    mlp = eqx.nn.MLP(3, 1, 16, 1, activation=jnp.tanh, key=jax.random.key(seed))
     model = nde.NeuralDDE(mlp, lags=[1.0, 2.0])
     assert model(data.ts, data.ys[0]).shape == (41, 1)
     result = nde.fit(
@@ -49,8 +55,13 @@ def test_network_sees_current_and_lagged_states_and_fits_with_multiple_shooting(
         steps=20,
         progress=False,
     )
-    assert result.losses[-5:].mean() < 0.6 * result.losses[0]
-    assert np.all(np.isfinite(result.losses))
+    return result.losses
+
+
+def test_network_sees_current_and_lagged_states_and_fits_with_multiple_shooting():
+    losses = delay_network_shooting_losses(seed=0)
+    assert losses[-5:].mean() < 0.6 * losses[0]
+    assert np.all(np.isfinite(losses))
 
 
 class History(eqx.Module):
