@@ -165,9 +165,9 @@ def test_bad_inputs_are_explained():
         flow.sample(jax.random.key(0), 0)
     strategy = nde.MaximumLikelihood(batch_size=8)
     with pytest.raises(ValueError, match=r"\(N, D\) array of samples"):
-        strategy.prepare(np.zeros(5))
+        strategy.prepare(flow, np.zeros(5))
     with pytest.raises(ValueError, match="NaN or infinite"):
-        strategy.prepare(np.array([[0.0, np.nan], [1.0, 2.0]]))
+        strategy.prepare(flow, np.array([[0.0, np.nan], [1.0, 2.0]]))
     with pytest.raises(ValueError, match="batch_size must be"):
         nde.MaximumLikelihood(batch_size=0)
     with pytest.raises(ValueError, match="kinetic"):

@@ -13,7 +13,7 @@ class Quadratic(nde.AbstractStrategy):
 
     fail_rate: float = 0.0
 
-    def prepare(self, data):
+    def prepare(self, model, data):
         return jnp.asarray(data)
 
     def loss(self, model, target, key):
@@ -167,11 +167,11 @@ def test_trajectory_loss_batches_and_masks():
     noisy = exact.at[:, 3].add(0.5)
     strategy = nde.Trajectory()
     key = jax.random.key(0)
-    loss = strategy.loss(model, strategy.prepare(nde.TimeSeries(ts, noisy)), key)
+    loss = strategy.loss(model, strategy.prepare(model, nde.TimeSeries(ts, noisy)), key)
     np.testing.assert_allclose(loss, 2 * 0.25, rtol=1e-3)
     mask = np.ones(noisy.shape, bool)
     mask[:, 3] = False
-    masked = strategy.loss(model, strategy.prepare(nde.TimeSeries(ts, noisy, mask)), key)
+    masked = strategy.loss(model, strategy.prepare(model, nde.TimeSeries(ts, noisy, mask)), key)
     assert float(masked) < 1e-6
 
 
@@ -225,7 +225,7 @@ def test_spiral_fit_reaches_tutorial_loss():
         progress=False,
     )
     strategy = nde.Trajectory()
-    final = float(strategy.loss(result.model, strategy.prepare(data), None))
+    final = float(strategy.loss(result.model, strategy.prepare(result.model, data), None))
     assert final < 0.05, final
     assert result.skipped == 0
 

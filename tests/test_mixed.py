@@ -19,7 +19,7 @@ def small_model(seed=0):
 
 def trajectory_loss(model, data):
     t = nde.Trajectory()
-    return float(t.loss(model, t.prepare(data), None))
+    return float(t.loss(model, t.prepare(model, data), None))
 
 
 def test_mixed_preset_runs_collocation_shooting_trajectory_lbfgs():
@@ -77,10 +77,12 @@ def test_minibatching_windows_and_trajectories():
     key = jax.random.key(0)
     # a window as long as the series on a single series is the full loss
     whole = nde.Trajectory(batch_time=15, batch_size=1)
-    assert float(whole.loss(model, whole.prepare(data), key)) == pytest.approx(full, rel=1e-5)
+    assert float(whole.loss(model, whole.prepare(model, data), key)) == pytest.approx(
+        full, rel=1e-5
+    )
     # windows: reproducible per key, different across keys, scaled with the number of windows
     win = nde.Trajectory(batch_time=4, batch_size=6)
-    prep = win.prepare(data)
+    prep = win.prepare(model, data)
     a, b = (float(win.loss(model, prep, k)) for k in (key, key))
     c = float(win.loss(model, prep, jax.random.key(1)))
     assert a == b and a != c and 0 < a
@@ -88,19 +90,19 @@ def test_minibatching_windows_and_trajectories():
     batch = nde.TimeSeries(data.ts, jnp.stack([data.ys, 0.5 * data.ys, -data.ys]))
     per_traj = nde.Trajectory(batch_size=3)
     full_b = trajectory_loss(model, batch)
-    assert float(per_traj.loss(model, per_traj.prepare(batch), key)) == pytest.approx(
+    assert float(per_traj.loss(model, per_traj.prepare(model, batch), key)) == pytest.approx(
         full_b, rel=1e-5
     )
     with pytest.raises(ValueError, match="batch_time 20 exceeds"):
-        nde.Trajectory(batch_time=20).prepare(data)
+        nde.Trajectory(batch_time=20).prepare(model, data)
     with pytest.raises(ValueError, match="batch_size 4 exceeds the 3 trajectories"):
-        nde.Trajectory(batch_size=4).prepare(batch)
+        nde.Trajectory(batch_size=4).prepare(model, batch)
     with pytest.raises(ValueError, match="batch_time must be None or an integer >= 2"):
         nde.Trajectory(batch_time=1)
     mask = np.ones((15, 2), bool)
     mask[5, 1] = False
     with pytest.raises(ValueError, match="needs fully observed data"):
-        win.prepare(nde.TimeSeries(data.ts, data.ys, mask))
+        win.prepare(model, nde.TimeSeries(data.ts, data.ys, mask))
 
 
 def test_fit_with_minibatches_reduces_the_full_loss():

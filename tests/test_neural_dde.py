@@ -115,7 +115,7 @@ def test_multiple_shooting_gives_segments_the_observed_past():
     data = delayed_decay_data()
     true = nde.NeuralDDE(DelayedDecay(jnp.array(1.0)), lags=[1.0], autonomous=False, rtol=1e-7)
     strategy = nde.MultipleShooting(group_size=5, continuity=0.0)  # the data misfit alone
-    prepared = strategy.prepare(data)
+    prepared = strategy.prepare(true, data)
     with_past = float(strategy.loss(true, prepared, None))
     constant = float(strategy.loss(_NoDelayHint(true), prepared, None))
     assert with_past < 1e-3, with_past
@@ -130,4 +130,4 @@ def test_multiple_shooting_of_a_dde_rejects_missing_values():
     model = nde.NeuralDDE(DelayedDecay(jnp.array(1.0)), lags=[1.0], autonomous=False)
     strategy = nde.MultipleShooting(group_size=5)
     with pytest.raises(Exception, match="fully observed"):
-        jax.block_until_ready(strategy.loss(model, strategy.prepare(masked), None))
+        jax.block_until_ready(strategy.loss(model, strategy.prepare(model, masked), None))

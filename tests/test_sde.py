@@ -155,7 +155,7 @@ def test_moment_matching_recovers_drift_and_diffusion():
     assert result.losses[-10:].mean() < 0.05 * result.losses[0]
     # the per-path likelihood ranks the truth above a wrong model on the same paths
     likelihood = nde.MomentMatching(n_paths=500, objective="likelihood")
-    prepared = likelihood.prepare(data)
+    prepared = likelihood.prepare(truth, data)
     key = jax.random.key(1)
     assert float(likelihood.loss(truth, prepared, key)) < float(
         likelihood.loss(gbm_model(0.3, 0.2), prepared, key)

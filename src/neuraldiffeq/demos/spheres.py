@@ -56,7 +56,7 @@ class Classification(AbstractStrategy):
 
     batch_size: int = eqx.field(static=True, default=256)
 
-    def prepare(self, data):
+    def prepare(self, model, data):
         return data
 
     def loss(self, model, prepared, key):
