@@ -210,6 +210,7 @@ def cube(y):
     return y**3
 
 
+@pytest.mark.slow
 def test_spiral_fit_reaches_tutorial_loss():
     """The DiffEqFlux tutorial: MLP 2-50-2 on u**3, Adam(0.05) x 300, then L-BFGS x 100."""
     data = nde.datasets.spiral()

@@ -22,12 +22,16 @@ def trajectory_loss(model, data):
     return float(t.loss(model, t.prepare(model, data), None))
 
 
+@pytest.mark.slow
 def test_mixed_preset_runs_collocation_shooting_trajectory_lbfgs():
     data = nde.datasets.spiral(n_points=20)
     model = small_model()
     before = trajectory_loss(model, data)
     stages = nde.PRESETS["mixed"](steps=40)
-    assert [type(s.optimizer.init).__qualname__ for s in stages]  # real optax optimizers
+    # real optax optimizers, and `steps` reaches the solving stages only
+    assert all(isinstance(s.optimizer, optax.GradientTransformation) for s in stages)
+    presets = nde.fitting.presets
+    assert [s.steps for s in stages] == [presets.COLLOCATION_STEPS, 40, 40, presets.LBFGS_STEPS]
     stages[-1] = dataclasses.replace(stages[-1], steps=10)  # a shorter L-BFGS polish
     result = nde.fit(model, data, stages, progress=False)
     names = [s.name.split(" ", 1)[1] for s in result.stages]
@@ -105,6 +109,7 @@ def test_minibatching_windows_and_trajectories():
         win.prepare(model, nde.TimeSeries(data.ts, data.ys, mask))
 
 
+@pytest.mark.slow
 def test_fit_with_minibatches_reduces_the_full_loss():
     data = nde.datasets.spiral(n_points=30)
     model = small_model(2)

@@ -102,8 +102,9 @@ def fit(
     Arguments:
         model: any equinox module (e.g. `nde.NeuralODE`); all its floating-point arrays train.
         data: what the strategy's `prepare(model, data)` accepts (for time-series strategies
-            an `nde.TimeSeries` or a `(ts, ys)` pair). Each stage's `prepare` checks it against
-            the model (shapes, required methods) before anything is compiled.
+            an `nde.TimeSeries` or a `(ts, ys)` pair). Every stage's `prepare` runs first, with
+            the model as given, and checks the data against it (shapes, required methods)
+            before anything is compiled.
         strategy: a strategy (then give `optimizer` and `steps`), a list of `nde.Stage`s run in
             order (mixed training), or the name of a preset in `PRESETS`.
         optimizer: an optax optimizer (default `optax.adam(1e-2)`); `optax.lbfgs()` works too.
@@ -144,9 +145,11 @@ def fit(
     interrupted = False
     step_offset = 0
 
-    for index, stage in enumerate(stages):
+    # Every stage's prepare runs first, so that a mismatch between the data and the model (or a
+    # model missing what a later stage needs) is reported before anything compiles or trains.
+    all_prepared = [stage.strategy.prepare(model, data) for stage in stages]
+    for index, (stage, prepared) in enumerate(zip(stages, all_prepared, strict=True)):
         key, stage_key = jax.random.split(key)
-        prepared = stage.strategy.prepare(model, data)
         name = f"{index + 1}/{len(stages)} {type(stage.strategy).__name__}"
         run = _StageRun(model, stage, prepared, stage_key)
         with tqdm(total=stage.steps, desc=name, disable=not progress, leave=True) as bar:
