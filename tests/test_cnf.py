@@ -113,6 +113,7 @@ def test_nll_gradient_matches_finite_differences_float64():
             assert float(jnp.abs(grad.sqrt_t1)) > 1e-3  # the end time does train
 
 
+@pytest.mark.slow
 def test_fit_with_maximum_likelihood_learns_a_shifted_gaussian():
     """Data N(μ, 0.5² I): a trained flow must beat the base density by a wide margin and
     approach the true entropy, through the unchanged `fit`."""

@@ -66,6 +66,7 @@ def test_elbo_gradient_matches_finite_differences_float64():
             np.testing.assert_allclose(float(grad[idx]), float(fd), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_elbo_increases_when_trained_with_fit(tiny):
     s, model = tiny
     keys = jax.random.split(jax.random.key(5), 8)
@@ -151,6 +152,7 @@ def test_predict_shapes_samples_and_mean(tiny):
     )
 
 
+@pytest.mark.slow
 def test_ode_rnn_encoder_trains():
     s = nde.datasets.spirals(n_spirals=6, n_points=20, key=jax.random.key(0), n_obs=10)
     model = nde.LatentODE(3, 2, encoder="ode-rnn", hidden_size=8, key=jax.random.key(1))

@@ -25,6 +25,7 @@ class DelayedDecay(eqx.Module):
         return -self.rate * y_lagged[0]
 
 
+@pytest.mark.slow
 def test_trajectory_fit_recovers_the_delayed_rate():
     data = delayed_decay_data()
     model = nde.NeuralDDE(DelayedDecay(jnp.array(0.5)), lags=[1.0], autonomous=False, rtol=1e-6)
@@ -36,6 +37,7 @@ def test_trajectory_fit_recovers_the_delayed_rate():
     assert result.skipped == 0
 
 
+@pytest.mark.slow
 def test_network_sees_current_and_lagged_states_and_fits_with_multiple_shooting():
     data = delayed_decay_data()
     mlp = eqx.nn.MLP(3, 1, 16, 1, activation=jnp.tanh, key=jax.random.key(0))  # y, y(t-1), y(t-2)

@@ -134,6 +134,7 @@ def gbm_model(mu, sigma):
     return nde.NeuralSDE(params.drift, params.diffusion, solver="euler", dt0=0.05)
 
 
+@pytest.mark.slow
 def test_moment_matching_recovers_drift_and_diffusion():
     ts = jnp.linspace(0.0, 1.0, 11)
     truth = gbm_model(0.8, 0.5)
