@@ -13,7 +13,7 @@ import optax
 import pytest
 
 import neuraldiffeq as nde
-from neuraldiffeq._checks import check_batch_size, count_nfe, draw_minibatch
+from neuraldiffeq._checks import SORT_LIMIT, check_batch_size, count_nfe, draw_minibatch
 
 # -- a custom strategy plugs into fit and sees the model -------------------------------------------
 
@@ -264,12 +264,21 @@ def test_batch_size_has_one_rule_and_one_message():
             strategy.prepare(model, data)
 
 
-def test_minibatches_are_drawn_without_replacement():
-    for seed in range(20):
-        idx = np.asarray(draw_minibatch(jax.random.key(seed), 10, 7, "test"))
-        assert len(set(idx.tolist())) == 7 and idx.min() >= 0 and idx.max() < 10
+@pytest.mark.parametrize("n", [10, SORT_LIMIT + 10], ids=["permutation", "floyd"])
+def test_minibatches_are_drawn_uniformly_without_replacement(n):
+    size = 7
+    draws = np.asarray(
+        jax.jit(jax.vmap(lambda k: draw_minibatch(k, n, size, "test")))(
+            jax.random.split(jax.random.key(0), 4000)
+        )
+    )
+    assert draws.min() >= 0 and draws.max() < n
+    assert all(len(set(row)) == size for row in draws.tolist())  # no example twice
+    # every example equally likely: 10 bins of indices, each expected 4000 * 7 / 10 = 2800
+    counts = np.bincount(draws.ravel() * 10 // n, minlength=10)
+    np.testing.assert_allclose(counts, 2800, rtol=0.1)  # binomial spread ~1.8%: margin > 5x
     with pytest.raises(ValueError, match="needs a PRNG key"):
-        draw_minibatch(None, 10, 3, "Trajectory")
+        draw_minibatch(None, n, 3, "Trajectory")
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import neuraldiffeq as nde
+from neuraldiffeq._checks import draw_minibatch
 from neuraldiffeq.fitting.shooting import auto_group_size, segment_ranges
 
 
@@ -146,7 +147,7 @@ def test_minibatch_loss_is_the_full_loss_of_the_drawn_trajectories():
     mini = nde.MultipleShooting(group_size=4, continuity=50.0, batch_size=2)
     assert mini.stochastic and not full.stochastic
     key = jax.random.key(3)
-    chosen = np.asarray(jax.random.choice(key, 3, (2,), replace=False))
+    chosen = np.asarray(draw_minibatch(key, 3, 2, "test"))
     assert len(set(chosen.tolist())) == 2
     drawn = nde.TimeSeries(base.ts, ys[chosen])
     expected = float(full.loss(model, full.prepare(model, drawn), None))

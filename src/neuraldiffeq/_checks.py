@@ -102,7 +102,10 @@ def draw_minibatch(key: jax.Array | None, n: int, size: int, owner: str) -> jax.
     """`size` distinct indices out of `n`, drawn uniformly without replacement with `key`.
 
     The minibatch rule of every strategy: within one step no example counts twice, so a batch as
-    large as the data is exactly the full loss, in some order.
+    large as the data is exactly the full loss, in some order. Up to `SORT_LIMIT` examples this
+    is `jax.random.choice(..., replace=False)` (a random permutation: a sort of n keys); beyond,
+    where that sort would cost more than the step (~0.1 s for 100,000 samples on a CPU), Floyd's
+    algorithm draws the same uniform subsets in O(size²) without touching all n.
 
     Example:
         >>> import jax
@@ -112,7 +115,26 @@ def draw_minibatch(key: jax.Array | None, n: int, size: int, owner: str) -> jax.
     """
     if key is None:
         raise ValueError(f"a minibatching {owner} needs a PRNG key to sample with.")
-    return jax.random.choice(key, n, (size,), replace=False)
+    if n <= SORT_LIMIT or size > SORT_LIMIT:
+        return jax.random.choice(key, n, (size,), replace=False)
+    return _floyd_sample(key, n, size)
+
+
+#: Up to this many examples, minibatches come from a random permutation (see `draw_minibatch`).
+SORT_LIMIT = 10_000
+
+
+def _floyd_sample(key, n: int, size: int) -> jax.Array:
+    # Floyd (Bentley & Floyd 1987): for j = n - size, ..., n - 1 draw t in [0, j]; take t unless
+    # already taken, else j. Every size-subset is equally likely.
+    keys = jax.random.split(key, size)
+
+    def body(i, chosen):
+        j = n - size + i
+        t = jax.random.randint(keys[i], (), 0, j + 1)
+        return chosen.at[i].set(jnp.where(jnp.any(chosen == t), j, t))
+
+    return jax.lax.fori_loop(0, size, body, jnp.full((size,), -1, dtype=int))
 
 
 def check_series(ts, ys, mask=None, *, ts_name: str = "ts", ys_name: str = "ys", dim=None):
