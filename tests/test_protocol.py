@@ -175,6 +175,19 @@ def test_models_without_a_vector_field_are_checked_through_their_call():
         nde.Trajectory().prepare(augmented, nde.datasets.spiral(n_points=10))
 
 
+def test_wrapped_models_expose_what_the_wrapped_model_has():
+    data = nde.datasets.spiral(n_points=10)
+    shooting = nde.MultipleShooting(group_size=4)
+    dde = nde.NeuralDDE(eqx.nn.MLP(4, 2, 8, 1, key=jax.random.key(0)), lags=[0.5])
+    wrapped_dde = shooting.with_states(dde, data)
+    nde.Trajectory().prepare(wrapped_dde, data)  # no vector field to check: the call is checked
+    with pytest.raises(ValueError, match="vector_field"):
+        nde.Collocation().prepare(wrapped_dde, data)
+    wrapped_ode = shooting.with_states(nde.NeuralODE(decay_field), data)
+    collocation = nde.Collocation(args={"rate": jnp.array(1.0)})
+    assert float(collocation.loss(wrapped_ode, collocation.prepare(wrapped_ode, data), None)) > 0
+
+
 def test_strategies_refuse_models_without_the_method_they_need():
     data = nde.datasets.spiral(n_points=10)
     dde = nde.NeuralDDE(eqx.nn.MLP(4, 2, 8, 1, key=jax.random.key(0)), lags=[0.5])

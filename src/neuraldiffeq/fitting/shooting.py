@@ -92,9 +92,13 @@ class SegmentStates(eqx.Module):
     def field(self):
         return self.model.field
 
-    def vector_field(self, t, y, args: Any = None) -> jax.Array:
-        """The wrapped model's `vector_field` (so `nde.Collocation` fits a wrapped model too)."""
-        return self.model.vector_field(t, y, args)
+    @property
+    def vector_field(self) -> Callable:
+        """The wrapped model's `vector_field` (so `nde.Collocation` fits a wrapped model too).
+
+        A property, so that a wrapped model without one (a delay model) has none either.
+        """
+        return self.model.vector_field
 
 
 class MultipleShooting(AbstractStrategy):
