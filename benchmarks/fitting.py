@@ -41,7 +41,7 @@ def spiral_model(width: int, seed: int) -> nde.NeuralODE:
 
 def trajectory_loss(model, data) -> float:
     strategy = nde.Trajectory()
-    return float(strategy.loss(model, strategy.prepare(data), None))
+    return float(strategy.loss(model, strategy.prepare(model, data), None))
 
 
 # -- 1. multiple shooting on the long spiral ------------------------------------------------------

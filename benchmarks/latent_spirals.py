@@ -79,8 +79,10 @@ class Reconstruction(nde.AbstractStrategy):
 
     batch_size: int = eqx.field(static=True, default=100)
 
-    def prepare(self, data):
-        return nde.ELBO(self.batch_size).prepare(data)
+    def prepare(self, model, data):
+        batch = data.as_batch()
+        mask = jnp.ones(batch.ys.shape, bool) if batch.mask is None else batch.mask
+        return batch.ts, batch.ys, mask
 
     def loss(self, model, prepared, key):
         ts, ys, mask = prepared

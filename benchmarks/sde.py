@@ -32,7 +32,7 @@ from neuraldiffeq.demos.sde import U0, build_model, true_moments
 def bench_neuraldiffeq(data, paths, dt, steps, repeats):
     model = build_model(0, dt0=dt, solver="euler")
     strategy = nde.MomentMatching(n_paths=paths)
-    prepared = strategy.prepare(data)
+    prepared = strategy.prepare(model, data)
     optimizer = optax.adam(0.025)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 

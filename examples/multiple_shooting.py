@@ -68,7 +68,7 @@ def main():
     )
 
     traj = nde.Trajectory()
-    prepared = traj.prepare(data)
+    prepared = traj.prepare(polished.model, data)
     loss_ms = float(traj.loss(polished.model, prepared, None))
     loss_ss = float(traj.loss(single.model, prepared, None))
     print(f"multiple shooting + polish: trajectory loss {loss_ms:.4f} ({t_ms:.1f} s)")

@@ -65,7 +65,9 @@ def main():
     results = {}
     for name, model in (("neural DDE", dde), ("neural ODE", ode)):
         result = fit_twice(model, data, args.steps)
-        loss = float(nde.Trajectory().loss(result.model, nde.Trajectory().prepare(data), None))
+        loss = float(
+            nde.Trajectory().loss(result.model, nde.Trajectory().prepare(result.model, data), None)
+        )
         results[name] = {
             "model": result.model,
             "losses": result.losses,

@@ -146,7 +146,7 @@ def test_collocation_recovers_lotka_volterra_parameters():
 def test_collocation_loss_is_the_field_residual_and_needs_no_solve():
     data = nde.datasets.spiral(n_points=200)
     strategy = nde.Collocation(bandwidth=0.03)
-    ts, u_hat, du_hat = strategy.prepare(data)
+    ts, u_hat, du_hat = strategy.prepare(nde.NeuralODE(lambda t, y, a: y), data)
     true_field = nde.datasets.synthetic.spiral_field
     model = nde.NeuralODE(true_field)
     # the true field leaves only the smoothing error; a wrong one is much worse

@@ -90,6 +90,7 @@ def elbo_before_after(seed: int = 1) -> tuple[float, float, int]:
     return mean_elbo(model), mean_elbo(result.model), result.skipped
 
 
+@pytest.mark.slow
 def test_elbo_increases_when_trained_with_fit():
     before, after, skipped = elbo_before_after(seed=1)
     assert skipped == 0
@@ -159,6 +160,7 @@ def test_predict_shapes_samples_and_mean(tiny):
     )
 
 
+@pytest.mark.slow
 def test_ode_rnn_encoder_trains():
     s = nde.datasets.spirals(n_spirals=6, n_points=20, key=jax.random.key(0), n_obs=10)
     model = nde.LatentODE(3, 2, encoder="ode-rnn", hidden_size=8, key=jax.random.key(1))

@@ -19,7 +19,7 @@ def small_model(seed=0):
 
 def trajectory_loss(model, data):
     t = nde.Trajectory()
-    return float(t.loss(model, t.prepare(data), None))
+    return float(t.loss(model, t.prepare(model, data), None))
 
 
 def mixed_preset_run(seed: int = 0) -> tuple[float, float, list[str]]:
@@ -28,12 +28,17 @@ def mixed_preset_run(seed: int = 0) -> tuple[float, float, list[str]]:
     data = nde.datasets.spiral(n_points=20)
     model = small_model(seed)
     stages = nde.PRESETS["mixed"](steps=40)
+    # real optax optimizers, and `steps` reaches the solving stages only
+    assert all(isinstance(s.optimizer, optax.GradientTransformation) for s in stages)
+    presets = nde.fitting.presets
+    assert [s.steps for s in stages] == [presets.COLLOCATION_STEPS, 40, 40, presets.LBFGS_STEPS]
     stages[-1] = dataclasses.replace(stages[-1], steps=10)  # a shorter L-BFGS polish
     result = nde.fit(model, data, stages, progress=False)
     names = [s.name.split(" ", 1)[1] for s in result.stages]
     return trajectory_loss(model, data), trajectory_loss(result.model, data), names
 
 
+@pytest.mark.slow
 def test_mixed_preset_runs_collocation_shooting_trajectory_lbfgs():
     before, after, names = mixed_preset_run(seed=0)
     assert names == ["Collocation", "MultipleShooting", "Trajectory", "Trajectory"]
@@ -88,10 +93,12 @@ def test_minibatching_windows_and_trajectories():
     key = jax.random.key(0)
     # a window as long as the series on a single series is the full loss
     whole = nde.Trajectory(batch_time=15, batch_size=1)
-    assert float(whole.loss(model, whole.prepare(data), key)) == pytest.approx(full, rel=1e-5)
+    assert float(whole.loss(model, whole.prepare(model, data), key)) == pytest.approx(
+        full, rel=1e-5
+    )
     # windows: reproducible per key, different across keys, scaled with the number of windows
     win = nde.Trajectory(batch_time=4, batch_size=6)
-    prep = win.prepare(data)
+    prep = win.prepare(model, data)
     a, b = (float(win.loss(model, prep, k)) for k in (key, key))
     c = float(win.loss(model, prep, jax.random.key(1)))
     assert a == b and a != c and 0 < a
@@ -99,19 +106,19 @@ def test_minibatching_windows_and_trajectories():
     batch = nde.TimeSeries(data.ts, jnp.stack([data.ys, 0.5 * data.ys, -data.ys]))
     per_traj = nde.Trajectory(batch_size=3)
     full_b = trajectory_loss(model, batch)
-    assert float(per_traj.loss(model, per_traj.prepare(batch), key)) == pytest.approx(
+    assert float(per_traj.loss(model, per_traj.prepare(model, batch), key)) == pytest.approx(
         full_b, rel=1e-5
     )
     with pytest.raises(ValueError, match="batch_time 20 exceeds"):
-        nde.Trajectory(batch_time=20).prepare(data)
+        nde.Trajectory(batch_time=20).prepare(model, data)
     with pytest.raises(ValueError, match="batch_size 4 exceeds the 3 trajectories"):
-        nde.Trajectory(batch_size=4).prepare(batch)
+        nde.Trajectory(batch_size=4).prepare(model, batch)
     with pytest.raises(ValueError, match="batch_time must be None or an integer >= 2"):
         nde.Trajectory(batch_time=1)
     mask = np.ones((15, 2), bool)
     mask[5, 1] = False
     with pytest.raises(ValueError, match="needs fully observed data"):
-        win.prepare(nde.TimeSeries(data.ts, data.ys, mask))
+        win.prepare(model, nde.TimeSeries(data.ts, data.ys, mask))
 
 
 def minibatch_fit_losses(seed: int = 2) -> tuple[float, float]:
@@ -133,6 +140,7 @@ def minibatch_fit_losses(seed: int = 2) -> tuple[float, float]:
     return before, trajectory_loss(result.model, data)
 
 
+@pytest.mark.slow
 def test_fit_with_minibatches_reduces_the_full_loss():
     before, after = minibatch_fit_losses(seed=2)
     assert after < 0.3 * before, (before, after)

@@ -34,6 +34,7 @@ def delayed_rate_fit(start: float = 0.5):
     )
 
 
+@pytest.mark.slow
 def test_trajectory_fit_recovers_the_delayed_rate():
     result = delayed_rate_fit(0.5)
     assert abs(float(result.model.field.rate) - 1.0) < 0.02
@@ -58,6 +59,7 @@ def delay_network_shooting_losses(seed: int = 0) -> np.ndarray:
     return result.losses
 
 
+@pytest.mark.slow
 def test_network_sees_current_and_lagged_states_and_fits_with_multiple_shooting():
     losses = delay_network_shooting_losses(seed=0)
     assert losses[-5:].mean() < 0.6 * losses[0]
@@ -126,7 +128,7 @@ def test_multiple_shooting_gives_segments_the_observed_past():
     data = delayed_decay_data()
     true = nde.NeuralDDE(DelayedDecay(jnp.array(1.0)), lags=[1.0], autonomous=False, rtol=1e-7)
     strategy = nde.MultipleShooting(group_size=5, continuity=0.0)  # the data misfit alone
-    prepared = strategy.prepare(data)
+    prepared = strategy.prepare(true, data)
     with_past = float(strategy.loss(true, prepared, None))
     constant = float(strategy.loss(_NoDelayHint(true), prepared, None))
     assert with_past < 1e-3, with_past
@@ -141,4 +143,4 @@ def test_multiple_shooting_of_a_dde_rejects_missing_values():
     model = nde.NeuralDDE(DelayedDecay(jnp.array(1.0)), lags=[1.0], autonomous=False)
     strategy = nde.MultipleShooting(group_size=5)
     with pytest.raises(Exception, match="fully observed"):
-        jax.block_until_ready(strategy.loss(model, strategy.prepare(masked), None))
+        jax.block_until_ready(strategy.loss(model, strategy.prepare(model, masked), None))

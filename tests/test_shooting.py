@@ -8,6 +8,7 @@ import optax
 import pytest
 
 import neuraldiffeq as nde
+from neuraldiffeq._checks import draw_minibatch
 from neuraldiffeq.fitting.shooting import auto_group_size, segment_ranges
 
 
@@ -55,8 +56,8 @@ def test_group_size_T_is_single_shooting():
     model = spiral_model()
     single = nde.Trajectory()
     shoot = nde.MultipleShooting(group_size=12, continuity=100.0)
-    a = float(single.loss(model, single.prepare(data), None))
-    b = float(shoot.loss(model, shoot.prepare(data), None))
+    a = float(single.loss(model, single.prepare(model, data), None))
+    b = float(shoot.loss(model, shoot.prepare(model, data), None))
     assert b == a
 
 
@@ -68,7 +69,7 @@ def test_loss_matches_a_python_loop_reference():
     data = nde.TimeSeries(data.ts, ys)
     model = spiral_model(1)
     strategy = nde.MultipleShooting(group_size=4, continuity=50.0)
-    prepared = strategy.prepare(data)
+    prepared = strategy.prepare(model, data)
     got = float(strategy.loss(model, prepared, None))
     ranges = segment_ranges(11, 4)
     assert ranges[-1] == (9, 10)  # the short last segment is padded inside the strategy
@@ -84,7 +85,9 @@ def test_loss_matches_a_python_loop_reference():
     assert got == pytest.approx(expected, rel=1e-5)
     jaxpr = str(jax.make_jaxpr(lambda: strategy.loss(model, prepared, None))())
     single = nde.Trajectory()
-    single_jaxpr = str(jax.make_jaxpr(lambda: single.loss(model, single.prepare(data), None))())
+    single_jaxpr = str(
+        jax.make_jaxpr(lambda: single.loss(model, single.prepare(model, data), None))()
+    )
     # as many solver loops as one (vmapped) solve has, not one per segment
     assert jaxpr.count("while[") == single_jaxpr.count("while[") > 0
 
@@ -92,8 +95,8 @@ def test_loss_matches_a_python_loop_reference():
 def test_true_field_gives_near_zero_loss_and_continuity_counts():
     data = nde.datasets.spiral(n_points=20, t1=5.0)
     strategy = nde.MultipleShooting(group_size=3, continuity=200.0)
-    prepared = strategy.prepare(data)
     true = nde.NeuralODE(nde.datasets.synthetic.spiral_field, rtol=1e-6, atol=1e-8)
+    prepared = strategy.prepare(true, data)
     assert float(strategy.loss(true, prepared, None)) < 1e-3
     wrong = nde.NeuralODE(lambda t, y, a: -y)
     no_cont = nde.MultipleShooting(group_size=3, continuity=0.0)
@@ -122,7 +125,7 @@ def test_fit_with_learned_segment_states():
     assert out.shape == (13, 2) and result.model.field is result.model.model.field
     with pytest.raises(ValueError, match="SegmentStates.states has shape"):
         other = nde.MultipleShooting(group_size=3)
-        other.loss(wrapped, other.prepare(data), None)
+        other.loss(wrapped, other.prepare(wrapped, data), None)
 
 
 def test_masked_segment_start_is_rejected():
@@ -131,7 +134,7 @@ def test_masked_segment_start_is_rejected():
     mask[2, 0] = False
     holey = nde.TimeSeries(data.ts, data.ys, mask)
     with pytest.raises(ValueError, match="segment starts are missing"):
-        nde.MultipleShooting(group_size=3).prepare(holey)
+        nde.MultipleShooting(group_size=3).prepare(spiral_model(0), holey)
 
 
 def test_minibatch_loss_is_the_full_loss_of_the_drawn_trajectories():
@@ -144,11 +147,11 @@ def test_minibatch_loss_is_the_full_loss_of_the_drawn_trajectories():
     mini = nde.MultipleShooting(group_size=4, continuity=50.0, batch_size=2)
     assert mini.stochastic and not full.stochastic
     key = jax.random.key(3)
-    chosen = np.asarray(jax.random.choice(key, 3, (2,), replace=False))
+    chosen = np.asarray(draw_minibatch(key, 3, 2, "test"))
     assert len(set(chosen.tolist())) == 2
     drawn = nde.TimeSeries(base.ts, ys[chosen])
-    expected = float(full.loss(model, full.prepare(drawn), None))
-    got = float(mini.loss(model, mini.prepare(data), key))
+    expected = float(full.loss(model, full.prepare(model, drawn), None))
+    got = float(mini.loss(model, mini.prepare(model, data), key))
     assert got == pytest.approx(expected, rel=1e-5)
     # ...and fit trains through it
     result = nde.fit(model, data, mini, optimizer=optax.adam(1e-2), steps=5, progress=False)
@@ -160,4 +163,4 @@ def test_minibatch_size_is_validated():
     with pytest.raises(ValueError, match="batch_size"):
         nde.MultipleShooting(group_size=3, batch_size=0)
     with pytest.raises(ValueError, match="exceeds the 1 trajectories"):
-        nde.MultipleShooting(group_size=3, batch_size=2).prepare(data)
+        nde.MultipleShooting(group_size=3, batch_size=2).prepare(spiral_model(0), data)

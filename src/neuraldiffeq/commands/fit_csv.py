@@ -212,7 +212,7 @@ def fit_series(
         err = (pred_obs[:, sl] - obs[:, sl]) ** 2
         return float(np.sum(np.where(observed[:, sl], err, 0)) / max(observed[:, sl].sum(), 1))
 
-    train_loss = float(Trajectory().loss(model, Trajectory().prepare(train_n), None))
+    train_loss = float(Trajectory().loss(model, Trajectory().prepare(model, train_n), None))
     metrics = {
         "title": title,
         "n_times": int(n),

@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> dict:
     results = {}
     for name, model in (("neural DDE", dde), ("neural ODE", ode)):
         fitted, losses, m1, m2 = train(model, data, args.steps, args.progress)
-        final = float(nde.Trajectory().loss(fitted, nde.Trajectory().prepare(data), None))
+        final = float(nde.Trajectory().loss(fitted, nde.Trajectory().prepare(fitted, data), None))
         results[name] = {
             "model": fitted,
             "losses": losses,

@@ -13,8 +13,8 @@ import optax
 
 import neuraldiffeq as nde
 
+from .._checks import count_nfe
 from ..fitting.strategies import AbstractStrategy
-from ..models.odeblock import evals_per_step
 from ._common import prepare_out, write_json
 
 
@@ -56,7 +56,7 @@ class Classification(AbstractStrategy):
 
     batch_size: int = eqx.field(static=True, default=256)
 
-    def prepare(self, data):
+    def prepare(self, model, data):
         return data
 
     def loss(self, model, prepared, key):
@@ -91,7 +91,7 @@ def _nfe(ode, x):
 
     def one(v):
         sol = node.solve(jnp.array([0.0, 1.0], v.dtype), prep(v), throw=False)
-        return sol.stats["num_steps"] * evals_per_step(node.solver) + 1
+        return count_nfe(node.solver, sol.stats["num_steps"])
 
     return jax.vmap(one)(x)
 

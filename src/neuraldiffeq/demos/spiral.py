@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> dict:
         labels=["u1", "u2"],
         title="neural ODE fit to the spiral",
     )
-    final = float(nde.Trajectory().loss(model, nde.Trajectory().prepare(data), None))
+    final = float(nde.Trajectory().loss(model, nde.Trajectory().prepare(model, data), None))
     metrics = {"demo": "spiral", "trajectory_loss": final, **result.metrics()}
     write_json(os.path.join(out, "metrics.json"), metrics)
     nde.save(os.path.join(out, "model.eqx"), model)

@@ -3,10 +3,11 @@
 from . import losses, presets
 from .collocation import KERNELS, Collocation, collocate
 from .elbo import ELBO
-from .fit import FitFailure, FitResult, Stage, fit
+from .fit import FitFailure, FitResult, fit
 from .likelihood import MaximumLikelihood
 from .moments import MomentMatching
 from .shooting import MultipleShooting, SegmentStates, segment_ranges
+from .stage import Stage
 from .strategies import PRESETS, AbstractStrategy, Trajectory
 
 __all__ = [

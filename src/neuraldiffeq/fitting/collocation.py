@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_state_shapes
 from .losses import l2
 from .strategies import AbstractStrategy, as_timeseries
 
@@ -267,11 +268,12 @@ class Collocation(AbstractStrategy):
     """Two-stage collocation: fit the vector field to smoothed derivatives; no ODE solve at all.
 
     `prepare` runs `collocate` once; the loss is
-    `loss_fn(f(t_i, u_hat_i), du_hat_i)` = sum_i ||du_hat_i - f(t_i, u_hat_i)||^2 over all
-    times and trajectories, where f is `model.field` (an `nde.NeuralODE`'s field: a network, a
-    hybrid of physics and network, or a purely mechanistic model with trainable parameters). A
-    model without `.field` is used as the field itself. Use it to get a good initial model in a
-    fraction of a second, then refine with `nde.MultipleShooting` or `nde.Trajectory`.
+    `loss_fn(f(t_i, u_hat_i, args), du_hat_i)` = sum_i ||du_hat_i - f(t_i, u_hat_i, args)||^2
+    over all times and trajectories, where f is the model's `vector_field(t, y, args)` (an
+    `nde.NeuralODE`'s field: a network, a hybrid of physics and network, or a purely mechanistic
+    model with trainable parameters). A model without `vector_field` (a delay model, a flow) is
+    refused at `prepare`. Use it to get a good initial model in a fraction of a second, then
+    refine with `nde.MultipleShooting` or `nde.Trajectory`.
 
     Arguments:
         kernel, bandwidth: see `nde.collocate`.
@@ -304,16 +306,23 @@ class Collocation(AbstractStrategy):
                 f"bandwidth must be a positive number or None, got {self.bandwidth!r}."
             )
 
-    def prepare(self, data: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def prepare(self, model: Any, data: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
         """`(ts, u_hat, du_hat)` with batch axes `(B, T, D)`."""
+        if not callable(getattr(model, "vector_field", None)):
+            raise ValueError(
+                "Collocation fits a model's vector field to the data's slopes, so the model needs "
+                f"a vector_field(t, y, args) method (as nde.NeuralODE has); "
+                f"{type(model).__name__} has none. Use nde.Trajectory or nde.MultipleShooting."
+            )
         batch = as_timeseries(data).as_batch()
+        # Shapes first: a model built for another state size fails here, not in the compiled step.
+        check_state_shapes(model, batch.ts, batch.ys[0, 0], self.args, strategy="Collocation")
         mask = None if batch.mask is None else np.asarray(batch.mask)
         u_hat, du_hat = collocate(batch.ys, batch.ts, self.kernel, self.bandwidth, mask=mask)
         return batch.ts, u_hat, du_hat
 
     def loss(self, model, prepared, key) -> jax.Array:
         ts, u_hat, du_hat = prepared
-        field = getattr(model, "field", model)
-        per_time = jax.vmap(lambda t, u: field(t, u, self.args))
+        per_time = jax.vmap(lambda t, u: model.vector_field(t, u, self.args))
         pred = jax.vmap(lambda u: per_time(ts, u))(u_hat)
         return self.loss_fn(pred, du_hat, None)

@@ -7,8 +7,8 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from .._checks import check_batch_fits, check_batch_size, draw_minibatch, eval_shape_or_raise
 from .strategies import AbstractStrategy, as_timeseries
 
 
@@ -32,22 +32,24 @@ class ELBO(AbstractStrategy):
     batch_size: int | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
-        if self.batch_size is not None and not (
-            isinstance(self.batch_size, int | np.integer) and self.batch_size > 0
-        ):
-            raise ValueError(
-                f"batch_size must be None or a positive integer, got {self.batch_size!r}."
-            )
+        check_batch_size(self.batch_size)
 
-    def prepare(self, data: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-        batch = as_timeseries(data).as_batch()
-        n = batch.ys.shape[0]
-        if self.batch_size is not None and self.batch_size > n:
+    def prepare(self, model: Any, data: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+        if not callable(getattr(model, "elbo", None)):
             raise ValueError(
-                f"batch_size={self.batch_size} exceeds the number of series ({n}); lower it or "
-                "pass batch_size=None to use every series each step."
+                "ELBO needs a model with an elbo(ts, ys, mask, key) method such as nde.LatentODE, "
+                f"got {type(model).__name__}."
             )
+        batch = as_timeseries(data).as_batch()
+        check_batch_fits(self.batch_size, batch.ys.shape[0], "series")
         mask = jnp.ones(batch.ys.shape, bool) if batch.mask is None else batch.mask
+        # Shapes (e.g. the data's dimension vs the model's) checked now, not in the compiled step.
+        eval_shape_or_raise(
+            lambda ts, ys, m: model.elbo(ts, ys, m, jax.random.key(0)),
+            (batch.ts, batch.ys[:1], mask[:1]),
+            f"ELBO: {type(model).__name__}.elbo fails on data of shape {batch.ys.shape[1:]} per "
+            "series. Is the model built for this many observed components?",
+        )
         return batch.ts, batch.ys, mask
 
     @property
@@ -55,14 +57,9 @@ class ELBO(AbstractStrategy):
         return True
 
     def loss(self, model, prepared, key) -> jax.Array:
-        if not hasattr(model, "elbo"):
-            raise ValueError(
-                f"ELBO needs a model with an elbo(ts, ys, mask, key) method such as nde.LatentODE, "
-                f"got {type(model).__name__}."
-            )
         ts, ys, mask = prepared
         k_batch, k_sample = jax.random.split(key)
         if self.batch_size is not None and self.batch_size < ys.shape[0]:
-            idx = jax.random.choice(k_batch, ys.shape[0], (self.batch_size,), replace=False)
+            idx = draw_minibatch(k_batch, ys.shape[0], self.batch_size, "ELBO")
             ys, mask = ys[idx], mask[idx]
         return -model.elbo(ts, ys, mask, k_sample)

@@ -15,28 +15,14 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from .strategies import PRESETS, AbstractStrategy
+from .presets import PRESETS
+from .stage import Stage
+from .strategies import AbstractStrategy
+
+__all__ = ["FitFailure", "FitResult", "Stage", "StageReport", "fit"]
 
 #: consecutive non-finite steps after which `fit` gives up (default of `max_failures`).
 MAX_CONSECUTIVE_FAILURES = 50
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One stage of a mixed training loop: minimise `strategy`'s loss with `optimizer`.
-
-    `steps_per_call` fuses that many optimizer steps into one compiled call (`lax.scan`), which
-    removes Python dispatch overhead on tiny models at the cost of coarser progress updates.
-
-    Example:
-        >>> import optax, neuraldiffeq as nde
-        >>> stage = nde.Stage(nde.Trajectory(), optax.adam(0.05), steps=300)
-    """
-
-    strategy: AbstractStrategy
-    optimizer: optax.GradientTransformation
-    steps: int
-    steps_per_call: int = 1
 
 
 @dataclasses.dataclass
@@ -108,23 +94,28 @@ def fit(
     key: jax.Array | None = None,
     callback: Callable[[int, float, Any], bool | None] | None = None,
     progress: bool = True,
-    steps_per_call: int = 1,
+    steps_per_call: int | None = None,
     max_failures: int = MAX_CONSECUTIVE_FAILURES,
 ) -> FitResult:
     """Fit `model` to `data` by minimising a strategy's loss over the model's float arrays.
 
     Arguments:
         model: any equinox module (e.g. `nde.NeuralODE`); all its floating-point arrays train.
-        data: what the strategy's `prepare` accepts (for time-series strategies an
-            `nde.TimeSeries` or a `(ts, ys)` pair).
+        data: what the strategy's `prepare(model, data)` accepts (for time-series strategies
+            an `nde.TimeSeries` or a `(ts, ys)` pair). Every stage's `prepare` runs first, with
+            the model as given, and checks the data against it (shapes, required methods)
+            before anything is compiled.
         strategy: a strategy (then give `optimizer` and `steps`), a list of `nde.Stage`s run in
             order (mixed training), or the name of a preset in `PRESETS`.
         optimizer: an optax optimizer (default `optax.adam(1e-2)`); `optax.lbfgs()` works too.
-        steps: number of optimizer steps (single-strategy form).
+            With a preset: passed to the preset (it replaces the Adam of its solving stages).
+        steps: number of optimizer steps (single-strategy form); with a preset, passed to it.
         key: PRNG key for strategies that sample (minibatches, SDE paths); default key 0.
         callback: `callback(step, loss, model)` after each compiled call; return True to stop.
         progress: show a tqdm progress bar.
-        steps_per_call: fuse this many steps into one compiled call (single-strategy form).
+        steps_per_call: fuse this many steps into one compiled call (default 1). With a preset
+            it applies to every stage (a stage shorter than that fuses all its steps); with a
+            list of stages, give each `Stage` its own instead.
         max_failures: give up (raise `FitFailure`, holding the best model) after this many
             consecutive steps with a non-finite loss or gradient. A failed step's update is
             dropped, the parameters step back halfway towards the last ones that solved, the
@@ -154,9 +145,11 @@ def fit(
     interrupted = False
     step_offset = 0
 
-    for index, stage in enumerate(stages):
+    # Every stage's prepare runs first, so that a mismatch between the data and the model (or a
+    # model missing what a later stage needs) is reported before anything compiles or trains.
+    all_prepared = [stage.strategy.prepare(model, data) for stage in stages]
+    for index, (stage, prepared) in enumerate(zip(stages, all_prepared, strict=True)):
         key, stage_key = jax.random.split(key)
-        prepared = stage.strategy.prepare(data)
         name = f"{index + 1}/{len(stages)} {type(stage.strategy).__name__}"
         run = _StageRun(model, stage, prepared, stage_key)
         with tqdm(total=stage.steps, desc=name, disable=not progress, leave=True) as bar:
@@ -340,6 +333,10 @@ def _tree_where(pred, new, old):
 
 
 def _as_stages(strategy, optimizer, steps, steps_per_call) -> list[Stage]:
+    if steps_per_call is not None and not (
+        isinstance(steps_per_call, int | np.integer) and steps_per_call > 0
+    ):
+        raise ValueError(f"steps_per_call must be a positive integer, got {steps_per_call!r}.")
     if isinstance(strategy, str):
         if strategy not in PRESETS:
             raise ValueError(
@@ -347,18 +344,22 @@ def _as_stages(strategy, optimizer, steps, steps_per_call) -> list[Stage]:
                 "Or pass a strategy such as nde.Trajectory() or a list of nde.Stage."
             )
         stages = PRESETS[strategy](optimizer=optimizer, steps=steps)
+        if steps_per_call is not None:  # fit's keyword wins over the preset's own fusing
+            stages = [
+                dataclasses.replace(s, steps_per_call=min(steps_per_call, s.steps)) for s in stages
+            ]
     elif isinstance(strategy, AbstractStrategy):
         if steps is None:
             raise ValueError("steps is required when fitting with a single strategy.")
         opt = optax.adam(1e-2) if optimizer is None else optimizer
-        stages = [Stage(strategy, opt, steps, steps_per_call)]
+        stages = [Stage(strategy, opt, steps, 1 if steps_per_call is None else steps_per_call)]
     elif (
         isinstance(strategy, Sequence) and strategy and all(isinstance(s, Stage) for s in strategy)
     ):
-        if optimizer is not None or steps is not None:
+        if optimizer is not None or steps is not None or steps_per_call is not None:
             raise ValueError(
-                "with a list of nde.Stage, give each stage its own optimizer and steps; "
-                "do not pass optimizer= or steps= to fit."
+                "with a list of nde.Stage, give each stage its own optimizer, steps and "
+                "steps_per_call; do not pass optimizer=, steps= or steps_per_call= to fit."
             )
         stages = list(strategy)
     else:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_batch_fits, check_batch_size, draw_minibatch, eval_shape_or_raise
 from .._compile import compiler_options as cpu_compiler_options
 from .strategies import AbstractStrategy
 
@@ -18,9 +19,10 @@ class MaximumLikelihood(AbstractStrategy):
 
     loss = -mean(log p(x_b)) + kinetic * mean(∫‖f‖²) + jacobian * mean(∫‖ε^T ∂f/∂z‖²), where
     the second and third terms are RNODE's regularisers (Finlay et al. 2020), computed only when
-    their weight is non-zero. The data are an (N, D) array of samples; `batch_size` rows are drawn
-    uniformly with replacement from the step's key (all rows, in order, if `batch_size` is None).
-    The model needs `log_prob(x, key)` (and `log_prob_and_stats(x, key)` for the regularisers).
+    their weight is non-zero. The data are an (N, D) array of samples; `batch_size` distinct rows
+    are drawn uniformly (without replacement, as every strategy's minibatches) from the step's key
+    (all rows, in order, if `batch_size` is None). The model needs `log_prob(x, key)` (and
+    `log_prob_and_stats(x, key)` for the regularisers); `prepare` checks both, and the shapes.
 
     Example:
         >>> import jax, optax, neuraldiffeq as nde
@@ -40,20 +42,24 @@ class MaximumLikelihood(AbstractStrategy):
     def __init__(
         self, batch_size: int | None = None, *, kinetic: float = 0.0, jacobian: float = 0.0
     ):
-        if batch_size is not None and not (
-            isinstance(batch_size, int | np.integer) and batch_size > 0
-        ):
-            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}.")
+        batch_size = check_batch_size(batch_size)
         for name, value in (("kinetic", kinetic), ("jacobian", jacobian)):
             if not (np.isscalar(value) and np.isfinite(value) and value >= 0):
                 raise ValueError(
                     f"{name} (a regulariser weight) must be a finite number >= 0, got {value!r}."
                 )
-        self.batch_size = None if batch_size is None else int(batch_size)
+        self.batch_size = batch_size
         self.kinetic, self.jacobian = float(kinetic), float(jacobian)
 
-    def prepare(self, data: Any) -> jax.Array:
-        """Validate the samples: a finite (N, D) float array with N >= 1."""
+    def prepare(self, model: Any, data: Any) -> jax.Array:
+        """Validate the samples (a finite (N, D) float array, N >= 1) against the model."""
+        needs = "log_prob" if self.kinetic == 0.0 and self.jacobian == 0.0 else "log_prob_and_stats"
+        if not callable(getattr(model, needs, None)):
+            raise ValueError(
+                f"MaximumLikelihood{'' if needs == 'log_prob' else ' with regularisers'} needs a "
+                f"model with a {needs}(x, key) method (e.g. nde.FFJORD), got "
+                f"{type(model).__name__}."
+            )
         try:
             arr = np.asarray(data)
         except Exception as e:  # e.g. a TimeSeries: not an array of samples
@@ -76,6 +82,19 @@ class MaximumLikelihood(AbstractStrategy):
         out = jnp.asarray(data)
         if not jnp.issubdtype(out.dtype, jnp.inexact):
             out = out.astype(jnp.result_type(float))
+        check_batch_fits(self.batch_size, out.shape[0], "samples")
+        logp = eval_shape_or_raise(
+            lambda x: getattr(model, needs)(x, jax.random.key(0)),
+            (out[:2],),
+            f"MaximumLikelihood: {type(model).__name__}.{needs} fails on samples of shape "
+            f"{out.shape[1:]}. Is the model built for {out.shape[1]}-dimensional data?",
+        )
+        logp = logp[0] if needs == "log_prob_and_stats" else logp
+        if logp.shape != out[:2].shape[:1]:
+            raise ValueError(
+                f"MaximumLikelihood: {type(model).__name__}.{needs} returns shape {logp.shape} "
+                f"for a batch of shape {out[:2].shape}; it must return one log-density per row."
+            )
         return out
 
     @property
@@ -93,8 +112,7 @@ class MaximumLikelihood(AbstractStrategy):
         batch_key, probe_key = jax.random.split(key)
         x = prepared
         if self.batch_size is not None:
-            index = jax.random.randint(batch_key, (self.batch_size,), 0, x.shape[0])
-            x = x[index]
+            x = x[draw_minibatch(batch_key, x.shape[0], self.batch_size, "MaximumLikelihood")]
         if self.kinetic == 0.0 and self.jacobian == 0.0:
             return -jnp.mean(model.log_prob(x, probe_key))
         logp, stats = model.log_prob_and_stats(x, probe_key)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._checks import check_series, eval_shape_or_raise
 from .strategies import AbstractStrategy, as_timeseries
 
 OBJECTIVES = ("moments", "likelihood")
@@ -31,8 +32,9 @@ class MomentMatching(AbstractStrategy):
     Data: an `nde.TimeSeries` (or `(ts, ys)`) whose `ys` has shape (B, T, D), B ≥ 2 observed paths
     all starting from the same state; or, for `"moments"` only, a dict with `"ts"` (T,),
     `"mean"` (T, D), `"var"` (T, D) (e.g. moments computed from many more paths than fit in
-    memory). The model is called as `model.sample(ts, y0, key, n_paths) -> (n_paths, T, D)`
-    with y0 the data's mean at the first time.
+    memory). The model is called as `model.sample(ts, y0, key=key, n=n_paths, args=args)
+    -> (n_paths, T, D)` with y0 the data's mean at the first time; `prepare` checks that the
+    model has `sample` and that its shapes match the data's.
 
     Example:
         >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
@@ -40,7 +42,7 @@ class MomentMatching(AbstractStrategy):
         >>> truth = nde.NeuralSDE(lambda t, y, a: -y, lambda t, y, a: 0.2 * y, dt0=0.05)
         >>> paths = truth.sample(ts, jnp.array([1.0, 0.5]), jax.random.key(0), 64)
         >>> strategy = nde.MomentMatching(n_paths=32)
-        >>> prepared = strategy.prepare(nde.TimeSeries(ts, paths))
+        >>> prepared = strategy.prepare(truth, nde.TimeSeries(ts, paths))
         >>> float(strategy.loss(truth, prepared, jax.random.key(1))) < 0.1
         True
     """
@@ -48,6 +50,7 @@ class MomentMatching(AbstractStrategy):
     n_paths: int = eqx.field(static=True, default=100)
     objective: str = eqx.field(static=True, default="moments")
     var_floor: float = eqx.field(static=True, default=1e-6)
+    args: Any = None
 
     def __check_init__(self):
         if not (isinstance(self.n_paths, int | np.integer) and self.n_paths >= 2):
@@ -59,7 +62,33 @@ class MomentMatching(AbstractStrategy):
         if not (np.isscalar(self.var_floor) and self.var_floor > 0):
             raise ValueError(f"var_floor must be a positive number, got {self.var_floor!r}.")
 
-    def prepare(self, data: Any) -> dict:
+    def prepare(self, model: Any, data: Any) -> dict:
+        if not callable(getattr(model, "sample", None)):
+            raise ValueError(
+                "MomentMatching compares the data with paths sampled from the model, so the model "
+                f"needs a sample(ts, y0, key, n, args) method (e.g. nde.NeuralSDE); "
+                f"{type(model).__name__} has none."
+            )
+        prepared = self._prepare_data(data)
+        ts, y0 = prepared["ts"], prepared["y0"]
+        want = (self.n_paths, ts.shape[0], *y0.shape)
+        out = eval_shape_or_raise(
+            lambda t, y: self._sample(model, t, y, jax.random.key(0)),
+            (ts, y0),
+            f"MomentMatching: {type(model).__name__}.sample fails on the data's times "
+            f"{ts.shape} and initial state {y0.shape}. Is the model built for this many states?",
+        )
+        if getattr(out, "shape", None) != want:
+            raise ValueError(
+                f"MomentMatching: {type(model).__name__}.sample returns shape "
+                f"{getattr(out, 'shape', None)} for {self.n_paths} paths, but the data need {want}."
+            )
+        return prepared
+
+    def _sample(self, model, ts, y0, key):
+        return model.sample(ts, y0, key=key, n=self.n_paths, args=self.args)
+
+    def _prepare_data(self, data: Any) -> dict:
         if isinstance(data, dict):
             if self.objective != "moments":
                 raise ValueError(
@@ -69,9 +98,9 @@ class MomentMatching(AbstractStrategy):
             missing = {"ts", "mean", "var"} - set(data)
             if missing:
                 raise ValueError(f"moment data needs keys 'ts', 'mean', 'var'; missing {missing}.")
-            ts = jnp.asarray(data["ts"])
-            mean, var = jnp.asarray(data["mean"]), jnp.asarray(data["var"])
-            if mean.ndim != 2 or mean.shape != var.shape or mean.shape[0] != ts.shape[0]:
+            ts, mean, _ = check_series(data["ts"], data["mean"], ts_name="ts", ys_name="'mean'")
+            _, var, _ = check_series(data["ts"], data["var"], ts_name="ts", ys_name="'var'")
+            if mean.ndim != 2 or mean.shape != var.shape:
                 raise ValueError(
                     f"'mean' and 'var' must both have shape (T, D) with T = len(ts) = "
                     f"{ts.shape[0]}, got {mean.shape} and {var.shape}."
@@ -98,7 +127,7 @@ class MomentMatching(AbstractStrategy):
         return True
 
     def loss(self, model, prepared: dict, key: jax.Array) -> jax.Array:
-        samples = model.sample(prepared["ts"], prepared["y0"], key, self.n_paths)
+        samples = self._sample(model, prepared["ts"], prepared["y0"], key)
         mean, var = jnp.mean(samples, axis=0), jnp.var(samples, axis=0)
         if self.objective == "moments":
             return jnp.sum((mean - prepared["mean"]) ** 2) + jnp.sum((var - prepared["var"]) ** 2)

@@ -24,8 +24,8 @@ from __future__ import annotations
 import optax
 
 from .collocation import Collocation
-from .fit import Stage
 from .shooting import MultipleShooting
+from .stage import Stage
 from .strategies import PRESETS, Trajectory
 
 #: Adam steps of each solving stage when `steps` is not given.

@@ -17,9 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..models.dde import NeuralDDE
+from .._checks import check_batch_fits, check_batch_size, check_state_shapes, draw_minibatch
+from ..models.dde import ObservedPast
 from .losses import l2
-from .strategies import AbstractStrategy, as_timeseries, draw_trajectories
+from .strategies import AbstractStrategy, as_timeseries, call_model
+
+__all__ = ["MultipleShooting", "ObservedPast", "SegmentStates", "auto_group_size", "segment_ranges"]
 
 
 def segment_ranges(n_times: int, group_size: int) -> list[tuple[int, int]]:
@@ -60,41 +63,15 @@ def auto_group_size(n_times: int) -> int:
     return min(n_times, max(3, -(-(n_times - 1) // 5) + 1))
 
 
-class ObservedPast(eqx.Module):
-    """A trajectory's observations, linearly interpolated: the history of a delay segment.
-
-    A segment of a `nde.NeuralDDE` that starts at t_k needs y(t) for t < t_k: the data's own past,
-    not the constant history a fresh solve would assume. Before the first observation it is the
-    model's own history (`before`; None: the first observation, the default history).
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> from neuraldiffeq.fitting.shooting import ObservedPast
-        >>> past = ObservedPast(jnp.array([0.0, 1.0]), jnp.array([[0.0], [2.0]]), None)
-        >>> past(0.25).tolist(), past(-1.0).tolist()
-        ([0.5], [0.0])
-    """
-
-    ts: jax.Array
-    ys: jax.Array
-    before: Callable | jax.Array | None
-
-    def __call__(self, t):
-        inside = jax.vmap(lambda y: jnp.interp(t, self.ts, y), in_axes=1)(self.ys)
-        if self.before is None:  # jnp.interp holds ys[0] before ts[0]: the default history
-            return inside
-        before = self.before(t) if callable(self.before) else self.before
-        return jnp.where(t < self.ts[0], before, inside)
-
-
 class SegmentStates(eqx.Module):
     """A model plus trainable initial states of the multiple-shooting segments.
 
     `nde.fit` trains every float array of what it is given, so wrapping the model makes the
     segment starts trainable without any change to `fit`. `MultipleShooting` then starts segment
     k of trajectory b from `states[b, k]` instead of the observation (useful with noisy data);
-    other strategies see the wrapped model (calls and `.field` are forwarded). Build it with
-    `MultipleShooting.with_states(model, data)` and take `result.model.model` after fitting.
+    other strategies see the wrapped model (calls, `.field` and `vector_field` are forwarded).
+    Build it with `MultipleShooting.with_states(model, data)` and take `result.model.model` after
+    fitting.
 
     Example:
         >>> import neuraldiffeq as nde
@@ -113,7 +90,15 @@ class SegmentStates(eqx.Module):
 
     @property
     def field(self):
-        return getattr(self.model, "field", self.model)
+        return self.model.field
+
+    @property
+    def vector_field(self) -> Callable:
+        """The wrapped model's `vector_field` (so `nde.Collocation` fits a wrapped model too).
+
+        A property, so that a wrapped model without one (a delay model) has none either.
+        """
+        return self.model.vector_field
 
 
 class MultipleShooting(AbstractStrategy):
@@ -136,6 +121,12 @@ class MultipleShooting(AbstractStrategy):
         loss_fn: data misfit `loss_fn(pred, target, mask)`, default `nde.losses.l2`.
         batch_size: trajectories per step, drawn without replacement with the step's key (as
             `nde.Trajectory(batch_size=...)`); None: all of them every step.
+        args: passed to the model (and so to its vector field) in every segment's solve.
+
+    A model whose future depends on its past (a delay model such as `nde.NeuralDDE`) exposes
+    `with_past(ts, ys)`: the same model whose history is the observations `(ts, ys)`. Each
+    segment then starts with its trajectory's observed past as history, not a constant one; this
+    needs fully observed data. Other models restart from the segment's first state alone.
 
     Example:
         >>> import equinox as eqx, jax, jax.numpy as jnp, optax, neuraldiffeq as nde
@@ -154,13 +145,10 @@ class MultipleShooting(AbstractStrategy):
     loss_fn: Callable = l2
     batch_size: int | None = eqx.field(default=None, static=True)
 
+    args: Any = None
+
     def __check_init__(self):
-        if self.batch_size is not None and not (
-            isinstance(self.batch_size, int | np.integer) and self.batch_size >= 1
-        ):
-            raise ValueError(
-                f"batch_size must be None or an integer >= 1, got {self.batch_size!r}."
-            )
+        check_batch_size(self.batch_size)
         if self.group_size is not None and not (
             isinstance(self.group_size, int | np.integer) and self.group_size >= 2
         ):
@@ -172,7 +160,7 @@ class MultipleShooting(AbstractStrategy):
         ):
             raise ValueError(f"continuity must be a non-negative number, got {self.continuity!r}.")
 
-    def prepare(self, data: Any) -> dict[str, jax.Array]:
+    def prepare(self, model: Any, data: Any) -> dict[str, jax.Array]:
         batch = as_timeseries(data).as_batch()
         n = batch.ts.shape[0]
         group_size = self.group_size or auto_group_size(n)
@@ -189,17 +177,31 @@ class MultipleShooting(AbstractStrategy):
                 "MultipleShooting starts each segment from the observation at its first time, "
                 "but some segment starts are missing (masked). Impute them or change group_size."
             )
-        if self.batch_size is not None and self.batch_size > batch.ys.shape[0]:
+        check_batch_fits(self.batch_size, batch.ys.shape[0], "trajectories")
+        n_batch, dim = batch.ys.shape[0], batch.ys.shape[-1]
+        if isinstance(model, SegmentStates):  # the strategy's own wrapper, not a model type
+            if model.states.shape != (n_batch, len(ranges), dim):
+                raise ValueError(_states_message(model.states.shape, (n_batch, len(ranges), dim)))
+            model = model.model
+        if _with_past(model) is not None and not observed.all():
             raise ValueError(
-                f"batch_size {self.batch_size} exceeds the {batch.ys.shape[0]} trajectories of "
-                "the data."
+                f"MultipleShooting gives the segments of a model with a past "
+                f"({type(model).__name__}.with_past) their trajectory's observed past as history, "
+                "so it needs fully observed data: impute the missing values first."
             )
+        check_state_shapes(
+            model,
+            batch.ts[index[0]],
+            batch.ys[0, 0],
+            self.args,
+            strategy="MultipleShooting",
+            call=call_model,
+        )
         return {
             "ts": batch.ts,
             "ys": batch.ys,
             "index": jnp.asarray(index),
             "weight": jnp.asarray(valid[None, :, :, None] & observed[:, index]),
-            "observed": jnp.asarray(observed),
         }
 
     @property
@@ -207,44 +209,44 @@ class MultipleShooting(AbstractStrategy):
         return self.batch_size is not None
 
     def loss(self, model, prepared, key) -> jax.Array:
-        ts, ys, index = prepared["ts"], prepared["ys"], prepared["index"]
-        weight, observed = prepared["weight"], prepared["observed"]
+        ts, ys, index, weight = (
+            prepared["ts"],
+            prepared["ys"],
+            prepared["index"],
+            prepared["weight"],
+        )
         n_batch, n_seg = ys.shape[0], index.shape[0]
         seg_ts = ts[index]  # (S, g)
         if isinstance(model, SegmentStates):
             y0 = model.states
             if y0.shape != (n_batch, n_seg, ys.shape[-1]):
-                raise ValueError(
-                    f"SegmentStates.states has shape {y0.shape}, but this data has "
-                    f"{(n_batch, n_seg, ys.shape[-1])} (trajectories, segments, states); build "
-                    "it with MultipleShooting.with_states(model, data) for this data."
-                )
+                raise ValueError(_states_message(y0.shape, (n_batch, n_seg, ys.shape[-1])))
             model = model.model
         else:
             y0 = ys[:, index[:, 0]]  # (B, S, D)
         if self.batch_size is not None:
-            chosen = draw_trajectories(key, n_batch, self.batch_size, "MultipleShooting")
-            ys, y0 = ys[chosen], y0[chosen]
-            weight, observed = weight[chosen], observed[chosen]
+            chosen = draw_minibatch(key, n_batch, self.batch_size, "MultipleShooting")
+            ys, y0, weight = ys[chosen], y0[chosen], weight[chosen]
             n_batch = self.batch_size
-        if isinstance(model, NeuralDDE):  # each segment's history: its trajectory's past
-            past = eqx.error_if(
-                ys,
-                ~jnp.all(observed),
-                "MultipleShooting gives a NeuralDDE's segments the observed past as history, "
-                "so it needs fully observed data: impute the missing values first.",
-            )
-            solve = _with_past(model, ts)
+        with_past = _with_past(model)
+        if with_past is not None:  # each segment's history: its trajectory's observed past
+
+            def solve(seg, start, trajectory_ys):
+                return call_model(with_past(ts, trajectory_ys), seg, start, self.args)
+
         else:
-            past = ys
-            solve = lambda seg, start, _: model(seg, start)  # noqa: E731
+
+            def solve(seg, start, trajectory_ys):
+                del trajectory_ys
+                return call_model(model, seg, start, self.args)
+
         if n_batch * n_seg == 1:  # single shooting: no vmap (see strategies.batch_solve)
-            preds = solve(seg_ts[0], y0[0, 0], past[0])[None, None]
+            preds = solve(seg_ts[0], y0[0, 0], ys[0])[None, None]
         else:
             flat_ts = jnp.broadcast_to(seg_ts, (n_batch, *seg_ts.shape)).reshape(
                 -1, seg_ts.shape[1]
             )
-            flat_past = jnp.repeat(past, n_seg, axis=0)  # row b * S + k: trajectory b
+            flat_past = jnp.repeat(ys, n_seg, axis=0)  # row b * S + k: trajectory b
             flat = jax.vmap(solve)(flat_ts, y0.reshape(-1, y0.shape[-1]), flat_past)
             preds = flat.reshape(n_batch, n_seg, *flat.shape[1:])  # (B, S, g, D)
         misfit = self.loss_fn(preds, ys[:, index], weight)
@@ -266,12 +268,13 @@ class MultipleShooting(AbstractStrategy):
         return SegmentStates(model, jnp.asarray(batch.ys[:, starts]))
 
 
-def _with_past(model: NeuralDDE, ts: jax.Array) -> Callable:
-    """`solve(segment_ts, y0, trajectory_ys)` for a delay model whose history is the data's past."""
+def _with_past(model) -> Callable | None:
+    """The model's `with_past(ts, ys)` (a model with a history, e.g. a delay model), or None."""
+    return getattr(model, "with_past", None)
 
-    def solve(seg_ts, start, trajectory_ys):
-        past = ObservedPast(ts, trajectory_ys, model.history)
-        with_past = eqx.tree_at(lambda m: m.history, model, past, is_leaf=lambda x: x is None)
-        return with_past(seg_ts, start)
 
-    return solve
+def _states_message(got, want) -> str:
+    return (
+        f"SegmentStates.states has shape {got}, but this data has {want} (trajectories, "
+        "segments, states); build it with MultipleShooting.with_states(model, data) for this data."
+    )

@@ -1,12 +1,18 @@
 """Strategies turn (model, data) into a scalar loss; `fit` only ever sees that loss.
 
 A strategy has two methods:
-- `prepare(data)`: runs once, outside compiled code (validation, smoothing, normalisation), and
-  returns a pytree of arrays;
+- `prepare(model, data)`: runs once per stage, outside compiled code, and returns a pytree of
+  arrays. It validates the data, checks them against the model (shapes via `jax.eval_shape`, and
+  that the model has what the strategy needs), and does one-off work (smoothing, normalisation).
 - `loss(model, prepared, key)`: runs inside the compiled training step.
 
-New strategies subclass `AbstractStrategy` and plug into `fit` without touching it. Presets
-(a name standing for a list of stages) register themselves in `PRESETS`.
+New strategies subclass `AbstractStrategy` and plug into `fit` without touching it. A strategy
+never branches on a model's type: what it needs from a model is a method the model exposes
+(e.g. `vector_field(t, y, args)` for `Collocation`, `with_past(ts, ys)` for delay models in
+`MultipleShooting`, `elbo` for `ELBO`).
+
+The field's `args`: time-series strategies (`Trajectory`, `MultipleShooting`, `Collocation`,
+`MomentMatching`) take `args=` and pass it to every solve or field evaluation.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._checks import check_batch_fits, check_batch_size, check_state_shapes, draw_minibatch
 from ..data import TimeSeries
 from .losses import l2
 
@@ -27,9 +34,25 @@ PRESETS: dict[str, Callable[..., list]] = {}
 
 
 class AbstractStrategy(eqx.Module):
-    """Base class of fitting strategies (see the module docstring)."""
+    """Base class of fitting strategies (see the module docstring).
 
-    def prepare(self, data: Any) -> Any:
+    Example:
+        >>> import equinox as eqx, jax, jax.numpy as jnp, optax, neuraldiffeq as nde
+        >>> class Quadratic(nde.AbstractStrategy):  # a strategy in six lines
+        ...     def prepare(self, model, data):
+        ...         return jnp.asarray(data)
+        ...     def loss(self, model, target, key):
+        ...         return jnp.sum((model.w - target) ** 2)
+        >>> class Params(eqx.Module):
+        ...     w: jax.Array
+        >>> result = nde.fit(Params(jnp.zeros(2)), [1.0, 2.0], Quadratic(),
+        ...                  optimizer=optax.adam(0.1), steps=3, progress=False)
+        >>> result.losses.shape
+        (3,)
+    """
+
+    def prepare(self, model: Any, data: Any) -> Any:
+        """Validate `data` against `model`, once, outside compiled code; return a pytree."""
         return as_timeseries(data)
 
     @abc.abstractmethod
@@ -60,7 +83,7 @@ class Trajectory(AbstractStrategy):
 
     loss = `loss_fn(predictions, observations, mask)`, summed over all trajectories and times
     (default `nde.losses.l2`, the sum of squared errors). The model is called as
-    `model(ts, y0) -> (T, D)`.
+    `model(ts, y0) -> (T, D)`, or `model(ts, y0, args)` when `args` is given.
 
     Minibatching (torchdiffeq's `ode_demo.py`): with `batch_time`, each step solves
     `batch_size` random windows of `batch_time` consecutive points, each started from its first
@@ -72,30 +95,32 @@ class Trajectory(AbstractStrategy):
         loss_fn: misfit `loss_fn(pred, target, mask)`.
         batch_time: points per random window (>= 2), or None for whole series.
         batch_size: windows (or trajectories) per step; default: the number of trajectories.
+        args: passed to the model (and so to its vector field) at every solve.
 
     Example:
         >>> import neuraldiffeq as nde, jax
         >>> data = nde.datasets.spiral()
         >>> model = nde.NeuralODE(lambda t, y, args: -y)
         >>> strategy = nde.Trajectory()
-        >>> float(strategy.loss(model, strategy.prepare(data), jax.random.key(0))) > 0
+        >>> float(strategy.loss(model, strategy.prepare(model, data), jax.random.key(0))) > 0
         True
         >>> windows = nde.Trajectory(batch_time=10, batch_size=20)
-        >>> float(windows.loss(model, windows.prepare(data), jax.random.key(0))) > 0
+        >>> float(windows.loss(model, windows.prepare(model, data), jax.random.key(0))) > 0
         True
     """
 
     loss_fn: Callable = l2
     batch_time: int | None = eqx.field(default=None, static=True)
     batch_size: int | None = eqx.field(default=None, static=True)
+    args: Any = None
 
     def __check_init__(self):
-        for name, low in (("batch_time", 2), ("batch_size", 1)):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and value >= low):
-                raise ValueError(f"{name} must be None or an integer >= {low}, got {value!r}.")
+        value = self.batch_time
+        if value is not None and not (isinstance(value, int) and value >= 2):
+            raise ValueError(f"batch_time must be None or an integer >= 2, got {value!r}.")
+        check_batch_size(self.batch_size)
 
-    def prepare(self, data: Any) -> TimeSeries:
+    def prepare(self, model: Any, data: Any) -> TimeSeries:
         batch = as_timeseries(data).as_batch()
         if batch.mask is not None and not bool(jnp.all(batch.mask[:, 0])):
             raise ValueError(
@@ -104,6 +129,7 @@ class Trajectory(AbstractStrategy):
                 "impute their initial state."
             )
         n_batch, n_times = batch.ys.shape[0], batch.ys.shape[1]
+        ts = batch.ts
         if self.batch_time is not None:
             if self.batch_time > n_times:
                 raise ValueError(
@@ -114,11 +140,12 @@ class Trajectory(AbstractStrategy):
                     "minibatching with batch_time starts windows anywhere, so it needs fully "
                     "observed data (no mask); impute the missing values or drop batch_time."
                 )
-        elif self.batch_size is not None and self.batch_size > n_batch:
-            raise ValueError(
-                f"batch_size {self.batch_size} exceeds the {n_batch} trajectories of the data "
-                "(without batch_time, batch_size samples whole trajectories)."
-            )
+            ts = ts[: self.batch_time]
+        else:
+            check_batch_fits(self.batch_size, n_batch, "trajectories")
+        check_state_shapes(
+            model, ts, batch.ys[0, 0], self.args, strategy="Trajectory", call=call_model
+        )
         return batch
 
     @property
@@ -126,48 +153,49 @@ class Trajectory(AbstractStrategy):
         return self.batch_time is not None or self.batch_size is not None
 
     def loss(self, model, prepared: TimeSeries, key) -> jax.Array:
-        if self.batch_time is None and self.batch_size is None:
-            preds = batch_solve(model, prepared.ts, prepared.ys[:, 0])
-            return self.loss_fn(preds, prepared.ys, prepared.mask)
-        n_batch, n_times, dim = prepared.ys.shape
-        size = n_batch if self.batch_size is None else self.batch_size
-        if self.batch_time is None:  # whole trajectories, without replacement
-            chosen = draw_trajectories(key, n_batch, size, "Trajectory")
-            ys = prepared.ys[chosen]
-            mask = None if prepared.mask is None else prepared.mask[chosen]
-            return self.loss_fn(batch_solve(model, prepared.ts, ys[:, 0]), ys, mask)
+        ts, ys, mask = prepared.ts, prepared.ys, prepared.mask
+        if self.batch_time is None:
+            if self.batch_size is not None:  # whole trajectories, without replacement
+                chosen = draw_minibatch(key, ys.shape[0], self.batch_size, "Trajectory")
+                ys = ys[chosen]
+                mask = None if mask is None else mask[chosen]
+            preds = batch_solve(model, ts, ys[:, 0], self.args)
+            return self.loss_fn(preds, ys, mask)
         if key is None:
             raise ValueError("a minibatching Trajectory needs a PRNG key to sample with.")
+        n_batch, n_times, dim = ys.shape
+        size = n_batch if self.batch_size is None else self.batch_size
         key_b, key_s = jax.random.split(key)
         which = jax.random.randint(key_b, (size,), 0, n_batch)
         starts = jax.random.randint(key_s, (size,), 0, n_times - self.batch_time + 1)
 
         def window(b, s):
-            ts = jax.lax.dynamic_slice(prepared.ts, (s,), (self.batch_time,))
-            ys = jax.lax.dynamic_slice(prepared.ys[b], (s, 0), (self.batch_time, dim))
-            return ts, ys
+            ts_w = jax.lax.dynamic_slice(ts, (s,), (self.batch_time,))
+            ys_w = jax.lax.dynamic_slice(ys[b], (s, 0), (self.batch_time, dim))
+            return ts_w, ys_w
 
         ts_w, ys_w = jax.vmap(window)(which, starts)
-        preds = jax.vmap(model)(ts_w, ys_w[:, 0])
+        preds = jax.vmap(lambda t, y0: call_model(model, t, y0, self.args))(ts_w, ys_w[:, 0])
         return self.loss_fn(preds, ys_w, None)
 
 
-def draw_trajectories(key: jax.Array | None, n_batch: int, size: int, owner: str) -> jax.Array:
-    """`size` distinct trajectory indices out of `n_batch`, drawn with `key` (a minibatch)."""
-    if key is None:
-        raise ValueError(f"a minibatching {owner} needs a PRNG key to sample with.")
-    return jax.random.choice(key, n_batch, (size,), replace=False)
+def call_model(model, ts: jax.Array, y0: jax.Array, args: Any) -> jax.Array:
+    """`model(ts, y0)`, or `model(ts, y0, args)` when there are `args`.
+
+    Without args the model is called with two arguments, so any `model(ts, y0)` callable fits.
+    """
+    return model(ts, y0) if args is None else model(ts, y0, args)
 
 
-def batch_solve(model, ts: jax.Array, y0s: jax.Array) -> jax.Array:
-    """`model(ts, y0)` for each row of `y0s` -> (B, T, D).
+def batch_solve(model, ts: jax.Array, y0s: jax.Array, args: Any = None) -> jax.Array:
+    """`model(ts, y0, args)` for each row of `y0s` -> (B, T, D).
 
     A batch of one is solved without `vmap`: a vmapped adaptive solve turns the step loop's
     condition into a batched one, which costs compile time and run time for nothing.
     """
     if y0s.shape[0] == 1:
-        return model(ts, y0s[0])[None]
-    return jax.vmap(lambda y0: model(ts, y0))(y0s)
+        return call_model(model, ts, y0s[0], args)[None]
+    return jax.vmap(lambda y0: call_model(model, ts, y0, args))(y0s)
 
 
 def as_timeseries(data: Any) -> TimeSeries:

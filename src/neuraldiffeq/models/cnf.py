@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_positive, is_concrete
+from .._checks import check_positive, count_nfe, is_concrete
 from .._compile import compiler_options
 from ..sensitivity import AbstractSensitivity, Forward, resolve_sensitivity
 from ..solvers import resolve_solver
@@ -428,17 +428,8 @@ class FFJORD(eqx.Module):
         logp = jnp.where(ok, logp, -jnp.inf)
         num_steps = sol.stats["num_steps"]
         kinetic, jacobian = (final[2], final[3]) if regularise else (zeros, zeros)
-        stats = CNFStats(kinetic, jacobian, num_steps, num_steps * _evals_per_step(self.solver) + 1)
+        stats = CNFStats(kinetic, jacobian, num_steps, count_nfe(self.solver, num_steps))
         return logp, stats
-
-
-def _evals_per_step(solver) -> int:
-    """Evaluations of the vector field per step of an explicit Runge–Kutta solver (FSAL aware)."""
-    tableau = getattr(solver, "tableau", None)
-    if tableau is None:
-        return 1
-    stages = len(tableau.c) + 1
-    return stages - 1 if getattr(tableau, "fsal", False) else stages
 
 
 @functools.cache

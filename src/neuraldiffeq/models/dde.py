@@ -141,3 +141,45 @@ class NeuralDDE(eqx.Module):
             checkpoints=self.sensitivity.checkpoints,
             throw=throw,
         )
+
+    def with_past(self, ts, ys) -> NeuralDDE:
+        """The same model whose history is the observations `(ts, ys)`, linearly interpolated.
+
+        Before `ts[0]` the history stays the model's own. `nde.MultipleShooting` uses this to
+        restart each segment with its trajectory's observed past rather than a constant one.
+
+        Example:
+            >>> import jax.numpy as jnp, neuraldiffeq as nde
+            >>> model = nde.NeuralDDE(lambda t, y, yl, a: -yl[0], [1.0], autonomous=False)
+            >>> past = model.with_past(jnp.array([0.0, 1.0]), jnp.array([[0.0], [2.0]]))
+            >>> past.history(0.25).tolist()
+            [0.5]
+        """
+        history = ObservedPast(jnp.asarray(ts), jnp.asarray(ys), self.history)
+        return eqx.tree_at(lambda m: m.history, self, history, is_leaf=lambda x: x is None)
+
+
+class ObservedPast(eqx.Module):
+    """Observations, linearly interpolated: a delay model's history taken from data.
+
+    Before the first observation it is `before` (a history: callable, constant array, or None
+    for the first observation itself, which is what `jnp.interp` holds there).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from neuraldiffeq.models.dde import ObservedPast
+        >>> past = ObservedPast(jnp.array([0.0, 1.0]), jnp.array([[0.0], [2.0]]), None)
+        >>> past(0.25).tolist(), past(-1.0).tolist()
+        ([0.5], [0.0])
+    """
+
+    ts: jax.Array
+    ys: jax.Array
+    before: Callable | jax.Array | None
+
+    def __call__(self, t):
+        inside = jax.vmap(lambda y: jnp.interp(t, self.ts, y), in_axes=1)(self.ys)
+        if self.before is None:  # jnp.interp holds ys[0] before ts[0]: the default history
+            return inside
+        before = self.before(t) if callable(self.before) else self.before
+        return jnp.where(t < self.ts[0], before, inside)

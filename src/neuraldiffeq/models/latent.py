@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_positive, check_times, is_concrete
+from .._checks import check_positive, check_series, check_times, is_concrete
 from ..sensitivity import AbstractSensitivity
 from .ode import NeuralODE
 
@@ -276,29 +276,14 @@ class LatentODE(eqx.Module):
     # -- internals --------------------------------------------------------------------------
 
     def _inputs(self, ts, ys, mask, ts_name, ys_name):
-        ts = check_times(ts, ts_name)
-        ys = jnp.asarray(ys)
-        if not jnp.issubdtype(ys.dtype, jnp.inexact):
-            ys = ys.astype(jnp.result_type(float))
-        if ys.ndim not in (2, 3) or ys.shape[-1] != self.obs_dim or ys.shape[-2] != ts.shape[0]:
-            raise ValueError(
-                f"{ys_name} must have shape (T, {self.obs_dim}) or (B, T, {self.obs_dim}) with "
-                f"T = len({ts_name}) = {ts.shape[0]}, got {ys.shape}."
-            )
-        if mask is None:
-            mask = jnp.ones(ys.shape, bool)
-        else:
-            mask = jnp.asarray(mask)
-            if mask.shape != ys.shape:
-                raise ValueError(
-                    f"mask must have the shape of {ys_name} {ys.shape}, got {mask.shape}."
-                )
-            mask = mask.astype(bool)
-        ys = jnp.where(mask, ys, 0.0)  # unobserved values (even NaN) are never read
+        ts, ys, mask = check_series(
+            ts, ys, mask, ts_name=ts_name, ys_name=ys_name, dim=self.obs_dim
+        )
+        mask = jnp.ones(ys.shape, bool) if mask is None else mask
         single = ys.ndim == 2
         if single:
             ys, mask = ys[None], mask[None]
-        return ts.astype(ys.dtype), ys, mask, single
+        return ts, ys, mask, single
 
 
 def gaussian_kl(mean, logvar) -> jax.Array:

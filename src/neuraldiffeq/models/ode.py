@@ -140,6 +140,16 @@ class NeuralODE(eqx.Module):
         sensitivity = resolve_sensitivity(self.sensitivity, y0.size, count_params(self.field))
         return self._diffeqsolve(ts, y0, args, sensitivity.adjoint(), throw=throw, saveat=saveat)
 
+    def vector_field(self, t, y, args: Any = None) -> jax.Array:
+        """dy/dt = field(t, y, args): what `nde.Collocation` fits to smoothed slopes.
+
+        Example:
+            >>> import jax.numpy as jnp, neuraldiffeq as nde
+            >>> nde.NeuralODE(lambda t, y, args: -2 * y).vector_field(0.0, jnp.ones(2)).tolist()
+            [-2.0, -2.0]
+        """
+        return self.field(t, y, args)
+
     # -- internals --------------------------------------------------------------------------
 
     def _prepare(self, ts, y0):

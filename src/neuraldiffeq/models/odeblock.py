@@ -9,21 +9,9 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._checks import count_nfe, evals_per_step  # noqa: F401 (evals_per_step: re-exported)
 from ..sensitivity import AbstractSensitivity
 from .ode import NeuralODE
-
-#: Vector-field evaluations per step of each built-in solver, with first-same-as-last reuse
-#: (Tsit5 and Dopri5 have 7 stages but reuse the last one as the next step's first).
-EVALS_PER_STEP = {
-    "Euler": 1,
-    "Heun": 2,
-    "Midpoint": 2,
-    "Ralston": 2,
-    "Bosh3": 3,
-    "Tsit5": 6,
-    "Dopri5": 6,
-    "Dopri8": 12,
-}
 
 
 class ODEBlock(eqx.Module):
@@ -100,21 +88,8 @@ class ODEBlock(eqx.Module):
         Works under `vmap` (one count per example) and `jit`.
         """
         sol = self.node.solve(self._ts(y), y, throw=False, saveat=diffrax.SaveAt(t1=True))
-        per_step = evals_per_step(self.node.solver)
-        first = 1 if isinstance(self.node.solver, diffrax.AbstractAdaptiveSolver) else 0
-        return sol.stats["num_steps"] * per_step + first
+        return count_nfe(self.node.solver, sol.stats["num_steps"])
 
     def _ts(self, y):
         dtype = y.dtype if jnp.issubdtype(jnp.asarray(y).dtype, jnp.inexact) else float
         return jnp.array([self.t0, self.t1], dtype=dtype)
-
-
-def evals_per_step(solver: diffrax.AbstractSolver) -> int:
-    """Field evaluations per step of a diffrax solver (see `EVALS_PER_STEP`)."""
-    name = type(solver).__name__
-    if name in EVALS_PER_STEP:
-        return EVALS_PER_STEP[name]
-    tableau = getattr(solver, "tableau", None)
-    if tableau is not None:  # explicit Runge-Kutta: one evaluation per stage, minus FSAL reuse
-        return tableau.num_stages - int(bool(getattr(tableau, "fsal", False)))
-    raise ValueError(f"the number of field evaluations per step of {name} is unknown.")
