@@ -191,11 +191,11 @@ def bench_collocate(kernels, repeats):
     )
     rows = []
     for kernel in kernels:
-        jax.block_until_ready(nde.collocate(ys, ts, kernel))  # compile
+        jax.block_until_ready(nde.collocate(ts, ys, kernel))  # compile
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            jax.block_until_ready(nde.collocate(ys, ts, kernel))
+            jax.block_until_ready(nde.collocate(ts, ys, kernel))
             times.append(time.perf_counter() - t0)
         rows.append({"kernel": kernel, "median_s": statistics.median(times), "min_s": min(times)})
         print(rows[-1], flush=True)

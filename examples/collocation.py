@@ -43,7 +43,7 @@ def main():
 
     clean = nde.datasets.spiral(n_points=300, t1=1.5)
     data = nde.datasets.spiral(n_points=300, t1=1.5, noise=0.1, key=jax.random.key(args.seed))
-    u_hat, du_hat = nde.collocate(data.ys, data.ts, "epanechnikov", args.bandwidth)
+    u_hat, du_hat = nde.collocate(data.ts, data.ys, "epanechnikov", args.bandwidth)
 
     mlp = eqx.nn.MLP(2, 2, 50, 1, activation=jnp.tanh, key=jax.random.key(args.seed + 1))
     model = nde.NeuralODE(nde.autonomous(mlp, input_fn=cube))

@@ -54,11 +54,11 @@ def test_local_fits_exact_for_polynomials_every_kernel():
         dquad = np.stack([1.0 - 1.4 * ts, 4.0 * ts], -1)
         batch = np.stack([linear, quad])  # (2, T, 2)
         for kernel in KERNELS:
-            u_hat, du_hat = nde.collocate(batch, ts, kernel=kernel)
+            u_hat, du_hat = nde.collocate(ts, batch, kernel=kernel)
             assert u_hat.shape == du_hat.shape == batch.shape
             np.testing.assert_allclose(u_hat[0], linear, atol=1e-9, err_msg=kernel)
             np.testing.assert_allclose(du_hat[1], dquad, atol=1e-8, err_msg=kernel)
-        u2, du2 = nde.collocate(quad, ts, kernel=kernel)  # unbatched gives the same
+        u2, du2 = nde.collocate(ts, quad, kernel=kernel)  # unbatched gives the same
         np.testing.assert_allclose(du2, du_hat[1], atol=1e-10)
 
 
@@ -75,7 +75,7 @@ def test_noisy_sin_cos_derivative_within_tolerance():
         ("tricube", 0.07, 0.04, 0.025),
         ("epanechnikov", None, 0.1, 0.15),
     ):
-        u_hat, du_hat = nde.collocate(ys, ts, kernel=kernel, bandwidth=bandwidth)
+        u_hat, du_hat = nde.collocate(ts, ys, kernel=kernel, bandwidth=bandwidth)
         err = np.abs(np.asarray(du_hat) - np.stack([np.cos(ts), -np.sin(ts)], -1))[inner]
         assert err.max() < tol, (kernel, err.max())
         truth = np.stack([np.sin(ts), np.cos(ts)], -1)
@@ -88,9 +88,9 @@ def test_mask_equals_dropping_the_points():
     mask = np.ones_like(ys, bool)
     mask[[10, 11, 30], 0] = False
     ys_holey = np.where(mask, ys, np.nan)
-    u, du = nde.collocate(ys_holey, ts, mask=mask, bandwidth=0.2)
+    u, du = nde.collocate(ts, ys_holey, mask=mask, bandwidth=0.2)
     keep = mask[:, 0]
-    u_ref, du_ref = nde.collocate(ys[keep], ts[keep], bandwidth=0.2)
+    u_ref, du_ref = nde.collocate(ts[keep], ys[keep], bandwidth=0.2)
     np.testing.assert_allclose(np.asarray(du)[keep, 0], np.asarray(du_ref)[:, 0], atol=2e-4)
     np.testing.assert_allclose(np.asarray(u)[keep, 0], np.asarray(u_ref)[:, 0], atol=2e-5)
 
@@ -99,18 +99,18 @@ def test_errors_are_clear():
     ts = np.linspace(0.0, 1.0, 20)
     ys = np.stack([ts, ts], -1)
     with pytest.raises(ValueError, match="Increase the bandwidth .* at least"):
-        nde.collocate(ys, ts, bandwidth=0.05)
+        nde.collocate(ts, ys, bandwidth=0.05)
     with pytest.raises(ValueError, match="Increase the bandwidth"):
-        nde.collocate(ys, ts, kernel="gaussian", bandwidth=0.005)
-    nde.collocate(ys, ts, bandwidth=0.12)  # just above the needed 2 / 19 works
+        nde.collocate(ts, ys, kernel="gaussian", bandwidth=0.005)
+    nde.collocate(ts, ys, bandwidth=0.12)  # just above the needed 2 / 19 works
     with pytest.raises(ValueError, match="kernel must be one of"):
-        nde.collocate(ys, ts, kernel="parabolic")
+        nde.collocate(ts, ys, kernel="parabolic")
     with pytest.raises(ValueError, match="bandwidth must be a positive number"):
-        nde.collocate(ys, ts, bandwidth=-1.0)
+        nde.collocate(ts, ys, bandwidth=-1.0)
     with pytest.raises(ValueError, match="strictly increasing"):
-        nde.collocate(ys, ts[::-1])
+        nde.collocate(ts[::-1], ys)
     with pytest.raises(ValueError, match="shape"):
-        nde.collocate(ys[:5], ts)
+        nde.collocate(ts, ys[:5])
     with pytest.raises(ValueError, match="kernel must be one of"):
         nde.Collocation(kernel="nope")
 
