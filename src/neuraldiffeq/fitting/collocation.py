@@ -91,6 +91,9 @@ _DOUBLE = 4
 # At most this many evaluation points score a bandwidth (evenly spread over the series,
 # both ends included): the score is a mean, and 400 points estimate it well at any length.
 _MAX_EVAL = 400
+# The grid search stops this many steps (a factor 4 in h) past every state's minima: the wide
+# windows are the expensive ones, and a score that has risen for a factor 4 does not come back.
+_PAST_MINIMUM = 8
 # Rows x window x columns per block of the selector's numpy arithmetic (memory bound).
 _BLOCK = 2_000_000
 
@@ -207,6 +210,7 @@ def _local_scores(s, y, obs, rows, h, kernel):
     out = {k: np.zeros((rows.shape[0], ncol)) for k in ("loo", "d1", "d2", "v1", "v12")}
     block = max(1, _BLOCK // max(1, width * ncol))
     k0 = float(kfun(np.zeros(())))
+    complete = bool(np.all(obs))
     for b0 in range(0, rows.shape[0], block):
         r = slice(b0, b0 + block)
         idx = lo[r, None] + np.arange(width)
@@ -214,7 +218,8 @@ def _local_scores(s, y, obs, rows, h, kernel):
         idx = np.minimum(idx, n - 1)
         dz = s[idx] - s[rows[r], None]  # (R, W)
         yw = y[idx]  # (R, W, C)
-        ow = obs[idx] & inside[..., None]
+        # Without missing values every column shares its weights: keep them (R, W, 1).
+        ow = inside[..., None] if complete else obs[idx] & inside[..., None]
         slopes, sq = [], []
         for scale in (1.0, 2.0):
             z = dz / (scale * h)
@@ -251,7 +256,7 @@ def _variance_weight(h: float) -> float:
     return min(1.0, 2.0 * h)
 
 
-def _score(s, y, obs, state_of, kernel, grid):
+def _score(s, y, obs, state_of, kernel, grid, stop_after=0):
     """Per bandwidth in `grid` and per state: leave-one-out score of u_hat, the regression risk
     and pointwise mean squared error of du_hat, and the RMS of du_hat (units of s)."""
     n_states = int(np.max(state_of)) + 1
@@ -261,6 +266,8 @@ def _score(s, y, obs, state_of, kernel, grid):
     shape = (len(grid), n_states)
     cv, risk, mse, scale = (np.full(shape, np.inf) for _ in range(4))
     for g, h in enumerate(grid):
+        if stop_after and g >= stop_after + max(np.argmin(cv, 0).max(), np.argmin(risk, 0).max()):
+            break  # every state's scores have passed their minimum by a factor 2 in h
         sc = _local_scores(s, y, obs, rows, h, kernel)
         # Richardson: the slope's leading bias is c h^2 (Fan & Gijbels 1996, Thm 3.1), so
         # d(2h) - d(h) = 3 c h^2 + noise whose variance the weights give exactly; subtracting
@@ -426,7 +433,7 @@ def collocate(
     y64 = np.asarray(flat, dtype=np.float64)
     if bandwidth is None:
         grid = _bandwidth_grid(h_lo)
-        cv, risk, mse, scale, noise = _score(s, y64, obs, state_of, kernel, grid)
+        cv, risk, mse, scale, noise = _score(s, y64, obs, state_of, kernel, grid, _PAST_MINIMUM)
         pick_u, pick_du = np.argmin(cv, axis=0), np.argmin(risk, axis=0)
         h_u, h_du = grid[pick_u], grid[pick_du]
         method = "selected"
