@@ -265,6 +265,7 @@ def _score(s, y, obs, state_of, kernel, grid, stop_after=0):
     sigma = _noise_sd(s, y, obs)
     shape = (len(grid), n_states)
     cv, risk, mse, scale = (np.full(shape, np.inf) for _ in range(4))
+    bias_floor = np.zeros(n_states)
     for g, h in enumerate(grid):
         if stop_after and g >= stop_after + max(np.argmin(cv, 0).max(), np.argmin(risk, 0).max()):
             break  # every state's scores have passed their minimum by a factor 2 in h
@@ -280,7 +281,14 @@ def _score(s, y, obs, state_of, kernel, grid, stop_after=0):
             loo = sc["loo"][:, cols][observed[:, cols]]
             if loo.size and np.all(np.isfinite(loo)):
                 cv[g, d] = np.mean(loo**2)
-            b2, v = max(float(np.mean(bias2[:, cols])), 0.0), float(np.mean(var[:, cols]))
+            # Once h oversmooths, d(h) and d(2h) both flatten and their difference stops
+            # measuring the bias; the squared bias does not shrink as h grows, so keep the
+            # largest clearly measured estimate (twice its noise term) seen at smaller h.
+            b2 = float(np.mean(bias2[:, cols]))
+            if b2 > 2.0 * float(np.mean(sigma[cols] ** 2 * sc["v12"][:, cols])) / 9.0:
+                bias_floor[d] = max(b2, bias_floor[d])
+            b2 = max(b2, bias_floor[d])
+            v = float(np.mean(var[:, cols]))
             if np.isfinite(b2 + v):
                 risk[g, d] = _variance_weight(h) * v + b2
                 mse[g, d] = v + b2
@@ -368,7 +376,7 @@ def collocate(
     if ts_np.ndim != 1 or ts_np.shape[0] < 3:
         raise ValueError(
             f"ts must be a 1-D array of at least 3 times (the local-quadratic fit needs three), "
-            f"got shape {ts_np.shape}."
+            f"got shape {ts_np.shape}. Note the order: collocate(ts, ys), times first."
         )
     if not np.all(np.isfinite(ts_np)) or not np.all(np.diff(ts_np) > 0):
         raise ValueError(
@@ -462,12 +470,16 @@ def collocate(
     if not info:
         return u_hat, du_hat
     at = (pick_du, np.arange(n_states))
+    scale = scale[at] / span
+    # A constant state has no derivative to get wrong (its estimate is zero up to round-off).
+    constant = [np.ptp(y64[:, state_of == d][obs[:, state_of == d]]) == 0 for d in range(n_states)]
+    scale = np.where(constant, 0.0, scale)
     report = CollocationInfo(
         bandwidth=np.asarray(h_u, float),
         derivative_bandwidth=np.asarray(h_du, float),
         derivative_error=np.sqrt(mse[at]) / span,
         systematic_error=np.sqrt(risk[at]) / span,
-        derivative_scale=scale[at] / span,
+        derivative_scale=scale,
         noise=noise,
         method=method,
     )
