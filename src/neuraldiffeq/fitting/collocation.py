@@ -225,7 +225,10 @@ def _local_scores(s, y, obs, rows, h, kernel):
             z = dz / (scale * h)
             w = np.where(ow, kfun(z)[..., None], 0.0)  # (R, W, C)
             zc = z[..., None]
-            mom = [np.sum(w * zc**k, axis=1) for k in range(5)]  # each (R, C)
+            mom, wz = [], w
+            for _ in range(5):  # sum_j w_j z_j^k, each (R, C); products, not np.power
+                mom.append(np.sum(wz, axis=1))
+                wz = wz * zc
             if scale == 1.0:
                 det = mom[0] * mom[2] - mom[1] ** 2
                 u = np.sum(w * (mom[2][:, None] - mom[1][:, None] * zc) * yw, axis=1) / det
@@ -237,7 +240,7 @@ def _local_scores(s, y, obs, rows, h, kernel):
             gram = np.stack([np.stack(mom[k : k + 3], -1) for k in range(3)], -2)  # (R, C, 3, 3)
             e2 = np.broadcast_to(np.array([0.0, 1.0, 0.0]), gram.shape[:-1])
             a = np.linalg.solve(gram, e2[..., None])[..., 0]  # (R, C, 3)
-            lw = w * (a[:, None, :, 0] + a[:, None, :, 1] * zc + a[:, None, :, 2] * zc**2)
+            lw = w * (a[:, None, :, 0] + (a[:, None, :, 1] + a[:, None, :, 2] * zc) * zc)
             lw = lw / (scale * h)  # slope weights in units of s
             slopes.append(np.sum(lw * yw, axis=1))
             sq.append(lw)
@@ -498,7 +501,10 @@ def _smooth(s, flat, flat_mask, h_u, h_du, kernel):
             for r in reach
         )
     )
-    width = min(max(width, 3), n)
+    # The window length is static in the compiled core: rounding it up to a power of two lets
+    # series of similar length share one compilation (compiling costs seconds, a wider window
+    # with zero weights at most twice the arithmetic).
+    width = min(max(2 ** math.ceil(math.log2(max(width, 3))), 3), n)
     dtype = flat.dtype
     u_cols = [None] * flat.shape[1]
     du_cols = [None] * flat.shape[1]
