@@ -94,6 +94,9 @@ _MAX_EVAL = 400
 # The grid search stops this many steps (a factor 4 in h) past every state's minima: the wide
 # windows are the expensive ones, and a score that has risen for a factor 4 does not come back.
 _PAST_MINIMUM = 8
+# A squared-bias estimate counts as measured (and bounds the bias at wider windows) when it is
+# this many times the variance of the noise in it.
+_CLEAR = 8.0
 # Rows x window x columns per block of the selector's numpy arithmetic (memory bound).
 _BLOCK = 2_000_000
 
@@ -271,7 +274,7 @@ def _score(s, y, obs, state_of, kernel, grid, stop_after=0):
     bias_floor = np.zeros(n_states)
     for g, h in enumerate(grid):
         if stop_after and g >= stop_after + max(np.argmin(cv, 0).max(), np.argmin(risk, 0).max()):
-            break  # every state's scores have passed their minimum by a factor 2 in h
+            break  # every state's scores have passed their minimum by a factor 4 in h
         sc = _local_scores(s, y, obs, rows, h, kernel)
         # Richardson: the slope's leading bias is c h^2 (Fan & Gijbels 1996, Thm 3.1), so
         # d(2h) - d(h) = 3 c h^2 + noise whose variance the weights give exactly; subtracting
@@ -288,7 +291,7 @@ def _score(s, y, obs, state_of, kernel, grid, stop_after=0):
             # measuring the bias; the squared bias does not shrink as h grows, so keep the
             # largest clearly measured estimate (twice its noise term) seen at smaller h.
             b2 = float(np.mean(bias2[:, cols]))
-            if b2 > 2.0 * float(np.mean(sigma[cols] ** 2 * sc["v12"][:, cols])) / 9.0:
+            if b2 > _CLEAR * float(np.mean(sigma[cols] ** 2 * sc["v12"][:, cols])) / 9.0:
                 bias_floor[d] = max(b2, bias_floor[d])
             b2 = max(b2, bias_floor[d])
             v = float(np.mean(var[:, cols]))
