@@ -4,7 +4,9 @@ Stage one (`collocate`) estimates, at every observation time t_i, the state u(t_
 kernel-weighted local-linear regression and its derivative du/dt(t_i) by a kernel-weighted
 local-quadratic regression (Liang & Wu 2008; DiffEqFlux's `collocate_data`). Stage two
 (`Collocation`, a fitting strategy) minimises sum_i ||du_hat_i - f(t_i, u_hat_i)||^2: no ODE is
-solved, so a step costs one batched evaluation of the field.
+solved, so a step costs one batched evaluation of the field. The bandwidths are chosen from the
+data unless given (see `collocate`), and `collocate(..., info=True)` reports them with an
+estimate of the derivatives' error.
 """
 
 from __future__ import annotations
@@ -276,7 +278,7 @@ def _score(s, y, obs, state_of, kernel, grid, stop_after=0):
         if stop_after and g >= stop_after + max(np.argmin(cv, 0).max(), np.argmin(risk, 0).max()):
             break  # every state's scores have passed their minimum by a factor 4 in h
         sc = _local_scores(s, y, obs, rows, h, kernel)
-        # Richardson: the slope's leading bias is c h^2 (Fan & Gijbels 1996, Thm 3.1), so
+        # Richardson: the slope's leading bias is c h^2 (Fan & Gijbels 1996, sec. 3.2), so
         # d(2h) - d(h) = 3 c h^2 + noise whose variance the weights give exactly; subtracting
         # it leaves an unbiased estimate of the squared bias.
         bias2 = ((sc["d2"] - sc["d1"]) ** 2 - sigma**2 * sc["v12"]) / 9.0
@@ -332,13 +334,15 @@ def collocate(
 
     - for `u_hat`, the bandwidth minimising the leave-one-out cross-validation score of the
       local-linear smoother, computed exactly from its hat-matrix diagonal L_ii as
-      mean(((y_i - u_hat_i) / (1 - L_ii))^2) (Fan & Gijbels 1996, section 4.10);
+      mean(((y_i - u_hat_i) / (1 - L_ii))^2) (Fan & Gijbels 1996, ch. 4);
     - for `du_hat`, the bandwidth minimising an estimate of the derivatives' error as stage two
       sees it: squared bias + 2h x variance. The variance is exact for this linear smoother
       given the noise level, which comes from a bandwidth-free difference estimator (Gasser,
       Sroka & Jennen-Steinmetz 1986); the squared bias comes from Richardson extrapolation
       between h and 2h, since the slope's leading bias grows as h^2 (Fan & Gijbels 1996,
-      Theorem 3.1; empirical-bias selection as in Ruppert 1997). The variance is weighted by 2h
+      sec. 3.2; empirical-bias selection as in Ruppert 1997), kept from shrinking at wider
+      windows once it has been clearly measured (oversmoothed slopes at h and 2h agree
+      again, which says nothing about their bias). The variance is weighted by 2h
       because the field regression averages noise over ~1/(2h) windows but not bias: the
       derivatives are undersmoothed, as two-stage ODE estimators need (Liang & Wu 2008).
 
