@@ -255,13 +255,14 @@ def _local_scores(s, y, obs, rows, h, kernel):
     return out
 
 
-def _variance_weight(h: float) -> float:
+def _variance_weight(h: float, kernel: str) -> float:
     # Stage two regresses the field on the derivatives at every time: their noise averages
     # out over the ~1/(2h) independent kernel windows, their bias (of one sign across
-    # neighbouring windows) does not. Weighting the variance by 2h is what makes the selected
-    # derivative bandwidth undersmooth, as two-stage estimators of ODE parameters need (Liang &
-    # Wu 2008; Brunel 2008).
-    return min(1.0, 2.0 * h)
+    # neighbouring windows) does not. Weighting the variance by the window's share of the
+    # series is what makes the selected derivative bandwidth undersmooth, as two-stage
+    # estimators of ODE parameters need (Liang & Wu 2008; Brunel 2008). A kernel with unbounded
+    # support leans on points out to its effective radius, so its windows are that much wider.
+    return min(1.0, 2.0 * h * _EFFECTIVE.get(kernel, 1.0))
 
 
 def _score(s, y, obs, state_of, kernel, grid, stop_after=0):
@@ -298,7 +299,7 @@ def _score(s, y, obs, state_of, kernel, grid, stop_after=0):
             b2 = max(b2, bias_floor[d])
             v = float(np.mean(var[:, cols]))
             if np.isfinite(b2 + v):
-                risk[g, d] = _variance_weight(h) * v + b2
+                risk[g, d] = _variance_weight(h, kernel) * v + b2
                 mse[g, d] = v + b2
                 scale[g, d] = math.sqrt(float(np.mean(sc["d1"][:, cols] ** 2)))
     noise = np.array(
@@ -342,9 +343,13 @@ def collocate(
       between h and 2h, since the slope's leading bias grows as h^2 (Fan & Gijbels 1996,
       sec. 3.2; empirical-bias selection as in Ruppert 1997), kept from shrinking at wider
       windows once it has been clearly measured (oversmoothed slopes at h and 2h agree
-      again, which says nothing about their bias). The variance is weighted by 2h
+      again, which says nothing about their bias). The variance is weighted by 2h (times
+      the effective radius of kernels with unbounded support)
       because the field regression averages noise over ~1/(2h) windows but not bias: the
       derivatives are undersmoothed, as two-stage ODE estimators need (Liang & Wu 2008).
+
+    The selection assumes a second-order kernel (bias growing as h^2): with the silverman
+    kernel (fourth order, negative lobes) it is unreliable, so give that kernel a bandwidth.
 
     `bandwidth="rule"` is DiffEqFlux's rule `default_bandwidth(T)` for both; a number is h as a
     fraction of the time span for both. Too small a number (fewer than three observations under
@@ -450,7 +455,10 @@ def collocate(
 
     y64 = np.asarray(flat, dtype=np.float64)
     if bandwidth is None:
-        grid = _bandwidth_grid(h_lo)
+        # The search starts where three observations lie within one bandwidth, for every
+        # kernel: below that, a kernel with unbounded support fits through its far tails
+        # (the silverman kernel's are negative) and its scores stop meaning anything.
+        grid = _bandwidth_grid(h_lo * _EFFECTIVE.get(kernel, 1.0))
         cv, risk, mse, scale, noise = _score(s, y64, obs, state_of, kernel, grid, _PAST_MINIMUM)
         pick_u, pick_du = np.argmin(cv, axis=0), np.argmin(risk, axis=0)
         h_u, h_du = grid[pick_u], grid[pick_du]
