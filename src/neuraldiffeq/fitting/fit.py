@@ -134,7 +134,7 @@ def fit(
         >>> result.losses.shape
         (5,)
     """
-    stages = _as_stages(strategy, optimizer, steps, steps_per_call)
+    stages = _as_stages(strategy, optimizer, steps, steps_per_call, data)
     if not (isinstance(max_failures, int) and max_failures > 0):
         raise ValueError(f"max_failures must be a positive integer, got {max_failures!r}.")
     key = jax.random.key(0) if key is None else key
@@ -332,7 +332,7 @@ def _tree_where(pred, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(pred, a, b), new, old)
 
 
-def _as_stages(strategy, optimizer, steps, steps_per_call) -> list[Stage]:
+def _as_stages(strategy, optimizer, steps, steps_per_call, data) -> list[Stage]:
     if steps_per_call is not None and not (
         isinstance(steps_per_call, int | np.integer) and steps_per_call > 0
     ):
@@ -343,11 +343,11 @@ def _as_stages(strategy, optimizer, steps, steps_per_call) -> list[Stage]:
                 f"unknown strategy preset {strategy!r}; presets: {sorted(PRESETS) or 'none'}. "
                 "Or pass a strategy such as nde.Trajectory() or a list of nde.Stage."
             )
-        stages = PRESETS[strategy](optimizer=optimizer, steps=steps)
-        if steps_per_call is not None:  # fit's keyword wins over the preset's own fusing
-            stages = [
-                dataclasses.replace(s, steps_per_call=min(steps_per_call, s.steps)) for s in stages
-            ]
+        # the preset sees the data (e.g. "auto" checks whether collocation can go first) and
+        # honours or refuses fit's keywords itself
+        stages = PRESETS[strategy](
+            optimizer=optimizer, steps=steps, steps_per_call=steps_per_call, data=data
+        )
     elif isinstance(strategy, AbstractStrategy):
         if steps is None:
             raise ValueError("steps is required when fitting with a single strategy.")
