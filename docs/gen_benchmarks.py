@@ -44,22 +44,17 @@ def _csv_table(text: str) -> str:
 
 
 def benchmarks_markdown() -> str:
-    parts = [
-        "## Summary (`benchmarks/RESULTS.md`)",
-        _demote((BENCHMARKS / "RESULTS.md").read_text()),
-    ]
+    """RESULTS.md, then each result file; Markdown files bring their own heading."""
+    parts = [_demote((BENCHMARKS / "RESULTS.md").read_text()), "*From `benchmarks/RESULTS.md`.*"]
     for path in sorted((BENCHMARKS / "results").glob("*")):
         rel = path.relative_to(ROOT).as_posix()
         text = path.read_text()
         if path.suffix == ".md":
-            body = _demote(text)
+            parts += [_demote(text), f"*From `{rel}`.*"]
         elif path.suffix == ".csv":
-            body = _csv_table(text)
+            parts += [f"## `{rel}`", _csv_table(text)]
         elif path.suffix == ".json":
-            body = "```json\n" + json.dumps(json.loads(text), indent=2) + "\n```"
-        else:
-            continue
-        parts += [f"## `{rel}`", body]
+            parts += [f"## `{rel}`", "```json\n" + json.dumps(json.loads(text), indent=2) + "\n```"]
     return "\n\n".join(parts) + "\n"
 
 
