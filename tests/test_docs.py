@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.image
+import numpy as np
 import pytest
 
 import neuraldiffeq
@@ -30,7 +33,9 @@ def _python_blocks():
             yield pytest.param(page, match.group(1), id=f"{page.relative_to(ROOT)}#{i}")
 
 
-def test_site_builds_strict(tmp_path):
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site, built once with `mkdocs build --strict`."""
     try:
         import material  # noqa: F401
         import mkdocs  # noqa: F401
@@ -40,10 +45,11 @@ def test_site_builds_strict(tmp_path):
             f"the docs toolchain is not installed ({e}); install it with "
             '`pip install ".[docs]"` (it is also part of the `test` extra).'
         )
+    out = tmp_path_factory.mktemp("docs") / "site"
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -51,7 +57,10 @@ def test_site_builds_strict(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    site = tmp_path / "site"
+    return out
+
+
+def test_site_builds_strict(site):
     # The pages that matter are there, with their generated content and pictures.
     assert "neuraldiffeq" in (site / "index.html").read_text()
     assert (site / "spiral_fit.png").is_file()
@@ -60,6 +69,39 @@ def test_site_builds_strict(tmp_path):
     cli = (site / "api" / "cli" / "index.html").read_text()
     assert "usage: neuraldiffeq fit" in cli
     assert 'id="neuraldiffeq.NeuralODE"' in (site / "api" / "models" / "index.html").read_text()
+
+
+@pytest.mark.parametrize("page", ["index.html", "tutorials/collocation/index.html"])
+def test_pages_render_in_headless_chromium(site, page, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip(
+            "headless rendering needs Debian's `chromium` package (apt-get install chromium)"
+        )
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={shot}",
+            "--window-size=1280,900",
+            (site / page).as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    background = pixels[-1, -1]
+    ink = np.any(np.abs(pixels - background) > 0.1, axis=-1)
+    # The header bar (top 48 px) is coloured; below it, navigation, text and pictures put ink on
+    # about 5% of the window (a blank or header-only page: 0%).
+    assert ink[:40].mean() > 0.5, f"{page}: no header bar"
+    body = ink[60:].mean()
+    assert body > 0.02, f"{page} rendered nearly blank below the header ({body:.1%} ink)"
 
 
 @pytest.mark.parametrize("page, code", list(_python_blocks()))
