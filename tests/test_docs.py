@@ -1,0 +1,131 @@
+"""The documentation site builds without a warning, and its examples are valid Python.
+
+The site (mkdocs.yml, docs/) is built with `mkdocs build --strict`, which fails on a broken link,
+a missing picture or an API reference that does not resolve. The docs packages are in the `test`
+extra, so a missing mkdocs is an installation problem and fails rather than skips.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+import neuraldiffeq
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+# A fenced block marked `python` is a runnable example; shell commands and output use other tags.
+_PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+
+
+def _python_blocks():
+    for page in PAGES:
+        for i, match in enumerate(_PYTHON_BLOCK.finditer(page.read_text())):
+            yield pytest.param(page, match.group(1), id=f"{page.relative_to(ROOT)}#{i}")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site, built once with `mkdocs build --strict`."""
+    try:
+        import material  # noqa: F401
+        import mkdocs  # noqa: F401
+        import mkdocstrings_handlers.python  # noqa: F401
+    except ImportError as e:
+        pytest.fail(
+            f"the docs toolchain is not installed ({e}); install it with "
+            '`pip install ".[docs]"` (it is also part of the `test` extra).'
+        )
+    out = tmp_path_factory.mktemp("docs") / "site"
+    env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def test_site_builds_strict(site):
+    # The pages that matter are there, with their generated content and pictures.
+    assert "neuraldiffeq" in (site / "index.html").read_text()
+    assert (site / "spiral_fit.png").is_file()
+    benchmarks = (site / "benchmarks" / "index.html").read_text()
+    assert "<!-- benchmarks -->" not in benchmarks and "test_margins.md" in benchmarks
+    cli = (site / "api" / "cli" / "index.html").read_text()
+    assert "usage: neuraldiffeq fit" in cli
+    assert 'id="neuraldiffeq.NeuralODE"' in (site / "api" / "models" / "index.html").read_text()
+
+
+@pytest.mark.parametrize("page", ["index.html", "tutorials/collocation/index.html"])
+def test_pages_render_in_headless_chromium(site, page, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip(
+            "headless rendering needs Debian's `chromium` package (apt-get install chromium)"
+        )
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--screenshot={shot}",
+            "--window-size=1280,900",
+            (site / page).as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    pixels = matplotlib.image.imread(shot)[..., :3]
+    background = pixels[-1, -1]
+    ink = np.any(np.abs(pixels - background) > 0.1, axis=-1)
+    # The header bar (top 48 px) is coloured; below it, navigation, text and pictures put ink on
+    # about 5% of the window (a blank or header-only page: 0%).
+    assert ink[:40].mean() > 0.5, f"{page}: no header bar"
+    body = ink[60:].mean()
+    assert body > 0.02, f"{page} rendered nearly blank below the header ({body:.1%} ink)"
+
+
+@pytest.mark.parametrize("page, code", list(_python_blocks()))
+def test_python_examples_are_valid_python(page, code):
+    compile(code, str(page), "exec")
+
+
+def test_every_public_name_has_an_api_entry():
+    documented = set()
+    for page in (DOCS / "api").glob("*.md"):
+        documented |= set(re.findall(r"^::: neuraldiffeq\.(\w+)\s*$", page.read_text(), re.M))
+    missing = sorted(set(neuraldiffeq.__all__) - documented)
+    assert not missing, f"add `::: neuraldiffeq.NAME` to a page under docs/api/ for {missing}"
+
+
+def test_readme_is_short_and_its_links_resolve():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 120
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if "://" not in target:
+            assert (ROOT / target).exists(), f"README links to a missing file: {target}"
+
+
+def test_readme_test_command_is_what_ci_runs():
+    ci = (ROOT / ".ci" / "run").read_text()
+    command = 'pip install ".[test]" && pytest -n 2 -q'
+    assert command in ci and command in (ROOT / "README.md").read_text()
