@@ -18,10 +18,10 @@ EXIT_OUTPUT, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Help that shows every default (but not `(default: None)` for optional choices)."""
+    """Help that shows every default (not `(default: None)`, nor a flag's True/False)."""
 
     def _get_help_string(self, action):
-        if action.default is None or action.default is False:
+        if action.default is None or isinstance(action.default, bool):  # flags: no default
             return action.help
         return super()._get_help_string(action)
 
