@@ -178,7 +178,7 @@ def test_from_csv_reads_excel_bom_and_semicolons(tmp_path):
     "text, match",
     [
         ("t,x\n0,1\n1,1e40\n", r"column 'x' of .*row 3, holds '1e40', beyond the working"),
-        ("t,x\n0,1\n1,inf\n", r"row 3, holds 'inf'"),
+        ("t,x\n0,1\n1,inf\n", r"row 3, holds 'inf'; values must be finite"),
         ("t,x,x\n0,1,2\n1,2,3\n", "more than one column named"),
         ("t,x\n0,1\n1,2,5\n", "row 3 .* has 3 cells but the header has 2"),
         ("t,x,y\n0,1,\n1,2,\n", r"columns \['y'\] .* have no values at all"),

@@ -153,6 +153,11 @@ class TimeSeries(eqx.Module):
                         f"column {col!r} of {name!r} is not numeric: row {i + 2} holds "
                         f"{cell!r}. Drop the column (columns=[...]) or clean the file."
                     ) from None
+                if np.isinf(value) and cell.lower().lstrip("+-") in ("inf", "infinity"):
+                    raise ValueError(
+                        f"column {col!r} of {name!r}, row {i + 2}, holds {cell!r}; values must be "
+                        "finite (leave a cell empty for a missing value)."
+                    )
                 if np.isinf(value) or abs(value) > largest:
                     raise ValueError(
                         f"column {col!r} of {name!r}, row {i + 2}, holds {cell!r}, beyond the "
@@ -162,6 +167,8 @@ class TimeSeries(eqx.Module):
                 out.append(value)
             return np.asarray(out)
 
+        if len(rows) < 2:
+            raise ValueError(f"{name!r} has {len(rows)} data row; a time series needs at least 2.")
         ts = column(time)
         if np.any(np.isnan(ts)):
             row = int(np.argmax(np.isnan(ts))) + 2
