@@ -74,7 +74,8 @@ def plot_fit(
             )
     if holdout_from is not None:
         ax.axvline(holdout_from, color="gray", ls="--", lw=1)
-        ax.text(holdout_from, ax.get_ylim()[1], " held out →", va="top", color="gray")
+        # right-aligned at the line: stays inside the axes however little is held out
+        ax.text(holdout_from, ax.get_ylim()[1], "held out → ", ha="right", va="top", color="gray")
     ax.set_xlabel("t")
     ax.set_title(title)
     ax.legend(fontsize=8, ncol=2)
