@@ -208,6 +208,8 @@ def fit_series(
         **result.metrics(),
     }
     paths: list[str] = []
+    if result.interrupted:  # the picture says so too
+        title = f"{title} (interrupted at step {len(result.losses)})"
     if out is not None:
         # the same observations and dense prediction in both figures
         shown = np.where(observed, obs, np.nan)  # missing values are not drawn
