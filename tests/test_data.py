@@ -57,7 +57,7 @@ def test_lynx_hare_bundled():
         ([0.0, 1.0, 2.0], np.zeros((4, 2)), "ys has 4 time points"),
         ([0.0, 1.0, 2.0], np.zeros(3), r"ys must have shape \(T, D\)"),
         ([0.0, 1.0, 2.0], [[0.0], [np.nan], [1.0]], "ys contains NaN"),
-        ([0.0, 1.0], "abc", "ys must be an array of numbers"),
+        ([0.0, 1.0], "abc", "ys must be an array of real numbers"),
     ],
 )
 def test_timeseries_rejects_bad_input(ts, ys, match):
@@ -133,3 +133,60 @@ def test_timeseries_accepts_exactly_the_strictly_increasing_grids(times, dim):
     else:
         with pytest.raises(ValueError, match="ts must be strictly increasing"):
             nde.TimeSeries(times, ys)
+
+
+# --- no silent NaN at the boundary (issue 10, item 3) -------------------------------------------
+
+
+def test_values_that_overflow_float32_are_refused_naming_the_argument():
+    with pytest.raises(ValueError, match=r"ys\[1, 0\] = 1e\+40 overflows float32"):
+        nde.TimeSeries([0.0, 1.0, 2.0], [[1.0], [1e40], [2.0]])
+    with pytest.raises(ValueError, match=r"ts\[2\] = 1e\+39 overflows float32"):
+        nde.TimeSeries([0.0, 1.0, 1e39], [[1.0], [2.0], [3.0]])
+    # masked-out entries may hold anything, overflow included
+    data = nde.TimeSeries([0.0, 1.0, 2.0], [[1.0], [1e40], [2.0]], [[True], [False], [True]])
+    assert np.all(np.isfinite(np.asarray(data.ys)))
+    # just inside float32 is accepted and stays finite
+    big = nde.TimeSeries([0.0, 1.0], [[3e38], [-3e38]])
+    assert np.all(np.isfinite(np.asarray(big.ys)))
+
+
+def test_complex_input_is_an_error_not_a_warning():
+    with pytest.raises(ValueError, match="ys holds complex numbers"):
+        nde.TimeSeries([0.0, 1.0], np.ones((2, 1)) * (1 + 2j))
+    with pytest.raises(ValueError, match="ts holds complex numbers"):
+        nde.TimeSeries(np.array([0, 1j]), np.ones((2, 1)))
+    with pytest.raises(ValueError, match="ys holds complex numbers"):
+        nde.TimeSeries([0.0, 1.0], [[1.0], [2 + 0j]])
+
+
+def test_from_csv_reads_excel_bom_and_semicolons(tmp_path):
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes("t,x\n0,1\n1,2\n".encode("utf-8-sig"))
+    assert nde.TimeSeries.from_csv(bom, time="t").ys.ravel().tolist() == [1.0, 2.0]
+    semi = tmp_path / "semi.csv"
+    semi.write_text("\ufefft;x;y\n0;1,5;2\n1;2,5;\n2;3;4\n", encoding="utf-8")
+    data = nde.TimeSeries.from_csv(semi, time="t")
+    assert np.asarray(data.ys)[:, 0].tolist() == [1.5, 2.5, 3.0]  # decimal commas
+    assert np.asarray(data.mask)[:, 1].tolist() == [True, False, True]
+    tab = tmp_path / "tab.csv"
+    tab.write_text("t\tx\n0\t1\n1\t2\n")
+    assert nde.TimeSeries.from_csv(tab, time="t").dim == 1
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("t,x\n0,1\n1,1e40\n", r"column 'x' of .*row 3, holds '1e40', beyond the working"),
+        ("t,x\n0,1\n1,inf\n", r"row 3, holds 'inf'; values must be finite"),
+        ("t,x,x\n0,1,2\n1,2,3\n", "more than one column named"),
+        ("t,x\n0,1\n1,2,5\n", "row 3 .* has 3 cells but the header has 2"),
+        ("t,x,y\n0,1,\n1,2,\n", r"columns \['y'\] .* have no values at all"),
+        ("t,x\n0,1\n,2\n", r"time column 't' .* has an empty cell \(row 3\)"),
+    ],
+)
+def test_from_csv_names_the_bad_cell(tmp_path, text, match):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        nde.TimeSeries.from_csv(path, time="t")

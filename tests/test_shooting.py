@@ -128,13 +128,27 @@ def test_fit_with_learned_segment_states():
         other.loss(wrapped, other.prepare(wrapped, data), None)
 
 
-def test_masked_segment_start_is_rejected():
+def test_masked_segment_start_is_interpolated():
+    # One empty cell on a segment start (index 2 of 0-2, 2-4, 4-6) no longer stops the fit:
+    # the start is interpolated between its neighbours, and the misfit still ignores it.
     data = nde.datasets.spiral(n_points=7)
     mask = np.ones((7, 2), bool)
     mask[2, 0] = False
     holey = nde.TimeSeries(data.ts, data.ys, mask)
-    with pytest.raises(ValueError, match="segment starts are missing"):
-        nde.MultipleShooting(group_size=3).prepare(spiral_model(0), holey)
+    prepared = nde.MultipleShooting(group_size=3).prepare(spiral_model(0), holey)
+    ys = np.asarray(data.ys)
+    expected = (ys[1, 0] + ys[3, 0]) / 2  # uniform grid: the midpoint
+    assert abs(float(prepared["y0"][0, 1, 0]) - expected) < 1e-6
+    assert float(prepared["y0"][0, 1, 1]) == ys[2, 1]  # the observed component is kept
+    assert abs(float(prepared["y0"][0, 1, 0]) - ys[2, 0]) > 1e-3  # not the hidden true value
+    model = nde.NeuralODE(lambda t, y, args: -y)
+    assert np.isfinite(float(nde.MultipleShooting(group_size=3).loss(model, prepared, None)))
+    empty = np.ones((7, 2), bool)
+    empty[:, 1] = False
+    with pytest.raises(ValueError, match="state 1 of trajectory 0 has no observed value"):
+        nde.MultipleShooting(group_size=3).prepare(
+            spiral_model(0), nde.TimeSeries(data.ts, data.ys, empty)
+        )
 
 
 def test_minibatch_loss_is_the_full_loss_of_the_drawn_trajectories():

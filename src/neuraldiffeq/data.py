@@ -40,7 +40,7 @@ class TimeSeries(eqx.Module):
         if not np.all(np.isfinite(ts_np)):
             raise ValueError("ts contains NaN or infinite values; every time must be finite.")
         # Check the times at the precision they will be used in (float32 unless x64 is on).
-        ts_np = np.asarray(jnp.asarray(ts_np))
+        ts_np = _to_working_precision(ts_np, "ts")
         if not np.all(np.diff(ts_np) > 0):
             bad = int(np.argmax(np.diff(ts_np) <= 0))
             raise ValueError(
@@ -71,13 +71,18 @@ class TimeSeries(eqx.Module):
                 raise ValueError(
                     f"mask must have the shape of ys {ys_np.shape}, got {mask_np.shape}."
                 )
+            if mask_np.dtype != bool and not np.isin(mask_np, (0, 1)).all():
+                raise ValueError(
+                    "mask must be boolean (True where observed), got values other than 0 and 1."
+                )
             mask_np = mask_np.astype(bool)
             if not np.all(np.isfinite(ys_np[mask_np])):
                 raise ValueError("ys has NaN or infinite values where mask says it is observed.")
             ys_np = np.where(mask_np, ys_np, 0.0)
             mask_j = jnp.asarray(mask_np)
+        # finiteness again after the cast: 1e40 is finite in float64 but inf in float32
         self.ts = jnp.asarray(ts_np)
-        self.ys = jnp.asarray(ys_np)
+        self.ys = jnp.asarray(_to_working_precision(ys_np, "ys"))
         self.mask = mask_j
 
     @property
@@ -105,67 +110,171 @@ class TimeSeries(eqx.Module):
     ) -> TimeSeries:
         """Read a CSV with a header row: one time column and one column per state variable.
 
-        Empty cells are treated as missing observations (masked). Example:
+        Empty cells (and `nan`) are missing observations (masked). The delimiter is detected
+        (`,` `;` tab or `|`); with `;` a decimal comma (`1,5`) is read as a decimal point, as
+        spreadsheets in such locales write it. A UTF-8 byte-order mark (Excel) is ignored, and
+        lines starting with `#` are comments. Values beyond the working precision (float32 unless
+        x64 is on) are refused, naming the cell. Example:
             >>> import neuraldiffeq as nde
             >>> data = nde.TimeSeries.from_csv(nde.datasets.LYNX_HARE_CSV, time="year")
         """
-        header, rows = _read_csv(path)
+        name = os.fspath(path)
+        header, rows, delimiter = _read_csv(path)
         if time not in header:
             raise ValueError(
-                f"time column {time!r} not found in {os.fspath(path)!r}; its columns are {header}. "
+                f"time column {time!r} not found in {name!r}; its columns are {header}. "
                 "Pass time=<name of the time column>."
             )
         if columns is None:
             columns = [c for c in header if c != time]
         missing = [c for c in columns if c not in header]
         if missing:
-            raise ValueError(
-                f"columns {missing} not found in {os.fspath(path)!r}; it has {header}."
-            )
+            raise ValueError(f"columns {missing} not found in {name!r}; it has {header}.")
         if not columns:
-            raise ValueError(f"{os.fspath(path)!r} has no state columns besides {time!r}.")
+            raise ValueError(f"{name!r} has no state columns besides {time!r}.")
+        repeated = sorted({c for c in [time, *columns] if header.count(c) > 1})
+        if repeated:
+            raise ValueError(f"{name!r} has more than one column named {repeated}; rename them.")
+        if time in columns:
+            raise ValueError(f"the time column {time!r} cannot also be a state column.")
+        largest = float(np.finfo(working_dtype()).max)
 
-        def column(name):
-            j = header.index(name)
+        def column(col):
+            j = header.index(col)
             out = []
             for i, row in enumerate(rows):
                 cell = row[j].strip() if j < len(row) else ""
-                if cell == "":
-                    out.append(np.nan)
-                    continue
+                if delimiter == ";" and "," in cell and "." not in cell:
+                    cell = cell.replace(",", ".")  # decimal comma
                 try:
-                    out.append(float(cell))
+                    value = float(cell) if cell else np.nan
                 except ValueError:
                     raise ValueError(
-                        f"column {name!r} of {os.fspath(path)!r} is not numeric: row {i + 2} holds "
+                        f"column {col!r} of {name!r} is not numeric: row {i + 2} holds "
                         f"{cell!r}. Drop the column (columns=[...]) or clean the file."
                     ) from None
+                if np.isinf(value) and cell.lower().lstrip("+-") in ("inf", "infinity"):
+                    raise ValueError(
+                        f"column {col!r} of {name!r}, row {i + 2}, holds {cell!r}; values must be "
+                        "finite (leave a cell empty for a missing value)."
+                    )
+                if np.isinf(value) or abs(value) > largest:
+                    raise ValueError(
+                        f"column {col!r} of {name!r}, row {i + 2}, holds {cell!r}, beyond the "
+                        f"working precision {working_dtype()} (largest {largest:.3g}). Rescale "
+                        "the column or enable float64 (jax_enable_x64)."
+                    )
+                out.append(value)
             return np.asarray(out)
 
+        if len(rows) < 2:
+            raise ValueError(f"{name!r} has {len(rows)} data row; a time series needs at least 2.")
         ts = column(time)
         if np.any(np.isnan(ts)):
-            raise ValueError(f"time column {time!r} of {os.fspath(path)!r} has empty cells.")
+            row = int(np.argmax(np.isnan(ts))) + 2
+            raise ValueError(
+                f"time column {time!r} of {name!r} has an empty cell (row {row}); every row needs "
+                "a time."
+            )
         ys = np.stack([column(c) for c in columns], axis=-1)
         mask = ~np.isnan(ys)
+        empty = [c for c, seen in zip(columns, mask.any(axis=0), strict=True) if not seen]
+        if empty:
+            raise ValueError(f"columns {empty} of {name!r} have no values at all; drop them.")
         return cls(ts, ys, None if mask.all() else mask)
 
 
 def _as_float_array(x, name: str) -> np.ndarray:
     try:
-        arr = np.asarray(x, dtype=float)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be an array of numbers, got {type(x).__name__}.") from None
-    return arr
-
-
-def _read_csv(path) -> tuple[list[str], list[list[str]]]:
+        raw = np.asarray(x)
+    except (TypeError, ValueError):  # e.g. ragged nested lists
+        raise ValueError(
+            f"{name} must be a rectangular array of real numbers, got {type(x).__name__}."
+        ) from None
+    if np.iscomplexobj(raw) or (
+        raw.dtype == object and any(isinstance(v, complex) for v in raw.ravel())
+    ):
+        raise ValueError(
+            f"{name} holds complex numbers; pass real values (e.g. the real and imaginary parts "
+            "as separate states)."
+        )
+    if raw.dtype.kind not in "biuf" and raw.dtype != object:  # text, dates, ...: no guessing
+        raise ValueError(f"{name} must be an array of real numbers, got dtype {raw.dtype}.")
     try:
-        with open(path, newline="") as f:
-            reader = csv.reader(line for line in f if not line.lstrip().startswith("#"))
-            rows = [r for r in reader if any(cell.strip() for cell in r)]
+        return np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name} must be an array of real numbers, got {type(x).__name__} holding "
+            "something else."
+        ) from None
+
+
+def working_dtype() -> np.dtype:
+    """The float type arrays get in JAX: float32, or float64 with `jax_enable_x64`."""
+    return np.dtype(jnp.zeros(()).dtype)
+
+
+def _to_working_precision(arr: np.ndarray, name: str) -> np.ndarray:
+    """Cast to the working precision; refuse finite values that overflow it."""
+    dtype = working_dtype()
+    with np.errstate(over="ignore"):
+        cast = arr.astype(dtype)
+    overflow = np.isfinite(arr) & ~np.isfinite(cast)
+    if overflow.any():
+        where = tuple(int(i) for i in np.argwhere(overflow)[0])
+        raise ValueError(
+            f"{name}{list(where)} = {arr[where]:.3g} overflows {dtype} (largest "
+            f"{np.finfo(dtype).max:.3g}). Rescale {name} (e.g. divide by a power of ten) or "
+            "enable float64 with jax.config.update('jax_enable_x64', True)."
+        )
+    return cast
+
+
+#: delimiters `from_csv` recognises, in order of preference
+DELIMITERS = (",", ";", "\t", "|")
+
+
+def _read_csv(path) -> tuple[list[str], list[list[str]], str]:
+    """Header, data rows and delimiter of a CSV file (comments and blank lines skipped)."""
+    name = os.fspath(path)
+    try:
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first name
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            lines = [line for line in f if line.strip() and not line.lstrip().startswith("#")]
     except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read CSV file {os.fspath(path)!r}: {e}") from None
+        raise ValueError(f"cannot read CSV file {name!r}: {e}") from None
+    if "\x00" in "".join(lines[:1]):
+        raise ValueError(f"{name!r} is not a text CSV file (it holds NUL bytes).")
+    delimiter = _sniff_delimiter(lines[:50])
+    try:
+        rows = list(csv.reader(lines, delimiter=delimiter))
+    except csv.Error as e:
+        raise ValueError(f"cannot parse CSV file {name!r}: {e}") from None
+    rows = [r for r in rows if any(cell.strip() for cell in r)]
     if len(rows) < 2:
-        raise ValueError(f"{os.fspath(path)!r} needs a header row and at least one data row.")
+        raise ValueError(f"{name!r} needs a header row and at least one data row.")
     header = [h.strip() for h in rows[0]]
-    return header, rows[1:]
+    for i, row in enumerate(rows[1:]):
+        if len(row) > len(header) and any(cell.strip() for cell in row[len(header) :]):
+            raise ValueError(
+                f"row {i + 2} of {name!r} has {len(row)} cells but the header has "
+                f"{len(header)} names (delimiter {delimiter!r}); fix the row or the header."
+            )
+    return header, rows[1:], delimiter
+
+
+def _sniff_delimiter(lines: list[str]) -> str:
+    """The delimiter that splits the header into the most columns, consistently in the rows.
+
+    A delimiter is consistent when no data row has more of it than the header (rows may be
+    short: trailing empty cells). `,` wins ties, and is the answer for a one-column file.
+    """
+    best, best_count = ",", 0
+    if not lines:
+        return best
+    header = lines[0]
+    for d in DELIMITERS:
+        count = header.count(d)
+        if count > best_count and all(line.count(d) <= count for line in lines[1:]):
+            best, best_count = d, count
+    return best

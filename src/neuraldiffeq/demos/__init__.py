@@ -1,13 +1,35 @@
 """`neuraldiffeq demo NAME`: each demo is a module with `add_arguments(parser)` and `run(args)`.
 
-To add a demo, write the module and register it here; the CLI picks it up.
+To add a demo, write the module and register it here with its one-line summary (the CLI lists
+the demos from this table without importing them). Demos write their outputs through
+`neuraldiffeq.outputs` (model first, then metrics, then plots) and share nothing with
+`neuraldiffeq.commands`: what both need lives in the library (`neuraldiffeq.series`).
 """
 
-DEMOS: dict[str, str] = {
-    "spiral": "neuraldiffeq.demos.spiral",
-    "lynx-hare": "neuraldiffeq.demos.lynx_hare",
-    "ffjord": "neuraldiffeq.demos.ffjord",
-    "sde": "neuraldiffeq.demos.sde",
-    "dde": "neuraldiffeq.demos.dde",
-    "spheres": "neuraldiffeq.demos.spheres",
+#: name -> (module, one-line summary)
+DEMOS: dict[str, tuple[str, str]] = {
+    "spiral": (
+        "neuraldiffeq.demos.spiral",
+        "Fit a neural ODE to the DiffEqFlux spiral (Adam, then L-BFGS), as in the tutorial.",
+    ),
+    "lynx-hare": (
+        "neuraldiffeq.demos.lynx_hare",
+        "Fit the Hudson's Bay lynx-hare series (1900-1920): a neural ODE and a universal ODE.",
+    ),
+    "ffjord": (
+        "neuraldiffeq.demos.ffjord",
+        "Train FFJORD on a 2-D toy density; plot data, learned density and samples.",
+    ),
+    "sde": (
+        "neuraldiffeq.demos.sde",
+        "DiffEqFlux's neural SDE tutorial: fit the mean and variance of paths of a noisy spiral.",
+    ),
+    "dde": (
+        "neuraldiffeq.demos.dde",
+        "Fit a neural DDE to the delayed logistic equation; a neural ODE for contrast.",
+    ),
+    "spheres": (
+        "neuraldiffeq.demos.spheres",
+        "Concentric spheres: a plain neural ODE cannot separate them, an augmented one can.",
+    ),
 }

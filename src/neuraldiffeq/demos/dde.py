@@ -11,7 +11,6 @@ Both are fitted the same way: Adam on the first third of the series, then on the
 from __future__ import annotations
 
 import argparse
-import os
 
 import equinox as eqx
 import jax
@@ -22,8 +21,8 @@ import optax
 import neuraldiffeq as nde
 
 from .._checks import count_params
+from ..outputs import prepare_out, stop_if_interrupted, write_outputs
 from ..plotting import plt, save_figure
-from ._common import prepare_out, write_json
 
 RATE, LAG, T1, N_POINTS = 1.8, 1.0, 15.0, 61
 
@@ -61,6 +60,8 @@ def train(model, data: nde.TimeSeries, steps: int, progress: bool):
         steps=max(1, steps // 3),
         progress=progress,
     )
+    if first.interrupted:  # Ctrl-C: no second fit
+        return first.model, first.losses, first, first
     second = nde.fit(
         first.model,
         data,
@@ -70,7 +71,7 @@ def train(model, data: nde.TimeSeries, steps: int, progress: bool):
         progress=progress,
     )
     losses = np.concatenate([first.losses, second.losses])
-    return second.model, losses, first.metrics(), second.metrics()
+    return second.model, losses, first, second
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,9 +89,11 @@ def run(args: argparse.Namespace) -> dict:
     out = prepare_out(args.out)
     data = make_data()
     dde, ode = build_models(args.seed)
-    results = {}
+    results, fits = {}, []
     for name, model in (("neural DDE", dde), ("neural ODE", ode)):
-        fitted, losses, m1, m2 = train(model, data, args.steps, args.progress)
+        fitted, losses, r1, r2 = train(model, data, args.steps, args.progress)
+        fits.append(r2)
+        m1, m2 = r1.metrics(), (r2.metrics() if r2 is not r1 else {"wall_seconds": 0.0})
         final = float(nde.Trajectory().loss(fitted, nde.Trajectory().prepare(fitted, data), None))
         results[name] = {
             "model": fitted,
@@ -103,8 +106,9 @@ def run(args: argparse.Namespace) -> dict:
             f"{name}: {results[name]['params']} parameters, final trajectory loss "
             f"(sum of squares over {N_POINTS} points) {final:.4f}"
         )
+        if r2.interrupted:
+            break
     dense_ts = jnp.linspace(0.0, T1, 400)
-    plot_comparison(os.path.join(out, "fit.png"), data, dense_ts, results)
     metrics = {
         "demo": "dde",
         "steps": args.steps,
@@ -113,9 +117,14 @@ def run(args: argparse.Namespace) -> dict:
             for name, r in results.items()
         },
     }
-    write_json(os.path.join(out, "metrics.json"), metrics)
-    nde.save(os.path.join(out, "model.eqx"), results["neural DDE"]["model"])
-    print(f"wrote {out}/fit.png, {out}/metrics.json, {out}/model.eqx")
+    paths = write_outputs(
+        out,
+        results["neural DDE"]["model"],
+        metrics,
+        [("fit.png", lambda p: plot_comparison(p, data, dense_ts, results))],
+    )
+    print("wrote " + ", ".join(paths))
+    stop_if_interrupted(fits, paths)
     return metrics
 
 

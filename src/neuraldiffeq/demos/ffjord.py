@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import jax
@@ -14,8 +13,8 @@ import optax
 import neuraldiffeq as nde
 
 from ..models.cnf import batched_log_prob, mean_nll
+from ..outputs import prepare_out, stop_if_interrupted, write_outputs
 from ..plotting import plt, save_figure
-from ._common import prepare_out, write_json
 
 #: FFJORD's plotting window for the toy densities.
 LOW, HIGH = -4.0, 4.0
@@ -137,13 +136,6 @@ def run(args: argparse.Namespace) -> dict:
     eval_seconds = time.perf_counter() - t0
     samples = exact.sample(jax.random.key(3000 + args.seed), 20_000)
     nll_text = f"held-out NLL {nll:.3f} nats"
-    plot_density(
-        os.path.join(out, "density.png"),
-        test,
-        exact,
-        samples,
-        title=f"FFJORD on {args.data}: {nll_text}, {args.steps} steps",
-    )
     metrics = {
         "demo": "ffjord",
         "data": args.data,
@@ -154,8 +146,14 @@ def run(args: argparse.Namespace) -> dict:
         "eval_seconds": eval_seconds,
         **result.metrics(),
     }
-    write_json(os.path.join(out, "metrics.json"), metrics)
-    nde.save(os.path.join(out, "model.eqx"), flow)
+    title = f"FFJORD on {args.data}: {nll_text}, {args.steps} steps"
+    paths = write_outputs(
+        out,
+        flow,
+        metrics,
+        [("density.png", lambda p: plot_density(p, test, exact, samples, title=title))],
+    )
     print(f"{args.data}: {nll_text} (exact trace, {args.n_test} held-out samples)")
-    print(f"wrote {out}/density.png, {out}/metrics.json, {out}/model.eqx")
+    print("wrote " + ", ".join(paths))
+    stop_if_interrupted(result, paths)
     return metrics

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 
 import neuraldiffeq as nde
 
-from ..commands.fit_csv import fit_series
-from ._common import prepare_out, write_json
+from ..outputs import prepare_out, stop_if_interrupted, write_outputs
+from ..series import fit_series
 
 
 class LotkaVolterraUDE(eqx.Module):
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> dict:
     titles = {"neural-ode": "neural ODE", "ude": "universal ODE (Lotka-Volterra + NN)"}
     summary = {"demo": "lynx-hare", "models": {}}
     for name, (model, center) in build_models(args.hidden, args.seed).items():
-        metrics = fit_series(
+        fitted = fit_series(
             data,
             model,
             nde.PRESETS["auto"](steps=args.steps),
@@ -94,11 +94,12 @@ def run(args: argparse.Namespace) -> dict:
             center=center,
             progress=args.progress,
         )
+        metrics = fitted.metrics
         summary["models"][name] = {
             k: metrics[k] for k in ("train_mse", "holdout_mse", "fit_wall_seconds", "best_loss")
         }
         if name == "ude":
-            gamma, alpha = jnp.exp(metrics_model_rates(os.path.join(out, name, "model.eqx")))
+            gamma, alpha = jnp.exp(fitted.model.field.log_rates)
             summary["models"][name]["rates_normalised_time"] = {
                 "gamma": float(gamma),
                 "alpha": float(alpha),
@@ -107,10 +108,9 @@ def run(args: argparse.Namespace) -> dict:
             f"{name}: train MSE {metrics['train_mse']:.4g} (thousands of pelts)^2, "
             f"fit {metrics['fit_wall_seconds']:.1f} s"
         )
-    write_json(os.path.join(out, "metrics.json"), summary)
+        if fitted.interrupted:
+            write_outputs(out, metrics=summary)
+            stop_if_interrupted(fitted.result, fitted.paths)
+    write_outputs(out, metrics=summary)
     print(f"wrote {out}/neural-ode/ and {out}/ude/ (fit.png, metrics.json, model.eqx)")
     return summary
-
-
-def metrics_model_rates(path: str) -> jax.Array:
-    return nde.load(path).field.log_rates

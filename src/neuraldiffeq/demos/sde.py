@@ -9,7 +9,6 @@ first on 10 paths per step, then on 100.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import equinox as eqx
@@ -20,8 +19,8 @@ import optax
 
 import neuraldiffeq as nde
 
-from ..plotting import plt, save_figure
-from ._common import prepare_out, write_json
+from ..outputs import prepare_out, stop_if_interrupted, write_outputs
+from ..plotting import plot_losses, plt, save_figure, stage_spans
 
 TRUE_A = jnp.array([[-0.1, 2.0], [-2.0, -0.1]])
 U0 = jnp.array([2.0, 0.0])
@@ -88,9 +87,6 @@ def run(args: argparse.Namespace) -> dict:
     samples = model.sample(ts, U0, jax.random.key(args.seed + 2), 1000)
     mean, var = jnp.mean(samples, 0), jnp.var(samples, 0)
     final = float(jnp.sum((mean - data["mean"]) ** 2) + jnp.sum((var - data["var"]) ** 2))
-    plot_bands(
-        os.path.join(out, "fit.png"), ts, data["mean"], data["var"], mean, var, result.losses
-    )
     metrics = {
         "demo": "sde",
         "moment_loss_1000_paths": final,
@@ -98,18 +94,34 @@ def run(args: argparse.Namespace) -> dict:
         "data_seconds": data_seconds,
         **result.metrics(),
     }
-    write_json(os.path.join(out, "metrics.json"), metrics)
-    nde.save(os.path.join(out, "model.eqx"), model)
+    paths = write_outputs(
+        out,
+        model,
+        metrics,
+        [
+            (
+                "fit.png",
+                lambda p: plot_bands(
+                    p, ts, data["mean"], data["var"], mean, var, result.losses, result.stages
+                ),
+            )
+        ],
+    )
     print(f"moment-matching loss of the fitted model (1000 fresh paths): {final:.4f}")
-    print(f"wrote {out}/fit.png, {out}/metrics.json, {out}/model.eqx")
+    print("wrote " + ", ".join(paths))
+    stop_if_interrupted(result, paths)
     return metrics
 
 
-def plot_bands(path, ts, data_mean, data_var, model_mean, model_var, losses) -> None:
-    """Data mean ± std (shaded) against the model's mean ± std (lines), and the loss curve."""
+def plot_bands(path, ts, data_mean, data_var, model_mean, model_var, losses, stages=None) -> None:
+    """Data mean ± std (shaded) against the model's mean ± std (lines), and the loss curve of
+    each stage (`FitResult.stages`) on its own axes."""
     ts = np.asarray(ts)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    for d, ax in enumerate(axes[:2]):
+    spans = stage_spans(len(losses), stages)
+    fig = plt.figure(figsize=(15, max(4.2, 1.7 * len(spans) + 0.8)))
+    grid = fig.add_gridspec(1, 3)
+    axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])]
+    for d, ax in enumerate(axes):
         m, s = np.asarray(data_mean[:, d]), np.sqrt(np.asarray(data_var[:, d]))
         ax.fill_between(ts, m - s, m + s, color="C0", alpha=0.25, label="data mean ± std")
         ax.plot(ts, m, "o", color="C0", ms=3, label="data mean")
@@ -120,10 +132,7 @@ def plot_bands(path, ts, data_mean, data_var, model_mean, model_var, losses) -> 
         ax.set_xlabel("t")
         ax.set_title(f"u{d + 1}")
         ax.legend(fontsize=8)
-    axes[2].semilogy(np.arange(1, len(losses) + 1), np.asarray(losses), lw=1.2)
-    axes[2].set_xlabel("step")
-    axes[2].set_title("moment-matching loss")
-    axes[2].grid(alpha=0.3, which="both")
+    plot_losses(fig, grid[0, 2], losses, spans)
     fig.suptitle("neural SDE fitted to the moments of 10,000 paths of the noisy spiral")
     fig.tight_layout()
     save_figure(fig, path)

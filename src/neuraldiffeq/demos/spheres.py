@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 import equinox as eqx
 import jax
@@ -15,7 +14,7 @@ import neuraldiffeq as nde
 
 from .._checks import count_nfe
 from ..fitting.strategies import AbstractStrategy
-from ._common import prepare_out, write_json
+from ..outputs import prepare_out, stop_if_interrupted, write_outputs
 
 
 def concentric_spheres(
@@ -122,7 +121,7 @@ def run(args: argparse.Namespace) -> dict:
     k_data, k_test, k_plain, k_aug, k_fit = jax.random.split(jax.random.key(args.seed), 5)
     x, labels = concentric_spheres(k_data)
     x_test, labels_test = concentric_spheres(k_test, n_inner=500, n_outer=500)
-    results, models = {}, {}
+    results, models, fits = {}, {}, []
     for name, aug, k in (("plain", 0, k_plain), ("augmented", args.augment_dim, k_aug)):
         fit = nde.fit(
             build(aug, args.hidden, k),
@@ -135,6 +134,7 @@ def run(args: argparse.Namespace) -> dict:
             progress=args.progress,
         )
         models[name] = fit.model
+        fits.append(fit)
         # The same trained model solved accurately: is the separation a property of the flow,
         # or of the discretisation error at the training tolerance (trajectories that cross)?
         accurate = eqx.tree_at(lambda m: m.ode, fit.model, _accurate(fit.model.ode))
@@ -152,15 +152,24 @@ def run(args: argparse.Namespace) -> dict:
             f"test accuracy {results[name]['test_accuracy']:.3f} (solved at rtol 1e-7: "
             f"{results[name]['test_accuracy_accurate_solve']:.3f})"
         )
-    _plot(os.path.join(out, "spheres.png"), x, labels, models, results)
+        if fit.interrupted:  # Ctrl-C: no second model, no comparison plot
+            break
     metrics = {
         "demo": "spheres",
         "augment_dim": args.augment_dim,
         "steps": args.steps,
         **{k: {kk: vv for kk, vv in v.items() if kk != "losses"} for k, v in results.items()},
     }
-    write_json(os.path.join(out, "metrics.json"), metrics)
-    print(f"wrote {out}/spheres.png, {out}/metrics.json")
+    paths = write_outputs(
+        out,
+        models.get("augmented", models["plain"]),
+        metrics,
+        [("spheres.png", lambda p: _plot(p, x, labels, models, results))]
+        if len(models) == 2
+        else [],
+    )
+    print("wrote " + ", ".join(paths))
+    stop_if_interrupted(fits, paths)
     return metrics
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 import equinox as eqx
 import jax
@@ -12,8 +11,8 @@ import optax
 
 import neuraldiffeq as nde
 
+from ..outputs import prepare_out, stop_if_interrupted, write_outputs
 from ..plotting import plot_fit
-from ._common import prepare_out, write_json
 
 
 def cube(y):
@@ -41,20 +40,24 @@ def run(args: argparse.Namespace) -> dict:
     result = nde.fit(build_model(args.seed), data, stages, progress=args.progress)
     model = result.model
     dense_ts = jnp.linspace(data.ts[0], data.ts[-1], 200)
-    plot_fit(
-        os.path.join(out, "fit.png"),
-        data.ts,
-        data.ys,
-        dense_ts,
-        model(dense_ts, data.ys[0]),
-        losses=result.losses,
-        labels=["u1", "u2"],
-        title="neural ODE fit to the spiral",
-    )
     final = float(nde.Trajectory().loss(model, nde.Trajectory().prepare(model, data), None))
     metrics = {"demo": "spiral", "trajectory_loss": final, **result.metrics()}
-    write_json(os.path.join(out, "metrics.json"), metrics)
-    nde.save(os.path.join(out, "model.eqx"), model)
+
+    def draw(path):
+        plot_fit(
+            path,
+            data.ts,
+            data.ys,
+            dense_ts,
+            model(dense_ts, data.ys[0]),
+            losses=result.losses,
+            stages=result.stages,
+            labels=["u1", "u2"],
+            title="neural ODE fit to the spiral",
+        )
+
+    paths = write_outputs(out, model, metrics, [("fit.png", draw)])
     print(f"final trajectory loss (sum of squares over {len(data.ts)} points): {final:.5f}")
-    print(f"wrote {out}/fit.png, {out}/metrics.json, {out}/model.eqx")
+    print("wrote " + ", ".join(paths))
+    stop_if_interrupted(result, paths)
     return metrics

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from .diagnostics import diagnose
 from .presets import PRESETS
 from .stage import Stage
 from .strategies import AbstractStrategy
@@ -35,6 +36,8 @@ class StageReport:
     skipped: int
     compile_seconds: float
     wall_seconds: float
+    optimizer: str = ""  # e.g. "Adam(lr=0.05)" (fitting.diagnostics.describe_optimizer)
+    warning: str | None = None  # set when the stage diverged (fitting.diagnostics)
 
 
 @dataclasses.dataclass
@@ -179,7 +182,7 @@ def fit(
             except KeyboardInterrupt:
                 interrupted = True
         model = run.result_model()
-        reports.append(run.report(name))
+        reports.append(diagnose(run.report(name), stage))  # warns if the stage diverged
         step_offset += run.steps_done
         if run.skipped:
             warnings.warn(

@@ -63,6 +63,38 @@ def auto_group_size(n_times: int) -> int:
     return min(n_times, max(3, -(-(n_times - 1) // 5) + 1))
 
 
+def segment_starts(ts, ys, observed, starts) -> np.ndarray:
+    """Initial states of the segments starting at time indices `starts`: `(B, S, D)`.
+
+    An observed start is the observation itself. A missing one (masked, e.g. an empty CSV cell)
+    is interpolated linearly in time, per trajectory and state, between the nearest observations
+    before and after it (held constant beyond the first or last), so one empty cell never stops
+    multiple shooting. The misfit still ignores it: only observations enter the loss.
+
+    Example:
+        >>> import numpy as np
+        >>> from neuraldiffeq.fitting.shooting import segment_starts
+        >>> ys = np.array([[[0.0], [9.0], [2.0], [3.0]]])
+        >>> observed = np.array([[[True], [False], [True], [True]]])
+        >>> segment_starts(np.arange(4.0), ys, observed, [0, 1, 2]).ravel().tolist()
+        [0.0, 1.0, 2.0]
+    """
+    ts, ys, observed = np.asarray(ts), np.asarray(ys), np.asarray(observed, bool)
+    starts = np.asarray(starts)
+    y0 = ys[:, starts].copy()
+    if observed[:, starts].all():
+        return y0
+    for b, d in zip(*np.nonzero(~observed[:, starts].all(axis=1)), strict=True):
+        seen = observed[b, :, d]
+        if not seen.any():
+            raise ValueError(
+                f"MultipleShooting: state {d} of trajectory {b} has no observed value, so its "
+                "segment starts cannot be interpolated; drop that state or trajectory."
+            )
+        y0[b, :, d] = np.interp(ts[starts], ts[seen], ys[b, seen, d])
+    return y0
+
+
 class SegmentStates(eqx.Module):
     """A model plus trainable initial states of the multiple-shooting segments.
 
@@ -171,12 +203,7 @@ class MultipleShooting(AbstractStrategy):
         index = np.stack([np.minimum(a + slots, b) for a, b in ranges])
         valid = np.stack([a + slots <= b for a, b in ranges])
         observed = np.ones(batch.ys.shape, bool) if batch.mask is None else np.asarray(batch.mask)
-        starts = index[:, 0]
-        if not observed[:, starts].all():
-            raise ValueError(
-                "MultipleShooting starts each segment from the observation at its first time, "
-                "but some segment starts are missing (masked). Impute them or change group_size."
-            )
+        y0 = segment_starts(batch.ts, batch.ys, observed, index[:, 0])
         check_batch_fits(self.batch_size, batch.ys.shape[0], "trajectories")
         n_batch, dim = batch.ys.shape[0], batch.ys.shape[-1]
         if isinstance(model, SegmentStates):  # the strategy's own wrapper, not a model type
@@ -202,6 +229,7 @@ class MultipleShooting(AbstractStrategy):
             "ys": batch.ys,
             "index": jnp.asarray(index),
             "weight": jnp.asarray(valid[None, :, :, None] & observed[:, index]),
+            "y0": jnp.asarray(y0),
         }
 
     @property
@@ -223,7 +251,7 @@ class MultipleShooting(AbstractStrategy):
                 raise ValueError(_states_message(y0.shape, (n_batch, n_seg, ys.shape[-1])))
             model = model.model
         else:
-            y0 = ys[:, index[:, 0]]  # (B, S, D)
+            y0 = prepared["y0"]  # (B, S, D)
         if self.batch_size is not None:
             chosen = draw_minibatch(key, n_batch, self.batch_size, "MultipleShooting")
             ys, y0, weight = ys[chosen], y0[chosen], weight[chosen]
@@ -265,7 +293,10 @@ class MultipleShooting(AbstractStrategy):
         n = batch.ts.shape[0]
         ranges = segment_ranges(n, self.group_size or auto_group_size(n))
         starts = np.array([a for a, _ in ranges])
-        return SegmentStates(model, jnp.asarray(batch.ys[:, starts]))
+        observed = np.ones(batch.ys.shape, bool) if batch.mask is None else np.asarray(batch.mask)
+        return SegmentStates(
+            model, jnp.asarray(segment_starts(batch.ts, batch.ys, observed, starts))
+        )
 
 
 def _with_past(model) -> Callable | None:
