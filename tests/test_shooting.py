@@ -178,3 +178,17 @@ def test_minibatch_size_is_validated():
         nde.MultipleShooting(group_size=3, batch_size=0)
     with pytest.raises(ValueError, match="exceeds the 1 trajectories"):
         nde.MultipleShooting(group_size=3, batch_size=2).prepare(spiral_model(0), data)
+
+
+def test_missing_first_value_starts_from_the_next_observation_and_auto_runs():
+    # An empty first cell (a CSV with a gap in its first row) no longer stops the "auto" preset:
+    # every stage starts from the held-back next observation, and the misfit skips the gap.
+    data = nde.datasets.spiral(n_points=12)
+    mask = np.ones((12, 2), bool)
+    mask[0, 1] = False
+    holey = nde.TimeSeries(data.ts, data.ys.at[0, 1].set(123.0), mask)
+    prepared = nde.Trajectory().prepare(spiral_model(0), holey)
+    assert float(prepared.ys[0, 0, 1]) == float(data.ys[1, 1])  # not the 123 under the mask
+    assert float(prepared.ys[0, 0, 0]) == float(data.ys[0, 0])  # the observed part is kept
+    result = nde.fit(spiral_model(0), holey, "auto", steps=5, progress=False)
+    assert np.all(np.isfinite(result.losses))

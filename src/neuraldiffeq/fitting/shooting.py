@@ -20,7 +20,7 @@ import numpy as np
 from .._checks import check_batch_fits, check_batch_size, check_state_shapes, draw_minibatch
 from ..models.dde import ObservedPast
 from .losses import l2
-from .strategies import AbstractStrategy, as_timeseries, call_model
+from .strategies import AbstractStrategy, as_timeseries, call_model, segment_starts
 
 __all__ = ["MultipleShooting", "ObservedPast", "SegmentStates", "auto_group_size", "segment_ranges"]
 
@@ -61,38 +61,6 @@ def auto_group_size(n_times: int) -> int:
         (7, 5)
     """
     return min(n_times, max(3, -(-(n_times - 1) // 5) + 1))
-
-
-def segment_starts(ts, ys, observed, starts) -> np.ndarray:
-    """Initial states of the segments starting at time indices `starts`: `(B, S, D)`.
-
-    An observed start is the observation itself. A missing one (masked, e.g. an empty CSV cell)
-    is interpolated linearly in time, per trajectory and state, between the nearest observations
-    before and after it (held constant beyond the first or last), so one empty cell never stops
-    multiple shooting. The misfit still ignores it: only observations enter the loss.
-
-    Example:
-        >>> import numpy as np
-        >>> from neuraldiffeq.fitting.shooting import segment_starts
-        >>> ys = np.array([[[0.0], [9.0], [2.0], [3.0]]])
-        >>> observed = np.array([[[True], [False], [True], [True]]])
-        >>> segment_starts(np.arange(4.0), ys, observed, [0, 1, 2]).ravel().tolist()
-        [0.0, 1.0, 2.0]
-    """
-    ts, ys, observed = np.asarray(ts), np.asarray(ys), np.asarray(observed, bool)
-    starts = np.asarray(starts)
-    y0 = ys[:, starts].copy()
-    if observed[:, starts].all():
-        return y0
-    for b, d in zip(*np.nonzero(~observed[:, starts].all(axis=1)), strict=True):
-        seen = observed[b, :, d]
-        if not seen.any():
-            raise ValueError(
-                f"MultipleShooting: state {d} of trajectory {b} has no observed value, so its "
-                "segment starts cannot be interpolated; drop that state or trajectory."
-            )
-        y0[b, :, d] = np.interp(ts[starts], ts[seen], ys[b, seen, d])
-    return y0
 
 
 class SegmentStates(eqx.Module):

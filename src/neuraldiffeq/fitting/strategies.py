@@ -24,6 +24,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .._checks import check_batch_fits, check_batch_size, check_state_shapes, draw_minibatch
 from ..data import TimeSeries
@@ -123,11 +124,12 @@ class Trajectory(AbstractStrategy):
     def prepare(self, model: Any, data: Any) -> TimeSeries:
         batch = as_timeseries(data).as_batch()
         if batch.mask is not None and not bool(jnp.all(batch.mask[:, 0])):
-            raise ValueError(
-                "Trajectory starts each solve from the first observation, but some trajectories "
-                "have missing values at the first time point. Drop those trajectories or "
-                "impute their initial state."
-            )
+            # a missing initial value (an empty first CSV cell) is interpolated from the nearest
+            # observations, as MultipleShooting does for its segment starts; the misfit still
+            # ignores it, since the mask stays False there (tree_at: TimeSeries zeroes masked ys)
+            y0 = segment_starts(batch.ts, batch.ys, batch.mask, [0])[:, 0]
+            ys = batch.ys.at[:, 0].set(jnp.asarray(y0, batch.ys.dtype))
+            batch = eqx.tree_at(lambda b: b.ys, batch, ys)
         n_batch, n_times = batch.ys.shape[0], batch.ys.shape[1]
         ts = batch.ts
         if self.batch_time is not None:
@@ -207,3 +209,35 @@ def as_timeseries(data: Any) -> TimeSeries:
     raise ValueError(
         f"data must be an nde.TimeSeries or a (ts, ys) pair, got {type(data).__name__}."
     )
+
+
+def segment_starts(ts, ys, observed, starts) -> np.ndarray:
+    """Initial states of the segments starting at time indices `starts`: `(B, S, D)`.
+
+    An observed start is the observation itself. A missing one (masked, e.g. an empty CSV cell)
+    is interpolated linearly in time, per trajectory and state, between the nearest observations
+    before and after it (held constant beyond the first or last), so one empty cell never stops
+    multiple shooting. The misfit still ignores it: only observations enter the loss.
+
+    Example:
+        >>> import numpy as np
+        >>> from neuraldiffeq.fitting.strategies import segment_starts
+        >>> ys = np.array([[[0.0], [9.0], [2.0], [3.0]]])
+        >>> observed = np.array([[[True], [False], [True], [True]]])
+        >>> segment_starts(np.arange(4.0), ys, observed, [0, 1, 2]).ravel().tolist()
+        [0.0, 1.0, 2.0]
+    """
+    ts, ys, observed = np.asarray(ts), np.asarray(ys), np.asarray(observed, bool)
+    starts = np.asarray(starts)
+    y0 = ys[:, starts].copy()
+    if observed[:, starts].all():
+        return y0
+    for b, d in zip(*np.nonzero(~observed[:, starts].all(axis=1)), strict=True):
+        seen = observed[b, :, d]
+        if not seen.any():
+            raise ValueError(
+                f"state {d} of trajectory {b} has no observed value, so its "
+                "segment starts cannot be interpolated; drop that state or trajectory."
+            )
+        y0[b, :, d] = np.interp(ts[starts], ts[seen], ys[b, seen, d])
+    return y0
