@@ -279,7 +279,7 @@ def _zeros_params(params):
 def dense_loop(
     name, *, args, terms, init_state, passed_solver_state, passed_controller_state, **kw
 ):
-    """`loop` of `Interpolating` (name="Interpolating") or `Quadrature` (name=(subintervals, order))."""
+    """`loop` of `Interpolating` (name "interpolating") and `Quadrature` ((pieces, order))."""
     label = "Interpolating" if name == "interpolating" else "Quadrature"
     check_saveat(label, kw["saveat"])
     if kw["max_steps"] is None:
