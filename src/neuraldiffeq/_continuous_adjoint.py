@@ -153,11 +153,15 @@ def _forward(diff, *, init_state, kw):
 @_forward.def_fwd
 def _forward_fwd(perturbed, diff, *, init_state, kw):
     out = _run_forward_mode(diff, init_state, kw)
+    # Directions only for the inputs that are differentiated (not, e.g., a Brownian tree's times).
+    moving, fixed = eqx.partition(diff, perturbed)
 
     def flat_ys(d):
-        return ravel_pytree(_saved_ys(_run_forward_mode(d, init_state, kw)[0]))[0]
+        return ravel_pytree(_saved_ys(_run_forward_mode(eqx.combine(d, fixed), init_state, kw)[0]))[
+            0
+        ]
 
-    jacobian = eqx.filter_jacfwd(flat_ys)(diff)  # leaves (n_out, *input.shape)
+    jacobian = eqx.filter_jacfwd(flat_ys)(moving)  # leaves (n_out, *input.shape)
     return out, (jacobian, _saved_ys(out[0]))
 
 
