@@ -66,7 +66,8 @@ class Direct(AbstractSensitivity):
 
     Example:
         >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
-        >>> model = nde.NeuralODE(lambda t, y, a: a * y, sensitivity=nde.Direct(checkpoints=4))
+        >>> direct = nde.Direct(checkpoints=4)
+        >>> model = nde.NeuralODE(lambda t, y, a: a * y, rtol=1e-6, sensitivity=direct)
         >>> y1 = lambda a: model(jnp.array([0.0, 1.0]), jnp.ones(1), a)[-1, 0]
         >>> round(float(jax.grad(y1)(-1.0)), 3)
         0.368
@@ -83,7 +84,7 @@ class Backsolve(AbstractSensitivity):
 
     Example:
         >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
-        >>> model = nde.NeuralODE(lambda t, y, a: a * y, sensitivity=nde.Backsolve())
+        >>> model = nde.NeuralODE(lambda t, y, a: a * y, rtol=1e-6, sensitivity=nde.Backsolve())
         >>> y1 = lambda a: model(jnp.array([0.0, 1.0]), jnp.ones(1), a)[-1, 0]
         >>> round(float(jax.grad(y1)(-1.0)), 3)
         0.368
@@ -103,7 +104,7 @@ class Forward(AbstractSensitivity):
 
     Example:
         >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
-        >>> model = nde.NeuralODE(lambda t, y, a: a * y, sensitivity=nde.Forward())
+        >>> model = nde.NeuralODE(lambda t, y, a: a * y, rtol=1e-6, sensitivity=nde.Forward())
         >>> y1 = lambda a: model(jnp.array([0.0, 1.0]), jnp.ones(1), a)[-1, 0]
         >>> round(float(jax.grad(y1)(-1.0)), 3)
         0.368
@@ -118,7 +119,7 @@ class Interpolating(AbstractSensitivity):
 
     Example:
         >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
-        >>> model = nde.NeuralODE(lambda t, y, a: a * y, sensitivity=nde.Interpolating())
+        >>> model = nde.NeuralODE(lambda t, y, a: a * y, rtol=1e-6, sensitivity=nde.Interpolating())
         >>> # d/da of y(1) = e^a at a = -1
         >>> y1 = lambda a: model(jnp.array([0.0, 1.0]), jnp.ones(1), a)[-1, 0]
         >>> round(float(jax.grad(y1)(-1.0)), 3)
@@ -137,7 +138,7 @@ class Quadrature(AbstractSensitivity):
 
     Example:
         >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
-        >>> model = nde.NeuralODE(lambda t, y, a: a * y, sensitivity=nde.Quadrature())
+        >>> model = nde.NeuralODE(lambda t, y, a: a * y, rtol=1e-6, sensitivity=nde.Quadrature())
         >>> y1 = lambda a: model(jnp.array([0.0, 1.0]), jnp.ones(1), a)[-1, 0]
         >>> round(float(jax.grad(y1)(-1.0)), 3)
         0.368
@@ -175,7 +176,7 @@ def resolve_sensitivity(
     Example:
         >>> import neuraldiffeq as nde
         >>> nde.resolve_sensitivity("auto", n_states=2, n_params=1000)
-        Direct(checkpoints=None)
+        Direct()
     """
     if isinstance(sensitivity, AbstractSensitivity):
         return sensitivity

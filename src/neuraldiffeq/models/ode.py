@@ -65,7 +65,7 @@ class NeuralODE(HasSolveConfig):
         >>> model(jnp.linspace(0, 1.5, 30), jnp.array([2.0, 0.0])).shape
         (30, 2)
         >>> model.sensitivity  # "auto" with 252 parameters
-        Direct(checkpoints=None)
+        Direct()
     """
 
     field: Callable
