@@ -7,9 +7,10 @@
   `BacksolveAdjoint`). Memory O(1) in the number of steps; about 2 forward solves. For very long
   solves or deep ODE-Nets where memory is the limit; the gradient is only as accurate as the
   tolerances, and re-solving the state backwards can drift on unstable systems.
-- `Forward()`: forward sensitivities, one Jacobian-vector product per input (diffrax
-  `ForwardMode`), contracted with the cotangent. Memory O(parameters x outputs); cost about
-  (parameters + states) forward solves. For few parameters: mechanistic models, small UDEs.
+- `Forward()`: forward sensitivities, one Jacobian-vector product per differentiated input
+  (through diffrax's `ForwardMode` loop), contracted with the cotangent. Memory
+  O(parameters x outputs); cost about (parameters + states) forward solves. For few
+  parameters: mechanistic models, small UDEs.
 - `Interpolating()`: continuous adjoint that reads the forward state from the forward solve's
   dense output instead of re-solving it backwards (SciML's `InterpolatingAdjoint`). Memory
   O(steps) for the dense output; stable where `Backsolve` drifts; accuracy follows the tolerances.
@@ -17,10 +18,9 @@
   backwards with dense output, then the parameter gradient as a composite Gauss–Legendre integral
   evaluated at all nodes at once (SciML's `QuadratureAdjoint`). Cheapest continuous adjoint for
   many parameters when the observation intervals are short enough for the fixed quadrature.
-- `"auto"`: `Forward()` when states + parameters <= 100 (SciML's rule), otherwise `Direct()`.
-
 - `"auto"`: `Forward()` when states + parameters <= 100 (SciML's rule), otherwise `Direct()`;
-  each model resolves it when it is built (and records the choice as `model.sensitivity`).
+  each model resolves it when it is built, from its parameter count (the state size is not known
+  yet), and records the choice as `model.sensitivity`; see each model for its rule.
 
 Each of them is a `diffrax.AbstractAdjoint`: pass it as `adjoint=` to any `diffrax.diffeqsolve`,
 which is exactly what every model does, so any sensitivity a model accepts reaches the solve the
