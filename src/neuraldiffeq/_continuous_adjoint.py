@@ -323,11 +323,19 @@ def _dense_bwd(residuals, grad_out, perturbed, diff, *, name, init_state, kw):
     a0 = jax.tree_util.tree_map(jnp.zeros_like, y)
     carry = (a0, g0, jnp.array(True))
     index = jnp.arange(ts.shape[0] - 1, -1, -1)
-    (a, g, ok), _ = jax.lax.scan(
-        lambda c, i: step(c, ts[i], starts[i], jax.tree_util.tree_map(lambda v: v[i], grad_ys)),
-        carry,
-        index,
-    )
+
+    def interval(c, i):
+        t_hi, t_lo = ts[i], starts[i]
+        grad_y = jax.tree_util.tree_map(lambda v: v[i], grad_ys)
+        # A zero-length interval (t0 itself saved) is the identity: skip its solve.
+        c = jax.lax.cond(
+            t_hi > t_lo,
+            lambda: step(c, t_hi, t_lo, grad_y)[0],
+            lambda: (_tree_add(c[0], grad_y), c[1], c[2]),
+        )
+        return c, None
+
+    (a, g, ok), _ = jax.lax.scan(interval, carry, index)
     g_args, g_terms = g
     return _poison(ok, ((a, g_args, g_terms),))
 
