@@ -91,7 +91,6 @@ def main():
                 10.0,
                 ts,
                 dt0=h,
-                adaptive=False,
                 max_steps=400,
             )
         )

@@ -73,6 +73,11 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="augment_dim"):
         nde.AugmentedNeuralODE(node, -1)
     with pytest.raises(ValueError, match="node"):
-        nde.AugmentedNeuralODE(lambda t, y, a: y, 1)
+        nde.AugmentedNeuralODE(3, 1)
+    with pytest.raises(ValueError, match="already an nde.NeuralODE"):  # settings go on the node
+        nde.AugmentedNeuralODE(node, 1, rtol=1e-5)
+    # a field takes the solve settings here
+    from_field = nde.AugmentedNeuralODE(lambda t, y, a: -y, 1, rtol=1e-5, sensitivity="direct")
+    assert from_field.node.rtol == 1e-5 and isinstance(from_field.node.sensitivity, nde.Direct)
     with pytest.raises(ValueError, match="y0"):
         nde.AugmentedNeuralODE(node, 1)(jnp.linspace(0, 1, 3), jnp.ones((2, 2)))

@@ -158,8 +158,8 @@ def test_bad_inputs_are_explained():
         nde.FFJORD(field, probe="normal")
     with pytest.raises(ValueError, match="t1 must be a positive"):
         nde.FFJORD(field, t1=0.0)
-    with pytest.raises(ValueError, match="Forward"):
-        nde.FFJORD(field, sensitivity=nde.Forward())
+    with pytest.raises(ValueError, match="pass either config=nde.SolveConfig"):
+        nde.FFJORD(field, rtol=1e-3, config=nde.SolveConfig())
     with pytest.raises(ValueError, match="field must be callable"):
         nde.FFJORD(3)
     flow = nde.FFJORD(field)

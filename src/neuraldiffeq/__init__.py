@@ -42,6 +42,7 @@ from .sensitivity import (
     resolve_sensitivity,
 )
 from .serialisation import load, save
+from .solve_config import SolveConfig
 from .solvers import DDESolution, solve_dde
 
 __version__ = "0.1.0"
@@ -88,4 +89,5 @@ __all__ = [
     "losses",
     "resolve_sensitivity",
     "save",
+    "SolveConfig",
 ]

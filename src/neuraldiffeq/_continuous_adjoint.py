@@ -1,153 +1,375 @@
-"""Continuous adjoints that read the forward solution from its dense interpolation.
+"""The loops behind `Forward`, `Interpolating` and `Quadrature`: diffrax adjoints of our own.
 
-diffrax offers the discrete adjoint and the backsolve adjoint; these two are SciML's
-`InterpolatingAdjoint` and `QuadratureAdjoint`:
+diffrax's `diffeqsolve` runs its main loop through `adjoint.loop(...)`; an adjoint decides how
+gradients flow through that loop. diffrax ships the discrete (`RecursiveCheckpointAdjoint`) and
+backsolve adjoints; here are three more, each a `jax.custom_vjp` around diffrax's own loop, so
+every model reaches them through the same `diffeqsolve(..., adjoint=sensitivity)` call:
 
-- interpolating: the forward solve keeps its dense output; the backward pass integrates the
-  adjoint a(t) and the parameter gradient g(t) together backwards, reading y(t) from the dense
-  output instead of re-solving the state backwards (so it is stable where backsolve drifts);
-- quadrature: the backward pass integrates only a(t) (D equations, not D + P) with dense output,
-  then computes g = ∫ a(t)ᵀ ∂f/∂θ(t, y(t)) dt by composite Gauss–Legendre quadrature, all
-  nodes at once (vmapped vector–Jacobian products).
+- forward: the Jacobian of the saved values w.r.t. every differentiable input (y0, args, the
+  terms' arrays) by forward-mode AD through the loop (as diffrax's `ForwardMode`), contracted
+  with the cotangent on the backward pass;
+- interpolating (SciML's `InterpolatingAdjoint`): the forward solve keeps its dense output; the
+  backward pass integrates the adjoint a(t) and the parameter gradient g(t) together backwards,
+  reading y(t) from the dense output instead of re-solving the state backwards (so it is stable
+  where backsolve drifts);
+- quadrature (SciML's `QuadratureAdjoint`): the backward pass integrates only a(t) with dense
+  output, then g = ∫ aᵀ ∂f/∂θ dt by composite Gauss–Legendre quadrature, all nodes at once.
 
-Both work on the NeuralODE protocol `diff = (model, y0, args)`: `model.field`, `model.solver`,
-`model.rtol/atol/dt0/max_steps` and `model._diffeqsolve`.
+The backward solves reuse the forward solve's solver, step-size controller, dt0 and max_steps,
+as passed to `loop` by `diffeqsolve`: no step-size rule is built here. Times inside `loop` are
+diffrax's internal ones (already multiplied by the direction), and the terms are diffrax's
+wrapped terms, so `vf_prod(t, y, args, contr(t, t + 1))` is dy/dt in those internal times.
 """
 
 from __future__ import annotations
 
 import diffrax
 import equinox as eqx
+import equinox.internal as eqxi
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.flatten_util import ravel_pytree
+
+# -- pieces of diffrax's loop protocol ----------------------------------------------------------
 
 
-def _controller(model):
-    if isinstance(model.solver, diffrax.AbstractAdaptiveSolver):
-        return diffrax.PIDController(rtol=model.rtol, atol=model.atol)
-    return diffrax.ConstantStepSize()
+def _lax_loops():
+    # No AD runs through the loop inside a custom_vjp (forward mode needs "lax" anyway).
+    return dict(
+        inner_while_loop=eqx.Partial(eqxi.while_loop, kind="lax"),
+        outer_while_loop=eqx.Partial(eqxi.while_loop, kind="lax"),
+    )
 
 
-def _dt0(model):
-    return None if model.dt0 is None else -model.dt0
+def _saved_ys(final_state) -> list:
+    """The saved values (what a `Solution.ys` is made of) of a loop's final state."""
+    from diffrax._integrate import SaveState  # the loop protocol's own type
+
+    leaves = jax.tree_util.tree_leaves(
+        final_state.save_state, is_leaf=lambda x: isinstance(x, SaveState)
+    )
+    return [s.ys for s in leaves]
 
 
-def _field_vjp(model, args, t, y, a):
-    """(aᵀ ∂f/∂y, aᵀ ∂f/∂θ) with θ the float arrays of (model, args)."""
-    _, vjp = eqx.filter_vjp(lambda p, y: p[0].field(t, y, p[1]), (model, args), y)
+def _saved_ts(final_state):
+    return final_state.save_state.ts
+
+
+def check_saveat(name: str, saveat, *, dense_ok: bool = False) -> None:
+    """Our adjoints transpose the saved values only; refuse outputs they would not differentiate."""
+    subs = jax.tree_util.tree_leaves(
+        saveat.subs, is_leaf=lambda x: isinstance(x, diffrax.SubSaveAt)
+    )
+    if len(subs) != 1 or subs[0].steps or subs[0].fn is not diffrax.SaveAt(t1=True).subs.fn:
+        raise NotImplementedError(
+            f"sensitivity={name}() differentiates values saved with SaveAt(ts=..., t0=..., t1=...)"
+            " only (no subs, steps or fn)."
+        )
+    if saveat.dense and not dense_ok:
+        raise NotImplementedError(
+            f"sensitivity={name}() does not differentiate dense output (SaveAt(dense=True)); "
+            "use nde.Direct() to differentiate sol.evaluate."
+        )
+
+
+def _only_ys_differentiable(out):
+    """Only the saved values carry gradients out of our loops (as in diffrax's adjoints)."""
+    final_state, aux = out
+    from diffrax._integrate import SaveState
+
+    def getter(state):
+        leaves = jax.tree_util.tree_leaves(
+            state.save_state, is_leaf=lambda x: isinstance(x, SaveState)
+        )
+        return [s.ys for s in leaves]
+
+    ys = getter(final_state)
+    stopped = jax.tree_util.tree_map(
+        lambda x: jax.lax.stop_gradient(x) if eqx.is_array(x) else x, final_state
+    )
+    return eqx.tree_at(getter, stopped, ys), aux
+
+
+def _stop_state_gradients(init_state):
+    # The solver and controller states (e.g. the first step size) are not differentiated, as in
+    # diffrax's BacksolveAdjoint.
+    return eqx.tree_at(
+        lambda s: (s.solver_state, s.controller_state),
+        init_state,
+        replace_fn=jax.lax.stop_gradient,
+        is_leaf=lambda x: x is None,
+    )
+
+
+def _split_y(init_state):
+    y = init_state.y
+    return y, eqx.tree_at(lambda s: s.y, init_state, object())
+
+
+def _with_y(init_state, y):
+    return eqx.tree_at(lambda s: s.y, init_state, y)
+
+
+def _materialise(grad, like):
+    """`grad` with symbolic-zero (None) cotangents replaced by zeros shaped like `like`."""
+    return jax.tree_util.tree_map(
+        lambda g, x: jax.tree_util.tree_map(jnp.zeros_like, x) if g is None else g,
+        grad,
+        like,
+        is_leaf=lambda g: g is None,
+    )
+
+
+# -- forward sensitivities -----------------------------------------------------------------------
+
+
+def forward_loop(*, args, terms, init_state, passed_solver_state, passed_controller_state, **kw):
+    check_saveat("Forward", kw["saveat"])
+    y, init_state = _split_y(_stop_state_gradients(init_state))
+    return _only_ys_differentiable(_forward(((y, args, terms),), init_state=init_state, kw=kw))
+
+
+def _run_forward_mode(diff, init_state, kw):
+    ((y, args, terms),) = diff
+    kw = dict(kw)
+    kw.pop("throw", None)
+    return diffrax.ForwardMode().loop(
+        args=args,
+        terms=terms,
+        init_state=_with_y(init_state, y),
+        throw=False,
+        passed_solver_state=False,
+        passed_controller_state=False,
+        **kw,
+    )
+
+
+@eqx.filter_custom_vjp
+def _forward(diff, *, init_state, kw):
+    return _run_forward_mode(diff, init_state, kw)
+
+
+@_forward.def_fwd
+def _forward_fwd(perturbed, diff, *, init_state, kw):
+    out = _run_forward_mode(diff, init_state, kw)
+    # Directions only for the inputs that are differentiated (not, e.g., a Brownian tree's times).
+    moving, fixed = eqx.partition(diff, perturbed)
+
+    def flat_ys(d):
+        return ravel_pytree(_saved_ys(_run_forward_mode(eqx.combine(d, fixed), init_state, kw)[0]))[
+            0
+        ]
+
+    jacobian = eqx.filter_jacfwd(flat_ys)(moving)  # leaves (n_out, *input.shape)
+    return out, (jacobian, _saved_ys(out[0]))
+
+
+@_forward.def_bwd
+def _forward_bwd(residuals, grad_out, perturbed, diff, *, init_state, kw):
+    jacobian, ys = residuals
+    grad_ys = _materialise(_saved_ys(grad_out[0]), ys)
+    cotangent = ravel_pytree(grad_ys)[0]
+    return jax.tree_util.tree_map(
+        lambda jac: None if jac is None else jnp.tensordot(cotangent, jac, axes=1),
+        jacobian,
+        is_leaf=lambda x: x is None,
+    )
+
+
+# -- continuous adjoints from the dense forward solution -----------------------------------------
+
+
+def _run_dense(diff, init_state, kw):
+    """diffrax's loop with dense output switched on: (final state without it, interpolation)."""
+    ((y, args, terms),) = diff
+    solver, saveat, max_steps = kw["solver"], kw["saveat"], kw["max_steps"]
+    init_state = _with_y(init_state, y)
+    if not saveat.dense:
+        # Allocate the dense buffers as diffeqsolve does when SaveAt(dense=True).
+        _, _, info, _, _ = eqx.filter_eval_shape(
+            solver.step,
+            terms,
+            init_state.tprev,
+            init_state.tnext,
+            y,
+            args,
+            init_state.solver_state,
+            init_state.made_jump,
+        )
+        dtype = jnp.result_type(init_state.tprev)
+        init_state = eqx.tree_at(
+            lambda s: (s.dense_ts, s.dense_infos, s.dense_save_index),
+            init_state,
+            (
+                jnp.full(max_steps + 1, jnp.inf, dtype),
+                jax.tree_util.tree_map(
+                    lambda x: jnp.full((max_steps, *x.shape), jnp.inf, x.dtype), info
+                ),
+                0,
+            ),
+            is_leaf=lambda x: x is None,
+        )
+    kw = dict(kw, saveat=eqx.tree_at(lambda s: s.dense, saveat, True))
+    kw.pop("throw")
+    final_state, aux = diffrax.RecursiveCheckpointAdjoint()._loop(
+        args=args, terms=terms, init_state=init_state, **kw, **_lax_loops()
+    )
+    interpolation = diffrax.DenseInterpolation(
+        ts=final_state.dense_ts,
+        ts_size=final_state.dense_save_index + 1,
+        infos=final_state.dense_infos,
+        interpolation_cls=solver.interpolation_cls,
+        direction=1,
+        t0_if_trivial=kw["t0"],
+        y0_if_trivial=y,
+    )
+    if not saveat.dense:
+        final_state = eqx.tree_at(
+            lambda s: (s.dense_ts, s.dense_infos, s.dense_save_index),
+            final_state,
+            (None, None, None),
+            is_leaf=lambda x: x is None,
+        )
+    return (final_state, aux), interpolation
+
+
+def _vf(terms, t, y, args):
+    """dy/dt in diffrax's internal time."""
+    return terms.vf_prod(t, y, args, terms.contr(t, t + 1))
+
+
+def _field_vjp(params, t, y, a):
+    """(aᵀ ∂f/∂y, aᵀ ∂f/∂θ) with θ the float arrays of params = (args, terms)."""
+    _, vjp = eqx.filter_vjp(lambda p, y: _vf(p[1], t, y, p[0]), params, y)
     g_params, g_y = vjp(a)
     return g_y, g_params
 
 
-def _zeros_like_params(model, args):
-    return jax.tree_util.tree_map(jnp.zeros_like, eqx.filter((model, args), eqx.is_inexact_array))
-
-
-def _add(x, y):
+def _tree_add(x, y):
     return jax.tree_util.tree_map(lambda u, v: u + v, x, y)
 
 
-def _backward_interval(model, term, t_hi, t_lo, state, saveat=None):
-    """Solve `term` from t_hi back to t_lo (diffrax handles the reversed direction)."""
+def _tree_neg(x):
+    return jax.tree_util.tree_map(jnp.negative, x)
+
+
+def _backward_solve(kw, term, t_hi, t_lo, state, saveat):
+    """Solve `term` from t_hi back to t_lo with the forward solve's own solver and controller."""
+    dt0 = kw["dt0"]
     return diffrax.diffeqsolve(
         term,
-        model.solver,
+        kw["solver"],
         t_hi,
         t_lo,
-        _dt0(model),
+        None if dt0 is None else -dt0,
         state,
-        saveat=saveat if saveat is not None else diffrax.SaveAt(t1=True),
-        stepsize_controller=_controller(model),
-        max_steps=model.max_steps,
+        saveat=saveat,
+        stepsize_controller=kw["stepsize_controller"],
+        max_steps=kw["max_steps"],
         throw=False,
     )
 
 
-def _forward_dense(diff, ts):
-    model, y0, args = diff
-    sol = model._diffeqsolve(
-        ts,
-        y0,
-        args,
-        diffrax.RecursiveCheckpointAdjoint(),
-        throw=False,
-        saveat=diffrax.SaveAt(ts=ts, dense=True),
-    )
-    ok = sol.result == diffrax.RESULTS.successful
-    return jnp.where(ok, sol.ys, jnp.inf), sol.interpolation
+def _poison(ok, tree):
+    """A failed backward solve gives an infinite gradient, so `fit` skips the step."""
+    return jax.tree_util.tree_map(lambda x: jnp.where(ok, x, jnp.inf), tree)
 
 
-def _assemble(diff, a0, g):
-    """Cotangents in the structure of `diff = (model, y0, args)`."""
-    g_model, g_args = g
-    return (g_model, a0, g_args)
+def _zeros_params(params):
+    return jax.tree_util.tree_map(jnp.zeros_like, eqx.filter(params, eqx.is_inexact_array))
 
 
-# -- interpolating ------------------------------------------------------------------------------
+def dense_loop(
+    name, *, args, terms, init_state, passed_solver_state, passed_controller_state, **kw
+):
+    """`loop` of `Interpolating` (name "interpolating") and `Quadrature` ((pieces, order))."""
+    label = "Interpolating" if name == "interpolating" else "Quadrature"
+    check_saveat(label, kw["saveat"])
+    if kw["max_steps"] is None:
+        raise ValueError(f"sensitivity={label}() keeps the dense output: max_steps must be set.")
+    if diffrax._heuristics.is_sde(terms):  # the models refuse this pair earlier
+        raise NotImplementedError(f"sensitivity={label}() is for ODEs, not SDEs.")
+    y, init_state = _split_y(_stop_state_gradients(init_state))
+    out = _dense(((y, args, terms),), name=name, init_state=init_state, kw=kw)
+    return _only_ys_differentiable(out)
 
 
 @eqx.filter_custom_vjp
-def interpolating_solve(diff, ts):
-    return _forward_dense(diff, ts)[0]
+def _dense(diff, *, name, init_state, kw):
+    return _run_dense(diff, init_state, kw)[0]
 
 
-@interpolating_solve.def_fwd
-def _interpolating_fwd(perturbed, diff, ts):
-    ys, interpolation = _forward_dense(diff, ts)
-    return ys, interpolation
+@_dense.def_fwd
+def _dense_fwd(perturbed, diff, *, name, init_state, kw):
+    out, interpolation = _run_dense(diff, init_state, kw)
+    return out, (interpolation, _saved_ts(out[0]), _saved_ys(out[0]))
 
 
-@interpolating_solve.def_bwd
-def _interpolating_bwd(interpolation, ys_bar, perturbed, diff, ts):
-    model, y0, args = diff
+@_dense.def_bwd
+def _dense_bwd(residuals, grad_out, perturbed, diff, *, name, init_state, kw):
+    interpolation, ts, saved = residuals
+    ((y, args, terms),) = diff
+    params = (args, terms)
+    (grad_ys,) = _materialise(_saved_ys(grad_out[0]), saved)
+    # Interval i runs from the previous save time (t0 for the first) to ts[i]; a zero-length
+    # first interval (when t0 itself is saved) is a no-op solve.
+    starts = jnp.concatenate([jnp.asarray(kw["t0"], ts.dtype)[None], ts[:-1]])
+    g0 = _zeros_params(params)
+    if name == "interpolating":
+        step = _interpolating_interval(kw, interpolation, params)
+    else:
+        step = _quadrature_interval(kw, interpolation, params, *name)
+    a0 = jax.tree_util.tree_map(jnp.zeros_like, y)
+    carry = (a0, g0, jnp.array(True))
+    index = jnp.arange(ts.shape[0] - 1, -1, -1)
 
+    def interval(c, i):
+        t_hi, t_lo = ts[i], starts[i]
+        grad_y = jax.tree_util.tree_map(lambda v: v[i], grad_ys)
+        # A zero-length interval (t0 itself saved) is the identity: skip its solve.
+        c = jax.lax.cond(
+            t_hi > t_lo,
+            lambda: step(c, t_hi, t_lo, grad_y)[0],
+            lambda: (_tree_add(c[0], grad_y), c[1], c[2]),
+        )
+        return c, None
+
+    (a, g, ok), _ = jax.lax.scan(interval, carry, index)
+    g_args, g_terms = g
+    return _poison(ok, ((a, g_args, g_terms),))
+
+
+def _interpolating_interval(kw, interpolation, params):
     def augmented(t, state, _):
-        a, g = state
-        g_y, g_params = _field_vjp(model, args, t, interpolation.evaluate(t), a)
-        return jax.tree_util.tree_map(jnp.negative, (g_y, g_params))
+        a, _g = state
+        g_y, g_params = _field_vjp(params, t, interpolation.evaluate(t), a)
+        return _tree_neg((g_y, g_params))
 
     term = diffrax.ODETerm(augmented)
 
-    def interval(state, i):
-        sol = _backward_interval(model, term, ts[i], ts[i - 1], state)
+    def step(carry, t_hi, t_lo, grad_y):
+        a, g, ok = carry
+        state = (_tree_add(a, grad_y), g)
+        sol = _backward_solve(kw, term, t_hi, t_lo, state, diffrax.SaveAt(t1=True))
         a, g = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
-        return (a + ys_bar[i - 1], g), None
+        return (a, g, ok & (sol.result == diffrax.RESULTS.successful)), None
 
-    state = (ys_bar[-1], _zeros_like_params(model, args))
-    (a0, g), _ = jax.lax.scan(interval, state, jnp.arange(len(ts) - 1, 0, -1))
-    return _assemble(diff, a0, g)
+    return step
 
 
-# -- quadrature ---------------------------------------------------------------------------------
-
-
-@eqx.filter_custom_vjp
-def quadrature_solve(diff, ts, nodes_per_interval):
-    return _forward_dense(diff, ts)[0]
-
-
-@quadrature_solve.def_fwd
-def _quadrature_fwd(perturbed, diff, ts, nodes_per_interval):
-    ys, interpolation = _forward_dense(diff, ts)
-    return ys, interpolation
-
-
-@quadrature_solve.def_bwd
-def _quadrature_bwd(interpolation, ys_bar, perturbed, diff, ts, nodes_per_interval):
-    model, y0, args = diff
-    subintervals, order = nodes_per_interval
+def _quadrature_interval(kw, interpolation, params, subintervals, order):
     unit_nodes, unit_weights = np.polynomial.legendre.leggauss(order)  # on [-1, 1]
 
     def adjoint_only(t, a, _):
-        return -_field_vjp(model, args, t, interpolation.evaluate(t), a)[0]
+        return _tree_neg(_field_vjp(params, t, interpolation.evaluate(t), a)[0])
 
     term = diffrax.ODETerm(adjoint_only)
 
-    def interval(carry, i):
-        a, g = carry
-        t_hi, t_lo = ts[i], ts[i - 1]
-        sol = _backward_interval(model, term, t_hi, t_lo, a, diffrax.SaveAt(t1=True, dense=True))
+    def step(carry, t_hi, t_lo, grad_y):
+        a, g, ok = carry
+        a = _tree_add(a, grad_y)
+        sol = _backward_solve(kw, term, t_hi, t_lo, a, diffrax.SaveAt(t1=True, dense=True))
         # composite Gauss–Legendre on [t_lo, t_hi]: g += ∫ aᵀ ∂f/∂θ dt
         edges = jnp.linspace(t_lo, t_hi, subintervals + 1)
         mid, half = (edges[1:] + edges[:-1]) / 2, (edges[1:] - edges[:-1]) / 2
@@ -155,14 +377,12 @@ def _quadrature_bwd(interpolation, ys_bar, perturbed, diff, ts, nodes_per_interv
         weights = (half[:, None] * unit_weights[None, :]).ravel()
 
         def integrand(t):
-            a_t = sol.evaluate(t)
-            return _field_vjp(model, args, t, interpolation.evaluate(t), a_t)[1]
+            return _field_vjp(params, t, interpolation.evaluate(t), sol.evaluate(t))[1]
 
         values = jax.vmap(integrand)(nodes)
         increment = jax.tree_util.tree_map(lambda v: jnp.tensordot(weights, v, axes=1), values)
-        a_lo = sol.ys[-1]
-        return (a_lo + ys_bar[i - 1], _add(g, increment)), None
+        a_lo = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
+        ok = ok & (sol.result == diffrax.RESULTS.successful)
+        return (a_lo, _tree_add(g, increment), ok), None
 
-    carry = (ys_bar[-1], _zeros_like_params(model, args))
-    (a0, g), _ = jax.lax.scan(interval, carry, jnp.arange(len(ts) - 1, 0, -1))
-    return _assemble(diff, a0, g)
+    return step

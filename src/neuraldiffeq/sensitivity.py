@@ -7,9 +7,10 @@
   `BacksolveAdjoint`). Memory O(1) in the number of steps; about 2 forward solves. For very long
   solves or deep ODE-Nets where memory is the limit; the gradient is only as accurate as the
   tolerances, and re-solving the state backwards can drift on unstable systems.
-- `Forward()`: forward sensitivities, one Jacobian-vector product per input (diffrax
-  `ForwardMode`), contracted with the cotangent. Memory O(parameters x outputs); cost about
-  (parameters + states) forward solves. For few parameters: mechanistic models, small UDEs.
+- `Forward()`: forward sensitivities, one Jacobian-vector product per differentiated input
+  (through diffrax's `ForwardMode` loop), contracted with the cotangent. Memory
+  O(parameters x outputs); cost about (parameters + states) forward solves. For few
+  parameters: mechanistic models, small UDEs.
 - `Interpolating()`: continuous adjoint that reads the forward state from the forward solve's
   dense output instead of re-solving it backwards (SciML's `InterpolatingAdjoint`). Memory
   O(steps) for the dense output; stable where `Backsolve` drifts; accuracy follows the tolerances.
@@ -17,43 +18,45 @@
   backwards with dense output, then the parameter gradient as a composite Gauss–Legendre integral
   evaluated at all nodes at once (SciML's `QuadratureAdjoint`). Cheapest continuous adjoint for
   many parameters when the observation intervals are short enough for the fixed quadrature.
-- `"auto"`: `Forward()` when states + parameters <= 100 (SciML's rule), otherwise `Direct()`.
+- `"auto"`: `Forward()` when states + parameters <= 100 (SciML's rule), otherwise `Direct()`;
+  each model resolves it when it is built, from its parameter count (the state size is not known
+  yet), and records the choice as `model.sensitivity`; see each model for its rule.
 
+Each of them is a `diffrax.AbstractAdjoint`: pass it as `adjoint=` to any `diffrax.diffeqsolve`,
+which is exactly what every model does, so any sensitivity a model accepts reaches the solve the
+same way (FFJORD's augmented state included). A model refuses, with a `ValueError` when it is
+built, the sensitivities it cannot honour (e.g. `Interpolating` for an SDE); nothing is swapped.
 All of them work under `jax.grad`, so `fit` and user code never need to know which one is in use.
 
 Example:
-    >>> import neuraldiffeq as nde
+    >>> import diffrax, jax, jax.numpy as jnp, neuraldiffeq as nde
     >>> nde.resolve_sensitivity("auto", n_states=2, n_params=10)
     Forward()
+    >>> def y1(a):  # any diffeqsolve accepts them: d/da of y(1) = e^a at a = -1
+    ...     sol = diffrax.diffeqsolve(diffrax.ODETerm(lambda t, y, a: a * y), diffrax.Tsit5(),
+    ...                               0.0, 1.0, None, jnp.ones(1), args=a,
+    ...                               stepsize_controller=diffrax.PIDController(1e-6, 1e-6),
+    ...                               adjoint=nde.Quadrature())
+    ...     return sol.ys[-1, 0]
+    >>> round(float(jax.grad(y1)(-1.0)), 4)
+    0.3679
 """
 
 from __future__ import annotations
 
-import abc
-from collections.abc import Callable
 from typing import Any
 
 import diffrax
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 
-from ._continuous_adjoint import interpolating_solve, quadrature_solve
+from . import _continuous_adjoint as _ca
 
 #: SciML's threshold (states + parameters) below which forward sensitivities are cheapest.
 FORWARD_MODE_THRESHOLD = 100
 
 
-class AbstractSensitivity(eqx.Module):
-    """A way of differentiating through a solve. Subclasses give the diffrax adjoint."""
-
-    @abc.abstractmethod
-    def adjoint(self) -> diffrax.AbstractAdjoint:
-        """The diffrax adjoint passed to `diffeqsolve`."""
-
-    def differentiate(self, solve: Callable, diff: Any, nondiff: Any) -> jax.Array:
-        """Run `solve(diff, nondiff, adjoint) -> array` so that `jax.grad` works w.r.t. `diff`."""
-        return solve(diff, nondiff, self.adjoint())
+class AbstractSensitivity(diffrax.AbstractAdjoint):
+    """A way of differentiating through a solve: a diffrax adjoint (pass it as `adjoint=`)."""
 
 
 class Direct(AbstractSensitivity):
@@ -62,135 +65,127 @@ class Direct(AbstractSensitivity):
     `checkpoints=None` lets diffrax choose O(log max_steps) checkpoints.
 
     Example:
-        >>> import neuraldiffeq as nde
-        >>> nde.Direct().adjoint()
-        RecursiveCheckpointAdjoint()
+        >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
+        >>> direct = nde.Direct(checkpoints=4)
+        >>> model = nde.NeuralODE(lambda t, y, a: a * y, rtol=1e-6, sensitivity=direct)
+        >>> y1 = lambda a: model(jnp.array([0.0, 1.0]), jnp.ones(1), a)[-1, 0]
+        >>> round(float(jax.grad(y1)(-1.0)), 3)
+        0.368
     """
 
     checkpoints: int | None = None
 
-    def adjoint(self) -> diffrax.AbstractAdjoint:
-        return diffrax.RecursiveCheckpointAdjoint(checkpoints=self.checkpoints)
+    def loop(self, **kwargs: Any) -> Any:
+        return diffrax.RecursiveCheckpointAdjoint(checkpoints=self.checkpoints).loop(**kwargs)
 
 
 class Backsolve(AbstractSensitivity):
     """Continuous adjoint solved backwards in time: O(1) memory in the number of steps.
 
     Example:
-        >>> import neuraldiffeq as nde
-        >>> type(nde.Backsolve().adjoint()).__name__
-        'BacksolveAdjoint'
+        >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
+        >>> model = nde.NeuralODE(lambda t, y, a: a * y, rtol=1e-6, sensitivity=nde.Backsolve())
+        >>> y1 = lambda a: model(jnp.array([0.0, 1.0]), jnp.ones(1), a)[-1, 0]
+        >>> round(float(jax.grad(y1)(-1.0)), 3)
+        0.368
     """
 
-    def adjoint(self) -> diffrax.AbstractAdjoint:
-        return diffrax.BacksolveAdjoint()
+    def loop(self, **kwargs: Any) -> Any:
+        return diffrax.BacksolveAdjoint().loop(**kwargs)
 
 
 class Forward(AbstractSensitivity):
     """Forward sensitivities, usable under reverse-mode `jax.grad`.
 
-    The forward pass computes the full Jacobian of the solution w.r.t. every differentiable input
-    by forward-mode AD through the solver (diffrax `ForwardMode`); the backward pass contracts it
-    with the incoming cotangent. Cheapest when parameters are few.
+    The forward pass computes the full Jacobian of the saved values w.r.t. every differentiable
+    input (y0, args, the field's arrays) by forward-mode AD through the solver (as diffrax's
+    `ForwardMode`); the backward pass contracts it with the incoming cotangent. Cheapest when
+    parameters are few.
 
     Example:
-        >>> import neuraldiffeq as nde
-        >>> type(nde.Forward().adjoint()).__name__
-        'ForwardMode'
+        >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
+        >>> model = nde.NeuralODE(lambda t, y, a: a * y, rtol=1e-6, sensitivity=nde.Forward())
+        >>> y1 = lambda a: model(jnp.array([0.0, 1.0]), jnp.ones(1), a)[-1, 0]
+        >>> round(float(jax.grad(y1)(-1.0)), 3)
+        0.368
     """
 
-    def adjoint(self) -> diffrax.AbstractAdjoint:
-        return diffrax.ForwardMode()
-
-    def differentiate(self, solve: Callable, diff: Any, nondiff: Any) -> jax.Array:
-        return _forward_sensitivity(diff, solve, nondiff, self.adjoint())
+    def loop(self, **kwargs: Any) -> Any:
+        return _ca.forward_loop(**kwargs)
 
 
 class Interpolating(AbstractSensitivity):
     """Continuous adjoint reading y(t) from the forward solve's dense output.
 
-    `model.solve(...)` (which returns a diffrax `Solution`) differentiates with `Direct`;
-    `model(ts, y0)` uses the interpolating adjoint.
-
     Example:
         >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
-        >>> model = nde.NeuralODE(lambda t, y, a: a * y, sensitivity=nde.Interpolating())
+        >>> model = nde.NeuralODE(lambda t, y, a: a * y, rtol=1e-6, sensitivity=nde.Interpolating())
         >>> # d/da of y(1) = e^a at a = -1
         >>> y1 = lambda a: model(jnp.array([0.0, 1.0]), jnp.ones(1), a)[-1, 0]
         >>> round(float(jax.grad(y1)(-1.0)), 3)
         0.368
     """
 
-    def adjoint(self) -> diffrax.AbstractAdjoint:
-        return diffrax.RecursiveCheckpointAdjoint()
-
-    def differentiate(self, solve: Callable, diff: Any, nondiff: Any) -> jax.Array:
-        return interpolating_solve(diff, nondiff)
+    def loop(self, **kwargs: Any) -> Any:
+        return _ca.dense_loop("interpolating", **kwargs)
 
 
 class Quadrature(AbstractSensitivity):
     """Adjoint ODE backwards, then the parameter gradient by Gauss–Legendre quadrature.
 
-    Each interval between observation times is split into `subintervals` pieces with `order`
+    Each interval between saved times is split into `subintervals` pieces with `order`
     Gauss–Legendre nodes each (exact for polynomials of degree 2·order − 1 on each piece).
 
     Example:
         >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
-        >>> model = nde.NeuralODE(lambda t, y, a: a * y, sensitivity=nde.Quadrature())
+        >>> model = nde.NeuralODE(lambda t, y, a: a * y, rtol=1e-6, sensitivity=nde.Quadrature())
         >>> y1 = lambda a: model(jnp.array([0.0, 1.0]), jnp.ones(1), a)[-1, 0]
         >>> round(float(jax.grad(y1)(-1.0)), 3)
         0.368
     """
 
-    subintervals: int = 8
-    order: int = 5
+    subintervals: int = eqx.field(default=8, static=True)
+    order: int = eqx.field(default=5, static=True)
 
-    def adjoint(self) -> diffrax.AbstractAdjoint:
-        return diffrax.RecursiveCheckpointAdjoint()
+    def __check_init__(self):
+        for name in ("subintervals", "order"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value > 0):
+                raise ValueError(
+                    f"Quadrature({name}=...) must be a positive integer, got {value!r}."
+                )
 
-    def differentiate(self, solve: Callable, diff: Any, nondiff: Any) -> jax.Array:
-        return quadrature_solve(diff, nondiff, (self.subintervals, self.order))
-
-
-@eqx.filter_custom_vjp
-def _forward_sensitivity(diff, solve, nondiff, adjoint):
-    return solve(diff, nondiff, adjoint)
-
-
-@_forward_sensitivity.def_fwd
-def _forward_sensitivity_fwd(perturbed, diff, solve, nondiff, adjoint):
-    out = solve(diff, nondiff, adjoint)
-    jacobian = eqx.filter_jacfwd(lambda d: solve(d, nondiff, adjoint))(diff)
-    return out, jacobian
+    def loop(self, **kwargs: Any) -> Any:
+        return _ca.dense_loop((self.subintervals, self.order), **kwargs)
 
 
-@_forward_sensitivity.def_bwd
-def _forward_sensitivity_bwd(jacobian, cotangent, perturbed, diff, solve, nondiff, adjoint):
-    def contract(jac):
-        return None if jac is None else jnp.tensordot(cotangent, jac, axes=cotangent.ndim)
-
-    return jax.tree_util.tree_map(contract, jacobian, is_leaf=lambda x: x is None)
+SENSITIVITIES = {
+    "direct": Direct,
+    "backsolve": Backsolve,
+    "forward": Forward,
+    "interpolating": Interpolating,
+    "quadrature": Quadrature,
+}
 
 
 def resolve_sensitivity(
     sensitivity: AbstractSensitivity | str, n_states: int, n_params: int
 ) -> AbstractSensitivity:
-    """Turn `"auto"` into a concrete choice (SciML's rule), validate anything else."""
+    """Turn `"auto"` into a concrete choice (SciML's rule), validate anything else.
+
+    Example:
+        >>> import neuraldiffeq as nde
+        >>> nde.resolve_sensitivity("auto", n_states=2, n_params=1000)
+        Direct()
+    """
     if isinstance(sensitivity, AbstractSensitivity):
         return sensitivity
-    if sensitivity == "auto":
+    if isinstance(sensitivity, str) and sensitivity.lower() == "auto":
         if n_states + n_params <= FORWARD_MODE_THRESHOLD:
             return Forward()
         return Direct()
-    names = {
-        "direct": Direct,
-        "backsolve": Backsolve,
-        "forward": Forward,
-        "interpolating": Interpolating,
-        "quadrature": Quadrature,
-    }
-    if isinstance(sensitivity, str) and sensitivity.lower() in names:
-        return names[sensitivity.lower()]()
+    if isinstance(sensitivity, str) and sensitivity.lower() in SENSITIVITIES:
+        return SENSITIVITIES[sensitivity.lower()]()
     raise ValueError(
         f"unknown sensitivity {sensitivity!r}: use nde.Direct(), nde.Backsolve(), nde.Forward(), "
         "nde.Interpolating(), nde.Quadrature() or 'auto' (also accepted as lower-case strings)."

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..data import TimeSeries
+from ..solve_config import SolveConfig
 
 SPIRAL_MATRIX = np.array([[-0.1, 2.0], [-2.0, -0.1]])
 
@@ -28,17 +29,17 @@ def _reference_solve(field, ts, y0, args=None) -> np.ndarray:
     """A tight-tolerance (rtol 1e-8) solve in float64 where available."""
     with jax.enable_x64(True):
         ts64 = jnp.asarray(ts, dtype=jnp.float64)
-        sol = diffrax.diffeqsolve(
+        config = SolveConfig(
+            "dopri8", rtol=1e-8, atol=1e-10, max_steps=100_000, sensitivity="direct"
+        )
+        sol = config.diffeqsolve(
             diffrax.ODETerm(field),
-            diffrax.Dopri8(),
             ts64[0],
             ts64[-1],
-            None,
             jnp.asarray(y0, dtype=jnp.float64),
             args=None if args is None else jnp.asarray(args, dtype=jnp.float64),
             saveat=diffrax.SaveAt(ts=ts64),
-            stepsize_controller=diffrax.PIDController(rtol=1e-8, atol=1e-10),
-            max_steps=100_000,
+            throw=True,
         )
         return np.asarray(sol.ys)
 

@@ -27,8 +27,18 @@ import numpy as np
 
 from .._checks import check_positive, count_nfe, is_concrete
 from .._compile import compiler_options
-from ..sensitivity import AbstractSensitivity, Forward, resolve_sensitivity
-from ..solvers import resolve_solver
+from ..sensitivity import AbstractSensitivity, Direct
+from ..solve_config import (
+    FAILED,
+    SHORTCUTS,
+    HasSolveConfig,
+    SolveConfig,
+    build_config,
+    on_failure,
+)
+
+#: FFJORD's solve defaults (the FFJORD paper's).
+FFJORD_DEFAULTS = dict(solver="dopri5", rtol=1e-5, atol=1e-5, max_steps=4096, sensitivity="direct")
 
 TRACES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -118,7 +128,7 @@ class _Field(eqx.Module):
         return jax.vmap(lambda zi: self.field(t, zi, None))(z)
 
 
-class FFJORD(eqx.Module):
+class FFJORD(HasSolveConfig):
     """A continuous normalizing flow: exact trace (CNF) or Hutchinson's estimator (FFJORD).
 
     Data are at t = 0, the base distribution (default standard normal) at t = t1.
@@ -132,16 +142,22 @@ class FFJORD(eqx.Module):
         trace: `"exact"` (full Jacobian by forward mode, D JVPs per sample) or `"hutchinson"`
             (one VJP per evaluation with a probe fixed over the solve).
         probe: Hutchinson's probe, `"rademacher"` (lower variance) or `"gaussian"`.
-        solver, rtol, atol, dt0, max_steps: as in `nde.NeuralODE` (FFJORD: dopri5, 1e-5). With
-            `train_t1=True` the solve runs in s = t / t1 over [0, 1], so `dt0` is a fraction of t1.
-        sensitivity: `nde.Direct()` (default; discrete adjoint, exact gradient of the solve) or
-            `nde.Backsolve()` (FFJORD's continuous adjoint, O(1) memory).
+        solver, rtol, atol, dt0, max_steps, sensitivity, config: the solve settings, as in
+            `nde.NeuralODE` (one `nde.SolveConfig`; see `neuraldiffeq.solve_config` for the
+            step-size rule). Defaults (FFJORD's): `"dopri5"`, rtol = atol = 1e-5, max_steps 4096,
+            `nde.Direct()`. With `train_t1=True` the solve runs in s = t / t1 over [0, 1], so
+            `dt0` is a fraction of t1. Every sensitivity applies to the augmented state (samples
+            and log-density): `nde.Direct()` (exact gradient of the solve), `nde.Backsolve()`
+            (FFJORD's continuous adjoint, O(1) memory), `nde.Interpolating()`,
+            `nde.Quadrature()`, `nde.Forward()` (a flow usually has too many parameters for it);
+            `"auto"` is `nde.Direct()` (the state is the whole batch).
         base: the base distribution: any object with `log_prob(z)` over the last axis and
             `sample(key, shape)`; default `StandardNormal()`.
         dim: the data dimension D, needed by `sample`; taken from `field.in_size` if not given.
 
-    A failed solve (e.g. `max_steps` reached) gives a log-density of `-inf`, so a training step
-    on it is skipped by `nde.fit`.
+    A failed solve (e.g. `max_steps` reached) gives a log-density of `-inf` (the loss, its
+    negative, is `inf`, so `nde.fit` skips the step) and `inf` from `forward`, `inverse` and
+    `sample` (`neuraldiffeq.solve_config.on_failure`).
 
     Example:
         >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
@@ -153,17 +169,12 @@ class FFJORD(eqx.Module):
     """
 
     field: Callable
-    solver: diffrax.AbstractSolver
-    sensitivity: AbstractSensitivity
+    config: SolveConfig
     base: Any
     sqrt_t1: jax.Array | None
     fixed_t1: float = eqx.field(static=True)
     trace: str = eqx.field(static=True)
     probe: str = eqx.field(static=True)
-    rtol: float = eqx.field(static=True)
-    atol: float = eqx.field(static=True)
-    dt0: float | None = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
     dim: int | None = eqx.field(static=True)
 
     def __init__(
@@ -174,12 +185,13 @@ class FFJORD(eqx.Module):
         train_t1: bool = False,
         trace: str = "hutchinson",
         probe: str = "rademacher",
-        solver: str | diffrax.AbstractSolver = "dopri5",
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
+        solver: str | diffrax.AbstractSolver | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
         dt0: float | None = None,
-        max_steps: int = 4096,
-        sensitivity: AbstractSensitivity | str = "direct",
+        max_steps: int | None = None,
+        sensitivity: AbstractSensitivity | str | None = None,
+        config: SolveConfig | None = None,
         base: Any = None,
         dim: int | None = None,
     ):
@@ -193,24 +205,16 @@ class FFJORD(eqx.Module):
             raise ValueError(f"trace must be one of {TRACES}, got {trace!r}.")
         if probe not in PROBES:
             raise ValueError(f"probe must be one of {PROBES}, got {probe!r}.")
-        check_positive(rtol, "rtol")
-        check_positive(atol, "atol")
-        solver = resolve_solver(solver)
-        if dt0 is not None:
-            check_positive(dt0, "dt0")
-        elif not isinstance(solver, diffrax.AbstractAdaptiveSolver):
-            raise ValueError(
-                f"solver {type(solver).__name__} has no error estimate, so it takes constant "
-                "steps: pass dt0=<step size>, or choose an adaptive solver such as 'dopri5'."
-            )
-        if not (isinstance(max_steps, int | np.integer) and max_steps > 0):
-            raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
-        sensitivity = resolve_sensitivity(sensitivity, 0, 10**9)  # "auto" -> Direct here
-        if isinstance(sensitivity, Forward):
-            raise ValueError(
-                "sensitivity=Forward() is not supported by FFJORD: a flow has many parameters, "
-                "so use nde.Direct() (default) or nde.Backsolve()."
-            )
+        given = dict(
+            solver=solver,
+            rtol=rtol,
+            atol=atol,
+            dt0=dt0,
+            max_steps=max_steps,
+            sensitivity=sensitivity,
+        )
+        config = build_config("FFJORD", config, given, FFJORD_DEFAULTS)
+        config = config.for_model("FFJORD", None, Direct)
         if base is None:
             base = StandardNormal()
         elif not (
@@ -224,16 +228,10 @@ class FFJORD(eqx.Module):
             dim = getattr(field, "in_size", None)
         if dim is not None and not (isinstance(dim, int | np.integer) and dim > 0):
             raise ValueError(f"dim must be a positive integer or None, got {dim!r}.")
-        self.field, self.solver, self.sensitivity, self.base = field, solver, sensitivity, base
+        self.field, self.config, self.base = field, config, base
         self.sqrt_t1 = jnp.sqrt(jnp.asarray(float(t1))) if train_t1 else None
         self.fixed_t1 = float(t1)
         self.trace, self.probe = trace, probe
-        self.rtol, self.atol, self.dt0, self.max_steps = (
-            float(rtol),
-            float(atol),
-            dt0,
-            int(max_steps),
-        )
         self.dim = None if dim is None else int(dim)
 
     # -- public -----------------------------------------------------------------------------
@@ -310,39 +308,44 @@ class FFJORD(eqx.Module):
     def with_options(self, **changes) -> FFJORD:
         """The same flow (same field, trained end time and base) with other solve settings.
 
-        Accepts `trace`, `probe`, `solver`, `rtol`, `atol`, `dt0`, `max_steps`, `sensitivity`;
-        e.g. train with Hutchinson's estimator at loose tolerances, evaluate exactly and tightly.
+        Accepts `trace`, `probe` and the solve settings `solver`, `rtol`, `atol`, `dt0`,
+        `max_steps`, `sensitivity` (changed in `flow.config` with `SolveConfig.replace`: the
+        others are kept, so pass `rtol=None, atol=None, dt0=h` for constant steps) or a whole
+        `config`; e.g. train with Hutchinson's estimator at loose tolerances, evaluate exactly
+        and tightly.
 
         Example:
             >>> import jax, neuraldiffeq as nde
             >>> flow = nde.FFJORD(nde.ConcatSquashMLP(2, (8,), key=jax.random.key(0)))
-            >>> flow.with_options(trace="exact", rtol=1e-6, atol=1e-6).trace
-            'exact'
+            >>> exact = flow.with_options(trace="exact", rtol=1e-6, atol=1e-6)
+            >>> exact.trace, exact.rtol
+            ('exact', 1e-06)
         """
-        allowed = {"trace", "probe", "solver", "rtol", "atol", "dt0", "max_steps", "sensitivity"}
+        solve = set(SHORTCUTS)
+        allowed = {"trace", "probe", "config"} | solve
         unknown = set(changes) - allowed
         if unknown:
             raise ValueError(
                 f"with_options does not change {sorted(unknown)}; it accepts {sorted(allowed)}."
             )
-        options = dict(
-            trace=self.trace,
-            probe=self.probe,
-            solver=self.solver,
-            rtol=self.rtol,
-            atol=self.atol,
-            dt0=self.dt0,
-            max_steps=self.max_steps,
-            sensitivity=self.sensitivity,
-        )
-        options.update(changes)
+        settings = {k: changes.pop(k) for k in list(changes) if k in solve}
+        config = changes.pop("config", None)
+        if config is not None and settings:
+            raise ValueError(
+                "with_options: pass either config=nde.SolveConfig(...) or the solve settings "
+                f"({', '.join(sorted(settings))}), not both."
+            )
+        if config is None:
+            config = self.config.replace(**settings)
         new = FFJORD(
             self.field,
             t1=self.fixed_t1,
             train_t1=self.sqrt_t1 is not None,
+            trace=changes.get("trace", self.trace),
+            probe=changes.get("probe", self.probe),
+            config=config,
             base=self.base,
             dim=self.dim,
-            **options,
         )
         if self.sqrt_t1 is not None:  # keep the trained end time
             new = eqx.tree_at(lambda f: f.sqrt_t1, new, self.sqrt_t1)
@@ -372,36 +375,24 @@ class FFJORD(eqx.Module):
     def _scale(self):
         return None if self.sqrt_t1 is None else self.sqrt_t1**2
 
-    def _controller(self):
-        if isinstance(self.solver, diffrax.AbstractAdaptiveSolver) and self.dt0 is None:
-            return diffrax.PIDController(rtol=self.rtol, atol=self.atol)
-        return diffrax.ConstantStepSize()
-
     def _solve(self, term, y0, args, *, backwards: bool):
         # A trainable end time enters the field as a scale on [0, 1] rather than as the end of
         # the interval: every sensitivity (Backsolve included) differentiates w.r.t. the field.
         end = 1.0 if self.sqrt_t1 is not None else self.fixed_t1
         t0, t1 = (end, 0.0) if backwards else (0.0, end)
-        dt0 = None if self.dt0 is None else (-self.dt0 if backwards else self.dt0)
-        return diffrax.diffeqsolve(
+        return self.config.diffeqsolve(
             diffrax.ODETerm(term),
-            self.solver,
             t0,
             t1,
-            dt0,
             y0,
             args=args,
             saveat=diffrax.SaveAt(t1=True),
-            stepsize_controller=self._controller(),
-            adjoint=self.sensitivity.adjoint(),
-            max_steps=self.max_steps,
-            throw=False,
+            backwards=backwards,
         )
 
     def _transport(self, z, *, backwards: bool):
         sol = self._solve(_Field(self.field, self._scale()), z, None, backwards=backwards)
-        ok = sol.result == diffrax.RESULTS.successful
-        return jnp.where(ok, sol.ys[0], jnp.nan)
+        return on_failure(sol.result, sol.ys[0])
 
     def _log_prob(self, x, key, *, regularise: bool):
         x = self._check(x, "x")
@@ -424,8 +415,7 @@ class FFJORD(eqx.Module):
         sol = self._solve(term, y0, probe, backwards=False)
         final = jax.tree_util.tree_map(lambda leaf: leaf[0], sol.ys)
         logp = self.base.log_prob(final[0]) + final[1]
-        ok = sol.result == diffrax.RESULTS.successful
-        logp = jnp.where(ok, logp, -jnp.inf)
+        logp = on_failure(sol.result, logp, -FAILED)  # the loss, -log p, is then inf
         num_steps = sol.stats["num_steps"]
         kinetic, jacobian = (final[2], final[3]) if regularise else (zeros, zeros)
         stats = CNFStats(kinetic, jacobian, num_steps, count_nfe(self.solver, num_steps))

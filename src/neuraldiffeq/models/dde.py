@@ -9,12 +9,16 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from .._checks import as_state, check_positive, check_times
-from ..sensitivity import AbstractSensitivity, Direct
-from ..solvers.dde import _check_lags, solve_dde
-from ..solvers.names import resolve_solver
+from .._checks import as_state, check_times
+from ..sensitivity import AbstractSensitivity
+from ..solve_config import HasSolveConfig, SolveConfig
+from ..solvers.dde import _check_lags, _dde_config, solve_dde
+
+#: NeuralDDE's solve defaults.
+NEURAL_DDE_DEFAULTS = dict(
+    solver="tsit5", rtol=1e-3, atol=1e-6, max_steps=1024, sensitivity="direct"
+)
 
 
 class DelayedInput(eqx.Module):
@@ -34,7 +38,7 @@ class DelayedInput(eqx.Module):
         return self.net(jnp.concatenate([y, y_lagged.reshape(-1)]))
 
 
-class NeuralDDE(eqx.Module):
+class NeuralDDE(HasSolveConfig):
     """A delay differential equation whose right-hand side is a network, solved by `solve_dde`.
 
     With `autonomous=True` (default) `field` is a network of one vector, and it sees
@@ -47,8 +51,13 @@ class NeuralDDE(eqx.Module):
     `model(ts, y0) -> (T, D)` solves from `ts[0]`, so `nde.Trajectory()` and
     `nde.MultipleShooting()` fit it through `nde.fit` (multiple shooting gives each segment the
     data's past as its history). A failed solve returns `inf` (the training
-    step is then skipped). Gradients: the discrete adjoint through `solve_dde`'s checkpointed loop
-    (`sensitivity=nde.Direct(checkpoints=...)`); continuous adjoints are not available for DDEs.
+    step is then skipped).
+
+    Solve settings: `solver`, `rtol`, `atol`, `dt0`, `max_steps`, `sensitivity`, or one
+    `config=nde.SolveConfig(...)`, as in `nde.solve_dde` (defaults `"tsit5"`, rtol 1e-3,
+    atol 1e-6, max_steps 1024). Gradients: the discrete adjoint through `solve_dde`'s
+    checkpointed loop (`nde.Direct(checkpoints=...)`, also what `"auto"` gives); other
+    sensitivities are refused.
 
     Example:
         >>> import equinox as eqx, jax, jax.numpy as jnp, neuraldiffeq as nde
@@ -61,11 +70,7 @@ class NeuralDDE(eqx.Module):
     field: Callable
     history: Callable | jax.Array | None
     lags: tuple[float, ...] = eqx.field(static=True)
-    solver: diffrax.AbstractSolver
-    sensitivity: AbstractSensitivity
-    rtol: float = eqx.field(static=True)
-    atol: float = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
+    config: SolveConfig
 
     def __init__(
         self,
@@ -74,11 +79,13 @@ class NeuralDDE(eqx.Module):
         history: Callable | Any | None = None,
         *,
         autonomous: bool = True,
-        solver: str | diffrax.AbstractSolver = "tsit5",
-        rtol: float = 1e-3,
-        atol: float = 1e-6,
-        max_steps: int = 1024,
-        sensitivity: AbstractSensitivity | str = "direct",
+        solver: str | diffrax.AbstractSolver | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        dt0: float | None = None,
+        max_steps: int | None = None,
+        sensitivity: AbstractSensitivity | str | None = None,
+        config: SolveConfig | None = None,
     ):
         if not callable(field):
             raise ValueError(
@@ -95,18 +102,15 @@ class NeuralDDE(eqx.Module):
                     f"(D,); got an array of shape {history.shape}."
                 )
         self.history = history
-        self.solver = resolve_solver(solver)
-        check_positive(rtol, "rtol")
-        check_positive(atol, "atol")
-        if not (isinstance(max_steps, int | np.integer) and max_steps > 0):
-            raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
-        if sensitivity not in ("direct", "auto") and not isinstance(sensitivity, Direct):
-            raise ValueError(
-                f"NeuralDDE supports sensitivity=nde.Direct() (the discrete adjoint through the "
-                f"checkpointed DDE loop) only, got {sensitivity!r}."
-            )
-        self.sensitivity = sensitivity if isinstance(sensitivity, Direct) else Direct()
-        self.rtol, self.atol, self.max_steps = float(rtol), float(atol), int(max_steps)
+        given = dict(
+            solver=solver,
+            rtol=rtol,
+            atol=atol,
+            dt0=dt0,
+            max_steps=max_steps,
+            sensitivity=sensitivity,
+        )
+        self.config = _dde_config("NeuralDDE", config, given, NEURAL_DDE_DEFAULTS)
 
     def __call__(self, ts, y0, args: Any = None) -> jax.Array:
         return self.solve(ts, y0, args, throw=False).ys
@@ -134,11 +138,7 @@ class NeuralDDE(eqx.Module):
             ts,
             y0=y0,
             args=args,
-            solver=self.solver,
-            rtol=self.rtol,
-            atol=self.atol,
-            max_steps=self.max_steps,
-            checkpoints=self.sensitivity.checkpoints,
+            config=self.config,
             throw=throw,
         )
 

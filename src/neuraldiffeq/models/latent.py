@@ -18,8 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_positive, check_series, check_times, is_concrete
-from ..sensitivity import AbstractSensitivity
-from .ode import NeuralODE
+from ..sensitivity import AbstractSensitivity, Direct
+from ..solve_config import SolveConfig, build_config
+from .ode import ODE_DEFAULTS, NeuralODE
 
 ENCODERS = ("rnn", "ode-rnn")
 
@@ -90,17 +91,26 @@ class RecognitionRNN(eqx.Module):
         return mean, logvar
 
     def _evolve(self, h, gap):
-        sol = diffrax.diffeqsolve(
-            diffrax.ODETerm(Rowwise(self.hidden_field)),
-            diffrax.Tsit5(),
+        # One Tsit5 step over the gap: time rescaled to [0, 1] (dt0 = 1), the field scaled by gap.
+        sol = _ONE_STEP.diffeqsolve(
+            diffrax.ODETerm(_Scaled(Rowwise(self.hidden_field))),
             0.0,
-            gap,
-            gap,
+            1.0,
             h,
-            stepsize_controller=diffrax.ConstantStepSize(),
-            max_steps=2,
+            args=gap,
+            saveat=diffrax.SaveAt(t1=True),
         )
         return sol.ys[-1]
+
+
+class _Scaled(eqx.Module):
+    field: Callable
+
+    def __call__(self, s, y, scale):
+        return scale * self.field(s * scale, y, None)
+
+
+_ONE_STEP = SolveConfig("tsit5", dt0=1.0, max_steps=2, sensitivity=Direct())
 
 
 class LatentODE(eqx.Module):
@@ -116,7 +126,8 @@ class LatentODE(eqx.Module):
             ELU).
         decoder_width, decoder_depth: hidden layers of the decoder MLP (paper: 1 x 20, ReLU).
         obs_std: standard deviation of the Gaussian observation model (paper: 0.3).
-        solver, rtol, atol, max_steps, sensitivity: passed to the latent `nde.NeuralODE`.
+        solver, rtol, atol, dt0, max_steps, sensitivity, config: the latent `nde.NeuralODE`'s
+            solve settings (one `nde.SolveConfig`); defaults: NeuralODE's with atol 1e-4.
         key: PRNG key for the initial weights.
 
     Methods: `elbo(ts, ys, mask, key)` (mean over series), `encode`, `decode`,
@@ -151,11 +162,13 @@ class LatentODE(eqx.Module):
         decoder_width: int = 20,
         decoder_depth: int = 1,
         obs_std: float = 0.3,
-        solver: str | diffrax.AbstractSolver = "tsit5",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
-        max_steps: int = 4096,
-        sensitivity: AbstractSensitivity | str = "auto",
+        solver: str | diffrax.AbstractSolver | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        dt0: float | None = None,
+        max_steps: int | None = None,
+        sensitivity: AbstractSensitivity | str | None = None,
+        config: SolveConfig | None = None,
         key: jax.Array | None = None,
     ):
         for name, value in (
@@ -182,20 +195,27 @@ class LatentODE(eqx.Module):
         net = eqx.nn.MLP(
             latent_dim, latent_dim, dynamics_width, dynamics_depth, activation=jax.nn.elu, key=k_dyn
         )
-        self.dynamics = NeuralODE(
-            Rowwise(net),
-            solver,
+        given = dict(
+            solver=solver,
             rtol=rtol,
             atol=atol,
+            dt0=dt0,
             max_steps=max_steps,
             sensitivity=sensitivity,
         )
+        config = build_config("LatentODE", config, given, dict(ODE_DEFAULTS, atol=1e-4))
+        self.dynamics = NeuralODE(Rowwise(net), config=config)
         self.decoder = eqx.nn.MLP(
             latent_dim, obs_dim, decoder_width, decoder_depth, activation=jax.nn.relu, key=k_dec
         )
         self.latent_dim, self.obs_dim, self.obs_std = int(latent_dim), int(obs_dim), float(obs_std)
 
     # -- public -----------------------------------------------------------------------------
+
+    @property
+    def config(self) -> SolveConfig:
+        """The latent ODE's solve configuration."""
+        return self.dynamics.config
 
     def encode(self, ts, ys, mask=None) -> tuple[jax.Array, jax.Array]:
         """Posterior mean and log-variance of z(ts[0]): each `(B, latent_dim)`, or `(latent_dim,)`

@@ -8,12 +8,10 @@ from typing import Any
 import diffrax
 import equinox as eqx
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from .._checks import as_state, check_positive, check_times, count_params, strong_floats
+from .._checks import as_state, check_times, count_params, strong_floats
 from ..sensitivity import AbstractSensitivity, resolve_sensitivity
-from ..solvers import resolve_solver
+from ..solve_config import HasSolveConfig, SolveConfig, build_config, on_failure
 
 
 class Autonomous(eqx.Module):
@@ -43,7 +41,7 @@ def autonomous(net: Callable, input_fn: Callable | None = None) -> Autonomous:
     return Autonomous(net, input_fn)
 
 
-class NeuralODE(eqx.Module):
+class NeuralODE(HasSolveConfig):
     """An ODE dy/dt = field(t, y, args) solved with diffrax, differentiable end to end.
 
     The field can be a network, a mechanistic model, or a mix of both (a universal differential
@@ -54,14 +52,11 @@ class NeuralODE(eqx.Module):
 
     Arguments:
         field: `f(t, y, args) -> dy/dt`.
-        solver: a name (`"tsit5"`, `"dopri5"`, `"dopri8"`, `"bosh3"`, `"euler"`, `"heun"`,
-            `"midpoint"`, `"kvaerno3"`, `"kvaerno5"`, `"kencarp4"`, ...) or a diffrax solver.
-        rtol, atol: tolerances of the adaptive step-size controller.
-        dt0: initial step; required for solvers without an error estimate (e.g. `"euler"`), which
-            then take constant steps of `dt0`.
-        max_steps: the most steps one solve may take before it counts as failed.
-        sensitivity: `nde.Direct()`, `nde.Backsolve()`, `nde.Forward()` or `"auto"`; see
-            `neuraldiffeq.sensitivity` for the trade-offs.
+        solver, rtol, atol, dt0, max_steps, sensitivity: the solve settings, or all of them as
+            one `config=nde.SolveConfig(...)`; see `neuraldiffeq.solve_config` for the step-size
+            rule. Defaults: `"tsit5"`, rtol 1e-3, atol 1e-6, max_steps 4096, `"auto"`
+            (`nde.Forward()` when the field has at most 100 parameters, else `nde.Direct()`;
+            the choice is `model.sensitivity`). Every sensitivity is accepted.
 
     Example:
         >>> import equinox as eqx, jax, jax.numpy as jnp, neuraldiffeq as nde
@@ -69,26 +64,24 @@ class NeuralODE(eqx.Module):
         >>> model = nde.NeuralODE(nde.autonomous(mlp, input_fn=lambda y: y**3), solver="tsit5")
         >>> model(jnp.linspace(0, 1.5, 30), jnp.array([2.0, 0.0])).shape
         (30, 2)
+        >>> model.sensitivity  # "auto" with 252 parameters
+        Direct()
     """
 
     field: Callable
-    solver: diffrax.AbstractSolver
-    sensitivity: AbstractSensitivity | str
-    rtol: float = eqx.field(static=True)
-    atol: float = eqx.field(static=True)
-    dt0: float | None = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
+    config: SolveConfig
 
     def __init__(
         self,
         field: Callable,
-        solver: str | diffrax.AbstractSolver = "tsit5",
+        solver: str | diffrax.AbstractSolver | None = None,
         *,
-        rtol: float = 1e-3,
-        atol: float = 1e-6,
+        rtol: float | None = None,
+        atol: float | None = None,
         dt0: float | None = None,
-        max_steps: int = 4096,
-        sensitivity: AbstractSensitivity | str = "auto",
+        max_steps: int | None = None,
+        sensitivity: AbstractSensitivity | str | None = None,
+        config: SolveConfig | None = None,
     ):
         if not callable(field):
             raise ValueError(
@@ -96,33 +89,25 @@ class NeuralODE(eqx.Module):
                 "Wrap a network of y alone with nde.autonomous(net)."
             )
         self.field = field
-        self.solver = resolve_solver(solver)
-        check_positive(rtol, "rtol")
-        check_positive(atol, "atol")
-        if dt0 is not None:
-            check_positive(dt0, "dt0")
-        if not isinstance(self.solver, diffrax.AbstractAdaptiveSolver) and dt0 is None:
-            raise ValueError(
-                f"solver {type(self.solver).__name__} has no error estimate, so it takes constant "
-                "steps: pass dt0=<step size>, or choose an adaptive solver such as 'tsit5'."
-            )
-        if not (isinstance(max_steps, int | np.integer) and max_steps > 0):
-            raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
-        resolve_sensitivity(sensitivity, 0, 0)  # validates the choice now, resolves it later
-        self.sensitivity = sensitivity
-        self.rtol, self.atol, self.dt0, self.max_steps = (
-            float(rtol),
-            float(atol),
-            dt0,
-            int(max_steps),
+        given = dict(
+            solver=solver,
+            rtol=rtol,
+            atol=atol,
+            dt0=dt0,
+            max_steps=max_steps,
+            sensitivity=sensitivity,
+        )
+        config = build_config("NeuralODE", config, given, ODE_DEFAULTS)
+        n_params = count_params(field)
+        self.config = config.for_model(
+            "NeuralODE", None, lambda: resolve_sensitivity("auto", 0, n_params)
         )
 
     # -- public -----------------------------------------------------------------------------
 
     def __call__(self, ts, y0, args: Any = None) -> jax.Array:
-        ts, y0 = self._prepare(ts, y0)
-        sensitivity = resolve_sensitivity(self.sensitivity, y0.size, count_params(self.field))
-        return sensitivity.differentiate(_solve_values, (self, y0, strong_floats(args)), ts)
+        sol = self.solve(ts, y0, args, throw=False)
+        return on_failure(sol.result, sol.ys)
 
     def solve(
         self, ts, y0, args: Any = None, *, throw: bool = True, saveat: diffrax.SaveAt | None = None
@@ -136,9 +121,19 @@ class NeuralODE(eqx.Module):
             >>> int(sol.stats["num_steps"]) > 0
             True
         """
-        ts, y0 = self._prepare(ts, y0)
-        sensitivity = resolve_sensitivity(self.sensitivity, y0.size, count_params(self.field))
-        return self._diffeqsolve(ts, y0, args, sensitivity.adjoint(), throw=throw, saveat=saveat)
+        ts = check_times(ts, "ts")
+        y0 = as_state(y0)
+        ts = ts.astype(y0.dtype)
+        return self.config.diffeqsolve(
+            diffrax.ODETerm(self.field),
+            ts[0],
+            ts[-1],
+            y0,
+            # weakly typed floats would be invisible to the adjoints' custom_vjp (zero gradient)
+            args=strong_floats(args),
+            saveat=saveat if saveat is not None else diffrax.SaveAt(ts=ts),
+            throw=throw,
+        )
 
     def vector_field(self, t, y, args: Any = None) -> jax.Array:
         """dy/dt = field(t, y, args): what `nde.Collocation` fits to smoothed slopes.
@@ -150,36 +145,6 @@ class NeuralODE(eqx.Module):
         """
         return self.field(t, y, args)
 
-    # -- internals --------------------------------------------------------------------------
 
-    def _prepare(self, ts, y0):
-        ts = check_times(ts, "ts")
-        y0 = as_state(y0)
-        return ts.astype(y0.dtype), y0
-
-    def _diffeqsolve(self, ts, y0, args, adjoint, *, throw: bool, saveat=None):
-        if isinstance(self.solver, diffrax.AbstractAdaptiveSolver):
-            controller = diffrax.PIDController(rtol=self.rtol, atol=self.atol)
-        else:
-            controller = diffrax.ConstantStepSize()
-        return diffrax.diffeqsolve(
-            diffrax.ODETerm(self.field),
-            self.solver,
-            ts[0],
-            ts[-1],
-            self.dt0,
-            y0,
-            args=args,
-            saveat=saveat if saveat is not None else diffrax.SaveAt(ts=ts),
-            stepsize_controller=controller,
-            adjoint=adjoint,
-            max_steps=self.max_steps,
-            throw=throw,
-        )
-
-
-def _solve_values(diff, ts, adjoint):
-    """Solution values at ts, `inf` where the solver failed (so training can skip the step)."""
-    model, y0, args = diff
-    sol = model._diffeqsolve(ts, y0, args, adjoint, throw=False)
-    return jnp.where(sol.result == diffrax.RESULTS.successful, sol.ys, jnp.inf)
+#: NeuralODE's solve defaults (AugmentedNeuralODE's too).
+ODE_DEFAULTS = dict(solver="tsit5", rtol=1e-3, atol=1e-6, max_steps=4096, sensitivity="auto")

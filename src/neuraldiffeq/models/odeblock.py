@@ -11,7 +11,11 @@ import jax.numpy as jnp
 
 from .._checks import count_nfe, evals_per_step  # noqa: F401 (evals_per_step: re-exported)
 from ..sensitivity import AbstractSensitivity
-from .ode import NeuralODE
+from ..solve_config import SolveConfig, build_config
+from .ode import ODE_DEFAULTS, NeuralODE
+
+#: ODEBlock's solve defaults: NeuralODE's, with atol 1e-4 and the discrete adjoint.
+ODEBLOCK_DEFAULTS = dict(ODE_DEFAULTS, atol=1e-4, sensitivity="direct")
 
 
 class ODEBlock(eqx.Module):
@@ -26,8 +30,8 @@ class ODEBlock(eqx.Module):
     Arguments:
         field: `f(t, y, args)`, e.g. a conv net with a time channel.
         t1, t0: integration interval (default [0, 1]).
-        solver, rtol, atol, dt0, max_steps, sensitivity: as in `nde.NeuralODE` (the default
-            sensitivity here is `nde.Direct()`).
+        solver, rtol, atol, dt0, max_steps, sensitivity, config: as in `nde.NeuralODE` (one
+            `nde.SolveConfig`); the defaults here are atol 1e-4 and sensitivity `nde.Direct()`.
 
     Example:
         >>> import equinox as eqx, jax, jax.numpy as jnp, neuraldiffeq as nde
@@ -49,12 +53,13 @@ class ODEBlock(eqx.Module):
         t1: float = 1.0,
         *,
         t0: float = 0.0,
-        solver: str | diffrax.AbstractSolver = "tsit5",
-        rtol: float = 1e-3,
-        atol: float = 1e-4,
+        solver: str | diffrax.AbstractSolver | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
         dt0: float | None = None,
-        max_steps: int = 4096,
-        sensitivity: AbstractSensitivity | str = "direct",
+        max_steps: int | None = None,
+        sensitivity: AbstractSensitivity | str | None = None,
+        config: SolveConfig | None = None,
     ):
         try:
             t0, t1 = float(t0), float(t1)
@@ -62,20 +67,25 @@ class ODEBlock(eqx.Module):
             raise ValueError(f"t0 and t1 must be numbers, got t0={t0!r}, t1={t1!r}.") from None
         if not t1 > t0:
             raise ValueError(f"t1 must be greater than t0, got t0={t0}, t1={t1}.")
-        self.node = NeuralODE(
-            field,
-            solver,
+        given = dict(
+            solver=solver,
             rtol=rtol,
             atol=atol,
             dt0=dt0,
             max_steps=max_steps,
             sensitivity=sensitivity,
         )
+        config = build_config("ODEBlock", config, given, ODEBLOCK_DEFAULTS)
+        self.node = NeuralODE(field, config=config)
         self.t0, self.t1 = t0, t1
 
     @property
     def field(self) -> Callable:
         return self.node.field
+
+    @property
+    def config(self) -> SolveConfig:
+        return self.node.config
 
     def __call__(self, y: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         """y(t1) from y(t0) = `y` (same shape). `key` is accepted and ignored (equinox layers)."""

@@ -8,18 +8,21 @@ from typing import Any
 import diffrax
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 
-from .._checks import as_state, check_positive, check_times, count_params
-from ..sensitivity import AbstractSensitivity, Backsolve, Direct, resolve_sensitivity
-from ..solvers.names import SDE_SOLVERS, resolve_solver
+from .._checks import as_state, check_times
+from ..sensitivity import AbstractSensitivity, Backsolve, Direct, Forward
+from ..solve_config import HasSolveConfig, SolveConfig, build_config, on_failure
+from ..solvers.names import SDE_SOLVERS
+
+#: NeuralSDE's solve defaults: Euler–Maruyama with constant steps of 0.01.
+SDE_DEFAULTS = dict(solver="euler", dt0=0.01, max_steps=None, sensitivity="direct")
 
 NOISE_TYPES = ("diagonal", "general")
 
 
-class NeuralSDE(eqx.Module):
+class NeuralSDE(HasSolveConfig):
     """An SDE dy = drift(t, y, args) dt + diffusion(t, y, args) dW solved with diffrax.
 
     Noise:
@@ -34,12 +37,18 @@ class NeuralSDE(eqx.Module):
     (diffrax GeneralShARK), `"spark"`, `"slow_rk"`, and for additive noise `"shark"`, `"sra1"`,
     `"sea"`. The drift and diffusion become diffrax's `MultiTerm(ODETerm, ControlTerm)`, and the
     Brownian motion is a `diffrax.VirtualBrownianTree` (with the space-time Lévy area the solver
-    needs), so the backward pass can re-query the same path. Steps are constant, `dt0` long.
+    needs), so the backward pass can re-query the same path.
 
-    Sensitivities: `nde.Direct()` (default; discrete adjoint with checkpointing) or
-    `nde.Backsolve()` (continuous adjoint, O(1) memory; diffrax supports it for Stratonovich
-    solvers of a single term only: `"heun"` or `"midpoint"`; its gradient converges to the
-    Direct one as dt0 → 0, with the same Brownian path).
+    Solve settings: `solver`, `dt0`, `max_steps`, `sensitivity`, or one
+    `config=nde.SolveConfig(...)` (see `neuraldiffeq.solve_config`); defaults `"euler"`,
+    dt0 = 0.01, `max_steps=None` (exactly the constant steps the interval needs), `nde.Direct()`.
+    Steps are constant, `dt0` long: adaptive steps (rtol/atol) are refused.
+
+    Sensitivities: `nde.Direct()` (default, and what `"auto"` gives; discrete adjoint with
+    checkpointing), `nde.Forward()` (forward mode through the same path), or `nde.Backsolve()`
+    (continuous adjoint, O(1) memory; diffrax supports it for Stratonovich solvers of a single
+    term only: `"heun"` or `"midpoint"`; its gradient converges to the Direct one as dt0 → 0, with
+    the same Brownian path). `Interpolating` and `Quadrature` are ODE adjoints and are refused.
 
     `model(ts, y0, key)` returns one path at `ts`, shape (T, D) (inf where the solver failed);
     `model.sample(ts, y0, key, n)` returns n paths, shape (n, T, D). The same key gives the same
@@ -54,12 +63,9 @@ class NeuralSDE(eqx.Module):
 
     drift: Callable
     diffusion: Callable
-    solver: diffrax.AbstractSolver
-    sensitivity: AbstractSensitivity | str
+    config: SolveConfig
     noise: str = eqx.field(static=True)
     brownian_dim: int | None = eqx.field(static=True)
-    dt0: float = eqx.field(static=True)
-    max_steps: int | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -67,11 +73,14 @@ class NeuralSDE(eqx.Module):
         diffusion: Callable,
         noise: str = "diagonal",
         brownian_dim: int | None = None,
-        solver: str | diffrax.AbstractSolver = "euler",
+        solver: str | diffrax.AbstractSolver | None = None,
         *,
-        dt0: float = 0.01,
+        dt0: float | None = None,
         max_steps: int | None = None,
-        sensitivity: AbstractSensitivity | str = "direct",
+        sensitivity: AbstractSensitivity | str | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        config: SolveConfig | None = None,
     ):
         for name, fn in (("drift", drift), ("diffusion", diffusion)):
             if not callable(fn):
@@ -88,32 +97,34 @@ class NeuralSDE(eqx.Module):
                     "brownian_dim is only for noise='general' (with diagonal noise the Brownian "
                     "motion has one component per state)."
                 )
-        check_positive(dt0, "dt0")
-        if max_steps is not None and not (
-            isinstance(max_steps, int | np.integer) and max_steps > 0
-        ):
-            raise ValueError(f"max_steps must be None or a positive integer, got {max_steps!r}.")
-        self.solver = resolve_solver(solver, SDE_SOLVERS)
-        sens = resolve_sensitivity(sensitivity, 0, 0)
-        if isinstance(sens, Backsolve) and not _backsolve_ok(self.solver):
+        given = dict(
+            solver=solver,
+            rtol=rtol,
+            atol=atol,
+            dt0=dt0,
+            max_steps=max_steps,
+            sensitivity=sensitivity,
+        )
+        config = build_config("NeuralSDE", config, given, SDE_DEFAULTS, SDE_SOLVERS)
+        if config.adaptive:
             raise ValueError(
-                f"sensitivity=Backsolve() does not work with solver={type(self.solver).__name__}: "
-                "diffrax's backsolve adjoint solves the Stratonovich adjoint SDE and needs a "
-                "Stratonovich solver of a single term: use solver='heun' or 'midpoint', or "
-                "sensitivity=nde.Direct()."
+                "NeuralSDE takes constant steps: pass dt0=<step size> alone (no rtol/atol)."
             )
+        accepts = [Direct, Forward] + ([Backsolve] if _backsolve_ok(config.solver) else [])
+        hint = (
+            "nde.Backsolve() needs a Stratonovich solver of a single term ('heun' or "
+            "'midpoint'); Interpolating and Quadrature are ODE adjoints"
+        )
+        self.config = config.for_model("NeuralSDE", accepts, Direct, hint)
         self.drift, self.diffusion = drift, diffusion
         self.noise, self.brownian_dim = noise, brownian_dim
-        self.sensitivity = sensitivity
-        self.dt0 = float(dt0)
-        self.max_steps = None if max_steps is None else int(max_steps)
 
     # -- public -----------------------------------------------------------------------------
 
     def __call__(self, ts, y0, key: jax.Array, args: Any = None) -> jax.Array:
         ts, y0 = self._prepare(ts, y0)
         sol = self._solve(ts, y0, key, args, throw=False)
-        return jnp.where(sol.result == diffrax.RESULTS.successful, sol.ys, jnp.inf)
+        return on_failure(sol.result, sol.ys)
 
     def sample(self, ts, y0, key: jax.Array, n: int, args: Any = None) -> jax.Array:
         """`n` independent paths at `ts`, shape (n, T, D) (vmap over `jax.random.split(key, n)`).
@@ -184,7 +195,7 @@ class NeuralSDE(eqx.Module):
         brownian = diffrax.VirtualBrownianTree(
             ts[0],
             ts[-1],
-            tol=self.dt0 / 16,
+            tol=self.config.dt0 / 16,
             shape=jax.ShapeDtypeStruct(bm_shape, y0.dtype),
             key=key,
             levy_area=_levy_area(self.solver),
@@ -199,33 +210,10 @@ class NeuralSDE(eqx.Module):
 
     def _solve(self, ts, y0, key, args, *, throw):
         terms = self._terms(ts, y0, key, args)
-        sensitivity = resolve_sensitivity(
-            self.sensitivity, y0.size, count_params((self.drift, self.diffusion))
-        )
-        if not isinstance(sensitivity, Direct | Backsolve):
-            sensitivity = Direct()  # forward mode through a Brownian tree gains nothing here
-        # Constant steps: when ts is concrete the step count is known, which keeps the loop bound
-        # (and the reverse pass's checkpoints) small.
-        if self.max_steps is not None:
-            max_steps = self.max_steps
-        elif _concrete(ts):
-            span = np.asarray(ts)
-            max_steps = int(np.ceil((span[-1] - span[0]) / self.dt0)) + 2
-        else:
-            max_steps = 4096
-        return diffrax.diffeqsolve(
-            terms,
-            self.solver,
-            ts[0],
-            ts[-1],
-            self.dt0,
-            y0,
-            args=args,
-            saveat=diffrax.SaveAt(ts=ts),
-            stepsize_controller=diffrax.ConstantStepSize(),
-            adjoint=sensitivity.adjoint(),
-            max_steps=max_steps,
-            throw=throw,
+        # With max_steps=None and concrete ts the constant-step count is known, which keeps the
+        # loop bound (and the reverse pass's checkpoints) small.
+        return self.config.diffeqsolve(
+            terms, ts[0], ts[-1], y0, args=args, saveat=diffrax.SaveAt(ts=ts), throw=throw
         )
 
 
@@ -255,7 +243,3 @@ def _levy_area(solver):
     if issubclass(diffrax.SpaceTimeLevyArea, needed):
         return diffrax.SpaceTimeLevyArea
     return diffrax.SpaceTimeTimeLevyArea
-
-
-def _concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)

@@ -26,8 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_positive, is_concrete
-from .names import resolve_solver
+from .._checks import is_concrete
 
 #: at most this many propagated discontinuities are tracked (the earliest ones).
 MAX_DISCONTINUITIES = 256
@@ -122,13 +121,13 @@ def solve_dde(
     *,
     y0=None,
     args: Any = None,
-    solver: str | diffrax.AbstractSolver = "tsit5",
-    rtol: float = 1e-6,
-    atol: float = 1e-6,
+    solver: str | diffrax.AbstractSolver | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
     dt0: float | None = None,
-    adaptive: bool = True,
-    max_steps: int = 4096,
-    checkpoints: int | None = None,
+    max_steps: int | None = None,
+    sensitivity: Any = None,
+    config: Any = None,
     throw: bool = True,
 ) -> DDESolution:
     """Solve the delay differential equation y'(t) = field(t, y(t), y_lagged, args) on [t0, t1].
@@ -148,8 +147,8 @@ def solve_dde(
         exactly with diffrax's `ClipStepSizeController`: t0 + τᵢ as `jump_ts` (y' itself jumps
         there when y0 != history(t0): the step ends just before it and the next starts just after
         it, so each stage reads the correct one-sided past), the others as `step_ts`. Later
-        points are smooth enough for the method's order. With `adaptive=False`, choose dt0
-        dividing the lags so that the constant steps land on them.
+        points are smooth enough for the method's order. With constant steps (dt0 alone), choose
+        dt0 dividing the lags so that the steps land on them.
 
         Steps longer than the smallest lag: prevented, by limiting the step. Every step is at most
         min(lags) long (`PIDController(dtmax=min(lags))`), so each stage time t + c·h (c ≤ 1)
@@ -168,14 +167,16 @@ def solve_dde(
         t0, t1: the interval.
         ts: output times in [t0, t1] (default `[t0, t1]`).
         y0: the state at t0, default `history(t0)`.
-        solver: name (`"tsit5"`, `"dopri5"`, `"dopri8"`, `"bosh3"`, `"ralston"`, `"heun"`,
-            `"midpoint"`, `"euler"`) or an explicit diffrax Runge–Kutta solver instance.
-        rtol, atol: tolerances of the PID controller.
-        dt0: first step (default: chosen by diffrax). Required with `adaptive=False`, when the
-            solver takes constant steps of dt0 (choose dt0 dividing the lags to hit the
-            discontinuities).
-        max_steps: size of the dense-output buffer and bound of the loop.
-        checkpoints: checkpoints of the reverse pass (default O(sqrt(max_steps)), as equinox).
+        solver, rtol, atol, dt0, max_steps, sensitivity, config: the solve settings, or one
+            `config=nde.SolveConfig(...)`, with the step-size rule of `neuraldiffeq.solve_config`
+            (rtol/atol: adaptive steps, dt0 the first one; dt0 alone: constant steps of dt0,
+            at most the smallest lag, ideally dividing the lags). The solver must be an
+            explicit diffrax Runge–Kutta solver (`"tsit5"`, `"dopri5"`, `"dopri8"`, `"bosh3"`,
+            `"ralston"`, `"heun"`, `"midpoint"`, `"euler"`). Defaults: `"tsit5"`,
+            rtol = atol = 1e-6, max_steps 4096 (the size of the dense-output buffer and the
+            bound of the loop), `nde.Direct()`, the only sensitivity a DDE accepts
+            (`nde.Direct(checkpoints=n)`: checkpoints of the reverse pass, default
+            O(sqrt(max_steps)) as equinox).
         throw: raise if the solve fails (too many steps); else `result` says so and `ys` is inf.
 
     Example:
@@ -190,30 +191,18 @@ def solve_dde(
             f"field must be callable as field(t, y, y_lagged, args), got {type(field).__name__}."
         )
     lags_np = _check_lags(lags)
-    solver = resolve_solver(solver)
-    if not isinstance(solver, diffrax.AbstractRungeKutta) or solver.tableau.implicit:
-        raise ValueError(
-            f"solver={type(solver).__name__} is not supported by solve_dde: use an explicit "
-            "Runge–Kutta solver such as 'tsit5', 'dopri5', 'dopri8' or 'bosh3'."
-        )
-    if not (isinstance(max_steps, int | np.integer) and max_steps > 0):
-        raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
-    check_positive(rtol, "rtol")
-    check_positive(atol, "atol")
-    if dt0 is not None:
-        check_positive(dt0, "dt0")
-    adaptive = adaptive and isinstance(solver, diffrax.AbstractAdaptiveSolver)
-    if not adaptive and dt0 is None:
-        raise ValueError(
-            "constant steps (adaptive=False, or a solver without an error estimate) need "
-            "dt0=<step size>; choose one that divides the lags."
-        )
+    given = dict(
+        solver=solver, rtol=rtol, atol=atol, dt0=dt0, max_steps=max_steps, sensitivity=sensitivity
+    )
+    config = _dde_config("solve_dde", config, given, DDE_SOLVE_DEFAULTS)
+    solver = config.solver
+    adaptive = config.adaptive
+    dt0 = config.dt0
     if not adaptive and dt0 > lags_np.min() * (1 + 1e-12):
         raise ValueError(
             f"dt0={dt0} is longer than the smallest lag {lags_np.min()}: constant steps must be "
             "at most the smallest lag (steps are limited, not iterated; see the docstring)."
         )
-
     history_fn, y0, dtype = _check_history(history, y0, t0)
     t0 = jnp.asarray(t0, dtype)
     t1 = jnp.asarray(t1, dtype)
@@ -244,12 +233,13 @@ def solve_dde(
         # re-evaluate), so every stage reads the correct one-sided history. The later points only
         # carry jumps in higher derivatives: `step_ts`, stepped onto exactly.
         controller = diffrax.ClipStepSizeController(
-            diffrax.PIDController(rtol=rtol, atol=atol, dtmax=float(lags_np.min())),
+            config.stepsize_controller(dtmax=float(lags_np.min())),
             step_ts=t0 + jnp.asarray(offsets[~first], dtype) if np.any(~first) else None,
             jump_ts=t0 + jnp.asarray(offsets[first], dtype),
         )
     else:
-        controller = diffrax.ConstantStepSize()
+        controller = config.stepsize_controller()
+    max_steps = config.steps_for(t0, t1)
     dt0_arr = None if dt0 is None else jnp.asarray(min(dt0, float(lags_np.min())), dtype)
 
     # The buffer: a dummy non-degenerate interval in empty slots keeps every lookup finite.
@@ -355,7 +345,7 @@ def solve_dde(
         init,
         max_steps=max_steps,
         kind="checkpointed",
-        checkpoints=checkpoints,
+        checkpoints=config.sensitivity.checkpoints,
     )
     result = diffrax.RESULTS.where(
         (final.tprev < t1) & (final.result == diffrax.RESULTS.successful),
@@ -372,7 +362,9 @@ def solve_dde(
             "solve_dde failed: too many steps (raise max_steps) or a non-finite state "
             "(check the field and history, or tighten/loosen rtol and atol).",
         )
-    ys = jnp.where(ok, ys, jnp.inf)
+    from ..solve_config import on_failure  # solve_config imports this package's names
+
+    ys = on_failure(result, ys)
     return DDESolution(
         ts=ts,
         ys=ys,
@@ -383,6 +375,32 @@ def solve_dde(
         t1=t1,
         _past=final_past,
     )
+
+
+#: solve_dde's solve defaults.
+DDE_SOLVE_DEFAULTS = dict(
+    solver="tsit5", rtol=1e-6, atol=1e-6, max_steps=4096, sensitivity="direct"
+)
+
+
+def _dde_config(name, config, given, defaults):
+    """The solve configuration of a DDE (`solve_dde`, `NeuralDDE`): explicit Runge–Kutta solvers
+    and the discrete adjoint through the checkpointed loop only."""
+    from ..sensitivity import Direct
+    from ..solve_config import build_config
+
+    config = build_config(name, config, given, defaults)
+    solver = config.solver
+    if not isinstance(solver, diffrax.AbstractRungeKutta) or solver.tableau.implicit:
+        raise ValueError(
+            f"solver={type(solver).__name__} is not supported by {name}: use an explicit "
+            "Runge–Kutta solver such as 'tsit5', 'dopri5', 'dopri8' or 'bosh3'."
+        )
+    hint = (
+        "The DDE loop is differentiated as it runs (checkpointed); continuous adjoints and "
+        "forward mode are not available for delay equations"
+    )
+    return config.for_model(name, [Direct], Direct, hint)
 
 
 def _check_lags(lags) -> np.ndarray:

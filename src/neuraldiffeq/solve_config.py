@@ -1,0 +1,355 @@
+"""`SolveConfig`: how every model solves its equation, defined, validated and documented once.
+
+A solve is set by four things, the same for every model (`NeuralODE`, `NeuralSDE`, `NeuralDDE`
+and `solve_dde`, `FFJORD`, `ODEBlock`, `LatentODE`, `AugmentedNeuralODE`):
+
+- `solver`: a diffrax solver, or its name (`"tsit5"`, `"dopri5"`, `"kvaerno5"`, `"euler"`,
+  `"milstein"`, ...; see `neuraldiffeq.solvers.ODE_SOLVERS` and `SDE_SOLVERS`);
+- the step-size rule, by ONE rule:
+    * `rtol` and/or `atol` given: adaptive steps (diffrax `PIDController`); `dt0`, if also
+      given, is only the first step. The solver needs an error estimate (not `"euler"`).
+    * `dt0` given alone: constant steps of `dt0`, with any solver.
+    * none of the three: the model's default (adaptive at its default tolerances for ODE-like
+      models, constant steps for `NeuralSDE`); a solver without an error estimate then needs
+      `dt0`.
+  A missing one of `rtol`/`atol` takes the model's default (standalone: 1e-3 / 1e-6);
+- `max_steps`: the most steps one solve may take before it counts as failed; `None` (constant
+  steps only) takes exactly as many as the interval needs;
+- `sensitivity`: how gradients flow through the solve (`neuraldiffeq.sensitivity`: `Direct`,
+  `Backsolve`, `Forward`, `Interpolating`, `Quadrature` or `"auto"`); each model resolves
+  `"auto"` when it is built and refuses, with a `ValueError` naming the ones it accepts, a
+  sensitivity it cannot honour.
+
+Every constructor takes either the keyword shortcuts (`solver=`, `rtol=`, `atol=`, `dt0=`,
+`max_steps=`, `sensitivity=`) or one `config=nde.SolveConfig(...)`, not both. A solve that
+fails (too many steps, a non-finite state) is not an exception inside a training step: its
+values are `FAILED` (`inf`), so the loss is `inf` and `nde.fit` skips the step (see `on_failure`).
+
+Example:
+    >>> import jax.numpy as jnp, neuraldiffeq as nde
+    >>> config = nde.SolveConfig("tsit5", rtol=1e-6, atol=1e-8, sensitivity=nde.Backsolve())
+    >>> config.adaptive
+    True
+    >>> nde.SolveConfig("euler", dt0=0.1).adaptive  # dt0 alone: constant steps
+    False
+    >>> model = nde.NeuralODE(lambda t, y, args: -y, config=config)
+    >>> round(float(model(jnp.linspace(0, 1, 3), jnp.ones(1))[-1, 0]), 5)
+    0.36788
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._checks import check_positive, is_concrete
+from .sensitivity import AbstractSensitivity, resolve_sensitivity
+from .solvers.names import ODE_SOLVERS, SDE_SOLVERS, resolve_solver
+
+#: Standalone defaults of the adaptive tolerances (a model may have its own).
+DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-6
+
+#: The value of a failed solve, in every model.
+FAILED = jnp.inf
+
+#: The keyword shortcuts every model constructor accepts.
+SHORTCUTS = ("solver", "rtol", "atol", "dt0", "max_steps", "sensitivity")
+
+
+class SolveConfig(eqx.Module):
+    """One solve configuration: a solver, a step-size rule, `max_steps` and a sensitivity.
+
+    See the module docstring (`neuraldiffeq.solve_config`) for the step-size rule.
+
+    Arguments:
+        solver: a diffrax solver or a name from `neuraldiffeq.solvers` (ODE or SDE names).
+        rtol, atol: tolerances of adaptive steps.
+        dt0: constant step (given alone), or the first adaptive step (given with tolerances).
+        max_steps: a positive integer, or `None` with constant steps (as many as needed).
+        sensitivity: an `nde.Direct()`, ... instance, a lower-case name, or `"auto"`.
+
+    Example:
+        >>> import neuraldiffeq as nde
+        >>> nde.SolveConfig("dopri5", rtol=1e-5).atol  # the other tolerance: its default
+        1e-06
+        >>> nde.SolveConfig("euler")
+        Traceback (most recent call last):
+        ...
+        ValueError: solver Euler has no error estimate, so it takes constant steps: pass dt0=<step size> alone, or choose an adaptive solver such as 'tsit5'.
+    """  # noqa: E501
+
+    solver: diffrax.AbstractSolver
+    sensitivity: AbstractSensitivity | str
+    rtol: float | None = eqx.field(static=True)
+    atol: float | None = eqx.field(static=True)
+    dt0: float | None = eqx.field(static=True)
+    max_steps: int | None = eqx.field(static=True)
+
+    def __init__(
+        self,
+        solver: str | diffrax.AbstractSolver = "tsit5",
+        *,
+        rtol: float | None = None,
+        atol: float | None = None,
+        dt0: float | None = None,
+        max_steps: int | None = 4096,
+        sensitivity: AbstractSensitivity | str = "auto",
+    ):
+        if isinstance(solver, str):
+            solver = resolve_solver(solver, {**SDE_SOLVERS, **ODE_SOLVERS})
+        else:
+            solver = resolve_solver(solver)
+        for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0)):
+            if value is not None:
+                check_positive(value, name)
+        adaptive = not (dt0 is not None and rtol is None and atol is None)
+        if adaptive:
+            rtol = DEFAULT_RTOL if rtol is None else rtol
+            atol = DEFAULT_ATOL if atol is None else atol
+            if not isinstance(solver, diffrax.AbstractAdaptiveSolver):
+                name = type(solver).__name__
+                if dt0 is None:
+                    raise ValueError(
+                        f"solver {name} has no error estimate, so it takes constant steps: pass "
+                        "dt0=<step size> alone, or choose an adaptive solver such as 'tsit5'."
+                    )
+                raise ValueError(
+                    f"solver {name} has no error estimate, so rtol/atol (adaptive steps) cannot "
+                    "be honoured: pass dt0 alone for constant steps, or choose an adaptive "
+                    "solver such as 'tsit5'."
+                )
+        if max_steps is None:
+            if adaptive:
+                raise ValueError(
+                    "max_steps=None (as many steps as the interval needs) is for constant steps "
+                    "(dt0 alone); adaptive steps need a positive integer max_steps."
+                )
+        elif not (isinstance(max_steps, int | np.integer) and max_steps > 0):
+            raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
+        if not (isinstance(sensitivity, str) and sensitivity.lower() == "auto"):
+            sensitivity = resolve_sensitivity(sensitivity, 0, 0)
+        self.solver = solver
+        self.sensitivity = sensitivity
+        self.rtol = None if rtol is None else float(rtol)
+        self.atol = None if atol is None else float(atol)
+        self.dt0 = None if dt0 is None else float(dt0)
+        self.max_steps = None if max_steps is None else int(max_steps)
+
+    # -- the rule -------------------------------------------------------------------------------
+
+    @property
+    def adaptive(self) -> bool:
+        """True for adaptive steps (tolerances set), False for constant steps of `dt0`."""
+        return self.rtol is not None
+
+    def stepsize_controller(self, dtmax: float | None = None) -> diffrax.AbstractStepSizeController:
+        """The step-size controller of this configuration: the only place one is built.
+
+        Example:
+            >>> import neuraldiffeq as nde
+            >>> type(nde.SolveConfig(rtol=1e-4).stepsize_controller()).__name__
+            'PIDController'
+        """
+        if self.adaptive:
+            return diffrax.PIDController(rtol=self.rtol, atol=self.atol, dtmax=dtmax)
+        return diffrax.ConstantStepSize()
+
+    def steps_for(self, t0, t1) -> int:
+        """`max_steps`, or with `max_steps=None` the constant steps [t0, t1] needs (+2 spare)."""
+        if self.max_steps is not None:
+            return self.max_steps
+        if is_concrete(t0) and is_concrete(t1):
+            return int(np.ceil(abs(float(t1) - float(t0)) / self.dt0)) + 2
+        return 4096
+
+    def replace(self, **changes) -> SolveConfig:
+        """A new configuration with some settings changed (validated again; `"auto"` is kept
+        only if the sensitivity was never resolved).
+
+        Example:
+            >>> import neuraldiffeq as nde
+            >>> nde.SolveConfig(rtol=1e-3).replace(rtol=1e-6).rtol
+            1e-06
+        """
+        unknown = set(changes) - set(SHORTCUTS)
+        if unknown:
+            raise ValueError(f"SolveConfig has no {sorted(unknown)}; it holds {list(SHORTCUTS)}.")
+        settings = {name: getattr(self, name) for name in SHORTCUTS}
+        settings.update(changes)
+        solver = settings.pop("solver")
+        return SolveConfig(solver, **settings)
+
+    # -- the one call ---------------------------------------------------------------------------
+
+    def diffeqsolve(
+        self,
+        terms: Any,
+        t0,
+        t1,
+        y0,
+        *,
+        args: Any = None,
+        saveat: diffrax.SaveAt,
+        throw: bool = False,
+        backwards: bool = False,
+    ) -> diffrax.Solution:
+        """`diffrax.diffeqsolve` with this configuration (`backwards`: t1 < t0, dt0 negated).
+
+        The sensitivity is the diffrax adjoint; "auto" must have been resolved by the model.
+
+        Example:
+            >>> import diffrax, jax.numpy as jnp, neuraldiffeq as nde
+            >>> config = nde.SolveConfig("tsit5", rtol=1e-6, sensitivity=nde.Direct())
+            >>> sol = config.diffeqsolve(diffrax.ODETerm(lambda t, y, a: -y), 0.0, 1.0,
+            ...                          jnp.ones(1), saveat=diffrax.SaveAt(t1=True))
+            >>> round(float(sol.ys[0, 0]), 5)
+            0.36788
+        """
+        if isinstance(self.sensitivity, str):
+            raise ValueError(
+                "sensitivity='auto' is resolved by a model when it is built; pass a concrete "
+                "sensitivity (e.g. nde.Direct()) to SolveConfig.diffeqsolve."
+            )
+        dt0 = None if self.dt0 is None else (-self.dt0 if backwards else self.dt0)
+        return diffrax.diffeqsolve(
+            terms,
+            self.solver,
+            t0,
+            t1,
+            dt0,
+            y0,
+            args=args,
+            saveat=saveat,
+            stepsize_controller=self.stepsize_controller(),
+            adjoint=self.sensitivity,
+            max_steps=self.steps_for(t0, t1),
+            throw=throw,
+        )
+
+    # -- models' side ---------------------------------------------------------------------------
+
+    def for_model(
+        self,
+        model: str,
+        accepts: Sequence[type] | None,
+        auto: Callable[[], AbstractSensitivity],
+        hint: str = "",
+    ) -> SolveConfig:
+        """This configuration with `"auto"` resolved by `auto()`, checked against `accepts` (the
+        sensitivity classes the model can honour; None = all of them).
+
+        Example:
+            >>> import neuraldiffeq as nde
+            >>> config = nde.SolveConfig(sensitivity=nde.Backsolve())
+            >>> config.for_model("NeuralDDE", [nde.Direct], nde.Direct)
+            Traceback (most recent call last):
+            ...
+            ValueError: NeuralDDE cannot honour sensitivity=Backsolve(); it accepts nde.Direct() (or 'auto').
+        """  # noqa: E501
+        sensitivity = self.sensitivity
+        if isinstance(sensitivity, str):
+            sensitivity = auto()
+        if accepts is not None and not isinstance(sensitivity, tuple(accepts)):
+            options = ", ".join(f"nde.{cls.__name__}()" for cls in accepts)
+            raise ValueError(
+                f"{model} cannot honour sensitivity={sensitivity!r}; it accepts {options} (or "
+                f"'auto'){'. ' + hint if hint else ''}."
+            )
+        return self.replace(sensitivity=sensitivity)
+
+
+def build_config(
+    model: str,
+    config: SolveConfig | None,
+    given: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    solvers: Mapping[str, Callable[[], diffrax.AbstractSolver]] = ODE_SOLVERS,
+) -> SolveConfig:
+    """A model constructor's `SolveConfig`: `config`, or the keyword shortcuts `given` (None =
+    not given) over the model's `defaults`, by the step-size rule of the module docstring.
+
+    Example:
+        >>> from neuraldiffeq.solve_config import build_config
+        >>> defaults = dict(solver="tsit5", rtol=1e-5, atol=1e-5)
+        >>> build_config("FFJORD", None, dict(dt0=0.1), defaults).adaptive  # dt0 alone
+        False
+        >>> build_config("FFJORD", None, dict(rtol=1e-3), defaults).atol  # model's default
+        1e-05
+    """
+    given = {name: value for name, value in given.items() if value is not None}
+    if config is not None:
+        if not isinstance(config, SolveConfig):
+            raise ValueError(
+                f"config must be an nde.SolveConfig, got {type(config).__name__}; or pass the "
+                f"keyword shortcuts {', '.join(SHORTCUTS)} instead."
+            )
+        if given:
+            raise ValueError(
+                f"{model}: pass either config=nde.SolveConfig(...) or the keyword shortcuts "
+                f"({', '.join(sorted(given))}), not both."
+            )
+        return config
+    settings = dict(defaults)
+    tolerances = {"rtol", "atol"} & given.keys()
+    if "dt0" in given and not tolerances:  # dt0 alone: constant steps, no default tolerances
+        settings.pop("rtol", None)
+        settings.pop("atol", None)
+    if tolerances:  # tolerances given: adaptive steps, no default constant step
+        settings.pop("dt0", None)
+    settings.update(given)
+    solver = settings.pop("solver", "tsit5")
+    if isinstance(solver, str):  # names are looked up in the model's own table
+        solver = resolve_solver(solver, solvers)
+    return SolveConfig(solver, **settings)
+
+
+def on_failure(result: diffrax.RESULTS, tree: Any, value: float = FAILED) -> Any:
+    """`tree` where the solve succeeded, `value` (default `FAILED` = inf) where it failed.
+
+    Every model passes its outputs through this one helper, so a failed solve has the same value
+    everywhere: states are `inf`, and quantities whose loss is their negative (log-densities,
+    ELBOs) are `-inf`, so every loss is `inf` and `nde.fit` skips the step.
+
+    Example:
+        >>> import diffrax, jax.numpy as jnp
+        >>> from neuraldiffeq.solve_config import on_failure
+        >>> on_failure(diffrax.RESULTS.max_steps_reached, jnp.zeros(2))
+        Array([inf, inf], dtype=float32)
+    """
+    ok = result == diffrax.RESULTS.successful
+    return jax.tree_util.tree_map(lambda x: jnp.where(ok, x, jnp.asarray(value, x.dtype)), tree)
+
+
+class HasSolveConfig(eqx.Module):
+    """A model with a `config: SolveConfig`; its settings are readable as attributes."""
+
+    @property
+    def solver(self) -> diffrax.AbstractSolver:
+        return self.config.solver
+
+    @property
+    def sensitivity(self) -> AbstractSensitivity:
+        """The sensitivity in use ("auto" already resolved when the model was built)."""
+        return self.config.sensitivity
+
+    @property
+    def rtol(self) -> float | None:
+        return self.config.rtol
+
+    @property
+    def atol(self) -> float | None:
+        return self.config.atol
+
+    @property
+    def dt0(self) -> float | None:
+        return self.config.dt0
+
+    @property
+    def max_steps(self) -> int | None:
+        return self.config.max_steps

@@ -1,0 +1,300 @@
+"""Every model x every sensitivity: refused at construction, or float64 gradients that agree with
+central finite differences; and the solve configuration is shared (one controller, one message).
+
+Run with `-s` to see the matrix as a table.
+"""
+
+import ast
+import os
+import pathlib
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import neuraldiffeq as nde
+
+TIGHT = dict(rtol=1e-12, atol=1e-12)
+SENSITIVITIES = {
+    "Direct": nde.Direct,
+    "Backsolve": nde.Backsolve,
+    "Forward": nde.Forward,
+    "Interpolating": nde.Interpolating,
+    "Quadrature": nde.Quadrature,
+    "auto": lambda: "auto",
+}
+#: The pairs a model must refuse (everything else must give correct gradients).
+REFUSED = {
+    ("NeuralSDE", "Backsolve"),  # Euler–Maruyama is Itô; diffrax's backsolve needs Stratonovich
+    ("NeuralSDE", "Interpolating"),
+    ("NeuralSDE", "Quadrature"),
+    ("NeuralDDE", "Backsolve"),
+    ("NeuralDDE", "Forward"),
+    ("NeuralDDE", "Interpolating"),
+    ("NeuralDDE", "Quadrature"),
+}
+RESULTS: dict = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def x64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
+class Tanh(eqx.Module):
+    """f(t, y) = tanh(W y) + b t: a few parameters, time-dependent."""
+
+    W: jax.Array
+    b: jax.Array
+
+    def __init__(self, n, seed=0):
+        key = jax.random.key(seed)
+        self.W = 0.6 * jax.random.normal(key, (n, n))
+        self.b = jnp.linspace(-0.3, 0.3, n)
+
+    def __call__(self, t, y, args=None):
+        return jnp.tanh(self.W @ y) + self.b * t
+
+
+class Delay(eqx.Module):
+    p: jax.Array
+
+    def __call__(self, t, y, y_lagged, args):
+        return -self.p[0] * y_lagged[0] + self.p[1] * jnp.tanh(y)
+
+
+class Diffusion(eqx.Module):
+    s: jax.Array
+
+    def __call__(self, t, y, args):
+        return self.s * jnp.cos(y)
+
+
+TS = jnp.linspace(0.0, 1.0, 4)
+
+
+def neural_ode(s):
+    model = nde.NeuralODE(Tanh(2), sensitivity=s, **TIGHT)
+    return model, lambda m: jnp.sum(m(TS, jnp.array([1.0, -0.5])) ** 2)
+
+
+def augmented(s):
+    model = nde.AugmentedNeuralODE(Tanh(3), 1, sensitivity=s, **TIGHT)
+    return model, lambda m: jnp.sum(m(TS, jnp.array([1.0, -0.5])) ** 2)
+
+
+def odeblock(s):
+    model = nde.ODEBlock(Tanh(2), t1=1.0, sensitivity=s, **TIGHT)
+    return model, lambda m: jnp.sum(m(jnp.array([1.0, -0.5])) ** 2)
+
+
+def neural_sde(s):
+    model = nde.NeuralSDE(Tanh(2), Diffusion(jnp.array([0.2, 0.1])), dt0=0.05, sensitivity=s)
+    return model, lambda m: jnp.sum(m(TS, jnp.array([1.0, -0.5]), jax.random.key(3)) ** 2)
+
+
+def neural_dde(s):
+    model = nde.NeuralDDE(
+        Delay(jnp.array([1.0, 0.3])), [0.5], autonomous=False, sensitivity=s, **TIGHT
+    )
+    return model, lambda m: jnp.sum(m(jnp.linspace(0.0, 1.5, 4), jnp.array([0.7])) ** 2)
+
+
+def ffjord(s):
+    model = nde.FFJORD(Tanh(2), t1=0.7, trace="exact", sensitivity=s, **TIGHT)
+    x = jnp.array([[0.3, -0.2], [1.0, 0.5], [-0.7, 0.1]])
+    return model, lambda m: -jnp.mean(m.log_prob(x))
+
+
+def latent(s):
+    model = nde.LatentODE(
+        2,
+        1,
+        hidden_size=1,
+        dynamics_depth=0,
+        decoder_depth=0,
+        sensitivity=s,
+        key=jax.random.key(0),
+        **TIGHT,
+    )
+    z0 = jnp.array([[0.5, -0.3], [0.1, 0.8]])
+    return model, lambda m: jnp.sum(m.decode(TS, z0) ** 2)
+
+
+MODELS = {
+    "NeuralODE": neural_ode,
+    "AugmentedNeuralODE": augmented,
+    "ODEBlock": odeblock,
+    "NeuralSDE": neural_sde,
+    "NeuralDDE": neural_dde,
+    "FFJORD.log_prob": ffjord,
+    "LatentODE.decode": latent,
+}
+
+_FD_CACHE: dict = {}
+
+
+def _flat_loss(model, loss):
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    flat, unravel = ravel_pytree(params)
+    return flat, lambda v: loss(eqx.combine(unravel(v), static))
+
+
+def _finite_differences(name):
+    """Central differences of the loss (the Direct model's; the loss does not depend on the
+    sensitivity), all perturbations in one vmapped, compiled batch."""
+    if name not in _FD_CACHE:
+        flat, f = _flat_loss(*MODELS[name](nde.Direct()))
+        eps = 1e-5
+        basis = jnp.eye(flat.size) * eps
+        values = jax.jit(jax.vmap(f))(jnp.concatenate([flat + basis, flat - basis]))
+        _FD_CACHE[name] = np.asarray((values[: flat.size] - values[flat.size :]) / (2 * eps))
+    return _FD_CACHE[name]
+
+
+@pytest.mark.parametrize("sens", list(SENSITIVITIES))
+@pytest.mark.parametrize("name", list(MODELS))
+def test_matrix(name, sens):
+    short = name.split(".")[0]
+    if (short, sens) in REFUSED:
+        with pytest.raises(ValueError, match="cannot honour.*it accepts nde.Direct()") as info:
+            MODELS[name](SENSITIVITIES[sens]())
+        RESULTS[name, sens] = "ValueError"
+        assert sens in str(info.value)
+        return
+    model, loss = MODELS[name](SENSITIVITIES[sens]())
+    chosen = model.config.sensitivity if hasattr(model, "config") else model.sensitivity
+    assert isinstance(chosen, nde.AbstractSensitivity)  # "auto" resolved and recorded
+    if sens != "auto":
+        assert type(chosen).__name__ == sens  # honoured, never replaced
+    flat, f = _flat_loss(model, loss)
+    grad = np.asarray(jax.jit(jax.grad(f))(flat))
+    fd = _finite_differences(name)
+    error = float(np.max(np.abs(grad - fd)) / np.max(np.abs(fd)))
+    label = f"{error:.1e}" + (f" ({type(chosen).__name__})" if sens == "auto" else "")
+    RESULTS[name, sens] = label
+    assert np.all(np.isfinite(grad))
+    assert error <= 1e-4, f"{name} x {sens}: relative error {error:.2e} vs finite differences"
+
+
+def test_print_matrix():
+    """The table (run with -s); also checks the matrix ran whole."""
+    if len(RESULTS) < len(MODELS) * len(SENSITIVITIES):
+        pytest.skip("run the whole module to see the table")
+    header = "| model | " + " | ".join(SENSITIVITIES) + " |"
+    lines = [header, "|" + "---|" * (len(SENSITIVITIES) + 1)]
+    for name in MODELS:
+        lines.append(f"| {name} | " + " | ".join(RESULTS[name, s] for s in SENSITIVITIES) + " |")
+    print("\n" + "\n".join(lines))
+    if os.environ.get("MATRIX_TABLE"):  # where to write the table, e.g. for a report
+        pathlib.Path(os.environ["MATRIX_TABLE"]).write_text("\n".join(lines) + "\n")
+
+
+# -- one configuration ---------------------------------------------------------------------------
+
+
+def _constructors():
+    """Every model constructor, with the solve keywords passed through."""
+    return {
+        "NeuralODE": lambda **kw: nde.NeuralODE(Tanh(2), **kw),
+        "AugmentedNeuralODE": lambda **kw: nde.AugmentedNeuralODE(Tanh(3), 1, **kw),
+        "ODEBlock": lambda **kw: nde.ODEBlock(Tanh(2), **kw),
+        "FFJORD": lambda **kw: nde.FFJORD(Tanh(2), **kw),
+        "LatentODE": lambda **kw: nde.LatentODE(2, 1, key=jax.random.key(0), **kw),
+        "NeuralDDE": lambda **kw: nde.NeuralDDE(Delay(jnp.ones(2)), [1.0], autonomous=False, **kw),
+        "solve_dde": lambda **kw: nde.solve_dde(
+            Delay(jnp.ones(2)), jnp.ones(1), [1.0], 0.0, 1.0, **kw
+        ),
+        "NeuralSDE": lambda **kw: nde.NeuralSDE(Tanh(2), Diffusion(jnp.ones(2)), **kw),
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs, models",
+    [
+        (dict(rtol=-1.0), "all"),
+        (dict(dt0=0.0), "all"),
+        (dict(max_steps=0), "all"),
+        (dict(solver="tsit6"), "ode"),
+        (dict(sensitivity="adjoint"), "all"),
+        (dict(solver="euler"), "ode"),  # no error estimate and no dt0
+        (dict(solver="euler", rtol=1e-3, dt0=0.1), "all"),  # tolerances need an error estimate
+    ],
+)
+def test_same_input_error_from_every_model(kwargs, models):
+    messages = {}
+    for name, build in _constructors().items():
+        if models == "ode" and name == "NeuralSDE":  # SDE solver names / constant steps
+            continue
+        with pytest.raises(ValueError) as info:
+            build(**kwargs)
+        messages[name] = str(info.value)
+    assert len(set(messages.values())) == 1, messages
+
+
+def test_config_or_shortcuts_not_both():
+    config = nde.SolveConfig("tsit5", rtol=1e-4)
+    for name, build in _constructors().items():
+        if name == "NeuralSDE":
+            continue
+        with pytest.raises(ValueError, match="pass either config=nde.SolveConfig"):
+            build(config=config, rtol=1e-5)
+    # and a config is honoured as given
+    model = nde.FFJORD(Tanh(2), config=nde.SolveConfig("bosh3", rtol=1e-4, atol=1e-7))
+    assert (type(model.solver).__name__, model.rtol, model.atol) == ("Bosh3", 1e-4, 1e-7)
+    assert isinstance(model.sensitivity, nde.Direct)  # FFJORD resolves "auto" to Direct
+
+
+def test_one_step_size_rule():
+    # rtol/atol -> adaptive; dt0 alone -> constant; dt0 with tolerances -> first adaptive step
+    assert nde.SolveConfig("tsit5").adaptive
+    assert not nde.SolveConfig("tsit5", dt0=0.1).adaptive
+    assert nde.SolveConfig("tsit5", dt0=0.1, rtol=1e-4).adaptive
+    flow = nde.FFJORD(Tanh(2), dt0=0.05)  # FFJORD used to ignore rtol/atol; now one rule
+    assert not flow.config.adaptive
+    flow = nde.FFJORD(Tanh(2), dt0=0.05, rtol=1e-3)
+    assert flow.config.adaptive and flow.rtol == 1e-3 and flow.atol == 1e-5  # FFJORD default
+    # constant steps of dt0 with an adaptive solver: exactly span / dt0 steps
+    model = nde.NeuralODE(Tanh(2), "tsit5", dt0=0.1)
+    sol = model.solve(jnp.linspace(0.0, 1.0, 3), jnp.ones(2))
+    assert int(sol.stats["num_steps"]) == 10
+
+
+def test_controller_built_in_one_place():
+    """The done-when grep, made exact: calls that build a step-size controller, in all sources."""
+    src = pathlib.Path(nde.__file__).parent
+    builders = {"PIDController", "ConstantStepSize", "StepTo", "ClipStepSizeController"}
+    places = {}
+    for path in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", getattr(node.func, "id", None))
+                if name in builders:
+                    places.setdefault(name, set()).add(str(path.relative_to(src)))
+    # solve_dde clips the one controller to step onto the delay discontinuities
+    assert places == {
+        "PIDController": {"solve_config.py"},
+        "ConstantStepSize": {"solve_config.py"},
+        "ClipStepSizeController": {"solvers/dde.py"},
+    }, places
+
+
+def test_one_failure_value():
+    ts = jnp.linspace(0.0, 1.0, 3)
+    fast = Tanh(2)
+    ode = nde.NeuralODE(fast, max_steps=1)
+    assert np.all(np.isinf(np.asarray(ode(ts, jnp.ones(2)))))
+    sde = nde.NeuralSDE(fast, Diffusion(jnp.ones(2)), dt0=0.1, max_steps=2)
+    assert np.all(np.asarray(sde(ts, jnp.ones(2), jax.random.key(0))) == np.inf)
+    dde = nde.NeuralDDE(Delay(jnp.ones(2)), [0.5], autonomous=False, max_steps=1)
+    assert np.all(np.asarray(dde(ts, jnp.ones(1))) == np.inf)
+    flow = nde.FFJORD(fast, trace="exact", max_steps=1, dim=2)
+    assert np.all(np.asarray(flow.log_prob(jnp.ones((2, 2)))) == -np.inf)  # loss -logp = inf
+    assert np.all(np.asarray(flow.forward(jnp.ones((2, 2)))) == np.inf)
+    assert np.all(np.asarray(flow.sample(jax.random.key(0), 2)) == np.inf)
