@@ -1,6 +1,6 @@
 """neuraldiffeq: neural differential equations in JAX (diffrax + equinox + optax)."""
 
-from . import datasets
+from . import datasets, transforms
 from ._compile import compiler_options
 from .data import TimeSeries
 from .fitting import (
@@ -88,4 +88,5 @@ __all__ = [
     "losses",
     "resolve_sensitivity",
     "save",
+    "transforms",
 ]
