@@ -820,7 +820,7 @@ def _array_value(a: dict, data: bytes) -> Any:
         return value[()]
     if a["kind"] == "key":
         return jax.random.wrap_key_data(jnp.asarray(value), impl=a["impl"])
-    if dtype.itemsize == 8 and dtype.kind in "fiuc" and not jax.config.read("jax_enable_x64"):
+    if jax.dtypes.canonicalize_dtype(dtype) != dtype:
         # jnp.asarray would silently halve the precision of the saved model
         raise ValueError(
             f"array {a['name']!r} is {dtype.name}, saved with 64-bit JAX; enable it before "
