@@ -175,8 +175,8 @@ def _split_ref(ref: Any, where: str) -> tuple[str, str]:
     if not isinstance(ref, str) or ref.count(":") != 1:
         raise _Damaged(where, f"bad reference {ref!r}")
     module, name = ref.split(":")
-    if not _NAME.match(module) or not _NAME.match(name):
-        raise _Damaged(where, f"bad reference {ref!r}")
+    if not _NAME.match(module) or not _NAME.match(name) or "__" in name:
+        raise _Damaged(where, f"bad reference {ref!r}")  # (no dunder: no walking to globals)
     return module, name
 
 
@@ -741,8 +741,8 @@ def load(path: str | os.PathLike, like: Any = None, *, trusted: bool = False) ->
         return _Reader(values, parts, trusted).build(header["model"])
     except _Refused as e:
         raise ValueError(
-            f"{path!r} cannot be loaded safely: {e}. If you trust the file and built it with "
-            "another version, nde.load(path, like=model) reads its arrays into your model."
+            f"{path!r} cannot be loaded safely: {e}. nde.load(path, like=model) reads its "
+            "arrays into a model you build with your own code."
         ) from None
     except (_Damaged, RecursionError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(
