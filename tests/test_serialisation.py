@@ -369,3 +369,38 @@ def test_arrays_section_is_raw_bytes_and_names_are_jax_key_paths(tmp_path):
     first = header["arrays"][0]
     raw = np.frombuffer(body, "<f4", count=int(np.prod(first["shape"])), offset=first["offset"])
     np.testing.assert_array_equal(raw.reshape(first["shape"]), model.field.net.layers[0].weight)
+
+
+def test_equinox_layers_round_trip(tmp_path):
+    layers = {
+        "conv": eqx.nn.Conv2d(1, 2, 3, padding=1, key=KEY),
+        "gru": eqx.nn.GRUCell(2, 3, key=KEY),
+        "lstm": eqx.nn.LSTMCell(2, 3, key=KEY),
+        "norm": eqx.nn.LayerNorm(3),
+        "sequential": eqx.nn.Sequential([eqx.nn.Linear(2, 3, key=KEY), eqx.nn.Lambda(jax.nn.gelu)]),
+        "pool": eqx.nn.MaxPool2d(2),  # holds jax.lax.max
+        "batch_norm": eqx.nn.BatchNorm(3, "batch", mode="batch"),  # holds state markers
+        "attention": eqx.nn.MultiheadAttention(2, 4, key=KEY),
+    }
+    path = tmp_path / "layers.eqx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # every part known: nothing pickled
+        nde.save(path, layers)
+    loaded = nde.load(path)
+    for name in layers:  # (batch norm's state markers are new objects: equal only to themselves)
+        same = jax.tree_util.tree_structure(loaded[name]) == jax.tree_util.tree_structure(
+            layers[name]
+        )
+        assert same == (name != "batch_norm"), name
+    state = eqx.nn.State(loaded["batch_norm"])
+    batch = jnp.arange(6.0).reshape(2, 3)
+    out, _ = jax.vmap(loaded["batch_norm"], (0, None), (0, None), axis_name="batch")(batch, state)
+    np.testing.assert_allclose(out, [[-1.0] * 3, [1.0] * 3], atol=1e-3)
+    image, x = jnp.ones((1, 4, 4)), jnp.array([0.5, -1.0])
+    np.testing.assert_array_equal(loaded["conv"](image), layers["conv"](image))
+    np.testing.assert_array_equal(loaded["sequential"](x), layers["sequential"](x))
+    np.testing.assert_array_equal(loaded["pool"](image), layers["pool"](image))
+    h = jnp.ones(3)
+    np.testing.assert_array_equal(loaded["gru"](x, h), layers["gru"](x, h))
+    q = jnp.ones((3, 4))
+    np.testing.assert_array_equal(loaded["attention"](q, q, q), layers["attention"](q, q, q))

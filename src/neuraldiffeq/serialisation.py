@@ -8,8 +8,9 @@ A model file (format 2) holds:
    its class path and its fields; arrays as a reference into the arrays section with their name
    (the path in the model, e.g. `.field.net.layers[0].weight`), dtype and shape; numbers, strings,
    `None`, tuples, lists, dicts and dtypes as JSON; functions by an allow-listed name (activations
-   of `jax.nn`, elementwise `jax.numpy` functions such as `jnp.tanh`, the library's own functions
-   such as `nde.transforms.cube`);
+   of `jax.nn`, elementwise `jax.numpy` functions such as `jnp.tanh`, `jax.lax.max`, the
+   library's own functions such as `nde.transforms.cube`); any other part (a lambda, a user's
+   class) is described as not rebuildable and pickled in its own section, see 4;
 3. the arrays, raw little-endian bytes (no pickle), with a SHA-256 checksum of everything below
    the description;
 4. only if the model has parts that cannot be described that way (a lambda, a user's class), a
@@ -77,6 +78,8 @@ _JNP_FUNCTIONS = (
     "abs arccosh arcsinh arctan cbrt cos cosh exp exp2 expm1 log log1p log2 negative positive "
     "reciprocal sign sin sinc sinh sqrt square tan tanh"
 ).split()
+#: `jax.lax` reductions used by layers (e.g. `eqx.nn.MaxPool2d` holds `jax.lax.max`)
+_LAX_FUNCTIONS = ("add", "max", "min", "mul")
 _DTYPES = {
     name: np.dtype(name)
     for name in (
@@ -115,6 +118,8 @@ def _named_functions() -> dict[str, Any]:
             table[f"jax.nn:{name}"] = obj
     for name in _JNP_FUNCTIONS:
         table.setdefault(f"jax.numpy:{name}", getattr(jnp, name))
+    for name in _LAX_FUNCTIONS:
+        table.setdefault(f"jax.lax:{name}", getattr(jax.lax, name))
     return table
 
 
@@ -211,6 +216,7 @@ class _Writer:
         self.pickles: list[dict] = []
         self.pickle_chunks: list[bytes] = []
         self.pickle_offset = 0
+        self.markers: dict[int, int] = {}
 
     def _add_array(self, x: Any, path: str, visible: bool) -> dict:
         kind = "jax" if isinstance(x, jax.Array) else "numpy"
@@ -278,6 +284,8 @@ class _Writer:
                 for k, v in x.items()
             ]
             return {"t": "dict", "items": items}
+        if type(x) is object:  # a bare marker (e.g. equinox's StateIndex): only its identity counts
+            return {"t": "marker", "id": self.markers.setdefault(id(x), len(self.markers))}
         if isinstance(x, np.dtype) and x.name in _DTYPES:
             return {"t": "dtype", "name": x.name}
         if isinstance(x, type(jnp.float32)) and x.dtype.name in _DTYPES:
@@ -351,6 +359,7 @@ class _Writer:
 class _Reader:
     def __init__(self, arrays: list, pickled: list, trusted: bool):
         self.arrays, self.pickled, self.trusted = arrays, pickled, trusted
+        self.markers: dict[int, object] = {}
 
     def build(self, d: Any, where: str = "") -> Any:
         if d is None or type(d) in (bool, int, str):
@@ -387,6 +396,11 @@ class _Reader:
             return jax.ShapeDtypeStruct(_shape(d.get("shape"), where), _DTYPES[name])
         if t == "class":
             return self._class(d.get("ref"), where)
+        if t == "marker":
+            marker_id = d.get("id")
+            if type(marker_id) is not int:
+                raise _Damaged(where, "bad marker")
+            return self.markers.setdefault(marker_id, object())
         if t == "namedtuple":
             cls = self._class(d.get("class"), where)
             if not (issubclass(cls, tuple) and hasattr(cls, "_fields")):
