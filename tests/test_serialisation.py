@@ -255,18 +255,22 @@ def test_killed_save_leaves_the_old_file_and_its_temp_file_is_cleaned(tmp_path):
     assert len(temps) == 1 and temps[0].name.startswith(".tmp-model.eqx-")
     assert temps[0].stat().st_size > 1000  # the killed save's bytes, as in issue 10
     assert path.read_bytes() == before
-    # a temp file of a save still running (this process) and a recent one of the old format
-    # may belong to a live save: kept; an old one of the old format is stale: removed
-    live = tmp_path / f".tmp-model.eqx-{os.getpid()}-abcdefgh.eqx"
-    live.write_bytes(b"x")
+    # temp files of a save still running (this process), recent ones of another host or of the
+    # old format may belong to a live save: kept; old ones of unknown owner are stale: removed
+    live = tmp_path / f".tmp-model.eqx-{serialisation._host()}-{os.getpid()}-abcdefgh.eqx"
+    other_host = tmp_path / ".tmp-model.eqx-elsewhere-1-abcdefgh.eqx"  # a shared folder
+    other_host_old = tmp_path / ".tmp-model.eqx-elsewhere-2-abcdefgh.eqx"
+    for p in (live, other_host, other_host_old):
+        p.write_bytes(b"x")
     legacy_recent, legacy_old = tmp_path / ".tmp-abcd1234.eqx", tmp_path / ".tmp-wxyz5678.eqx"
     legacy_recent.write_bytes(b"x")
     legacy_old.write_bytes(b"x")
-    hour_ago = time.time() - 3600
-    os.utime(legacy_old, (hour_ago, hour_ago))
+    hours_ago = time.time() - 2 * 3600
+    os.utime(legacy_old, (hours_ago, hours_ago))
+    os.utime(other_host_old, (hours_ago, hours_ago))
     nde.save(path, make_model())
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["model.eqx", live.name, legacy_recent.name]
+        ["model.eqx", live.name, legacy_recent.name, other_host.name]
     )
 
 

@@ -37,6 +37,7 @@ import json
 import math
 import os
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -91,7 +92,7 @@ _KEY_IMPLS = ("threefry2x32", "rbg", "unsafe_rbg")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 _ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
 _TEMP_PREFIX = ".tmp-"
-_LEGACY_TEMP_AGE = 600.0  # seconds: an old-style temp file this old belongs to no running save
+_OLD_TEMP = 3600.0  # seconds: a temp file of unknown owner this old belongs to no running save
 
 
 class _ArraySpec:
@@ -535,6 +536,13 @@ def _shape(v: Any, where: str) -> tuple[int, ...]:
 # -- files ----------------------------------------------------------------------------------
 
 
+def _sha256(*parts) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
+
+
 def _umask() -> int:
     try:  # Linux: read it without changing it (os.umask is process-wide, racy with threads)
         with open("/proc/self/status") as f:
@@ -558,19 +566,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
 def _clean_stale_temps(folder: str, base: str) -> None:
-    """Remove temporary files left by saves that were killed (never those of a running save)."""
-    ours = re.compile(re.escape(f"{_TEMP_PREFIX}{base}-") + r"(\d+)-[^/]*\.eqx\Z")
-    legacy = re.compile(re.escape(_TEMP_PREFIX) + r"[a-z0-9_]{8}\.eqx\Z")  # format-1 saves
-    now = time.time()
+    """Remove temporary files left by saves that were killed (never those of a running save).
+
+    A temporary file is named `.tmp-<target>-<host>-<pid>-<random>.eqx`: on this host it is
+    stale once its process is gone; from another host (a shared folder) or from format 1
+    (`.tmp-<random>.eqx`, no owner recorded) once it is older than any save takes.
+    """
+    ours = re.compile(re.escape(f"{_TEMP_PREFIX}{base}-") + r"(.+)-(\d+)-[a-z0-9_]{8}\.eqx\Z")
+    legacy = re.compile(re.escape(_TEMP_PREFIX) + r"[a-z0-9_]{8}\.eqx\Z")
+    now, host = time.time(), _host()
     for tmp in glob.glob(os.path.join(glob.escape(folder), f"{_TEMP_PREFIX}*.eqx")):
         name = os.path.basename(tmp)
         match = ours.match(name)
         try:
-            if match:
-                stale = not _pid_alive(int(match.group(1)))
+            if match and match.group(1) == host:
+                stale = not _pid_alive(int(match.group(2)))
             else:
-                stale = bool(legacy.match(name)) and now - os.path.getmtime(tmp) > _LEGACY_TEMP_AGE
+                stale = (match or legacy.match(name)) and now - os.path.getmtime(tmp) > _OLD_TEMP
             if stale:
                 os.remove(tmp)
         except OSError:  # gone already, or not ours to remove: not this save's business
@@ -639,14 +656,13 @@ def save(path: str | os.PathLike, model: Any) -> None:
             "nbytes": len(pickles),
             "parts": writer.pickles,
         },
-        "sha256": hashlib.sha256(data + pickles).hexdigest(),
+        "sha256": _sha256(data, pickles),
     }
     blob = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     base = os.path.basename(path)
     _clean_stale_temps(folder, base)
-    fd, tmp = tempfile.mkstemp(
-        dir=folder, prefix=f"{_TEMP_PREFIX}{base}-{os.getpid()}-", suffix=".eqx"
-    )
+    prefix = f"{_TEMP_PREFIX}{base}-{_host()}-{os.getpid()}-"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".eqx")
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; honour the umask
@@ -749,7 +765,7 @@ def load(path: str | os.PathLike, like: Any = None, *, trusted: bool = False) ->
             off, n = entry.get("offset"), entry.get("nbytes")
             if type(off) is not int or type(n) is not int or off < 0 or off + n > len(pickles):
                 raise ValueError(f"{path!r} is damaged: bad pickle section entry.")
-            entry["data"] = pickles[off : off + n]
+            entry["data"] = bytes(pickles[off : off + n])
     values = [_array_value(a, data) for a in arrays]
     try:
         return _Reader(values, parts, trusted).build(header["model"])
@@ -764,7 +780,7 @@ def load(path: str | os.PathLike, like: Any = None, *, trusted: bool = False) ->
         ) from None
 
 
-def _read_format2(path: str, blob: bytes, start: int) -> tuple[dict, bytes, bytes]:
+def _read_format2(path: str, blob: bytes, start: int) -> tuple[dict, memoryview, memoryview]:
     def damaged(why: str) -> ValueError:
         return ValueError(f"{path!r} is damaged or truncated: {why}.")
 
@@ -790,11 +806,11 @@ def _read_format2(path: str, blob: bytes, start: int) -> tuple[dict, bytes, byte
     )
     if not ok:
         raise damaged("incomplete description")
-    body = blob[start + 8 + size :]
+    body = memoryview(blob)[start + 8 + size :]  # views, not copies, of a large file
     n_arrays, n_pickles = header["arrays_bytes"], header["pickle_section"]["nbytes"]
     if len(body) != n_arrays + n_pickles:
         raise damaged(f"{n_arrays + n_pickles} bytes of arrays expected, {len(body)} found")
-    if hashlib.sha256(body).hexdigest() != header["sha256"]:
+    if _sha256(body) != header["sha256"]:
         raise damaged("the arrays do not match their checksum")
     for i, a in enumerate(header["arrays"]):
         _check_array_entry(a, i, n_arrays, damaged)
@@ -823,7 +839,7 @@ def _check_array_entry(a: Any, i: int, n_bytes: int, damaged) -> None:
         raise damaged(f"scalar {name!r} has shape {tuple(shape)}")
 
 
-def _array_value(a: dict, data: bytes) -> Any:
+def _array_value(a: dict, data: memoryview) -> Any:
     dtype = _DTYPES[a["dtype"]]
     count = math.prod(a["shape"])
     value = np.frombuffer(data, dtype.newbyteorder("<"), count, a["offset"]).astype(dtype)
@@ -843,7 +859,7 @@ def _array_value(a: dict, data: bytes) -> Any:
     return jax.device_put(value)  # (jnp.asarray would compile a conversion per shape)
 
 
-def _into_like(path: str, like: Any, arrays: list, data: bytes) -> Any:
+def _into_like(path: str, like: Any, arrays: list, data: memoryview) -> Any:
     by_name = {a["name"]: a for a in arrays if a.get("visible", True)}
     used = set()
 
