@@ -267,3 +267,25 @@ def test_cli_and_demo_models_load_plainly_in_a_fresh_process(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("loaded") == len(paths)
     assert "LotkaVolterraUDE" in proc.stdout  # a demo's own class, rebuilt by its path
+
+
+def test_damaged_descriptions_and_pickles_give_value_errors(tmp_path):
+    path = tmp_path / "bad.eqx"
+    _format2(path, {"t": "float", "v": "not a number"})
+    with pytest.raises(ValueError, match="damaged or written by an incompatible version"):
+        nde.load(path)
+    _format2(path, {"t": "partial", "func": {"t": "function", "ref": "jax.nn:relu"}})
+    with pytest.raises(ValueError, match="damaged or written by an incompatible version"):
+        nde.load(path)
+    _format2(path, "NESTED")  # a description nested deeper than Python's recursion limit
+    deep = '{"t": "list", "items": [' * 100_000 + "]}" * 100_000
+    first, rest = path.read_bytes().split(b"\n", 1)
+    text = rest[8:].decode().replace('"NESTED"', deep).encode()
+    path.write_bytes(first + b"\n" + len(text).to_bytes(8, "little") + text)
+    with pytest.raises(ValueError, match="damaged"):
+        nde.load(path)
+    missing = b"cno_such_module_xyz\nThing\n."  # a pickle of a class from a module not installed
+    part = {"path": ".field", "what": "x", "offset": 0, "nbytes": len(missing)}
+    _format2(path, {"t": "pickled", "index": 0}, missing, [part])
+    with pytest.raises(ValueError, match=r"\.field: could not be unpickled \(ModuleNotFoundError"):
+        nde.load(path, trusted=True)

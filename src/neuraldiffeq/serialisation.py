@@ -503,7 +503,11 @@ class _Reader:
             raise _Refused(where, f"could not be saved ({entry.get('error')}); use like=")
         import cloudpickle
 
-        return cloudpickle.loads(entry["data"])
+        try:
+            return cloudpickle.loads(entry["data"])
+        except Exception as e:  # noqa: BLE001 - unpickling raises anything (e.g. a missing module)
+            where = where or str(entry.get("path", ""))
+            raise _Damaged(where, f"could not be unpickled ({type(e).__name__}: {e})") from None
 
 
 def _str(d: dict, key: str, where: str) -> str:
@@ -774,7 +778,7 @@ def load(path: str | os.PathLike, like: Any = None, *, trusted: bool = False) ->
             f"{path!r} cannot be loaded safely: {e}. nde.load(path, like=model) reads its "
             "arrays into a model you build with your own code."
         ) from None
-    except (_Damaged, RecursionError, KeyError, TypeError, AttributeError) as e:
+    except (_Damaged, RecursionError, KeyError, TypeError, AttributeError, ValueError) as e:
         raise ValueError(
             f"{path!r} is damaged or written by an incompatible version: {e}"
         ) from None
