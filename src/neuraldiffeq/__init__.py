@@ -1,93 +1,133 @@
-"""neuraldiffeq: neural differential equations in JAX (diffrax + equinox + optax)."""
+"""neuraldiffeq: neural differential equations in JAX (diffrax + equinox + optax).
 
-from . import datasets
-from ._compile import compiler_options
-from .data import TimeSeries
-from .fitting import (
-    ELBO,
-    PRESETS,
-    AbstractStrategy,
-    Collocation,
-    FitFailure,
-    FitResult,
-    MomentMatching,
-    MultipleShooting,
-    SegmentStates,
-    Stage,
-    Trajectory,
-    collocate,
-    fit,
-    losses,
-)
-from .fitting.likelihood import MaximumLikelihood
-from .models import (
-    AugmentedNeuralODE,
-    Autonomous,
-    LatentODE,
-    NeuralDDE,
-    NeuralODE,
-    NeuralSDE,
-    ODEBlock,
-    autonomous,
-)
-from .models.cnf import FFJORD, CNFStats
-from .models.concat_squash import ConcatSquashLinear, ConcatSquashMLP
-from .sensitivity import (
-    AbstractSensitivity,
-    Backsolve,
-    Direct,
-    Forward,
-    Interpolating,
-    Quadrature,
-    resolve_sensitivity,
-)
-from .serialisation import load, save
-from .solve_config import SolveConfig
-from .solvers import DDESolution, solve_dde
+Names are imported when first used, so `import neuraldiffeq` (and `neuraldiffeq --help`) does
+not pay for JAX, diffrax or matplotlib until a model, a solve or a plot needs them.
+
+Example:
+    >>> import neuraldiffeq as nde
+    >>> nde.NeuralODE.__name__
+    'NeuralODE'
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DDESolution",
-    "MomentMatching",
-    "NeuralDDE",
-    "NeuralSDE",
-    "solve_dde",
-    "ELBO",
-    "Collocation",
-    "MultipleShooting",
-    "SegmentStates",
-    "collocate",
-    "compiler_options",
-    "AugmentedNeuralODE",
-    "LatentODE",
-    "ODEBlock",
-    "PRESETS",
-    "AbstractSensitivity",
-    "AbstractStrategy",
-    "Autonomous",
-    "CNFStats",
-    "ConcatSquashLinear",
-    "ConcatSquashMLP",
-    "FFJORD",
-    "MaximumLikelihood",
-    "Backsolve",
-    "Direct",
-    "FitFailure",
-    "FitResult",
-    "Forward",
-    "Interpolating",
-    "Quadrature",
-    "NeuralODE",
-    "Stage",
-    "TimeSeries",
-    "Trajectory",
-    "autonomous",
-    "datasets",
-    "fit",
-    "load",
-    "losses",
-    "resolve_sensitivity",
-    "save",
-    "SolveConfig",
-]
+# public name -> the module that defines it, grouped by topic; a name equal to its module's last
+# part is that module itself (e.g. `nde.datasets`)
+_PUBLIC: dict[str, str] = {
+    # data
+    "TimeSeries": ".data",
+    "datasets": ".datasets",
+    "transforms": ".transforms",
+    # models and their solve configuration
+    "SolveConfig": ".solve_config",
+    "NeuralODE": ".models",
+    "autonomous": ".models",
+    "Autonomous": ".models",
+    "AugmentedNeuralODE": ".models",
+    "ODEBlock": ".models",
+    "NeuralSDE": ".models",
+    "NeuralDDE": ".models",
+    "solve_dde": ".solvers",
+    "DDESolution": ".solvers",
+    "FFJORD": ".models.cnf",
+    "CNFStats": ".models.cnf",
+    "ConcatSquashLinear": ".models.concat_squash",
+    "ConcatSquashMLP": ".models.concat_squash",
+    "LatentODE": ".models",
+    # sensitivities
+    "AbstractSensitivity": ".sensitivity",
+    "Direct": ".sensitivity",
+    "Backsolve": ".sensitivity",
+    "Forward": ".sensitivity",
+    "Interpolating": ".sensitivity",
+    "Quadrature": ".sensitivity",
+    "resolve_sensitivity": ".sensitivity",
+    # fitting
+    "fit": ".fitting",
+    "Stage": ".fitting",
+    "FitResult": ".fitting",
+    "FitFailure": ".fitting",
+    "PRESETS": ".fitting",
+    "AbstractStrategy": ".fitting",
+    "Trajectory": ".fitting",
+    "MultipleShooting": ".fitting",
+    "SegmentStates": ".fitting",
+    "Collocation": ".fitting",
+    "collocate": ".fitting",
+    "MomentMatching": ".fitting",
+    "MaximumLikelihood": ".fitting.likelihood",
+    "ELBO": ".fitting",
+    "losses": ".fitting",
+    "compiler_options": "._compile",
+    # files
+    "save": ".serialisation",
+    "load": ".serialisation",
+}
+
+__all__ = list(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _PUBLIC.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'neuraldiffeq' has no attribute {name!r}")
+    module = importlib.import_module(module_name, __name__)
+    value = module if module_name.rsplit(".", 1)[-1] == name else getattr(module, name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe reads these)
+    from . import datasets, transforms
+    from ._compile import compiler_options
+    from .data import TimeSeries
+    from .fitting import (
+        ELBO,
+        PRESETS,
+        AbstractStrategy,
+        Collocation,
+        FitFailure,
+        FitResult,
+        MomentMatching,
+        MultipleShooting,
+        SegmentStates,
+        Stage,
+        Trajectory,
+        collocate,
+        fit,
+        losses,
+    )
+    from .fitting.likelihood import MaximumLikelihood
+    from .models import (
+        AugmentedNeuralODE,
+        Autonomous,
+        LatentODE,
+        NeuralDDE,
+        NeuralODE,
+        NeuralSDE,
+        ODEBlock,
+        autonomous,
+    )
+    from .models.cnf import FFJORD, CNFStats
+    from .models.concat_squash import ConcatSquashLinear, ConcatSquashMLP
+    from .sensitivity import (
+        AbstractSensitivity,
+        Backsolve,
+        Direct,
+        Forward,
+        Interpolating,
+        Quadrature,
+        resolve_sensitivity,
+    )
+    from .serialisation import load, save
+    from .solve_config import SolveConfig
+    from .solvers import DDESolution, solve_dde
