@@ -1,3 +1,4 @@
+import ctypes
 import gc
 
 import jax
@@ -6,11 +7,23 @@ import pytest
 
 matplotlib.use("Agg")
 
+try:  # glibc keeps freed heap pages mapped; malloc_trim hands them back to the system
+    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):
+    _malloc_trim = None
 
-@pytest.fixture(autouse=True, scope="module")
-def _free_compiled_programs():
-    """Drop each module's compiled programs when it is done: a worker otherwise keeps every
-    executable of the suite alive, and two workers then need over 4 GB."""
-    yield
+
+def free_compiled_programs() -> None:
+    """Drop every compiled program and return the freed memory to the system."""
     jax.clear_caches()
     gc.collect()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_after_each_module():
+    """A worker otherwise keeps every executable of the suite alive, and two workers then need
+    over 4 GB; modules rarely share compiled programs, so each frees its own when done."""
+    yield
+    free_compiled_programs()

@@ -59,16 +59,6 @@ def test_unwritable_out_is_refused_before_fitting(tmp_path, capsys, monkeypatch)
     assert fitted == []  # refused before any fitting
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_read_only_out_folder_is_refused_before_fitting(tmp_path, capsys):
-    out = tmp_path / "ro"
-    out.mkdir()
-    out.chmod(0o555)
-    csv = write_csv(tmp_path / "d.csv")
-    assert main(["fit", csv, "--time", "t", "--out", str(out), *FAST]) == 2
-    assert "cannot write files there" in one_line_error(capsys)
-
-
 def test_model_goes_to_a_temp_folder_when_out_breaks_mid_fit(tmp_path, capsys, monkeypatch):
     real_save = outputs.save_model
     out = tmp_path / "o"

@@ -5,6 +5,7 @@ import importlib
 import pkgutil
 
 import pytest
+from conftest import free_compiled_programs
 
 import neuraldiffeq
 
@@ -19,4 +20,7 @@ MODULES = sorted(
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)
+    # each package module compiles its own examples: free them before the next module (this
+    # test alone otherwise grows one worker past 2 GB)
+    free_compiled_programs()
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name}"

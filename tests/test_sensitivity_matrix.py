@@ -5,7 +5,6 @@ Run with `-s` to see the matrix as a table.
 """
 
 import ast
-import os
 import pathlib
 
 import equinox as eqx
@@ -36,7 +35,6 @@ REFUSED = {
     ("NeuralDDE", "Interpolating"),
     ("NeuralDDE", "Quadrature"),
 }
-RESULTS: dict = {}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -165,7 +163,6 @@ def test_matrix(name, sens):
     if (short, sens) in REFUSED:
         with pytest.raises(ValueError, match="cannot honour.*it accepts nde.Direct()") as info:
             MODELS[name](SENSITIVITIES[sens]())
-        RESULTS[name, sens] = "ValueError"
         assert sens in str(info.value)
         return
     model, loss = MODELS[name](SENSITIVITIES[sens]())
@@ -177,23 +174,8 @@ def test_matrix(name, sens):
     grad = np.asarray(jax.jit(jax.grad(f))(flat))
     fd = _finite_differences(name)
     error = float(np.max(np.abs(grad - fd)) / np.max(np.abs(fd)))
-    label = f"{error:.1e}" + (f" ({type(chosen).__name__})" if sens == "auto" else "")
-    RESULTS[name, sens] = label
     assert np.all(np.isfinite(grad))
     assert error <= 1e-4, f"{name} x {sens}: relative error {error:.2e} vs finite differences"
-
-
-def test_print_matrix():
-    """The table (run with -s); also checks the matrix ran whole."""
-    if len(RESULTS) < len(MODELS) * len(SENSITIVITIES):
-        pytest.skip("run the whole module to see the table")
-    header = "| model | " + " | ".join(SENSITIVITIES) + " |"
-    lines = [header, "|" + "---|" * (len(SENSITIVITIES) + 1)]
-    for name in MODELS:
-        lines.append(f"| {name} | " + " | ".join(RESULTS[name, s] for s in SENSITIVITIES) + " |")
-    print("\n" + "\n".join(lines))
-    if os.environ.get("MATRIX_TABLE"):  # where to write the table, e.g. for a report
-        pathlib.Path(os.environ["MATRIX_TABLE"]).write_text("\n".join(lines) + "\n")
 
 
 # -- one configuration ---------------------------------------------------------------------------

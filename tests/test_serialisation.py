@@ -338,7 +338,7 @@ def test_file_from_a_newer_version_errors_clearly(tmp_path):
         nde.load(path)
     nde.save(path, make_model())
     first, header, body = _header(path)
-    header["model"]["fields"]["solver"] = {"t": "quaternion"}  # an entry type from the future
+    header["model"]["fields"]["field"] = {"t": "quaternion"}  # an entry type from the future
     _write(path, first, header, body)
     with pytest.raises(ValueError, match="unknown entry type 'quaternion'"):
         nde.load(path)

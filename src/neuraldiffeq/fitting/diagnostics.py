@@ -86,6 +86,10 @@ def _walk(obj, out: list, seen: set) -> None:
         _walk(obj.update, out, seen)
 
 
+#: Losses at or below this are round-off (float32 sums of squares at a solution): never flagged.
+ROUNDOFF_LOSS = 1e-10
+
+
 def divergence_warning(
     name: str,
     steps: int,
@@ -108,9 +112,13 @@ def divergence_warning(
         'stage 1/1 Trajectory diverged: the loss went from 238 to 2e+'
         >>> divergence_warning("1/1 Trajectory", 100, 238.0, 0.1, 0.1) is None
         True
+        >>> divergence_warning("1/1 Trajectory", 100, 6e-14, 1e-12, 6e-14) is None  # round-off
+        True
     """
     if steps < 2 or not math.isfinite(first_loss):
         return None
+    if math.isfinite(final_loss) and final_loss <= ROUNDOFF_LOSS:
+        return None  # a stage that starts at a solution wobbles at round-off level
     far_above = not math.isfinite(final_loss) or final_loss > DIVERGENCE_FACTOR * first_loss
     stuck = best_loss >= first_loss and final_loss > 1.1 * first_loss
     if not (far_above or stuck):
