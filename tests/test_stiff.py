@@ -13,6 +13,7 @@ import pytest
 
 import neuraldiffeq as nde
 from neuraldiffeq.datasets.synthetic import spiral_field
+from neuraldiffeq.solvers import implicit_solver
 from neuraldiffeq.solvers.stiffness import (
     EXPLICIT,
     IMPLICIT,
@@ -136,13 +137,13 @@ def test_fit_resolves_auto_before_compiling():
 
 
 def test_implicit_solver_sets_newton_tolerances():
-    solver = nde.solvers.implicit_solver("kvaerno5", newton_rtol=1e-9, newton_atol=1e-11)
+    solver = implicit_solver("kvaerno5", newton_rtol=1e-9, newton_atol=1e-11)
     assert (solver.root_finder.rtol, solver.root_finder.atol) == (1e-9, 1e-11)
-    assert isinstance(nde.solvers.implicit_solver("kencarp4"), diffrax.KenCarp4)
+    assert isinstance(implicit_solver("kencarp4"), diffrax.KenCarp4)
     with pytest.raises(ValueError, match="implicit solver"):
-        nde.solvers.implicit_solver("tsit5", newton_rtol=1e-9, newton_atol=1e-9)
+        implicit_solver("tsit5", newton_rtol=1e-9, newton_atol=1e-9)
     with pytest.raises(ValueError, match="both newton_rtol and newton_atol"):
-        nde.solvers.implicit_solver("kvaerno5", newton_rtol=1e-9)
+        implicit_solver("kvaerno5", newton_rtol=1e-9)
 
 
 # -- gradients through an implicit solver -----------------------------------------------------
@@ -152,7 +153,7 @@ STEP_TOL, NEWTON_TOL = 1e-8, 1e-12
 
 
 def _vdp_loss(sensitivity):
-    solver = nde.solvers.implicit_solver("kvaerno5", newton_rtol=NEWTON_TOL, newton_atol=NEWTON_TOL)
+    solver = implicit_solver("kvaerno5", newton_rtol=NEWTON_TOL, newton_atol=NEWTON_TOL)
     model = nde.NeuralODE(
         vdp, solver=solver, rtol=STEP_TOL, atol=STEP_TOL, max_steps=200_000, sensitivity=sensitivity
     )

@@ -10,7 +10,8 @@ and `solve_dde`, `FFJORD`, `ODEBlock`, `LatentODE`, `AugmentedNeuralODE`):
   y0, args)` records the choice as `model.solver`, and `nde.fit` does that before compiling).
   Implicit solvers (`"kvaerno3/4/5"`, `"kencarp3/4/5"`, `"implicit_euler"`) solve each stage by
   a Newton (chord) iteration whose tolerances are by default the step-size rule's rtol/atol;
-  set them with `nde.solvers.implicit_solver("kvaerno5", newton_rtol=..., newton_atol=...)`;
+  set them with `neuraldiffeq.solvers.implicit_solver("kvaerno5", newton_rtol=...,
+  newton_atol=...)`;
 - the step-size rule, by ONE rule:
     * `rtol` and/or `atol` given: adaptive steps (diffrax `PIDController`); `dt0`, if also
       given, is only the first step. The solver needs an error estimate (not `"euler"`).
