@@ -20,7 +20,7 @@ accepted steps are held at the stability limit (h·ρ >= `PINNED` · 3.5) rather
 tolerance, while that limit would force more than `STIFF_FACTOR` · `PROBE_STEPS` steps.
 
 Stiffness often appears only after a transient (Robertson's kinetics: ∂f/∂y at y0 = (1, 0, 0)
-has spectral radius 0.04, a few microseconds later ~2000), so the estimate is taken at y0 and
+has spectral radius 0.04, a few milliseconds later ~2000), so the estimate is taken at y0 and
 at the states of a short explicit probe solve (`PROBE_STEPS` steps of `"tsit5"` from t0 at the
 configured tolerances), and the largest ratio decides. ρ is exact (eigenvalues of the Jacobian)
 for states up to `EXACT_JACOBIAN_MAX` entries, otherwise a power iteration on `jax.jvp`.
