@@ -197,3 +197,26 @@ def test_van_der_pol_mu_1000_gradients_match_finite_differences(
     err_y0 = np.linalg.norm(np.asarray(g_y0) - fd_y0) / np.linalg.norm(fd_y0)
     print(f"{type(sensitivity).__name__}: rel err mu {err_mu:.2e}, y0 {err_y0:.2e}, {elapsed:.1f}s")
     assert err_mu <= 1e-4 / 2 and err_y0 <= 1e-4 / 2  # the 1e-4, with margin 2x
+
+
+# -- the counterexample demo ------------------------------------------------------------------
+
+
+def test_demo_stiff_explicit_fails_implicit_recovers_the_rates(tmp_path):
+    import json
+
+    from neuraldiffeq.cli import main
+
+    out = tmp_path / "stiff"
+    argv = ["demo", "stiff", "--steps", "1", "--lbfgs-steps", "40", "--out", str(out)]
+    assert main([*argv, "--no-progress"]) == 0
+    assert {"fit.png", "metrics.json", "model.eqx"} <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    explicit = metrics["explicit"]
+    assert explicit["fit"] == "FitFailure" and explicit["skipped"] == explicit["steps"] == 3
+    assert explicit["first_solve"]["max_steps_reached"]
+    assert explicit["first_solve"]["observations_reached"] < 40
+    assert metrics["auto"]["choice"] == "kvaerno5"
+    assert metrics["implicit"]["max_relative_error"] < 0.01  # the 2%, margin 2x
+    start_error = np.abs(np.array(metrics["start_rates"]) / metrics["true_rates"] - 1).min()
+    assert start_error > 0.5  # a wrong start indeed
