@@ -24,6 +24,7 @@ from .fitting.fit import FitFailure, FitResult, fit
 from .fitting.strategies import Trajectory
 from .outputs import prepare_out, write_outputs
 from .plotting import plot_fit
+from .solvers.names import solver_name
 
 #: the median time step after normalisation
 TIME_STEP = 0.25
@@ -205,6 +206,7 @@ def fit_series(
         "train_mse": mse(slice(0, n - holdout)),
         "holdout_mse": mse(slice(n - holdout, n)) if holdout else None,
         "fit_wall_seconds": wall,
+        "solver": solver_name(getattr(model, "solver", None)),  # "auto" shows its choice
         **result.metrics(),
     }
     paths: list[str] = []

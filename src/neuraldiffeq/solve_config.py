@@ -4,7 +4,14 @@ A solve is set by four things, the same for every model (`NeuralODE`, `NeuralSDE
 and `solve_dde`, `FFJORD`, `ODEBlock`, `LatentODE`, `AugmentedNeuralODE`):
 
 - `solver`: a diffrax solver, or its name (`"tsit5"`, `"dopri5"`, `"kvaerno5"`, `"euler"`,
-  `"milstein"`, ...; see `neuraldiffeq.solvers.ODE_SOLVERS` and `SDE_SOLVERS`);
+  `"milstein"`, ...; see `neuraldiffeq.solvers.ODE_SOLVERS` and `SDE_SOLVERS`), or `"auto"`
+  (ODEs): `"tsit5"` or, for a stiff equation, `"kvaerno5"`, chosen from a stiffness estimate at
+  the initial state before solving (`neuraldiffeq.solvers.stiffness`; `model.resolve_solver(ts,
+  y0, args)` records the choice as `model.solver`, and `nde.fit` does that before compiling).
+  Implicit solvers (`"kvaerno3/4/5"`, `"kencarp3/4/5"`, `"implicit_euler"`) solve each stage by
+  a Newton (chord) iteration whose tolerances are by default the step-size rule's rtol/atol;
+  set them with `neuraldiffeq.solvers.implicit_solver("kvaerno5", newton_rtol=...,
+  newton_atol=...)`;
 - the step-size rule, by ONE rule:
     * `rtol` and/or `atol` given: adaptive steps (diffrax `PIDController`); `dt0`, if also
       given, is only the first step. The solver needs an error estimate (not `"euler"`).
@@ -58,6 +65,9 @@ DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-6
 #: The value of a failed solve, in every model.
 FAILED = jnp.inf
 
+#: The solver name chosen per problem from a stiffness estimate (`neuraldiffeq.solvers.stiffness`).
+AUTO = "auto"
+
 #: The keyword shortcuts every model constructor accepts.
 SHORTCUTS = ("solver", "rtol", "atol", "dt0", "max_steps", "sensitivity")
 
@@ -68,7 +78,8 @@ class SolveConfig(eqx.Module):
     See the module docstring (`neuraldiffeq.solve_config`) for the step-size rule.
 
     Arguments:
-        solver: a diffrax solver or a name from `neuraldiffeq.solvers` (ODE or SDE names).
+        solver: a diffrax solver, a name from `neuraldiffeq.solvers` (ODE or SDE names), or
+            `"auto"` (ODE models: explicit or implicit by stiffness, see `resolve_solver`).
         rtol, atol: tolerances of adaptive steps.
         dt0: constant step (given alone), or the first adaptive step (given with tolerances).
         max_steps: a positive integer, or `None` with constant steps (as many as needed).
@@ -84,7 +95,7 @@ class SolveConfig(eqx.Module):
         ValueError: solver Euler has no error estimate, so it takes constant steps: pass dt0=<step size> alone, or choose an adaptive solver such as 'tsit5'.
     """  # noqa: E501
 
-    solver: diffrax.AbstractSolver
+    solver: diffrax.AbstractSolver | str  # str: only "auto", before it is resolved
     sensitivity: AbstractSensitivity | str
     rtol: float | None = eqx.field(static=True)
     atol: float | None = eqx.field(static=True)
@@ -101,7 +112,10 @@ class SolveConfig(eqx.Module):
         max_steps: int | None = 4096,
         sensitivity: AbstractSensitivity | str = "auto",
     ):
-        if isinstance(solver, str):
+        auto = isinstance(solver, str) and solver.lower() == AUTO
+        if auto:  # chosen per problem (solvers.stiffness), both candidates adaptive
+            solver = AUTO
+        elif isinstance(solver, str):
             solver = resolve_solver(solver, {**SDE_SOLVERS, **ODE_SOLVERS})
         else:
             solver = resolve_solver(solver)
@@ -112,7 +126,7 @@ class SolveConfig(eqx.Module):
         if adaptive:
             rtol = DEFAULT_RTOL if rtol is None else rtol
             atol = DEFAULT_ATOL if atol is None else atol
-            if not isinstance(solver, diffrax.AbstractAdaptiveSolver):
+            if not auto and not isinstance(solver, diffrax.AbstractAdaptiveSolver):
                 name = type(solver).__name__
                 if dt0 is None:
                     raise ValueError(
@@ -216,10 +230,13 @@ class SolveConfig(eqx.Module):
                 "sensitivity='auto' is resolved by a model when it is built; pass a concrete "
                 "sensitivity (e.g. nde.Direct()) to SolveConfig.diffeqsolve."
             )
+        solver = self.solver
+        if isinstance(solver, str):  # "auto", not resolved by the model: choose for this call
+            solver = self.resolve_solver(terms, t0, t1, y0, args).solver
         dt0 = None if self.dt0 is None else (-self.dt0 if backwards else self.dt0)
         return diffrax.diffeqsolve(
             terms,
-            self.solver,
+            solver,
             t0,
             t1,
             dt0,
@@ -231,6 +248,38 @@ class SolveConfig(eqx.Module):
             max_steps=self.steps_for(t0, t1),
             throw=throw,
         )
+
+    def resolve_solver(self, terms: Any, t0, t1, y0, args: Any = None) -> SolveConfig:
+        """This configuration with `solver="auto"` replaced by the solver chosen for the ODE
+        `terms` (a `diffrax.ODETerm` or a vector field `f(t, y, args)`) on [t0, t1] from `y0`;
+        unchanged if the solver is not `"auto"`. Needs concrete values (not under `jax.jit`).
+
+        Example:
+            >>> import jax.numpy as jnp, neuraldiffeq as nde
+            >>> config = nde.SolveConfig("auto", rtol=1e-6)
+            >>> config.solver
+            'auto'
+            >>> stiff = config.resolve_solver(lambda t, y, a: -1e5 * y, 0.0, 1.0, jnp.ones(1))
+            >>> type(stiff.solver).__name__
+            'Kvaerno5'
+        """
+        if not isinstance(self.solver, str):
+            return self
+        from .solvers.stiffness import estimate_stiffness
+
+        if isinstance(terms, diffrax.ODETerm):
+            field = terms.vector_field
+        elif callable(terms) and not isinstance(terms, diffrax.AbstractTerm):
+            field = terms
+        else:
+            raise ValueError(
+                "solver='auto' chooses between ODE solvers ('tsit5', 'kvaerno5'); this solve's "
+                f"terms are {type(terms).__name__}: pass a solver by name instead."
+            )
+        rtol = DEFAULT_RTOL if self.rtol is None else self.rtol
+        atol = DEFAULT_ATOL if self.atol is None else self.atol
+        chosen = estimate_stiffness(field, t0, t1, y0, args, rtol=rtol, atol=atol).solver
+        return self.replace(solver=chosen)
 
     # -- models' side ---------------------------------------------------------------------------
 
@@ -304,7 +353,13 @@ def build_config(
         settings.pop("dt0", None)
     settings.update(given)
     solver = settings.pop("solver", "tsit5")
-    if isinstance(solver, str):  # names are looked up in the model's own table
+    if isinstance(solver, str) and solver.lower() == AUTO:
+        if not all(name in solvers for name in ("tsit5", "kvaerno5")):
+            raise ValueError(
+                f"{model}: solver='auto' chooses between the ODE solvers 'tsit5' and "
+                f"'kvaerno5'; pass one of {', '.join(sorted(solvers))} instead."
+            )
+    elif isinstance(solver, str):  # names are looked up in the model's own table
         solver = resolve_solver(solver, solvers)
     return SolveConfig(solver, **settings)
 
@@ -330,8 +385,36 @@ class HasSolveConfig(eqx.Module):
     """A model with a `config: SolveConfig`; its settings are readable as attributes."""
 
     @property
-    def solver(self) -> diffrax.AbstractSolver:
+    def solver(self) -> diffrax.AbstractSolver | str:
+        """The solver in use (`"auto"` until `resolve_solver` chose one)."""
         return self.config.solver
+
+    def resolve_solver(self, ts, y0, args: Any = None) -> HasSolveConfig:
+        """This model with `solver="auto"` replaced by the solver chosen for solving from `y0`
+        over `ts` (explicit `"tsit5"`, or implicit `"kvaerno5"` when the stiffness estimate of
+        `neuraldiffeq.solvers.stiffness` says so); the model itself if its solver is not
+        `"auto"`. Call it outside `jax.jit` (`nde.fit` calls it before compiling).
+
+        Example:
+            >>> import jax.numpy as jnp, neuraldiffeq as nde
+            >>> model = nde.NeuralODE(lambda t, y, k: -k * y, solver="auto")
+            >>> ts = jnp.linspace(0.0, 10.0, 5)
+            >>> type(model.resolve_solver(ts, jnp.ones(2), 1e4).solver).__name__
+            'Kvaerno5'
+            >>> type(model.resolve_solver(ts, jnp.ones(2), 1.0).solver).__name__
+            'Tsit5'
+        """
+        if not isinstance(self.config.solver, str):
+            return self
+        field = getattr(self, "vector_field", None)
+        if field is None:
+            raise ValueError(
+                f"{type(self).__name__} has no vector_field, so solver='auto' cannot estimate "
+                "its stiffness: pass a solver by name, e.g. 'tsit5' or 'kvaerno5'."
+            )
+        ts = jnp.asarray(ts)
+        config = self.config.resolve_solver(field, ts[0], ts[-1], jnp.asarray(y0), args)
+        return eqx.tree_at(lambda m: m.config, self, config)
 
     @property
     def sensitivity(self) -> AbstractSensitivity:

@@ -28,6 +28,10 @@ DEMOS: dict[str, tuple[str, str]] = {
         "neuraldiffeq.demos.dde",
         "Fit a neural DDE to the delayed logistic equation; a neural ODE for contrast.",
     ),
+    "stiff": (
+        "neuraldiffeq.demos.stiff",
+        "Robertson's stiff kinetics: tsit5 cannot fit the three rates, kvaerno5 recovers them.",
+    ),
     "spheres": (
         "neuraldiffeq.demos.spheres",
         "Concentric spheres: a plain neural ODE cannot separate them, an augmented one can.",

@@ -15,6 +15,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from ..solvers.stiffness import resolve_for_fit
 from .diagnostics import diagnose
 from .presets import PRESETS
 from .stage import Stage
@@ -150,6 +151,7 @@ def fit(
 
     # Every stage's prepare runs first, so that a mismatch between the data and the model (or a
     # model missing what a later stage needs) is reported before anything compiles or trains.
+    model = resolve_for_fit(model, data, [stage.strategy for stage in stages])  # solver="auto"
     all_prepared = [stage.strategy.prepare(model, data) for stage in stages]
     for index, (stage, prepared) in enumerate(zip(stages, all_prepared, strict=True)):
         key, stage_key = jax.random.split(key)
