@@ -25,6 +25,7 @@ _PUBLIC: dict[str, str] = {
     "transforms": ".transforms",
     # models and their solve configuration
     "SolveConfig": ".solve_config",
+    "solvers": ".solvers",
     "NeuralODE": ".models",
     "autonomous": ".models",
     "Autonomous": ".models",
@@ -87,7 +88,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe reads these)
-    from . import datasets, transforms
+    from . import datasets, solvers, transforms
     from ._compile import compiler_options
     from .data import TimeSeries
     from .fitting import (
