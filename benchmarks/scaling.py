@@ -104,6 +104,7 @@ def main() -> None:
             "",
             *table,
             "",
+            "",
         ]
         with open(args.results, "w") as f:
             f.write("\n".join(text))
