@@ -138,12 +138,14 @@ def fit_series(
     center: bool = True,
     progress: bool = True,
     extra_metrics: dict | None = None,
+    devices: Any = None,
 ) -> SeriesFit:
     """Normalise `data`, fit its first `T - holdout` points, and write the outputs to `out`.
 
     `stages` is what `nde.fit` accepts (a list of `nde.Stage` or a preset name). With `out`, the
     folder is checked for writability before fitting, then `model.eqx`, `metrics.json`, `fit.png`
     (and `extrapolation.png` with a holdout) are written in that order; see `neuraldiffeq.outputs`.
+    `devices` is passed to `nde.fit` (data-parallel over the series; None: one device).
 
     Example:
         >>> import equinox as eqx, jax, jax.numpy as jnp, numpy as np, optax, neuraldiffeq as nde
@@ -172,7 +174,7 @@ def fit_series(
     train_n = norm.forward(train)
     started = time.perf_counter()
     try:
-        result = fit(model, train_n, stages, progress=progress)
+        result = fit(model, train_n, stages, progress=progress, devices=devices)
     except FitFailure as failure:
         if out is not None:  # keep the best model so far; the failure is still raised
             paths = write_outputs(out, failure.result.model, failure.result.metrics())

@@ -66,6 +66,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "in (0, 1) or a number of points",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the network's initialisation")
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="split the series over this many devices (nde.fit's devices=; the number of "
+        "series must divide by it); default: one device",
+    )
     parser.add_argument("--out", default="out/fit", help="output folder")
 
 
@@ -148,6 +155,8 @@ def run(args: argparse.Namespace) -> dict:
     from ..outputs import Interrupted, prepare_out
     from ..series import fit_series
 
+    if getattr(args, "devices", None) is not None and args.devices < 1:
+        raise ValueError(f"--devices must be at least 1, got {args.devices}.")
     for name, low in (("hidden", 1), ("depth", 0), ("steps", 1), ("lbfgs_steps", 0)):
         if getattr(args, name) < low:
             flag = name.replace("_", "-")
@@ -172,6 +181,7 @@ def run(args: argparse.Namespace) -> dict:
         progress=args.progress,
         title=f"neural ODE fit to {os.path.basename(args.data)} ({args.strategy})",
         extra_metrics={"strategy": args.strategy, "group_size": args.group_size},
+        devices=getattr(args, "devices", None),
     )
     metrics = fitted.metrics
     print(

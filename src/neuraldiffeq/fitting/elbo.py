@@ -56,6 +56,10 @@ class ELBO(AbstractStrategy):
     def stochastic(self) -> bool:  # fresh samples every step: keep the last iterate
         return True
 
+    def batch_axes(self, prepared: tuple) -> tuple:
+        # series and their masks are split over the devices; the shared times are replicated
+        return (None, 0, 0)
+
     def loss(self, model, prepared, key) -> jax.Array:
         ts, ys, mask = prepared
         k_batch, k_sample = jax.random.split(key)

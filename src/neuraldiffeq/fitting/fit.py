@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from ..solvers.stiffness import resolve_for_fit
@@ -100,6 +101,7 @@ def fit(
     progress: bool = True,
     steps_per_call: int | None = None,
     max_failures: int = MAX_CONSECUTIVE_FAILURES,
+    devices: int | Sequence[jax.Device] | Mesh | None = None,
 ) -> FitResult:
     """Fit `model` to `data` by minimising a strategy's loss over the model's float arrays.
 
@@ -125,6 +127,16 @@ def fit(
             dropped, the parameters step back halfway towards the last ones that solved, the
             optimiser state restarts there, and the
             step is counted in `result.skipped`.
+        devices: data-parallel training. None (default): one device, as JAX places it. An int
+            (the first that many of `jax.devices()`), a list of devices, or a
+            `jax.sharding.Mesh`: the batch axis of the prepared data (series, paths, samples;
+            each strategy says where it is with `batch_axes`) is split over the devices, the
+            model and optimizer state are replicated on each, and the same compiled step runs
+            on all of them (XLA inserts the sum of the gradients). Data that already carry a
+            sharding over several devices are used as placed. The batch must divide evenly over
+            the devices (nothing is padded); the losses equal the one-device losses up to
+            rounding. The fitted model's arrays come back replicated over the devices. See the
+            how-to "Scaling out" for what is sharded and what it costs.
 
     Ctrl-C stops the fit and returns the best model so far (`result.interrupted` is True).
 
@@ -137,8 +149,13 @@ def fit(
         ...                  steps=5, progress=False)
         >>> result.losses.shape
         (5,)
+        >>> sharded = nde.fit(model, data, nde.Trajectory(), optimizer=optax.adam(0.05),
+        ...                   steps=5, progress=False, devices=1)  # or 4, with 4 devices
+        >>> bool(abs(sharded.losses[-1] - result.losses[-1]) <= 1e-5 * result.losses[-1])
+        True
     """
     stages = _as_stages(strategy, optimizer, steps, steps_per_call, data)
+    mesh = _as_mesh(devices)
     if not (isinstance(max_failures, int) and max_failures > 0):
         raise ValueError(f"max_failures must be a positive integer, got {max_failures!r}.")
     key = jax.random.key(0) if key is None else key
@@ -153,10 +170,15 @@ def fit(
     # model missing what a later stage needs) is reported before anything compiles or trains.
     model = resolve_for_fit(model, data, [stage.strategy for stage in stages])  # solver="auto"
     all_prepared = [stage.strategy.prepare(model, data) for stage in stages]
+    if mesh is not None:  # placed before anything compiles, so a bad batch size fails first
+        all_prepared = [
+            _shard(stage.strategy, prepared, mesh)
+            for stage, prepared in zip(stages, all_prepared, strict=True)
+        ]
     for index, (stage, prepared) in enumerate(zip(stages, all_prepared, strict=True)):
         key, stage_key = jax.random.split(key)
         name = f"{index + 1}/{len(stages)} {type(stage.strategy).__name__}"
-        run = _StageRun(model, stage, prepared, stage_key)
+        run = _StageRun(model, stage, prepared, stage_key, mesh)
         with tqdm(total=stage.steps, desc=name, disable=not progress, leave=True) as bar:
             try:
                 for values in run.calls():
@@ -200,7 +222,7 @@ def fit(
 class _StageRun:
     """The compiled loop of one stage, with the best parameters tracked on device."""
 
-    def __init__(self, model, stage: Stage, prepared, key):
+    def __init__(self, model, stage: Stage, prepared, key, mesh: Mesh | None = None):
         self.stage, self.prepared, self.key = stage, prepared, key
         params, self.static = eqx.partition(model, eqx.is_inexact_array)
         self.optimizer = optax.with_extra_args_support(stage.optimizer)
@@ -209,6 +231,13 @@ class _StageRun:
         best_loss = jnp.array(jnp.inf, dtype=jnp.float32)
         carry = (params, self.optimizer.init(params), params, best_loss, key, params)
         self.carry = jax.tree_util.tree_map(_strong_type, carry)
+        # With a mesh: the carry (model, optimizer state, best model, key) lives whole on every
+        # device, and the step's outputs are pinned there too, so that the second call sees the
+        # same shardings as the first and does not recompile.
+        self.out_shardings = None
+        if mesh is not None:
+            self.out_shardings = NamedSharding(mesh, PartitionSpec())
+            self.carry = jax.device_put(self.carry, self.out_shardings)
         self.best_loss = float("inf")
         self.first_loss = float("nan")
         self.last_loss = float("nan")
@@ -240,6 +269,7 @@ class _StageRun:
                 self._compiled[n] = jax.jit(
                     _make_steps(self.static, self.stage.strategy, self.optimizer, n),
                     compiler_options=self.stage.strategy.compiler_options,
+                    out_shardings=self.out_shardings,
                 )
                 t0 = time.perf_counter()
             self.carry, out = self._compiled[n](self.carry, self.prepared)
@@ -385,6 +415,77 @@ def _as_stages(strategy, optimizer, steps, steps_per_call, data) -> list[Stage]:
             if not (isinstance(value, int | np.integer) and value > 0):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     return stages
+
+
+def _as_mesh(devices) -> Mesh | None:
+    """`fit`'s `devices=` as a mesh (None: no mesh, today's single-device placement)."""
+    if devices is None or isinstance(devices, Mesh):
+        return devices
+    available = jax.device_count()
+    if isinstance(devices, int | np.integer) and not isinstance(devices, bool):
+        if devices < 1:
+            raise ValueError(f"devices must be a positive number of devices, got {devices}.")
+        if devices > available:
+            raise ValueError(
+                f"devices={devices}, but JAX sees {available} device(s) (jax.device_count() = "
+                f"{available}). Ask for at most {available}; on a CPU, JAX can split the "
+                f"processor into {devices} virtual devices if XLA_FLAGS="
+                f"--xla_force_host_platform_device_count={devices} is set in the environment "
+                "before jax is first imported."
+            )
+        chosen = jax.devices()[: int(devices)]
+    elif (
+        isinstance(devices, Sequence)
+        and len(devices) > 0
+        and all(isinstance(d, jax.Device) for d in devices)
+    ):
+        chosen = list(devices)
+        if len(set(chosen)) != len(chosen):
+            raise ValueError(f"devices lists a device more than once: {chosen}.")
+    else:
+        raise ValueError(
+            "devices must be None, a number of devices, a non-empty list of jax devices (e.g. "
+            f"jax.devices()[:2]) or a jax.sharding.Mesh; got {devices!r}."
+        )
+    return Mesh(np.array(chosen), ("batch",))
+
+
+def _shard(strategy: AbstractStrategy, prepared, mesh: Mesh):
+    """Place `prepared` on `mesh`: batch axes split over all the mesh's axes, the rest whole."""
+    n = mesh.size
+    mesh_devices = set(mesh.devices.flat)
+    split = tuple(mesh.axis_names)  # a 1-D mesh's one axis; several axes act as one
+
+    def place_subtree(axis, subtree):
+        def place(x):
+            if not isinstance(x, jax.Array | np.ndarray):
+                return x  # a Python scalar or an opaque leaf: the compiled step embeds it
+            if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+                # placed by the caller: used as it is, if it lives on the devices asked for
+                if x.sharding.device_set != mesh_devices:
+                    raise ValueError(
+                        f"{type(strategy).__name__}: the data are already sharded over "
+                        f"{len(x.sharding.device_set)} devices that are not the {n} of "
+                        "devices=...; place them on the same devices, or pass unplaced data."
+                    )
+                return x
+            if axis is None:
+                return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
+            size = x.shape[axis]
+            if size % n:
+                raise ValueError(
+                    f"{type(strategy).__name__}: the batch (axis {axis} of the prepared data) "
+                    f"has {size} examples, which do not divide over {n} devices. Use a batch "
+                    f"that is a multiple of {n} (drop or add examples), or a device count that "
+                    f"divides {size} (devices=...); nothing is padded."
+                )
+            spec = PartitionSpec(*([None] * axis), split)
+            return jax.device_put(x, NamedSharding(mesh, spec))
+
+        return jax.tree_util.tree_map(place, subtree)
+
+    axes = strategy.batch_axes(prepared)
+    return jax.tree_util.tree_map(place_subtree, axes, prepared, is_leaf=lambda x: x is None)
 
 
 def _failure_message(stage: Stage, run: _StageRun) -> str:

@@ -126,6 +126,17 @@ class MomentMatching(AbstractStrategy):
     def stochastic(self) -> bool:  # fresh samples every step: keep the last iterate
         return True
 
+    def batch_axes(self, prepared: dict) -> dict | None:
+        """`"likelihood"`: the observed paths are split over the devices. `"moments"`: nothing is.
+
+        The model's `n_paths` sampled paths are drawn inside the loss from one key, so with
+        `objective="moments"` (whose data are already reduced to a mean and a variance) every
+        device runs the whole step: `devices=` then gives the same losses but no speed-up.
+        """
+        if self.objective == "likelihood":
+            return {"ts": None, "y0": None, "paths": 0}
+        return None
+
     def loss(self, model, prepared: dict, key: jax.Array) -> jax.Array:
         samples = self._sample(model, prepared["ts"], prepared["y0"], key)
         mean, var = jnp.mean(samples, axis=0), jnp.var(samples, axis=0)

@@ -204,6 +204,11 @@ class MultipleShooting(AbstractStrategy):
     def stochastic(self) -> bool:  # a fresh draw of trajectories every step
         return self.batch_size is not None
 
+    def batch_axes(self, prepared: dict) -> dict:
+        # trajectories are split over the devices (with their segment starts and weights); the
+        # times and the segment index table are the same for all of them
+        return {"ts": None, "ys": 0, "index": None, "weight": 0, "y0": 0}
+
     def loss(self, model, prepared, key) -> jax.Array:
         ts, ys, index, weight = (
             prepared["ts"],

@@ -78,6 +78,29 @@ class AbstractStrategy(eqx.Module):
         """
         return None
 
+    def batch_axes(self, prepared: Any) -> Any:
+        """Where the batch axis of `prepared` is, for `nde.fit(..., devices=...)`.
+
+        Returns a pytree prefix of `prepared`: at each of its leaves an int, the axis of every
+        array below it that runs over independent examples (series, paths, samples), which `fit`
+        shards over the devices; or None, for arrays every device needs whole (times, indices),
+        which `fit` replicates. The loss must be the same function of the data however its batch
+        axis is split (sums or means over it), which is what lets XLA insert the reductions.
+        The default, None, replicates everything: correct for any strategy, but every device
+        then does all the work, so a batched strategy overrides it.
+
+        Example:
+            >>> import jax, neuraldiffeq as nde
+            >>> data = nde.datasets.spiral()
+            >>> model = nde.NeuralODE(lambda t, y, args: -y)
+            >>> strategy = nde.Trajectory()
+            >>> axes = strategy.batch_axes(strategy.prepare(model, data))
+            >>> axes.ts, axes.ys
+            (None, 0)
+        """
+        del prepared
+        return None
+
 
 class Trajectory(AbstractStrategy):
     """Single shooting: solve from each trajectory's first observation over the whole series.
@@ -153,6 +176,10 @@ class Trajectory(AbstractStrategy):
     @property
     def stochastic(self) -> bool:
         return self.batch_time is not None or self.batch_size is not None
+
+    def batch_axes(self, prepared: TimeSeries) -> TimeSeries:
+        # series (and their mask) are split over the devices; the shared times are replicated
+        return jax.tree_util.tree_map(lambda x: None if x is prepared.ts else 0, prepared)
 
     def loss(self, model, prepared: TimeSeries, key) -> jax.Array:
         ts, ys, mask = prepared.ts, prepared.ys, prepared.mask
