@@ -127,18 +127,11 @@ def spectral_radius(field: Callable, t, y, args: Any = None) -> float:
 
 def _probe_states(field, t0, t1, y0, args, rtol, atol):
     """(t, y) at y0 and along a short explicit solve from t0 (PROBE_STEPS steps at most)."""
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(field),
-        diffrax.Tsit5(),
-        t0,
-        t1,
-        None,
-        y0,
-        args=args,
-        saveat=diffrax.SaveAt(steps=True),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
-        max_steps=PROBE_STEPS,
-        throw=False,
+    from ..solve_config import SolveConfig  # here: solve_config imports this package
+
+    probe = SolveConfig("tsit5", rtol=rtol, atol=atol, max_steps=PROBE_STEPS, sensitivity="direct")
+    sol = probe.diffeqsolve(
+        diffrax.ODETerm(field), t0, t1, y0, args=args, saveat=diffrax.SaveAt(steps=True)
     )
     ts, ys = np.asarray(sol.ts), np.asarray(sol.ys)
     flat = ys.reshape(ys.shape[0], -1)
