@@ -72,6 +72,21 @@ AUTO = "auto"
 SHORTCUTS = ("solver", "rtol", "atol", "dt0", "max_steps", "sensitivity")
 
 
+def shortcuts(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword shortcuts among a constructor's arguments (`shortcuts(locals())`).
+
+    Every model constructor lists the shortcuts in its signature (so editors and `help` show
+    them) and hands them to `build_config` through this one function.
+
+    Example:
+        >>> from neuraldiffeq.solve_config import shortcuts
+        >>> shortcuts(dict(solver="tsit5", rtol=1e-6, atol=None, dt0=None, max_steps=None,
+        ...                sensitivity=None, field=print))["rtol"]
+        1e-06
+    """
+    return {name: arguments[name] for name in SHORTCUTS}
+
+
 class SolveConfig(eqx.Module):
     """One solve configuration: a solver, a step-size rule, `max_steps` and a sensitivity.
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..sensitivity import AbstractSensitivity
-from ..solve_config import SolveConfig, build_config
+from ..solve_config import SolveConfig, build_config, shortcuts
 from .ode import ODE_DEFAULTS, NeuralODE
 
 
@@ -60,14 +60,7 @@ class AugmentedNeuralODE(eqx.Module):
         sensitivity: AbstractSensitivity | str | None = None,
         config: SolveConfig | None = None,
     ):
-        given = dict(
-            solver=solver,
-            rtol=rtol,
-            atol=atol,
-            dt0=dt0,
-            max_steps=max_steps,
-            sensitivity=sensitivity,
-        )
+        given = shortcuts(locals())
         if isinstance(node, NeuralODE):
             if config is not None or any(v is not None for v in given.values()):
                 raise ValueError(

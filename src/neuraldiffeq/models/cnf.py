@@ -35,6 +35,7 @@ from ..solve_config import (
     SolveConfig,
     build_config,
     on_failure,
+    shortcuts,
 )
 
 #: FFJORD's solve defaults (the FFJORD paper's).
@@ -205,14 +206,7 @@ class FFJORD(HasSolveConfig):
             raise ValueError(f"trace must be one of {TRACES}, got {trace!r}.")
         if probe not in PROBES:
             raise ValueError(f"probe must be one of {PROBES}, got {probe!r}.")
-        given = dict(
-            solver=solver,
-            rtol=rtol,
-            atol=atol,
-            dt0=dt0,
-            max_steps=max_steps,
-            sensitivity=sensitivity,
-        )
+        given = shortcuts(locals())
         config = build_config("FFJORD", config, given, FFJORD_DEFAULTS)
         config = config.for_model("FFJORD", None, Direct)
         if base is None:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from .._checks import as_state, check_times
 from ..sensitivity import AbstractSensitivity
-from ..solve_config import HasSolveConfig, SolveConfig
+from ..solve_config import HasSolveConfig, SolveConfig, shortcuts
 from ..solvers.dde import _check_lags, _dde_config, solve_dde
 
 #: NeuralDDE's solve defaults.
@@ -102,14 +102,7 @@ class NeuralDDE(HasSolveConfig):
                     f"(D,); got an array of shape {history.shape}."
                 )
         self.history = history
-        given = dict(
-            solver=solver,
-            rtol=rtol,
-            atol=atol,
-            dt0=dt0,
-            max_steps=max_steps,
-            sensitivity=sensitivity,
-        )
+        given = shortcuts(locals())
         self.config = _dde_config("NeuralDDE", config, given, NEURAL_DDE_DEFAULTS)
 
     def __call__(self, ts, y0, args: Any = None) -> jax.Array:

@@ -19,7 +19,7 @@ import numpy as np
 
 from .._checks import check_positive, check_series, check_times, is_concrete
 from ..sensitivity import AbstractSensitivity, Direct
-from ..solve_config import SolveConfig, build_config
+from ..solve_config import SolveConfig, build_config, shortcuts
 from .ode import ODE_DEFAULTS, NeuralODE
 
 ENCODERS = ("rnn", "ode-rnn")
@@ -195,14 +195,7 @@ class LatentODE(eqx.Module):
         net = eqx.nn.MLP(
             latent_dim, latent_dim, dynamics_width, dynamics_depth, activation=jax.nn.elu, key=k_dyn
         )
-        given = dict(
-            solver=solver,
-            rtol=rtol,
-            atol=atol,
-            dt0=dt0,
-            max_steps=max_steps,
-            sensitivity=sensitivity,
-        )
+        given = shortcuts(locals())
         config = build_config("LatentODE", config, given, dict(ODE_DEFAULTS, atol=1e-4))
         self.dynamics = NeuralODE(Rowwise(net), config=config)
         self.decoder = eqx.nn.MLP(

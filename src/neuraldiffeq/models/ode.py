@@ -11,7 +11,7 @@ import jax
 
 from .._checks import as_state, check_times, count_params, strong_floats
 from ..sensitivity import AbstractSensitivity, resolve_sensitivity
-from ..solve_config import HasSolveConfig, SolveConfig, build_config, on_failure
+from ..solve_config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
 
 
 class Autonomous(eqx.Module):
@@ -89,14 +89,7 @@ class NeuralODE(HasSolveConfig):
                 "Wrap a network of y alone with nde.autonomous(net)."
             )
         self.field = field
-        given = dict(
-            solver=solver,
-            rtol=rtol,
-            atol=atol,
-            dt0=dt0,
-            max_steps=max_steps,
-            sensitivity=sensitivity,
-        )
+        given = shortcuts(locals())
         config = build_config("NeuralODE", config, given, ODE_DEFAULTS)
         n_params = count_params(field)
         self.config = config.for_model(

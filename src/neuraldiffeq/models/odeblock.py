@@ -11,7 +11,7 @@ import jax.numpy as jnp
 
 from .._checks import count_nfe, evals_per_step  # noqa: F401 (evals_per_step: re-exported)
 from ..sensitivity import AbstractSensitivity
-from ..solve_config import SolveConfig, build_config
+from ..solve_config import SolveConfig, build_config, shortcuts
 from .ode import ODE_DEFAULTS, NeuralODE
 
 #: ODEBlock's solve defaults: NeuralODE's, with atol 1e-4 and the discrete adjoint.
@@ -67,14 +67,7 @@ class ODEBlock(eqx.Module):
             raise ValueError(f"t0 and t1 must be numbers, got t0={t0!r}, t1={t1!r}.") from None
         if not t1 > t0:
             raise ValueError(f"t1 must be greater than t0, got t0={t0}, t1={t1}.")
-        given = dict(
-            solver=solver,
-            rtol=rtol,
-            atol=atol,
-            dt0=dt0,
-            max_steps=max_steps,
-            sensitivity=sensitivity,
-        )
+        given = shortcuts(locals())
         config = build_config("ODEBlock", config, given, ODEBLOCK_DEFAULTS)
         self.node = NeuralODE(field, config=config)
         self.t0, self.t1 = t0, t1

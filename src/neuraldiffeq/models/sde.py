@@ -13,7 +13,7 @@ import numpy as np
 
 from .._checks import as_state, check_times
 from ..sensitivity import AbstractSensitivity, Backsolve, Direct, Forward
-from ..solve_config import HasSolveConfig, SolveConfig, build_config, on_failure
+from ..solve_config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
 from ..solvers.names import SDE_SOLVERS
 
 #: NeuralSDE's solve defaults: Euler–Maruyama with constant steps of 0.01.
@@ -97,14 +97,7 @@ class NeuralSDE(HasSolveConfig):
                     "brownian_dim is only for noise='general' (with diagonal noise the Brownian "
                     "motion has one component per state)."
                 )
-        given = dict(
-            solver=solver,
-            rtol=rtol,
-            atol=atol,
-            dt0=dt0,
-            max_steps=max_steps,
-            sensitivity=sensitivity,
-        )
+        given = shortcuts(locals())
         config = build_config("NeuralSDE", config, given, SDE_DEFAULTS, SDE_SOLVERS)
         if config.adaptive:
             raise ValueError(

@@ -191,10 +191,9 @@ def solve_dde(
             f"field must be callable as field(t, y, y_lagged, args), got {type(field).__name__}."
         )
     lags_np = _check_lags(lags)
-    given = dict(
-        solver=solver, rtol=rtol, atol=atol, dt0=dt0, max_steps=max_steps, sensitivity=sensitivity
-    )
-    config = _dde_config("solve_dde", config, given, DDE_SOLVE_DEFAULTS)
+    from ..solve_config import shortcuts  # here: solve_config imports this package
+
+    config = _dde_config("solve_dde", config, shortcuts(locals()), DDE_SOLVE_DEFAULTS)
     solver = config.solver
     adaptive = config.adaptive
     dt0 = config.dt0
