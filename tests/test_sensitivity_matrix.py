@@ -74,6 +74,23 @@ class Diffusion(eqx.Module):
         return self.s * jnp.cos(y)
 
 
+class CDETanh(eqx.Module):
+    """A CDE field f(t, z) = tanh(W z + b t) as a (hidden, channels) matrix."""
+
+    W: jax.Array
+    b: jax.Array
+    channels: int = eqx.field(static=True)
+
+    def __init__(self, hidden, channels, seed=0):
+        key = jax.random.key(seed)
+        self.W = 0.6 * jax.random.normal(key, (hidden * channels, hidden))
+        self.b = jnp.linspace(-0.3, 0.3, hidden * channels)
+        self.channels = channels
+
+    def __call__(self, t, z, args=None):
+        return jnp.tanh(self.W @ z + self.b * t).reshape(z.shape[0], self.channels)
+
+
 TS = jnp.linspace(0.0, 1.0, 4)
 
 
@@ -125,6 +142,15 @@ def latent(s):
     return model, lambda m: jnp.sum(m.decode(TS, z0) ** 2)
 
 
+def neural_cde(s):
+    model = nde.NeuralCDE(
+        1, 2, 2, field=CDETanh(2, 2), sensitivity=s, key=jax.random.key(1), **TIGHT
+    )
+    ts = np.array([0.0, 0.3, 0.5, 0.9, 1.2])
+    control = model.control(ts, np.array([[0.2], [-0.4], [0.1], [0.6], [0.3]]))
+    return model, lambda m: jnp.sum(m(control) ** 2)
+
+
 MODELS = {
     "NeuralODE": neural_ode,
     "AugmentedNeuralODE": augmented,
@@ -133,6 +159,7 @@ MODELS = {
     "NeuralDDE": neural_dde,
     "FFJORD.log_prob": ffjord,
     "LatentODE.decode": latent,
+    "NeuralCDE": neural_cde,
 }
 
 _FD_CACHE: dict = {}
@@ -194,6 +221,7 @@ def _constructors():
             Delay(jnp.ones(2)), jnp.ones(1), [1.0], 0.0, 1.0, **kw
         ),
         "NeuralSDE": lambda **kw: nde.NeuralSDE(Tanh(2), Diffusion(jnp.ones(2)), **kw),
+        "NeuralCDE": lambda **kw: nde.NeuralCDE(1, 2, 2, key=jax.random.key(0), **kw),
     }
 
 

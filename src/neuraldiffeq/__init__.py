@@ -40,6 +40,9 @@ _PUBLIC: dict[str, str] = {
     "ConcatSquashLinear": ".models.concat_squash",
     "ConcatSquashMLP": ".models.concat_squash",
     "LatentODE": ".models",
+    "NeuralCDE": ".models.cde",
+    "Interpolation": ".interpolation",
+    "interpolation_coeffs": ".interpolation",
     # sensitivities
     "AbstractSensitivity": ".sensitivity",
     "Direct": ".sensitivity",
@@ -63,6 +66,8 @@ _PUBLIC: dict[str, str] = {
     "MomentMatching": ".fitting",
     "MaximumLikelihood": ".fitting.likelihood",
     "ELBO": ".fitting",
+    "Classification": ".fitting.supervised",
+    "Regression": ".fitting.supervised",
     "losses": ".fitting",
     "compiler_options": "._compile",
     # files
@@ -108,6 +113,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
         losses,
     )
     from .fitting.likelihood import MaximumLikelihood
+    from .fitting.supervised import Classification, Regression
+    from .interpolation import Interpolation, interpolation_coeffs
     from .models import (
         AugmentedNeuralODE,
         Autonomous,
@@ -118,6 +125,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
         ODEBlock,
         autonomous,
     )
+    from .models.cde import NeuralCDE
     from .models.cnf import FFJORD, CNFStats
     from .models.concat_squash import ConcatSquashLinear, ConcatSquashMLP
     from .sensitivity import (

@@ -177,8 +177,14 @@ class SolveConfig(eqx.Module):
         """True for adaptive steps (tolerances set), False for constant steps of `dt0`."""
         return self.rtol is not None
 
-    def stepsize_controller(self, dtmax: float | None = None) -> diffrax.AbstractStepSizeController:
+    def stepsize_controller(
+        self, dtmax: float | None = None, jump_ts=None
+    ) -> diffrax.AbstractStepSizeController:
         """The step-size controller of this configuration: the only place one is built.
+
+        `jump_ts`: times where the vector field jumps (a CDE's piecewise-linear control);
+        adaptive steps stop there instead of rejecting steps across them. Constant steps keep
+        their grid.
 
         Example:
             >>> import neuraldiffeq as nde
@@ -186,7 +192,9 @@ class SolveConfig(eqx.Module):
             'PIDController'
         """
         if self.adaptive:
-            return diffrax.PIDController(rtol=self.rtol, atol=self.atol, dtmax=dtmax)
+            return diffrax.PIDController(
+                rtol=self.rtol, atol=self.atol, dtmax=dtmax, jump_ts=jump_ts
+            )
         return diffrax.ConstantStepSize()
 
     def steps_for(self, t0, t1) -> int:
@@ -227,8 +235,10 @@ class SolveConfig(eqx.Module):
         saveat: diffrax.SaveAt,
         throw: bool = False,
         backwards: bool = False,
+        jump_ts=None,
     ) -> diffrax.Solution:
-        """`diffrax.diffeqsolve` with this configuration (`backwards`: t1 < t0, dt0 negated).
+        """`diffrax.diffeqsolve` with this configuration (`backwards`: t1 < t0, dt0 negated;
+        `jump_ts`: see `stepsize_controller`).
 
         The sensitivity is the diffrax adjoint; "auto" must have been resolved by the model.
 
@@ -258,7 +268,7 @@ class SolveConfig(eqx.Module):
             y0,
             args=args,
             saveat=saveat,
-            stepsize_controller=self.stepsize_controller(),
+            stepsize_controller=self.stepsize_controller(jump_ts=jump_ts),
             adjoint=self.sensitivity,
             max_steps=self.steps_for(t0, t1),
             throw=throw,
