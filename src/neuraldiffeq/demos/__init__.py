@@ -36,4 +36,8 @@ DEMOS: dict[str, tuple[str, str]] = {
         "neuraldiffeq.demos.spheres",
         "Concentric spheres: a plain neural ODE cannot separate them, an augmented one can.",
     ),
+    "cde": (
+        "neuraldiffeq.demos.cde",
+        "torchcde's spirals: a neural CDE tells their direction from irregular, gappy samples.",
+    ),
 }

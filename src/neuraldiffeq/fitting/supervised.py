@@ -56,6 +56,12 @@ def _split(data, owner: str):
             + (f" of length {len(data)}" if isinstance(data, tuple | list) else "")
             + "."
         )
+    if not isinstance(data[0], TimeSeries | tuple | list):
+        raise ValueError(
+            f"{owner}: data must be a pair (series, targets) whose series is an nde.TimeSeries, "
+            f"a (ts, ys) pair or a (ts, ys, mask) triple; got {type(data[0]).__name__}. Did you "
+            "forget the targets?"
+        )
     return data
 
 
