@@ -209,6 +209,30 @@ def test_linear_cde_closed_form(x64):
     assert steps < 4096
 
 
+def test_batch_as_one_system_equals_series_one_by_one(x64):
+    rng = np.random.default_rng(2)
+    ts = np.sort(rng.uniform(0, 2, 7))
+    ys = rng.normal(size=(3, 7, 2))
+    model = nde.NeuralCDE(
+        2,
+        4,
+        3,
+        width_size=8,
+        depth=1,
+        output="sequence",
+        key=jax.random.key(0),
+        dt0=0.05,  # constant steps: the same arithmetic whether solved jointly or one by one
+    )
+    X = model.control(ts, ys)
+    joint = np.asarray(model(X))
+    assert joint.shape == (3, 7, 3)
+    # per-series times (here all equal): solved one by one (vmap), the same values
+    X_own = model.control(np.broadcast_to(ts, (3, 7)), ys)
+    assert not X_own.shared_times
+    np.testing.assert_allclose(np.asarray(model(X_own)), joint, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(model(X[1])), joint[1], atol=1e-12)
+
+
 # -- strategies --------------------------------------------------------------------------------
 
 

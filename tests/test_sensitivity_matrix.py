@@ -147,7 +147,8 @@ def neural_cde(s):
         1, 2, 2, field=CDETanh(2, 2), sensitivity=s, key=jax.random.key(1), **TIGHT
     )
     ts = np.array([0.0, 0.3, 0.5, 0.9, 1.2])
-    control = model.control(ts, np.array([[0.2], [-0.4], [0.1], [0.6], [0.3]]))
+    ys = np.array([[[0.2], [-0.4], [0.1], [0.6], [0.3]], [[0.5], [0.1], [-0.3], [0.0], [0.4]]])
+    control = model.control(ts, ys)  # a batch of two series: solved as one system
     return model, lambda m: jnp.sum(m(control) ** 2)
 
 

@@ -50,13 +50,15 @@ KINDS = ("cubic", "hermite", "linear")
 class Interpolation(diffrax.AbstractPath):
     """A continuous path X(t) through observations, as built by `nde.interpolation_coeffs`.
 
-    An unbatched one (`ts` of shape `(T,)`) is a `diffrax.AbstractPath`: `evaluate(t)` and
-    `derivative(t)` give X(t) and dX/dt, shape `(channels,)`. A batched one (`ts` of shape
-    `(B, T)`, coefficients with the same leading axis) holds B series, each with its own times;
-    index it (`X[i]`, `X[idx]`) or `jax.vmap` over it (every leaf has the batch axis first).
+    One series (`coeffs` without a batch axis) is a `diffrax.AbstractPath`: `evaluate(t)` and
+    `derivative(t)` give X(t) and dX/dt, shape `(channels,)`. A batch of B series has a leading
+    batch axis on every coefficient array; its times are shared (`ts` of shape `(T,)`; then
+    `evaluate(t)` gives all series at once, `(B, channels)`) or one row per series (`ts` of
+    shape `(B, T)`; then evaluate one series, `X[i]`, or `jax.vmap` over the batch). Index a
+    batch with `X[i]`, `X[idx]`.
 
     Attributes:
-        ts: the knots, `(..., T)`.
+        ts: the knots, `(T,)` or `(B, T)`.
         coeffs: cubic kinds: `(a, b, c, d)`, each `(..., T - 1, channels)`, with
             X(t) = a + b s + c s² + d s³ on [t_k, t_k+1], s = t - t_k; linear: `(xs,)`, the
             values at the knots, `(..., T, channels)`.
@@ -65,8 +67,8 @@ class Interpolation(diffrax.AbstractPath):
     Example:
         >>> import numpy as np, neuraldiffeq as nde
         >>> X = nde.interpolation_coeffs(np.linspace(0, 1, 5), np.zeros((3, 5, 2)))
-        >>> X.batch_shape, X.channels, X[0].batch_shape
-        ((3,), 3, ())
+        >>> X.batch_shape, X.channels, X[0].batch_shape, X.evaluate(0.5).shape
+        ((3,), 3, (), (3, 3))
     """
 
     ts: jax.Array
@@ -84,7 +86,12 @@ class Interpolation(diffrax.AbstractPath):
     @property
     def batch_shape(self) -> tuple[int, ...]:
         """`()` for one series, `(B,)` for a batch."""
-        return tuple(self.ts.shape[:-1])
+        return tuple(self.coeffs[0].shape[:-2])
+
+    @property
+    def shared_times(self) -> bool:
+        """True when every series of the batch has the same times (`ts` of shape `(T,)`)."""
+        return self.ts.ndim == 1
 
     @property
     def channels(self) -> int:
@@ -99,17 +106,20 @@ class Interpolation(diffrax.AbstractPath):
     def __getitem__(self, index) -> Interpolation:
         if not self.batch_shape:
             raise TypeError("an unbatched Interpolation cannot be indexed; it is one series.")
-        return jax.tree_util.tree_map(lambda x: x[index], self)
+        ts = self.ts if self.shared_times else self.ts[index]
+        return Interpolation(ts, tuple(c[index] for c in self.coeffs), self.kind)
 
     def _path(self) -> diffrax.AbstractPath:
-        if self.batch_shape:
+        if self.ts.ndim != 1:
             raise ValueError(
-                f"this Interpolation holds a batch of {self.batch_shape} series; evaluate one "
-                "series (X[i]) or jax.vmap over the batch."
+                f"this Interpolation holds {self.batch_shape} series with their own times; "
+                "evaluate one series (X[i]) or jax.vmap over the batch."
             )
+        # batch axes after the knot axis: diffrax indexes the leading axis by time
+        coeffs = tuple(jnp.moveaxis(c, -2, 0) for c in self.coeffs)
         if self.kind == "linear":
-            return diffrax.LinearInterpolation(self.ts, self.coeffs[0])
-        a, b, c, d = self.coeffs
+            return diffrax.LinearInterpolation(self.ts, coeffs[0])
+        a, b, c, d = coeffs
         return diffrax.CubicInterpolation(self.ts, (d, c, b, a))
 
     def evaluate(self, t0, t1=None, left: bool = True) -> jax.Array:
@@ -142,7 +152,7 @@ def interpolation_coeffs(
 
     Arguments:
         ts: times, `(T,)` shared by every series, or `(B, T)` one row per series; strictly
-            increasing and finite.
+            increasing and finite. Shared times let a model solve a batch as one system.
         ys: values, `(T, D)` or `(B, T, D)`; NaN marks a missing value.
         mask: optional, the shape of `ys`: True where observed (False entries are missing,
             whatever `ys` holds there).
@@ -181,10 +191,9 @@ def interpolation_coeffs(
     else:
         xs = _fill_linear(ts_np, xs)
         coeffs = (xs,) if kind == "linear" else _backward_hermite(ts_np, xs)
-    unbatch = np.ndim(ys) == 2
-    arrays = [ts_np, *coeffs]
-    if unbatch:
-        arrays = [x[0] for x in arrays]
+    arrays = [ts_np[0] if np.ndim(ts) == 1 else ts_np, *coeffs]  # shared times stay (T,)
+    if np.ndim(ys) == 2:
+        arrays = [ts_np[0]] + [x[0] for x in arrays[1:]]
     dtype = jax.dtypes.canonicalize_dtype(out_dtype)  # float64 only with jax_enable_x64
     arrays = [jnp.asarray(x, dtype=dtype) for x in arrays]
     return Interpolation(arrays[0], tuple(arrays[1:]), kind)

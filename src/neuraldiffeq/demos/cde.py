@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> dict:
     train_accuracy = nde.Classification.accuracy(
         model, strategy.prepare(model, ((train[0], train[1]), train[2]))
     )
-    probs = np.asarray(jax.nn.softmax(jax.vmap(model)(prepared[0]), axis=-1))[:, 1]
+    probs = np.asarray(jax.nn.softmax(model(prepared[0]), axis=-1))[:, 1]
     metrics = {
         "demo": "cde",
         "test_accuracy": accuracy,

@@ -4,8 +4,9 @@ Data are a pair `(series, targets)`: `series` an `nde.TimeSeries` (missing value
 mask), a `(ts, ys)` pair or a `(ts, ys, mask)` triple (NaN in `ys` also marks a missing value;
 `ts` `(T,)` or `(B, T)`); `targets` one row per series. `prepare` turns the series into the
 model's control path once, with `model.control(ts, ys, mask)` (outside the compiled step), and
-checks everything before anything compiles; `loss` calls `model(X)` on each series of a
-minibatch (`jax.vmap`). The model needs those two methods, nothing else.
+checks everything before anything compiles; `loss` calls `model(X)` on the batched control of
+a minibatch, which returns one output per series (batch axis first). The model needs those two
+methods, nothing else.
 """
 
 from __future__ import annotations
@@ -65,14 +66,26 @@ def _split(data, owner: str):
     return data
 
 
+def _control_axes(control):
+    # series are split over the devices; shared times are replicated
+    return jax.tree_util.tree_map(
+        lambda x: None if (x is control.ts and control.shared_times) else 0, control
+    )
+
+
 def _output_shape(model, control, owner: str):
     out = eval_shape_or_raise(
         model,
-        (control[0],),
+        (control[:1],),
         f"{owner}: {type(model).__name__} fails on one series of the data "
         f"(control of {control.channels} channels). Is the model built for this data size?",
     )
-    return tuple(out.shape)
+    if getattr(out, "shape", (None,))[:1] != (1,):
+        raise ValueError(
+            f"{owner}: the model must return one output per series, batch axis first; for a "
+            f"batch of 1 it returns shape {getattr(out, 'shape', type(out).__name__)}."
+        )
+    return tuple(out.shape[1:])
 
 
 class Classification(AbstractStrategy):
@@ -135,14 +148,14 @@ class Classification(AbstractStrategy):
         return self.batch_size is not None
 
     def batch_axes(self, prepared) -> Any:
-        return (0, 0)  # series (every leaf of the control) and labels alike
+        return (_control_axes(prepared[0]), 0)
 
     def loss(self, model, prepared, key) -> jax.Array:
         control, labels = prepared
         if self.batch_size is not None:
             chosen = draw_minibatch(key, len(control), self.batch_size, "Classification")
             control, labels = control[chosen], labels[chosen]
-        logits = jax.vmap(model)(control)
+        logits = model(control)
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
     @staticmethod
@@ -158,7 +171,7 @@ class Classification(AbstractStrategy):
             True
         """
         control, labels = prepared
-        logits = eqx.filter_jit(lambda m, x: jax.vmap(m)(x))(model, control)
+        logits = eqx.filter_jit(lambda m, x: m(x))(model, control)
         return float(jnp.mean(jnp.argmax(logits, axis=-1) == labels))
 
 
@@ -210,11 +223,11 @@ class Regression(AbstractStrategy):
         return self.batch_size is not None
 
     def batch_axes(self, prepared) -> Any:
-        return (0, 0, 0)
+        return (_control_axes(prepared[0]), 0, 0)
 
     def loss(self, model, prepared, key) -> jax.Array:
         control, targets, mask = prepared
         if self.batch_size is not None:
             chosen = draw_minibatch(key, len(control), self.batch_size, "Regression")
             control, targets, mask = control[chosen], targets[chosen], mask[chosen]
-        return self.loss_fn(jax.vmap(model)(control), targets, mask)
+        return self.loss_fn(model(control), targets, mask)

@@ -63,10 +63,11 @@ class NeuralCDE(HasSolveConfig):
     model's: `interpolation`, `time_channel`, `observed_channels`); `model(X)` solves from
     z(t0) = initial(X(t0)) and returns `readout(z(T))`, shape `(out_size,)` (`output="final"`),
     or `readout(z(t_k))` at each knot t_k of X, shape `(T, out_size)` (`output="sequence"`).
-    Batches: `jax.vmap(model)(X)` over a batched `nde.Interpolation`. A failed solve returns
-    `inf`. The equation is solved as the ODE dz/dt = f(t, z)·dX/dt (diffrax's
-    `ControlTerm(...).to_ode()`), so every solver and every sensitivity applies; a linear path
-    passes its knots to adaptive step control as `jump_ts`.
+    A batched `X` gives a leading batch axis: series with shared times are solved as one system
+    (one step size for the batch, as torchcde), series with their own times one by one. A
+    failed solve returns `inf`. The equation is solved as the ODE dz/dt = f(t, z)·dX/dt
+    (diffrax's `ControlTerm(...).to_ode()`), so every solver and every sensitivity applies; a
+    linear path passes its knots to adaptive step control as `jump_ts`.
 
     Arguments:
         data_size: D, the number of data channels.
@@ -90,7 +91,7 @@ class NeuralCDE(HasSolveConfig):
         >>> model = nde.NeuralCDE(2, 8, 3, width_size=16, depth=1, key=jax.random.key(0))
         >>> ts = np.linspace(0.0, 1.0, 10)
         >>> X = model.control(ts, np.random.default_rng(0).normal(size=(4, 10, 2)))
-        >>> jax.vmap(model)(X).shape  # logits of 4 series over 3 classes
+        >>> model(X).shape  # logits of 4 series over 3 classes
         (4, 3)
     """
 
@@ -226,26 +227,32 @@ class NeuralCDE(HasSolveConfig):
         )
 
     def __call__(self, control: Interpolation, args: Any = None) -> jax.Array:
-        zs = self.hidden(control, args)
-        out = jax.vmap(self.readout)(zs)
-        return out[-1] if self.output == "final" else out
+        zs = self.hidden(control, args)  # (*batch, S, hidden)
+        lead = zs.shape[:-1]
+        out = jax.vmap(self.readout)(zs.reshape(-1, zs.shape[-1]))
+        out = out.reshape(*lead, *out.shape[1:])
+        return out[..., -1, :] if self.output == "final" else out
 
     def hidden(self, control: Interpolation, args: Any = None) -> jax.Array:
-        """The hidden state: z(T) as `(1, hidden)` (`output="final"`), or z at every knot of
-        the control, `(T, hidden)`; `inf` where the solve failed.
+        """The hidden state: z(T) as `(..., 1, hidden)` (`output="final"`), or z at every knot
+        of the control, `(..., T, hidden)`, with the control's batch axis first; `inf` where
+        the solve failed.
 
         Example:
             >>> import jax, numpy as np, neuraldiffeq as nde
             >>> model = nde.NeuralCDE(1, 4, 2, output="sequence", key=jax.random.key(0))
-            >>> X = model.control(np.linspace(0, 1, 6), np.zeros((6, 1)))
+            >>> X = model.control(np.linspace(0, 1, 6), np.zeros((3, 6, 1)))
             >>> model.hidden(X).shape
-            (6, 4)
+            (3, 6, 4)
         """
+        self._check(control)
+        if not control.shared_times:  # each series its own times: one solve per series
+            return jax.vmap(lambda x: self.hidden(x, args))(control)
         sol = self.solve(control, args, throw=False)
-        zs = sol.ys
+        zs = sol.ys  # (S, *batch, hidden)
         if self.output == "final" and zs.shape[0] != 1:
             zs = zs[-1:]
-        return on_failure(sol.result, zs)
+        return jnp.moveaxis(on_failure(sol.result, zs), 0, -2)
 
     def solve(
         self,
@@ -256,7 +263,10 @@ class NeuralCDE(HasSolveConfig):
         saveat: diffrax.SaveAt | None = None,
     ) -> diffrax.Solution:
         """The diffrax `Solution` of the hidden state (by default saved at T, or at every knot
-        for `output="sequence"` or a `Quadrature` sensitivity).
+        for `output="sequence"` or a `Quadrature` sensitivity), time axis first.
+
+        A batch with shared times is solved as one system of shape `(B, hidden)` (one step
+        size for all series, as torchcde does), which is much faster than a solve per series.
 
         Example:
             >>> import jax, numpy as np, neuraldiffeq as nde
@@ -265,30 +275,24 @@ class NeuralCDE(HasSolveConfig):
             >>> sol.ys.shape, int(sol.stats["num_steps"]) > 0
             ((1, 4), True)
         """
-        if not isinstance(control, Interpolation):
+        self._check(control)
+        if not control.shared_times:
             raise ValueError(
-                "control must be an nde.Interpolation (from model.control(ts, ys) or "
-                f"nde.interpolation_coeffs), got {type(control).__name__}."
-            )
-        if control.batch_shape:
-            raise ValueError(
-                f"control holds a batch {control.batch_shape} of series; call the model on one "
-                "series (X[i]) or jax.vmap(model)(X)."
-            )
-        if control.channels != self.channels:
-            raise ValueError(
-                f"control has {control.channels} channels, the model expects {self.channels} "
-                f"(time_channel={self.time_channel}, data_size={self.data_size}, "
-                f"observed_channels={self.observed_channels}); build it with model.control."
+                f"control holds {control.batch_shape} series with their own times; solve one "
+                "series (X[i]) or jax.vmap over the batch (model(X) does that)."
             )
         ts = control.ts
-        z0 = self.initial(control.evaluate(ts[0]))
+        x0 = control.evaluate(ts[0])
+        batched = bool(control.batch_shape)
+        z0 = jax.vmap(self.initial)(x0) if batched else self.initial(x0)
         if saveat is None:
             # Quadrature integrates the gradient between saved times with fixed nodes: saving at
             # every knot keeps each integral on one smooth piece of the control
             every = self.output == "sequence" or isinstance(self.sensitivity, Quadrature)
             saveat = diffrax.SaveAt(ts=ts) if every else diffrax.SaveAt(t1=True)
-        term = diffrax.ControlTerm(self.field, control).to_ode()
+        # dz/dt = f(t, z)·dX/dt: diffrax's ControlTerm(f, X).to_ode(), with the contraction
+        # written out so that a batch of series is one system
+        term = diffrax.ODETerm(_Driven(self.field, control, batched))
         return self.config.diffeqsolve(
             term,
             ts[0],
@@ -299,3 +303,36 @@ class NeuralCDE(HasSolveConfig):
             throw=throw,
             jump_ts=control.jump_ts,
         )
+
+    def _check(self, control) -> None:
+        if not isinstance(control, Interpolation):
+            raise ValueError(
+                "control must be an nde.Interpolation (from model.control(ts, ys) or "
+                f"nde.interpolation_coeffs), got {type(control).__name__}."
+            )
+        if control.ts.ndim == 0:
+            raise ValueError(
+                "control's times were vmapped away: a batch with shared times (ts of shape "
+                "(T,)) is one system; call model(X) on the whole batch instead of jax.vmap."
+            )
+        if control.channels != self.channels:
+            raise ValueError(
+                f"control has {control.channels} channels, the model expects {self.channels} "
+                f"(time_channel={self.time_channel}, data_size={self.data_size}, "
+                f"observed_channels={self.observed_channels}); build it with model.control."
+            )
+
+
+class _Driven(eqx.Module):
+    """dz/dt = field(t, z, args) · dX/dt, for one series or a batch (leading axis) of them."""
+
+    field: Callable
+    control: Interpolation
+    batched: bool = eqx.field(static=True)
+
+    def __call__(self, t, z, args):
+        if self.batched:
+            matrix = jax.vmap(self.field, in_axes=(None, 0, None))(t, z, args)
+        else:
+            matrix = self.field(t, z, args)
+        return jnp.einsum("...hc,...c->...h", matrix, self.control.derivative(t))
