@@ -9,8 +9,11 @@ cross-entropy, one Adam(1e-3) update per step, a fresh random minibatch each ste
 fixed-step midpoint with the knot spacing as step (`--solver midpoint`) or dopri5 at rtol 1e-3,
 atol 1e-6 (`--solver dopri5`; torchdiffeq steps the batch as one system with one step size,
 diffrax each series with its own). Gradients: torchcde `cdeint(adjoint=False)` (backpropagation
-through the solver) vs neuraldiffeq `Direct()`; `cdeint(adjoint=True)` (continuous adjoint) vs
-`Backsolve()`.
+through the solver, every step stored) vs neuraldiffeq `Direct()` (diffrax's recursive
+checkpointing: less memory, some steps recomputed) and, with the fixed-step midpoint,
+`Direct(checkpoints=99)` (every step stored, the like-for-like); `cdeint(adjoint=True)`
+(continuous adjoint) vs `Backsolve()`. A batch shares its times, so neuraldiffeq solves it as one
+system of shape (batch, hidden), as torchcde does.
 
 Per contender: `--steps` steps after a warm-up (compilation for JAX), timed; the table shows the
 median over `--repeats` repeats of the mean step time.
@@ -37,8 +40,8 @@ HIDDEN, WIDTH = 8, 128
 
 
 def _settings(solver, dt):
-    if solver == "midpoint":
-        return dict(solver="midpoint", dt0=dt)
+    if solver == "midpoint":  # max_steps=None: exactly the steps the interval needs
+        return dict(solver="midpoint", dt0=dt, max_steps=None)
     return dict(solver="dopri5", rtol=1e-3, atol=1e-6)
 
 
@@ -179,6 +182,8 @@ def main():
         ("Direct()", nde.Direct(), "cdeint(adjoint=False)", False),
         ("Backsolve()", nde.Backsolve(), "cdeint(adjoint=True)", True),
     ]
+    if args.solver == "midpoint":  # every step stored, as torch's autograd does
+        pairs.insert(1, ("Direct(checkpoints=99)", nde.Direct(checkpoints=99), None, False))
     rows = []
     for ours_name, sensitivity, theirs_name, adjoint in pairs:
         ours, compile_s, loss_ours = bench_neuraldiffeq(
@@ -189,6 +194,9 @@ def main():
             f"loss {loss_ours:.3f})",
             flush=True,
         )
+        if theirs_name is None:  # the same torchcde run as the row above
+            rows.append((ours_name, ours, rows[-1][2], rows[-1][3]))
+            continue
         try:
             theirs, loss_theirs = bench_torchcde(
                 ts,
