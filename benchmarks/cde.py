@@ -15,10 +15,11 @@ checkpointing: less memory, some steps recomputed) and, with the fixed-step midp
 (continuous adjoint) vs `Backsolve()`. A batch shares its times, so neuraldiffeq solves it as one
 system of shape (batch, hidden), as torchcde does.
 
-Per contender: `--steps` steps after a warm-up (compilation for JAX), timed; the table shows the
-median over `--repeats` repeats of the mean step time.
+Per pair: a warm-up (compilation for JAX), then `--repeats` repeats that alternate between the
+two contenders (`--steps` neuraldiffeq steps, then `--torch-steps` torchcde steps), so both see
+the same load on a shared machine; the table shows the medians of the mean step time.
 
-    python benchmarks/cde.py --solver midpoint --steps 20 --repeats 5 --torch-steps 3
+    python benchmarks/cde.py --solver midpoint --steps 10 --repeats 5 --torch-steps 2
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def _settings(solver, dt):
     return dict(solver="dopri5", rtol=1e-3, atol=1e-6)
 
 
-def bench_neuraldiffeq(ts, ys, labels, solver, dt, sensitivity, batch, steps, repeats):
+def build_neuraldiffeq(ts, ys, labels, solver, dt, sensitivity, batch):
+    """(run(n) -> (seconds per step, loss), compile seconds) for one training-step set-up."""
     model = nde.NeuralCDE(
         2,
         HIDDEN,
@@ -70,23 +72,26 @@ def bench_neuraldiffeq(ts, ys, labels, solver, dt, sensitivity, batch, steps, re
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, value
 
-    opt_state = optimizer.init(params)
+    state = dict(params=params, opt_state=optimizer.init(params), key=jax.random.key(1))
     t0 = time.perf_counter()
-    params, opt_state, value = step(params, opt_state, jax.random.key(0))
-    value.block_until_ready()
+    jax.block_until_ready(step(params, state["opt_state"], jax.random.key(0)))
     compile_s = time.perf_counter() - t0
-    times, key = [], jax.random.key(1)
-    for _ in range(repeats):
+
+    def run(n):
         t0 = time.perf_counter()
-        for _ in range(steps):
-            key, sub = jax.random.split(key)
-            params, opt_state, value = step(params, opt_state, sub)
+        for _ in range(n):
+            state["key"], sub = jax.random.split(state["key"])
+            state["params"], state["opt_state"], value = step(
+                state["params"], state["opt_state"], sub
+            )
         value.block_until_ready()
-        times.append((time.perf_counter() - t0) / steps)
-    return statistics.median(times) * 1e3, compile_s, float(value)
+        return (time.perf_counter() - t0) / n, float(value)
+
+    return run, compile_s
 
 
-def bench_torchcde(ts, ys, labels, solver, dt, adjoint, batch, steps, repeats):
+def build_torchcde(ts, ys, labels, solver, dt, adjoint, batch):
+    """run(n) -> (seconds per step, loss) for torchcde's training step."""
     import torch
     import torchcde
 
@@ -142,13 +147,14 @@ def bench_torchcde(ts, ys, labels, solver, dt, adjoint, batch, steps, repeats):
         return float(loss.detach())
 
     step()  # warm-up
-    times = []
-    for _ in range(repeats):
+
+    def run(n):
         t0 = time.perf_counter()
-        for _ in range(steps):
+        for _ in range(n):
             value = step()
-        times.append((time.perf_counter() - t0) / steps)
-    return statistics.median(times) * 1e3, value
+        return (time.perf_counter() - t0) / n, value
+
+    return run
 
 
 def main():
@@ -157,7 +163,6 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-steps", type=int, default=3)
-    parser.add_argument("--torch-repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--series", type=int, default=128)
     args = parser.parse_args()
@@ -175,54 +180,51 @@ def main():
             else " (rtol 1e-3, atol 1e-6)"
         )
         + f", batch {args.batch} of {args.series} series x 100 points; neuraldiffeq "
-        f"{args.steps} steps x {args.repeats} repeats, torchcde {args.torch_steps} steps x "
-        f"{args.torch_repeats} repeats"
+        f"{args.steps} steps, torchcde {args.torch_steps} steps, per repeat; {args.repeats} "
+        "repeats alternating between the two; medians"
     )
     pairs = [
         ("Direct()", nde.Direct(), "cdeint(adjoint=False)", False),
         ("Backsolve()", nde.Backsolve(), "cdeint(adjoint=True)", True),
     ]
     if args.solver == "midpoint":  # every step stored, as torch's autograd does
-        pairs.insert(1, ("Direct(checkpoints=99)", nde.Direct(checkpoints=99), None, False))
+        pairs.insert(
+            1,
+            ("Direct(checkpoints=99)", nde.Direct(checkpoints=99), "cdeint(adjoint=False)", False),
+        )
     rows = []
     for ours_name, sensitivity, theirs_name, adjoint in pairs:
-        ours, compile_s, loss_ours = bench_neuraldiffeq(
-            ts, ys, labels, args.solver, dt, sensitivity, args.batch, args.steps, args.repeats
+        ours, compile_s = build_neuraldiffeq(
+            ts, ys, labels, args.solver, dt, sensitivity, args.batch
         )
-        print(
-            f"neuraldiffeq {ours_name}: {ours:.2f} ms / step (compile {compile_s:.1f} s, "
-            f"loss {loss_ours:.3f})",
-            flush=True,
-        )
-        if theirs_name is None:  # the same torchcde run as the row above
-            rows.append((ours_name, ours, rows[-1][2], rows[-1][3]))
-            continue
         try:
-            theirs, loss_theirs = bench_torchcde(
-                ts,
-                ys,
-                labels,
-                args.solver,
-                dt,
-                adjoint,
-                args.batch,
-                args.torch_steps,
-                args.torch_repeats,
-            )
-            print(
-                f"torchcde {theirs_name}: {theirs:.2f} ms / step (loss {loss_theirs:.3f})",
-                flush=True,
-            )
+            theirs = build_torchcde(ts, ys, labels, args.solver, dt, adjoint, args.batch)
         except ImportError:
             theirs = None
-        rows.append((ours_name, ours, theirs_name, theirs))
+        # repeats alternate between the two, so both see the same load on a shared machine
+        ours_t, theirs_t = [], []
+        for _ in range(args.repeats):
+            seconds, loss_ours = ours(args.steps)
+            ours_t.append(seconds * 1e3)
+            if theirs is not None:
+                seconds, loss_theirs = theirs(args.torch_steps)
+                theirs_t.append(seconds * 1e3)
+        ours_ms = statistics.median(ours_t)
+        theirs_ms = statistics.median(theirs_t) if theirs is not None else None
+        print(
+            f"neuraldiffeq {ours_name}: {ours_ms:.2f} ms / step (compile {compile_s:.1f} s, "
+            f"loss {loss_ours:.3f}); torchcde {theirs_name}: "
+            + (f"{theirs_ms:.1f} ms / step (loss {loss_theirs:.3f})" if theirs else "n/a"),
+            flush=True,
+        )
+        rows.append((ours_name, ours_ms, theirs_name, theirs_ms))
     print(
         "\n| gradients | neuraldiffeq ms / step | torchcde ms / step | ratio |\n|---|---|---|---|"
     )
-    for ours_name, ours, theirs_name, theirs in rows:
-        ratio = f"{theirs / ours:.1f}x faster" if theirs else "n/a"
-        shown = f"{theirs:.1f}" if theirs else "not installed"
-        print(f"| {ours_name} vs {theirs_name} | {ours:.2f} | {shown} | {ratio} |")
+    for ours_name, ours_ms, theirs_name, theirs_ms in rows:
+        ratio = f"{theirs_ms / ours_ms:.1f}x faster" if theirs_ms else "n/a"
+        shown = f"{theirs_ms:.1f}" if theirs_ms else "not installed"
+        print(f"| {ours_name} vs {theirs_name} | {ours_ms:.2f} | {shown} | {ratio} |")
 
 
 if __name__ == "__main__":
