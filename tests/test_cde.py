@@ -304,3 +304,12 @@ def test_classification_learns_spiral_direction():
     result = nde.fit(model, data, strategy, optimizer=optax.adam(1e-2), steps=60, progress=False)
     assert nde.Classification.accuracy(result.model, strategy.prepare(result.model, data)) >= 0.75
     assert float(np.mean(result.losses[-10:])) < 0.5
+
+
+def test_save_load_keeps_the_settings(tmp_path):
+    model = _tiny(interpolation="hermite", observed_channels=True, dt0=0.1)
+    nde.save(tmp_path / "cde.eqx", model)
+    loaded = nde.load(tmp_path / "cde.eqx")
+    assert (loaded.interpolation, loaded.observed_channels, loaded.dt0) == ("hermite", True, 0.1)
+    X = model.control(TS, YS)
+    np.testing.assert_array_equal(np.asarray(loaded(X)), np.asarray(model(X)))
