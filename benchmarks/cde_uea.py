@@ -177,6 +177,7 @@ def run_one(name, train, test, n_classes, steps, seed, lr):
         progress=False,
     )
     seconds = time.perf_counter() - t0
+    print("  losses every 50 steps:", np.round(np.asarray(result.losses)[::50], 3), flush=True)
     return accuracy(result.model, strategy.prepare(result.model, ((ts, xte), yte))), seconds
 
 
@@ -186,7 +187,7 @@ def main():
     parser.add_argument("--drops", default="0,0.3,0.5,0.7")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--models", default="neural CDE,GRU-dt")
     args = parser.parse_args()
     folder = data_dir() / args.dataset
