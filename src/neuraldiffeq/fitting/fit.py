@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from ..solvers.stiffness import resolve_for_fit
+from . import checkpoint as _ckpt
 from .diagnostics import diagnose
 from .presets import PRESETS
 from .stage import Stage
@@ -102,6 +104,9 @@ def fit(
     steps_per_call: int | None = None,
     max_failures: int = MAX_CONSECUTIVE_FAILURES,
     devices: int | Sequence[jax.Device] | Mesh | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Fit `model` to `data` by minimising a strategy's loss over the model's float arrays.
 
@@ -136,7 +141,20 @@ def fit(
             sharding over several devices are used as placed. The batch must divide evenly over
             the devices (nothing is padded); the losses equal the one-device losses up to
             rounding. The fitted model's arrays come back replicated over the devices. See the
-            how-to "Scaling out" for what is sharded and what it costs.
+            how-to "Scaling out" for what is sharded and what it costs. In a multi-process run
+            (`jax.distributed.initialize`), `devices` must span every process and each process
+            passes its own share of the batch as `data`; see "Scaling out".
+        checkpoint_dir: a folder for checkpoints (written with orbax-checkpoint): the model,
+            optimizer state, stage, step, PRNG key and the losses so far, at the end of every
+            stage and every `checkpoint_every` steps. A folder that already holds checkpoints
+            is refused unless `resume=True`.
+        checkpoint_every: write a checkpoint after the compiled call that completes each
+            multiple of this many steps (counted over all stages); None: at stage ends only.
+        resume: continue from the newest complete checkpoint in `checkpoint_dir` (start afresh
+            if there is none). The continued fit computes the same losses as an uninterrupted
+            one; give the same model, data, strategy, optimizer, steps and key (another model
+            structure or strategy is refused with a `ValueError`). A damaged or incomplete
+            checkpoint is skipped with a warning, never loaded.
 
     Ctrl-C stops the fit and returns the best model so far (`result.interrupted` is True).
 
@@ -165,6 +183,13 @@ def fit(
     reports: list[StageReport] = []
     interrupted = False
     step_offset = 0
+    checkpoints = _open_checkpoints(checkpoint_dir, checkpoint_every, resume, model, stages, key)
+    saved = checkpoints.newest() if checkpoints is not None and resume else None
+    if saved is not None:  # continue the fit where its newest intact checkpoint left it
+        losses, times = [saved.losses], [saved.times]
+        reports = [StageReport(**r) for r in saved.reports]
+        step_offset = saved.step - saved.counters["steps_done"]
+        start -= saved.elapsed
 
     # Every stage's prepare runs first, so that a mismatch between the data and the model (or a
     # model missing what a later stage needs) is reported before anything compiles or trains.
@@ -177,9 +202,15 @@ def fit(
         ]
     for index, (stage, prepared) in enumerate(zip(stages, all_prepared, strict=True)):
         key, stage_key = jax.random.split(key)
+        if saved is not None and index < saved.stage:
+            continue  # finished before the checkpoint; its result is in the restored carry
         name = f"{index + 1}/{len(stages)} {type(stage.strategy).__name__}"
         run = _StageRun(model, stage, prepared, stage_key, mesh)
-        with tqdm(total=stage.steps, desc=name, disable=not progress, leave=True) as bar:
+        if saved is not None and index == saved.stage:
+            run.restore(saved, checkpoints.directory)
+        with tqdm(
+            total=stage.steps, initial=run.steps_done, desc=name, disable=not progress, leave=True
+        ) as bar:
             try:
                 for values in run.calls():
                     now = time.perf_counter() - start
@@ -192,6 +223,8 @@ def fit(
                         skipped=run.skipped,
                         refresh=False,
                     )
+                    if checkpoints is not None and checkpoints.due(step_offset + run.steps_done):
+                        _save(checkpoints, index, run, step_offset, losses, times, reports, start)
                     if run.consecutive_failures >= max_failures:
                         model = run.best_model()
                         reports.append(run.report(name))
@@ -206,6 +239,8 @@ def fit(
             except KeyboardInterrupt:
                 interrupted = True
         model = run.result_model()
+        if checkpoints is not None and run.steps_done == stage.steps:  # a finished stage
+            _save(checkpoints, index, run, step_offset, losses, times, reports, start)
         reports.append(diagnose(run.report(name), stage))  # warns if the stage diverged
         step_offset += run.steps_done
         if run.skipped:
@@ -216,6 +251,8 @@ def fit(
             )
         if interrupted:
             break
+    if checkpoints is not None:
+        checkpoints.close()
     return _result(model, losses, times, reports, interrupted)
 
 
@@ -260,7 +297,7 @@ class _StageRun:
 
     def calls(self):
         """Run the stage, yielding the losses of each compiled call."""
-        remaining = self.stage.steps
+        remaining = self.stage.steps - self.steps_done  # not all of them after a resume
         while remaining > 0:
             n = min(self.stage.steps_per_call, remaining)
             first = n not in self._compiled
@@ -280,6 +317,22 @@ class _StageRun:
             self._record(values, finite)
             remaining -= n
             yield values
+
+    _COUNTERS = ("steps_done", "skipped", "consecutive_failures", "best_loss", "first_loss")
+
+    def counters(self) -> dict:
+        return {name: getattr(self, name) for name in (*self._COUNTERS, "last_loss")}
+
+    def restore(self, saved: _ckpt.Saved, directory: str) -> None:
+        """Continue from a checkpoint: its carry (placed as `__init__` places one), counters."""
+        carry = _ckpt.restore_carry(saved, self.carry, directory)
+        self.carry = jax.tree_util.tree_map(
+            _strong_type, jax.tree_util.tree_map(jnp.asarray, carry)
+        )
+        if self.out_shardings is not None:
+            self.carry = jax.device_put(self.carry, self.out_shardings)
+        for name, value in saved.counters.items():
+            setattr(self, name, value)
 
     def _record(self, values, finite):
         if self.steps_done == 0:
@@ -486,6 +539,29 @@ def _shard(strategy: AbstractStrategy, prepared, mesh: Mesh):
 
     axes = strategy.batch_axes(prepared)
     return jax.tree_util.tree_map(place_subtree, axes, prepared, is_leaf=lambda x: x is None)
+
+
+def _open_checkpoints(directory, every, resume, model, stages, key) -> _ckpt.Checkpoints | None:
+    if every is not None and not (
+        isinstance(every, int | np.integer) and not isinstance(every, bool) and every > 0
+    ):
+        raise ValueError(f"checkpoint_every must be a positive integer, got {every!r}.")
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume must be True or False, got {resume!r}.")
+    if directory is None:
+        if every is not None or resume:
+            raise ValueError(
+                "checkpoint_every= and resume=True need checkpoint_dir= (the folder that holds "
+                "the checkpoints)."
+            )
+        return None
+    return _ckpt.Checkpoints(directory, every, resume, _ckpt.fingerprint(model, stages, key))
+
+
+def _save(checkpoints, index, run: _StageRun, step_offset, losses, times, reports, start) -> None:
+    elapsed = time.perf_counter() - start
+    step = step_offset + run.steps_done
+    checkpoints.save(step, index, run.counters(), run.carry, losses, times, reports, elapsed)
 
 
 def _failure_message(stage: Stage, run: _StageRun) -> str:
