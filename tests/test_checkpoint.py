@@ -21,7 +21,7 @@ from neuraldiffeq.cli import main
 
 pytestmark = pytest.mark.slow  # a subprocess and four short fits
 
-KILL_AT = 11  # global step; stage 1 has 6 steps (3 calls of 2), so this is mid-stage 2
+KILL_AT = 11  # global step; stage 1 has 6 steps (3 calls of 2), stage 2 has 8 steps
 
 SETUP = """
 import equinox as eqx, jax, jax.numpy as jnp, optax
@@ -33,7 +33,7 @@ def setup(width=8, second=None):
     model = nde.NeuralODE(nde.autonomous(mlp))
     stages = [
         nde.Stage(nde.Trajectory(), optax.adam(0.02), 6, steps_per_call=2),
-        nde.Stage(second or nde.Trajectory(), optax.adam(0.01), 6),
+        nde.Stage(second or nde.Trajectory(), optax.adam(0.01), 8),
     ]
     return model, data, stages
 """
@@ -49,15 +49,15 @@ model, data, stages = setup()
 def kill(step, loss, model):  # SIGKILL: no cleanup, no flush, as a pre-empted job dies
     if step == int(sys.argv[3]):
         # checkpoints are written in the background: wait (on this loaded machine) until the
-        # one of step 9 is complete, so that the test knows which ones exist
+        # one of step 10 is complete, so that the test knows which ones exist
         for _ in range(600):
-            if os.path.isdir(os.path.join(sys.argv[1], "9")):
+            if os.path.isdir(os.path.join(sys.argv[1], "10")):
                 break
             time.sleep(0.1)
         os.kill(os.getpid(), signal.SIGKILL)
 
 nde.fit(model, data, stages, progress=False, key=jax.random.key(3), callback=kill,
-        checkpoint_dir=sys.argv[1], checkpoint_every=3)
+        checkpoint_dir=sys.argv[1], checkpoint_every=2)
 """
 )
 
@@ -91,7 +91,7 @@ def resume(folder, seen=None, **kw):
         progress=False,
         key=jax.random.key(3),
         checkpoint_dir=folder,
-        checkpoint_every=3,
+        checkpoint_every=2,
         resume=True,
         callback=callback,
     )
@@ -105,24 +105,24 @@ def copy(source, tmp_path):  # each test resumes (and so writes) its own copy of
 
 def test_killed_fit_resumes_bitwise(killed, tmp_path):
     folder, whole = copy(killed[0], tmp_path), killed[1]
-    # checkpoints at the calls that passed steps 3, 6 (the end of stage 1) and 9; 12 never came
-    assert sorted(int(d) for d in os.listdir(folder) if d.isdigit()) == [4, 6, 9]
+    # checkpoints every 2 steps, the newest 3 kept: 6 (the end of stage 1), 8 and 10
+    assert sorted(int(d) for d in os.listdir(folder) if d.isdigit())[-3:] == [6, 8, 10]
     seen: list[int] = []
     resumed = resume(folder, seen)
-    assert seen[0] == 10  # continued after step 9, did not start over
-    assert resumed.losses.shape == whole.shape == (12,)
+    assert seen[0] == 11  # continued after step 10, did not start over
+    assert resumed.losses.shape == whole.shape == (14,)
     np.testing.assert_array_equal(resumed.losses, whole)  # bitwise
-    assert [r.steps for r in resumed.stages] == [6, 6]
+    assert [r.steps for r in resumed.stages] == [6, 8]
     assert resumed.stages[0].final_loss == whole[5]
 
 
 def test_damaged_and_partial_checkpoints_are_skipped(killed, tmp_path):
     source, whole = killed
     folder = copy(source, tmp_path)
-    # step 9 incomplete (its arrays missing), step 6 damaged (one loss of its metadata changed:
-    # valid JSON, wrong digest): both skipped with a warning, and the fit resumes from step 4
-    shutil.rmtree(os.path.join(folder, "9", "state"))
-    meta = os.path.join(folder, "6", "meta", "metadata")
+    # step 10 incomplete (its arrays missing), step 8 damaged (one loss of its metadata changed:
+    # valid JSON, wrong digest): both skipped with a warning, and the fit resumes from step 6
+    shutil.rmtree(os.path.join(folder, "10", "state"))
+    meta = os.path.join(folder, "8", "meta", "metadata")
     with open(meta) as f:
         text = json.load(f)
     text["losses"][0] *= 2
@@ -132,9 +132,9 @@ def test_damaged_and_partial_checkpoints_are_skipped(killed, tmp_path):
     with pytest.warns(UserWarning) as caught:
         resumed = resume(folder, seen)
     messages = [str(w.message) for w in caught]
-    assert any("step 9 " in m and "incomplete or damaged" in m for m in messages), messages
-    assert any("step 6 " in m and "digest" in m for m in messages), messages
-    assert seen[0] == 6  # the call after step 4 (steps_per_call=2)
+    assert any("step 10 " in m and "incomplete or damaged" in m for m in messages), messages
+    assert any("step 8 " in m and "digest" in m for m in messages), messages
+    assert seen[0] == 7
     np.testing.assert_array_equal(resumed.losses, whole)
 
 

@@ -238,8 +238,12 @@ class Checkpoints:
         )
 
 
-def restore_carry(saved: Saved, like: Any, directory: str) -> Any:
-    """The saved carry, with the structure (and PRNG key types) of `like`; refuses a mismatch."""
+def restore_carry(saved: Saved, like: Any, directory: str, place=None) -> Any:
+    """The saved carry, with the structure (and PRNG key types) of `like`; refuses a mismatch.
+
+    `place` puts the restored host arrays on their devices (`jax.device_put` with the carry's
+    sharding in a data-parallel fit; `jnp.asarray` by default); PRNG keys are re-wrapped after.
+    """
     described = describe_carry(like)
     if described != saved.carry:
         diff = next(
@@ -259,11 +263,14 @@ def restore_carry(saved: Saved, like: Any, directory: str) -> Any:
             "resume it with the same model and optimizer, or use another checkpoint_dir."
         )
     flat, treedef = jax.tree_util.tree_flatten(like)
-    leaves = [
-        jax.random.wrap_key_data(value, impl=jax.random.key_impl(x))
-        if _is_key(x)
-        else np.asarray(value, dtype=np.asarray(x).dtype)
+    host = [
+        np.asarray(value, dtype=(jax.random.key_data(x) if _is_key(x) else x).dtype)
         for x, value in zip(flat, saved.leaves, strict=True)
+    ]
+    placed = (place or (lambda t: [jax.numpy.asarray(v) for v in t]))(host)
+    leaves = [
+        jax.random.wrap_key_data(value, impl=jax.random.key_impl(x)) if _is_key(x) else value
+        for x, value in zip(flat, placed, strict=True)
     ]
     return jax.tree_util.tree_unflatten(treedef, leaves)
 

@@ -209,7 +209,11 @@ def fit(
         if saved is not None and index == saved.stage:
             run.restore(saved, checkpoints.directory)
         with tqdm(
-            total=stage.steps, initial=run.steps_done, desc=name, disable=not progress, leave=True
+            total=stage.steps,
+            initial=run.steps_done,
+            desc=name,
+            disable=not progress or jax.process_index() > 0,  # one bar in a multi-process run
+            leave=True,
         ) as bar:
             try:
                 for values in run.calls():
@@ -274,7 +278,7 @@ class _StageRun:
         self.out_shardings = None
         if mesh is not None:
             self.out_shardings = NamedSharding(mesh, PartitionSpec())
-            self.carry = jax.device_put(self.carry, self.out_shardings)
+            self.carry = _replicate(self.carry, self.out_shardings)
         self.best_loss = float("inf")
         self.first_loss = float("nan")
         self.last_loss = float("nan")
@@ -325,12 +329,11 @@ class _StageRun:
 
     def restore(self, saved: _ckpt.Saved, directory: str) -> None:
         """Continue from a checkpoint: its carry (placed as `__init__` places one), counters."""
-        carry = _ckpt.restore_carry(saved, self.carry, directory)
-        self.carry = jax.tree_util.tree_map(
-            _strong_type, jax.tree_util.tree_map(jnp.asarray, carry)
-        )
+        place = None  # host arrays straight to every device (multi-host too) when sharded
         if self.out_shardings is not None:
-            self.carry = jax.device_put(self.carry, self.out_shardings)
+            place = lambda host: jax.device_put(host, self.out_shardings)  # noqa: E731
+        carry = _ckpt.restore_carry(saved, self.carry, directory, place)
+        self.carry = jax.tree_util.tree_map(_strong_type, carry)
         for name, value in saved.counters.items():
             setattr(self, name, value)
 
@@ -404,6 +407,23 @@ def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int):
     return steps
 
 
+def _replicate(tree, sharding: NamedSharding):
+    """`jax.device_put(tree, sharding)`; across processes, from the host (a local device's
+    array cannot be sent to another process's devices), PRNG keys through their raw data."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if not isinstance(x, jax.Array):
+            return jax.device_put(x, sharding)
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(np.asarray(jax.random.key_data(x)), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree_util.tree_map(put, tree)
+
+
 def _strong_type(x):
     # Optimiser states may start with weakly typed scalars that come back strongly typed.
     if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.number):
@@ -472,6 +492,27 @@ def _as_stages(strategy, optimizer, steps, steps_per_call, data) -> list[Stage]:
 
 def _as_mesh(devices) -> Mesh | None:
     """`fit`'s `devices=` as a mesh (None: no mesh, today's single-device placement)."""
+    mesh = _mesh_of(devices)
+    if jax.process_count() > 1:  # jax.distributed: every process feeds its devices of the mesh
+        if mesh is None:
+            raise ValueError(
+                f"this is a multi-process run (jax.process_count() = {jax.process_count()}); "
+                "pass devices= spanning the devices of every process (e.g. "
+                "devices=jax.device_count()), each process passing its share of the batch."
+            )
+        per_process = [0] * jax.process_count()
+        for d in mesh.devices.flat:
+            per_process[d.process_index] += 1
+        if len(set(per_process)) > 1:
+            raise ValueError(
+                f"devices: the mesh has {per_process} devices of processes 0.."
+                f"{len(per_process) - 1}; use the same number on every process (e.g. "
+                "devices=jax.device_count()), as each process feeds an equal share of the batch."
+            )
+    return mesh
+
+
+def _mesh_of(devices) -> Mesh | None:
     if devices is None or isinstance(devices, Mesh):
         return devices
     available = jax.device_count()
@@ -508,6 +549,12 @@ def _shard(strategy: AbstractStrategy, prepared, mesh: Mesh):
     n = mesh.size
     mesh_devices = set(mesh.devices.flat)
     split = tuple(mesh.axis_names)  # a 1-D mesh's one axis; several axes act as one
+    # jax.distributed: `prepared` is this process's share of the batch, which goes to this
+    # process's devices of the mesh; what is not split must be the same on every process.
+    processes = jax.process_count() if jax.process_count() > 1 else 1
+    local = n // processes
+    shares: list[int] = []
+    whole: list[np.ndarray] = []
 
     def place_subtree(axis, subtree):
         def place(x):
@@ -523,8 +570,23 @@ def _shard(strategy: AbstractStrategy, prepared, mesh: Mesh):
                     )
                 return x
             if axis is None:
+                if processes > 1:  # from the host: a local device's array cannot be sent
+                    x = np.asarray(x)
+                    whole.append(x)
                 return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
             size = x.shape[axis]
+            spec = PartitionSpec(*([None] * axis), split)
+            if processes > 1:
+                if size % local:
+                    raise ValueError(
+                        f"{type(strategy).__name__}: this process's share of the batch (axis "
+                        f"{axis} of the prepared data) has {size} examples, which do not divide "
+                        f"over its {local} devices; give each process a multiple of {local}."
+                    )
+                shares.append(size)
+                return jax.make_array_from_process_local_data(
+                    NamedSharding(mesh, spec), np.asarray(x)
+                )
             if size % n:
                 raise ValueError(
                     f"{type(strategy).__name__}: the batch (axis {axis} of the prepared data) "
@@ -532,13 +594,24 @@ def _shard(strategy: AbstractStrategy, prepared, mesh: Mesh):
                     f"that is a multiple of {n} (drop or add examples), or a device count that "
                     f"divides {size} (devices=...); nothing is padded."
                 )
-            spec = PartitionSpec(*([None] * axis), split)
             return jax.device_put(x, NamedSharding(mesh, spec))
 
         return jax.tree_util.tree_map(place, subtree)
 
     axes = strategy.batch_axes(prepared)
-    return jax.tree_util.tree_map(place_subtree, axes, prepared, is_leaf=lambda x: x is None)
+    placed = jax.tree_util.tree_map(place_subtree, axes, prepared, is_leaf=lambda x: x is None)
+    if processes > 1:  # one collective: equal shares, and the same unsplit data everywhere
+        from jax.experimental import multihost_utils
+
+        try:
+            multihost_utils.assert_equal((shares, whole))
+        except AssertionError:
+            raise ValueError(
+                f"{type(strategy).__name__}: the processes passed different data: each must "
+                "pass an equal share of the batch (the same number of examples) and the same "
+                "times and other unsplit data. Split the batch with process_index()."
+            ) from None
+    return placed
 
 
 def _open_checkpoints(directory, every, resume, model, stages, key) -> _ckpt.Checkpoints | None:
@@ -574,6 +647,15 @@ def _failure_message(stage: Stage, run: _StageRun) -> str:
 
 
 def _result(model, losses, times, reports, interrupted) -> FitResult:
+    if jax.process_count() > 1:  # each process gets the model as an ordinary local one
+        model = jax.tree_util.tree_map(
+            lambda x: (
+                x.addressable_data(0)
+                if isinstance(x, jax.Array) and not x.is_fully_addressable
+                else x
+            ),
+            model,
+        )
     return FitResult(
         model=model,
         losses=np.concatenate(losses) if losses else np.zeros(0),
