@@ -2,9 +2,11 @@
 
 Measures the step time T(b) of the two problems of `benchmarks/scaling.py` at several batch
 sizes b on one device, fits T(b) = t_fix + c * b (t_fix: the per-step cost that does not shrink
-with the batch, e.g. solver-step kernel launches and the optimizer; c: the time per example),
-and from that and a ring all-reduce of the parameter gradient computes the per-device batch at
-which n devices would be >= 90% efficient (docs/howto/scaling.md, "What it costs").
+with the batch, e.g. solver-step kernel launches and the optimizer; c: the time per example)
+through the two largest (where the device is saturated), and from that and a ring all-reduce
+of the parameter gradient computes the per-device batch at which n devices would be >= 90%
+efficient (docs/howto/scaling.md, "What it costs"). Meant for an accelerator; on a CPU it runs
+but says little (its "devices" share the cores).
 
 Problems: the 128-series trajectory fit (MLP 2 -> 32 -> 2 on u**3, Tsit5 rtol 1e-3) with b
 series, and the FFJORD toy flow of the `ffjord` demo (ConcatSquash 64-64-64, dopri5 rtol 1e-4,
@@ -73,8 +75,12 @@ def ring_allreduce_s(n: int, params: int, bandwidth: float, latency: float) -> f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--traj-batches", type=int, nargs="+", default=[128, 2048, 16384])
-    parser.add_argument("--ffjord-batches", type=int, nargs="+", default=[1024, 16384])
+    parser.add_argument(
+        "--traj-batches", type=int, nargs="+", default=[256, 4096, 16384, 65536, 262144]
+    )
+    parser.add_argument(
+        "--ffjord-batches", type=int, nargs="+", default=[1024, 16384, 65536, 262144]
+    )
     parser.add_argument("--results", default=None)
     args = parser.parse_args()
     # all-reduce time of p float32 on n GPUs: a ring over NVLink (150 GB/s, 5 us per hop) in
@@ -95,7 +101,10 @@ def main() -> None:
             times.append(ms)
             rows.append((name, b, ms))
             print(f"{name} batch {b}: {ms:.3f} ms/step ({p} parameters)", flush=True)
-        c, t_fix = np.polyfit(np.asarray(batches, float), np.asarray(times) / 1e3, 1)
+        # from the two largest batches: below them the device is not saturated (T grows less)
+        (b1, b2), (t1, t2) = batches[-2:], np.asarray(times[-2:]) / 1e3
+        c = (t2 - t1) / (b2 - b1)
+        t_fix = t1 - c * b1
         fits[name] = {"params": p, "c_us": c * 1e6, "t_fix_ms": t_fix * 1e3}
         for n, allreduce in links.items():
             t_ar = allreduce(p)
