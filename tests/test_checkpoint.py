@@ -152,3 +152,21 @@ def test_another_fit_is_refused(killed, tmp_path):
     with pytest.raises(ValueError, match="checkpoint_every must be a positive integer"):
         nde.fit(model, data, stages, progress=False, checkpoint_dir=folder, checkpoint_every=0)
     assert main(["fit", "data.csv", "--time", "t", "--resume"]) == 2  # no --checkpoint-dir
+
+
+def test_cli_checkpoint_and_resume(tmp_path, capsys):
+    from test_cli_fit import oscillator_rows, write_csv
+
+    csv, ckpt = tmp_path / "osc.csv", str(tmp_path / "ckpt")
+    write_csv(csv, oscillator_rows())
+    args = ["fit", str(csv), "--time", "time", "--hidden", "4", "--depth", "1"]
+    args += ["--strategy", "trajectory", "--steps", "4", "--lbfgs-steps", "0", "--no-progress"]
+    args += ["--checkpoint-dir", ckpt, "--checkpoint-every", "2"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert sorted(int(d) for d in os.listdir(ckpt) if d.isdigit()) == [2, 4]
+    assert main([*args, "--out", str(tmp_path / "b")]) == 2  # not without --resume
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "b"), "--resume"]) == 0  # finished: restored
+    first, again = (json.load(open(tmp_path / d / "metrics.json")) for d in "ab")
+    assert again["steps"] == first["steps"] == 4
+    assert again["final_loss"] == first["final_loss"]

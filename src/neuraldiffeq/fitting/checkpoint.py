@@ -70,7 +70,9 @@ def fingerprint(model: Any, stages: list, key: jax.Array) -> dict:
                 "settings": simple_fields(s.strategy),
                 "optimizer": describe_optimizer(s.optimizer),
                 "steps": int(s.steps),
-                "steps_per_call": int(s.steps_per_call),
+                "steps_per_call": s.steps_per_call
+                if isinstance(s.steps_per_call, int)
+                else str(s.steps_per_call),
             }
             for s in stages
         ],
