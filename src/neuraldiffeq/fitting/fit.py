@@ -322,10 +322,10 @@ class _StageRun:
             remaining -= n
             yield values
 
-    _COUNTERS = ("steps_done", "skipped", "consecutive_failures", "best_loss", "first_loss")
-
     def counters(self) -> dict:
-        return {name: getattr(self, name) for name in (*self._COUNTERS, "last_loss")}
+        """What a checkpoint keeps of the host-side bookkeeping (the rest is in the carry)."""
+        names = ("steps_done", "skipped", "consecutive_failures", "best_loss", "first_loss")
+        return {name: getattr(self, name) for name in (*names, "last_loss")}
 
     def restore(self, saved: _ckpt.Saved, directory: str) -> None:
         """Continue from a checkpoint: its carry (placed as `__init__` places one), counters."""
