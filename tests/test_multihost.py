@@ -115,7 +115,9 @@ def test_two_processes_fit_as_one(tmp_path):
         assert losses.shape == (STEPS,)  # noqa: F821
         # the fit is of the whole batch: the two processes hold different halves, so a fit of
         # its own half on each could not give both processes the one-process losses
-        np.testing.assert_allclose(losses, one.losses, rtol=2e-6)
+        rel = float(np.max(np.abs(losses - one.losses) / np.abs(one.losses)))
+        print(f"process {pid}: max relative difference to one process {rel:.2e}")
+        assert rel <= 2e-6, rel
         assert result["local"]  # the fitted model is an ordinary local one on each process
         assert "equal share of the batch" in result["errors"][0]
         assert "multi-process run" in result["errors"][1]
