@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from ..solvers.stiffness import resolve_for_fit
+from . import checkpoint as _ckpt
 from .diagnostics import diagnose
 from .presets import PRESETS
 from .stage import Stage
@@ -102,6 +104,9 @@ def fit(
     steps_per_call: int | None = None,
     max_failures: int = MAX_CONSECUTIVE_FAILURES,
     devices: int | Sequence[jax.Device] | Mesh | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Fit `model` to `data` by minimising a strategy's loss over the model's float arrays.
 
@@ -136,7 +141,20 @@ def fit(
             sharding over several devices are used as placed. The batch must divide evenly over
             the devices (nothing is padded); the losses equal the one-device losses up to
             rounding. The fitted model's arrays come back replicated over the devices. See the
-            how-to "Scaling out" for what is sharded and what it costs.
+            how-to "Scaling out" for what is sharded and what it costs. In a multi-process run
+            (`jax.distributed.initialize`), `devices` must span every process and each process
+            passes its own share of the batch as `data`; see "Scaling out".
+        checkpoint_dir: a folder for checkpoints (written with orbax-checkpoint): the model,
+            optimizer state, stage, step, PRNG key and the losses so far, at the end of every
+            stage and every `checkpoint_every` steps. A folder that already holds checkpoints
+            is refused unless `resume=True`.
+        checkpoint_every: write a checkpoint after the compiled call that completes each
+            multiple of this many steps (counted over all stages); None: at stage ends only.
+        resume: continue from the newest complete checkpoint in `checkpoint_dir` (start afresh
+            if there is none). The continued fit computes the same losses as an uninterrupted
+            one; give the same model, data, strategy, optimizer, steps and key (another model
+            structure or strategy is refused with a `ValueError`). A damaged or incomplete
+            checkpoint is skipped with a warning, never loaded.
 
     Ctrl-C stops the fit and returns the best model so far (`result.interrupted` is True).
 
@@ -165,6 +183,13 @@ def fit(
     reports: list[StageReport] = []
     interrupted = False
     step_offset = 0
+    checkpoints = _open_checkpoints(checkpoint_dir, checkpoint_every, resume, model, stages, key)
+    saved = checkpoints.newest() if checkpoints is not None and resume else None
+    if saved is not None:  # continue the fit where its newest intact checkpoint left it
+        losses, times = [saved.losses], [saved.times]
+        reports = [StageReport(**r) for r in saved.reports]
+        step_offset = saved.step - saved.counters["steps_done"]
+        start -= saved.elapsed
 
     # Every stage's prepare runs first, so that a mismatch between the data and the model (or a
     # model missing what a later stage needs) is reported before anything compiles or trains.
@@ -177,9 +202,19 @@ def fit(
         ]
     for index, (stage, prepared) in enumerate(zip(stages, all_prepared, strict=True)):
         key, stage_key = jax.random.split(key)
+        if saved is not None and index < saved.stage:
+            continue  # finished before the checkpoint; its result is in the restored carry
         name = f"{index + 1}/{len(stages)} {type(stage.strategy).__name__}"
         run = _StageRun(model, stage, prepared, stage_key, mesh)
-        with tqdm(total=stage.steps, desc=name, disable=not progress, leave=True) as bar:
+        if saved is not None and index == saved.stage:
+            run.restore(saved, checkpoints.directory)
+        with tqdm(
+            total=stage.steps,
+            initial=run.steps_done,
+            desc=name,
+            disable=not progress or jax.process_index() > 0,  # one bar in a multi-process run
+            leave=True,
+        ) as bar:
             try:
                 for values in run.calls():
                     now = time.perf_counter() - start
@@ -192,6 +227,8 @@ def fit(
                         skipped=run.skipped,
                         refresh=False,
                     )
+                    if checkpoints is not None and checkpoints.due(step_offset + run.steps_done):
+                        _save(checkpoints, index, run, step_offset, losses, times, reports, start)
                     if run.consecutive_failures >= max_failures:
                         model = run.best_model()
                         reports.append(run.report(name))
@@ -206,6 +243,8 @@ def fit(
             except KeyboardInterrupt:
                 interrupted = True
         model = run.result_model()
+        if checkpoints is not None and run.steps_done == stage.steps:  # a finished stage
+            _save(checkpoints, index, run, step_offset, losses, times, reports, start)
         reports.append(diagnose(run.report(name), stage))  # warns if the stage diverged
         step_offset += run.steps_done
         if run.skipped:
@@ -216,6 +255,8 @@ def fit(
             )
         if interrupted:
             break
+    if checkpoints is not None:
+        checkpoints.close()
     return _result(model, losses, times, reports, interrupted)
 
 
@@ -237,7 +278,7 @@ class _StageRun:
         self.out_shardings = None
         if mesh is not None:
             self.out_shardings = NamedSharding(mesh, PartitionSpec())
-            self.carry = jax.device_put(self.carry, self.out_shardings)
+            self.carry = _replicate(self.carry, self.out_shardings)
         self.best_loss = float("inf")
         self.first_loss = float("nan")
         self.last_loss = float("nan")
@@ -260,7 +301,7 @@ class _StageRun:
 
     def calls(self):
         """Run the stage, yielding the losses of each compiled call."""
-        remaining = self.stage.steps
+        remaining = self.stage.steps - self.steps_done  # not all of them after a resume
         while remaining > 0:
             n = min(self.stage.steps_per_call, remaining)
             first = n not in self._compiled
@@ -280,6 +321,21 @@ class _StageRun:
             self._record(values, finite)
             remaining -= n
             yield values
+
+    def counters(self) -> dict:
+        """What a checkpoint keeps of the host-side bookkeeping (the rest is in the carry)."""
+        names = ("steps_done", "skipped", "consecutive_failures", "best_loss", "first_loss")
+        return {name: getattr(self, name) for name in (*names, "last_loss")}
+
+    def restore(self, saved: _ckpt.Saved, directory: str) -> None:
+        """Continue from a checkpoint: its carry (placed as `__init__` places one), counters."""
+        place = None  # host arrays straight to every device (multi-host too) when sharded
+        if self.out_shardings is not None:
+            place = lambda host: jax.device_put(host, self.out_shardings)  # noqa: E731
+        carry = _ckpt.restore_carry(saved, self.carry, directory, place)
+        self.carry = jax.tree_util.tree_map(_strong_type, carry)
+        for name, value in saved.counters.items():
+            setattr(self, name, value)
 
     def _record(self, values, finite):
         if self.steps_done == 0:
@@ -351,6 +407,23 @@ def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int):
     return steps
 
 
+def _replicate(tree, sharding: NamedSharding):
+    """`jax.device_put(tree, sharding)`; across processes, from the host (a local device's
+    array cannot be sent to another process's devices), PRNG keys through their raw data."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if not isinstance(x, jax.Array):
+            return jax.device_put(x, sharding)
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(np.asarray(jax.random.key_data(x)), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree_util.tree_map(put, tree)
+
+
 def _strong_type(x):
     # Optimiser states may start with weakly typed scalars that come back strongly typed.
     if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jnp.number):
@@ -419,6 +492,27 @@ def _as_stages(strategy, optimizer, steps, steps_per_call, data) -> list[Stage]:
 
 def _as_mesh(devices) -> Mesh | None:
     """`fit`'s `devices=` as a mesh (None: no mesh, today's single-device placement)."""
+    mesh = _mesh_of(devices)
+    if jax.process_count() > 1:  # jax.distributed: every process feeds its devices of the mesh
+        if mesh is None:
+            raise ValueError(
+                f"this is a multi-process run (jax.process_count() = {jax.process_count()}); "
+                "pass devices= spanning the devices of every process (e.g. "
+                "devices=jax.device_count()), each process passing its share of the batch."
+            )
+        per_process = [0] * jax.process_count()
+        for d in mesh.devices.flat:
+            per_process[d.process_index] += 1
+        if len(set(per_process)) > 1:
+            raise ValueError(
+                f"devices: the mesh has {per_process} devices of processes 0.."
+                f"{len(per_process) - 1}; use the same number on every process (e.g. "
+                "devices=jax.device_count()), as each process feeds an equal share of the batch."
+            )
+    return mesh
+
+
+def _mesh_of(devices) -> Mesh | None:
     if devices is None or isinstance(devices, Mesh):
         return devices
     available = jax.device_count()
@@ -455,6 +549,12 @@ def _shard(strategy: AbstractStrategy, prepared, mesh: Mesh):
     n = mesh.size
     mesh_devices = set(mesh.devices.flat)
     split = tuple(mesh.axis_names)  # a 1-D mesh's one axis; several axes act as one
+    # jax.distributed: `prepared` is this process's share of the batch, which goes to this
+    # process's devices of the mesh; what is not split must be the same on every process.
+    processes = jax.process_count() if jax.process_count() > 1 else 1
+    local = n // processes
+    shares: list[int] = []
+    whole: list[np.ndarray] = []
 
     def place_subtree(axis, subtree):
         def place(x):
@@ -470,8 +570,23 @@ def _shard(strategy: AbstractStrategy, prepared, mesh: Mesh):
                     )
                 return x
             if axis is None:
+                if processes > 1:  # from the host: a local device's array cannot be sent
+                    x = np.asarray(x)
+                    whole.append(x)
                 return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
             size = x.shape[axis]
+            spec = PartitionSpec(*([None] * axis), split)
+            if processes > 1:
+                if size % local:
+                    raise ValueError(
+                        f"{type(strategy).__name__}: this process's share of the batch (axis "
+                        f"{axis} of the prepared data) has {size} examples, which do not divide "
+                        f"over its {local} devices; give each process a multiple of {local}."
+                    )
+                shares.append(size)
+                return jax.make_array_from_process_local_data(
+                    NamedSharding(mesh, spec), np.asarray(x)
+                )
             if size % n:
                 raise ValueError(
                     f"{type(strategy).__name__}: the batch (axis {axis} of the prepared data) "
@@ -479,13 +594,47 @@ def _shard(strategy: AbstractStrategy, prepared, mesh: Mesh):
                     f"that is a multiple of {n} (drop or add examples), or a device count that "
                     f"divides {size} (devices=...); nothing is padded."
                 )
-            spec = PartitionSpec(*([None] * axis), split)
             return jax.device_put(x, NamedSharding(mesh, spec))
 
         return jax.tree_util.tree_map(place, subtree)
 
     axes = strategy.batch_axes(prepared)
-    return jax.tree_util.tree_map(place_subtree, axes, prepared, is_leaf=lambda x: x is None)
+    placed = jax.tree_util.tree_map(place_subtree, axes, prepared, is_leaf=lambda x: x is None)
+    if processes > 1:  # one collective: equal shares, and the same unsplit data everywhere
+        from jax.experimental import multihost_utils
+
+        try:
+            multihost_utils.assert_equal((shares, whole))
+        except AssertionError:
+            raise ValueError(
+                f"{type(strategy).__name__}: the processes passed different data: each must "
+                "pass an equal share of the batch (the same number of examples) and the same "
+                "times and other unsplit data. Split the batch with process_index()."
+            ) from None
+    return placed
+
+
+def _open_checkpoints(directory, every, resume, model, stages, key) -> _ckpt.Checkpoints | None:
+    if every is not None and not (
+        isinstance(every, int | np.integer) and not isinstance(every, bool) and every > 0
+    ):
+        raise ValueError(f"checkpoint_every must be a positive integer, got {every!r}.")
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume must be True or False, got {resume!r}.")
+    if directory is None:
+        if every is not None or resume:
+            raise ValueError(
+                "checkpoint_every= and resume=True need checkpoint_dir= (the folder that holds "
+                "the checkpoints)."
+            )
+        return None
+    return _ckpt.Checkpoints(directory, every, resume, _ckpt.fingerprint(model, stages, key))
+
+
+def _save(checkpoints, index, run: _StageRun, step_offset, losses, times, reports, start) -> None:
+    elapsed = time.perf_counter() - start
+    step = step_offset + run.steps_done
+    checkpoints.save(step, index, run.counters(), run.carry, losses, times, reports, elapsed)
 
 
 def _failure_message(stage: Stage, run: _StageRun) -> str:
@@ -498,6 +647,15 @@ def _failure_message(stage: Stage, run: _StageRun) -> str:
 
 
 def _result(model, losses, times, reports, interrupted) -> FitResult:
+    if jax.process_count() > 1:  # each process gets the model as an ordinary local one
+        model = jax.tree_util.tree_map(
+            lambda x: (
+                x.addressable_data(0)
+                if isinstance(x, jax.Array) and not x.is_fully_addressable
+                else x
+            ),
+            model,
+        )
     return FitResult(
         model=model,
         losses=np.concatenate(losses) if losses else np.zeros(0),
