@@ -24,12 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 # A fenced block marked `python` is a runnable example; shell commands and output use other tags.
+# A `python` block with a title (`python title="train.py, ..."`) is a script meant for another
+# setting (several processes): it is compiled but not run here (tests/test_multihost.py runs it).
 _PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_ANY_PYTHON_BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
 def _python_blocks():
     for page in PAGES:
-        for i, match in enumerate(_PYTHON_BLOCK.finditer(page.read_text())):
+        for i, match in enumerate(_ANY_PYTHON_BLOCK.finditer(page.read_text())):
             yield pytest.param(page, match.group(1), id=f"{page.relative_to(ROOT)}#{i}")
 
 
