@@ -114,6 +114,7 @@ def test_refusals_name_what_works():
     data = nde.TimeSeries(jnp.linspace(0, 1, 5), jnp.ones((5, 1)))
     with pytest.raises(ValueError, match="vector_field"):
         nde.Collocation().prepare(positions, data)
+    nde.Trajectory().prepare(positions, data)  # positions alone: what Trajectory fits
 
 
 def _spring_data():
@@ -128,8 +129,8 @@ def _spring_data():
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["hnn", "second_order"])
 def test_tiny_fit_through_every_strategy(kind):
-    """Collocation (through `vector_field`; as the "collocation" preset for one of them), then
-    a few solving steps of multiple shooting or the full trajectory."""
+    """Collocation (through `vector_field`; as the "collocation" preset for one of them), then,
+    for the HNN, a few solving steps of multiple shooting; judged by the trajectory loss."""
     data = _spring_data()
     settings = dict(rtol=1e-5, atol=1e-5)
     if kind == "hnn":
@@ -140,8 +141,6 @@ def test_tiny_fit_through_every_strategy(kind):
     else:
         model = nde.SecondOrderNeuralODE(_mlp(2, 1, 2, width=8), **settings)
         result = nde.fit(model, data, "collocation", steps=100, progress=False)
-        then = nde.Stage(nde.Trajectory(), optax.adam(1e-3), steps=3)
-        result = nde.fit(result.model, data, [then], progress=False)
     assert np.all(np.isfinite(np.asarray(result.losses)))
     trajectory = nde.Trajectory()
     prepared = trajectory.prepare(model, data)
