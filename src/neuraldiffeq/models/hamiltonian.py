@@ -129,7 +129,8 @@ class Leapfrog(diffrax.AbstractSolver):
         >>> terms = (diffrax.ODETerm(lambda t, p, a: p), diffrax.ODETerm(lambda t, q, a: -q))
         >>> sol = diffrax.diffeqsolve(terms, Leapfrog(), 0.0, 6.283185, 0.01,
         ...                           (jnp.ones(1), jnp.zeros(1)))
-        >>> round(float(sol.ys[0][-1, 0]), 3)  # one period of q'' = -q
+        >>> q, p = sol.ys
+        >>> round(float(q[-1, 0]), 3)  # one period of q'' = -q
         1.0
     """
 
