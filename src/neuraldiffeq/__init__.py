@@ -40,6 +40,9 @@ _PUBLIC: dict[str, str] = {
     "ConcatSquashLinear": ".models.concat_squash",
     "ConcatSquashMLP": ".models.concat_squash",
     "LatentODE": ".models",
+    "HamiltonianNN": ".models.hamiltonian",
+    "SeparableHamiltonian": ".models.hamiltonian",
+    "SecondOrderNeuralODE": ".models.second_order",
     # sensitivities
     "AbstractSensitivity": ".sensitivity",
     "Direct": ".sensitivity",
@@ -120,6 +123,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
     )
     from .models.cnf import FFJORD, CNFStats
     from .models.concat_squash import ConcatSquashLinear, ConcatSquashMLP
+    from .models.hamiltonian import HamiltonianNN, SeparableHamiltonian
+    from .models.second_order import SecondOrderNeuralODE
     from .sensitivity import (
         AbstractSensitivity,
         Backsolve,
