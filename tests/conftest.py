@@ -19,6 +19,7 @@ def pytest_configure(config):
         os.environ[CACHE_DIR_VARIABLE] = str(config.cache.mkdir("jax-compilation"))
     enable_compilation_cache(os.environ[CACHE_DIR_VARIABLE])
 
+
 try:  # glibc keeps freed heap pages mapped; malloc_trim hands them back to the system
     _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
 except (OSError, AttributeError):

@@ -125,7 +125,7 @@ class cacheable_jit:
         self.f, self.jit_kwargs = f, jit_kwargs
         self.checked = jax.jit(f, **jit_kwargs)
         self._programs: dict[Any, Any] = {}
-        self.stripped = 0  # error callbacks removed from the last program traced
+        self.stripped = 0  # error callbacks removed from the program of the last call
 
     def _key(self, leaves, treedef):
         return treedef, tuple(
@@ -144,11 +144,14 @@ class cacheable_jit:
                 jaxpr, self.stripped = closed.jaxpr, 0
             closed = jcore.ClosedJaxpr(jaxpr, closed.consts)
             out_tree = jax.tree_util.tree_structure(out_shape)
-            flat = jax.jit(jcore.jaxpr_as_fun(closed), **self._flat_kwargs())
-            program = self._programs[key] = (flat, out_tree)
-        flat, out_tree = program
-        return jax.tree_util.tree_unflatten(out_tree, flat(*leaves))
+            fun = jcore.jaxpr_as_fun(closed)
 
-    def _flat_kwargs(self) -> dict:
-        # out_shardings given as one sharding applies to every output, flat or not
-        return self.jit_kwargs
+            def program(*leaves):
+                return fun(*leaves)
+
+            # the compiled module's name (jit_<name>), as in cache logs and profiles
+            program.__name__ = program.__qualname__ = getattr(self.f, "__name__", "step")
+            flat = jax.jit(program, **self.jit_kwargs)
+            program = self._programs[key] = (flat, out_tree, self.stripped)
+        flat, out_tree, self.stripped = program
+        return jax.tree_util.tree_unflatten(out_tree, flat(*leaves))

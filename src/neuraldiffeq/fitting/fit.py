@@ -293,10 +293,11 @@ class _StageRun:
             elapsed = time.perf_counter() - t0
             done = int(out[2].sum()) if auto else n
             values, finite = out[0, :done], out[1, :done].astype(bool)
-            if (~finite & ~np.isinf(values)).any():
+            if self._compiled[key].stripped and (~finite & ~np.isinf(values)).any():
                 # A NaN may be a check that failed inside the step (an error that the cacheable
                 # program turns into NaN): replay the call with the checks on; they raise their
-                # message as before. A failed solve gives inf and is not replayed.
+                # message as before. A failed solve gives inf and is not replayed, nor is a
+                # program that had no checks.
                 self._compiled[key].checked(*args)
             self.carry = carry
             if first:  # compilation plus one call of n steps
