@@ -236,11 +236,17 @@ class _StageRun:
         self.one_at_a_time = one_at_a_time  # "auto" with a callback: one step per call
         params, self.static = eqx.partition(model, eqx.is_inexact_array)
         self.optimizer = optax.with_extra_args_support(stage.optimizer)
+
         # Everything that changes from step to step lives on device, in one carry.
         # The carry's types must equal the step's outputs, or the second call would recompile.
-        best_loss = jnp.array(jnp.inf, dtype=jnp.float32)
-        carry = (params, self.optimizer.init(params), params, best_loss, key, params)
-        self.carry = jax.tree_util.tree_map(_strong_type, carry)
+        # Built by one compiled program rather than one per array operation: each of those
+        # would be compiled (or read from the compilation cache) on a first fit.
+        def initial(params, key):
+            best_loss = jnp.array(jnp.inf, dtype=jnp.float32)
+            carry = (params, self.optimizer.init(params), params, best_loss, key, params)
+            return jax.tree_util.tree_map(_strong_type, carry)
+
+        self.carry = jax.jit(initial)(params, key)
         # With a mesh: the carry (model, optimizer state, best model, key) lives whole on every
         # device, and the step's outputs are pinned there too, so that the second call sees the
         # same shardings as the first and does not recompile.
