@@ -7,6 +7,11 @@
    0.05, one step: trace + compile + one step), timed inside the process after the imports and
    the data and model are built: cold (empty cache) and warm (the cache of a previous process).
 
+4. (`--only trace`) Where the first call's time goes, in one process, cache off: the model
+   check in `prepare` (a shape-only trace of the solve), tracing the loss alone (the diffrax
+   solve), the loss and its gradient (equinox/JAX autodiff), the whole fused step (the optimizer
+   and fit's bookkeeping), the callback stripping, lowering and XLA compilation.
+
 Every repeat uses a new, empty cache directory for its cold run. The first call with the cache
 switched off is measured once, as a reference.
 
@@ -47,6 +52,38 @@ result = nde.fit(model, data, nde.Trajectory(), optimizer=optax.adam(0.05), step
 print(time.perf_counter() - t)
 """
 
+TRACE = """
+import time, statistics
+import equinox as eqx, jax, jax.numpy as jnp, numpy as np, optax
+import neuraldiffeq as nde
+from neuraldiffeq._cacheable import _strip_jaxpr
+from neuraldiffeq.fitting.fit import _make_steps, _StageRun
+from neuraldiffeq.fitting.stage import Stage
+data = nde.datasets.spiral()
+mlp = eqx.nn.MLP(2, 2, 50, 1, activation=jnp.tanh, key=jax.random.key(0))
+model = nde.NeuralODE(nde.autonomous(mlp, input_fn=nde.transforms.cube), "tsit5", rtol=1e-3,
+                      atol=1e-6)
+strategy = nde.Trajectory()
+def timed(label, fn):
+    t = time.perf_counter(); out = fn(); print(f"{label}: {time.perf_counter() - t:.3f} s")
+    return out
+prepared = timed("prepare (model check, a shape-only trace)", lambda: strategy.prepare(model, data))
+run = _StageRun(model, Stage(strategy, optax.adam(0.05), 10), prepared, jax.random.key(0))
+params = run.carry[0]
+loss = lambda p: strategy.loss(eqx.combine(p, run.static), prepared, None)
+timed("trace the loss (diffrax solve)", lambda: jax.make_jaxpr(loss)(params))
+timed("trace loss + gradient (autodiff)", lambda: jax.make_jaxpr(jax.value_and_grad(loss))(params))
+step = _make_steps(run.static, strategy, run.optimizer, "auto")
+closed = timed("trace the fused step (+ optimizer, bookkeeping)",
+               lambda: jax.make_jaxpr(step)(run.carry, prepared, np.int32(1)))
+jaxpr, n = timed("strip error callbacks", lambda: _strip_jaxpr(closed.jaxpr))
+fun = jax.extend.core.jaxpr_as_fun(jax.extend.core.ClosedJaxpr(jaxpr, closed.consts))
+leaves = jax.tree_util.tree_leaves((run.carry, prepared, np.int32(1)))
+lowered = timed("re-trace the stripped program and lower it",
+                lambda: jax.jit(fun).trace(*leaves).lower())
+timed("XLA compile", lambda: lowered.compile())
+"""
+
 
 def env_with(cache_dir: str | None) -> dict:
     env = dict(os.environ)
@@ -83,7 +120,7 @@ def median(xs: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", nargs="*", default=["import", "fit", "demo"])
+    parser.add_argument("--only", nargs="*", default=["import", "fit", "demo", "trace"])
     args = parser.parse_args()
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, repeats {args.repeats}")
     results = {}
@@ -100,6 +137,11 @@ def main() -> None:
         print(f"first fit call, no cache: {median(off)}")
         print(f"first fit call, cold cache: {median(cold)}")
         print(f"first fit call, warm cache: {median(warm)}")
+    if "trace" in args.only:
+        out = subprocess.run(
+            [sys.executable, "-c", TRACE], capture_output=True, text=True, env=env_with(None)
+        )
+        print("first fit call, one process, no cache:\n" + out.stdout + out.stderr[-2000:])
     if "demo" in args.only:
         first, second = [], []
         for _ in range(args.repeats):
