@@ -171,3 +171,24 @@ def test_a_second_process_loads_the_spiral_step_from_the_cache(tmp_path):
     first, second = runs
     assert "jit_fused" in first["misses"] and "jit_fused" not in first["hits"]
     assert "jit_fused" in second["hits"] and "jit_fused" not in second["misses"]
+
+
+def test_cache_directory_choice_and_cli_flag(tmp_path, monkeypatch, capsys):
+    from neuraldiffeq.cli import build_parser, main
+
+    monkeypatch.setenv("NEURALDIFFEQ_CACHE_DIR", str(tmp_path / "mine"))
+    assert nde.default_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("NEURALDIFFEQ_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert nde.default_cache_dir() == tmp_path / "xdg" / "neuraldiffeq" / "jax"
+    argv = ["fit", "data.csv", "--time", "t"]
+    assert build_parser(argv).parse_args(argv).cache is True
+    assert build_parser(argv).parse_args([*argv, "--no-cache"]).cache is False
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="cannot create the compilation cache directory"):
+        nde.enable_compilation_cache(blocker / "jax")
+    # the CLI reports an unusable cache directory as bad input (exit 2), before any work
+    monkeypatch.setenv("NEURALDIFFEQ_CACHE_DIR", str(blocker / "jax"))
+    assert main([*argv]) == 2
+    assert "NEURALDIFFEQ_CACHE_DIR" in capsys.readouterr().err
