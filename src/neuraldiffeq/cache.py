@@ -23,9 +23,15 @@ def default_cache_dir() -> Path:
     `$XDG_CACHE_HOME/neuraldiffeq/jax` (`~/.cache/neuraldiffeq/jax`).
 
     Example:
-        >>> import neuraldiffeq as nde
-        >>> nde.default_cache_dir().name
-        'jax'
+        >>> import os, neuraldiffeq as nde
+        >>> saved = os.environ.get("NEURALDIFFEQ_CACHE_DIR")
+        >>> os.environ["NEURALDIFFEQ_CACHE_DIR"] = "/tmp/my-cache"
+        >>> str(nde.default_cache_dir())
+        '/tmp/my-cache'
+        >>> if saved is None:
+        ...     del os.environ["NEURALDIFFEQ_CACHE_DIR"]
+        ... else:
+        ...     os.environ["NEURALDIFFEQ_CACHE_DIR"] = saved
     """
     override = os.environ.get(CACHE_DIR_VARIABLE)
     if override:
@@ -48,6 +54,8 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
         >>> import tempfile, neuraldiffeq as nde
         >>> folder = nde.enable_compilation_cache(tempfile.mkdtemp())
         >>> folder.is_dir()
+        True
+        >>> nde.enable_compilation_cache() == nde.default_cache_dir()  # the default again
         True
     """
     import jax
