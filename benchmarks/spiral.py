@@ -8,7 +8,8 @@ Tsit5 / dopri5 at rtol 1e-3, atol 1e-6, loss = sum of squares. Contenders:
 - a hand-written raw diffrax loop (eqx.filter_jit step, same solver and tolerances);
 - torchdiffeq `odeint` and `odeint_adjoint` (dopri5), if the `bench` extra is installed.
 
-Every contender runs `--steps` steps after a warm-up; the table shows the median over `--repeats`.
+Every contender runs `--steps` steps after a warm-up; the table shows the median over `--repeats`,
+taken round robin (one run of each contender, then the next round).
 
     python benchmarks/spiral.py --steps 200 --repeats 5
     python benchmarks/spiral.py --steps 300 --repeats 3 --only default steps_per_call=1 --no-torch
@@ -195,14 +196,17 @@ def main():
         contenders = {
             k: v for k, v in contenders.items() if k == raw_name or any(w in k for w in args.only)
         }
-    results = {}
-    for name, run in contenders.items():
-        runs = [run() for _ in range(args.repeats)]
-        results[name] = (
-            statistics.median(r[0] for r in runs),
-            statistics.median(r[1] for r in runs),
-        )
-        print(f"  {name}: {results[name][0]:.3f} ms/step", flush=True)
+    # round robin (repeat r of every contender, then repeat r + 1): a load that drifts over
+    # minutes on a shared machine hits every contender alike
+    runs = {name: [] for name in contenders}
+    for _ in range(args.repeats):
+        for name, run in contenders.items():
+            runs[name].append(run())
+            print(f"  {name}: {runs[name][-1][0]:.3f} ms/step", flush=True)
+    results = {
+        name: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
+        for name, rs in runs.items()
+    }
 
     raw = results["raw diffrax (Tsit5, filter_jit loop)"][0]
     print(
