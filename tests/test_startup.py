@@ -101,6 +101,7 @@ def test_an_error_raised_inside_the_step_still_reaches_the_user():
     assert np.isfinite(result.losses).all()
 
 
+@pytest.mark.filterwarnings("ignore:stage 1/1 Counted.*skipped:UserWarning")
 def test_auto_fusion_is_step_exact():
     """ "auto" (the default) gives the trajectory of one step per call, failures included, and
     calls the callback after every step."""
