@@ -71,6 +71,9 @@ _PUBLIC: dict[str, str] = {
     # files
     "save": ".serialisation",
     "load": ".serialisation",
+    # compilation cache
+    "enable_compilation_cache": ".cache",
+    "default_cache_dir": ".cache",
 }
 
 __all__ = list(_PUBLIC)
@@ -93,6 +96,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe reads these)
     from . import datasets, solvers, transforms
     from ._compile import compiler_options
+    from .cache import default_cache_dir, enable_compilation_cache
     from .data import TimeSeries
     from .fitting import (
         ELBO,

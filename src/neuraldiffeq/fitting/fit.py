@@ -17,6 +17,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from .._cacheable import cacheable_jit
 from ..solvers.stiffness import resolve_for_fit
 from . import checkpoint as _ckpt
 from .diagnostics import diagnose
@@ -28,6 +29,8 @@ __all__ = ["FitFailure", "FitResult", "Stage", "StageReport", "fit"]
 
 #: consecutive non-finite steps after which `fit` gives up (default of `max_failures`).
 MAX_CONSECUTIVE_FAILURES = 50
+#: `steps_per_call="auto"`: the wall time one compiled call aims at, and the most steps it fuses.
+AUTO_CALL_SECONDS, AUTO_MAX_STEPS = 0.05, 1000
 
 
 @dataclasses.dataclass
@@ -101,7 +104,7 @@ def fit(
     key: jax.Array | None = None,
     callback: Callable[[int, float, Any], bool | None] | None = None,
     progress: bool = True,
-    steps_per_call: int | None = None,
+    steps_per_call: int | str | None = "auto",
     max_failures: int = MAX_CONSECUTIVE_FAILURES,
     devices: int | Sequence[jax.Device] | Mesh | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -123,10 +126,14 @@ def fit(
         steps: number of optimizer steps (single-strategy form); with a preset, passed to it.
         key: PRNG key for strategies that sample (minibatches, SDE paths); default key 0.
         callback: `callback(step, loss, model)` after each compiled call; return True to stop.
+            With `steps_per_call="auto"` that is after every step.
         progress: show a tqdm progress bar.
-        steps_per_call: fuse this many steps into one compiled call (default 1). With a preset
-            it applies to every stage (a stage shorter than that fuses all its steps); with a
-            list of stages, give each `Stage` its own instead.
+        steps_per_call: fuse this many steps into one compiled call. `"auto"` (default): as
+            many as take about 50 ms (measured while fitting; one compiled program serves every
+            count), one at a time when `callback` is given; a call ends early at a failed step,
+            so failures are handled step by step. With a preset an int applies to every stage
+            (a stage shorter than that fuses all its steps) and "auto" leaves the preset's own
+            choice; with a list of stages, give each `Stage` its own instead.
         max_failures: give up (raise `FitFailure`, holding the best model) after this many
             consecutive steps with a non-finite loss or gradient. A failed step's update is
             dropped, the parameters step back halfway towards the last ones that solved, the
@@ -205,7 +212,9 @@ def fit(
         if saved is not None and index < saved.stage:
             continue  # finished before the checkpoint; its result is in the restored carry
         name = f"{index + 1}/{len(stages)} {type(stage.strategy).__name__}"
-        run = _StageRun(model, stage, prepared, stage_key, mesh)
+        run = _StageRun(
+            model, stage, prepared, stage_key, mesh, one_at_a_time=callback is not None
+        )
         if saved is not None and index == saved.stage:
             run.restore(saved, checkpoints.directory)
         with tqdm(
@@ -263,15 +272,24 @@ def fit(
 class _StageRun:
     """The compiled loop of one stage, with the best parameters tracked on device."""
 
-    def __init__(self, model, stage: Stage, prepared, key, mesh: Mesh | None = None):
+    def __init__(
+        self, model, stage: Stage, prepared, key, mesh: Mesh | None = None, one_at_a_time=False
+    ):
         self.stage, self.prepared, self.key = stage, prepared, key
+        self.one_at_a_time = one_at_a_time  # "auto" with a callback: one step per call
         params, self.static = eqx.partition(model, eqx.is_inexact_array)
         self.optimizer = optax.with_extra_args_support(stage.optimizer)
+
         # Everything that changes from step to step lives on device, in one carry.
         # The carry's types must equal the step's outputs, or the second call would recompile.
-        best_loss = jnp.array(jnp.inf, dtype=jnp.float32)
-        carry = (params, self.optimizer.init(params), params, best_loss, key, params)
-        self.carry = jax.tree_util.tree_map(_strong_type, carry)
+        # Built by one compiled program rather than one per array operation: each of those
+        # would be compiled (or read from the compilation cache) on a first fit.
+        def initial(params, key):
+            best_loss = jnp.array(jnp.inf, dtype=jnp.float32)
+            carry = (params, self.optimizer.init(params), params, best_loss, key, params)
+            return jax.tree_util.tree_map(_strong_type, carry)
+
+        self.carry = jax.jit(initial)(params, key)
         # With a mesh: the carry (model, optimizer state, best model, key) lives whole on every
         # device, and the step's outputs are pinned there too, so that the second call sees the
         # same shardings as the first and does not recompile.
@@ -302,24 +320,42 @@ class _StageRun:
     def calls(self):
         """Run the stage, yielding the losses of each compiled call."""
         remaining = self.stage.steps - self.steps_done  # not all of them after a resume
+        auto = self.stage.steps_per_call == "auto"
+        n_auto = 1  # "auto": the first calls run one step; then as many as fill AUTO_CALL_SECONDS
         while remaining > 0:
-            n = min(self.stage.steps_per_call, remaining)
-            first = n not in self._compiled
+            n = min(n_auto if auto else self.stage.steps_per_call, remaining)
+            key = "auto" if auto else n  # "auto": one program, the count is an argument
+            first = key not in self._compiled
             if first:
-                # jax.jit's own dispatch is the fast path; its first call compiles.
-                self._compiled[n] = jax.jit(
-                    _make_steps(self.static, self.stage.strategy, self.optimizer, n),
+                # Compiled without equinox's error callbacks, so that the persistent
+                # compilation cache can keep it (`_cacheable`); jax.jit's dispatch, first call
+                # compiles.
+                self._compiled[key] = cacheable_jit(
+                    _make_steps(self.static, self.stage.strategy, self.optimizer, key),
                     compiler_options=self.stage.strategy.compiler_options,
                     out_shardings=self.out_shardings,
                 )
-                t0 = time.perf_counter()
-            self.carry, out = self._compiled[n](self.carry, self.prepared)
-            out = np.asarray(out)  # one transfer: row 0 the losses, row 1 finiteness
-            values, finite = out[0], out[1].astype(bool)
+            args = (self.carry, self.prepared) + ((np.int32(n),) if auto else ())
+            t0 = time.perf_counter()
+            carry, out = self._compiled[key](*args)
+            out = np.asarray(out)  # one transfer: row 0 the losses, row 1 finiteness, row 2 done
+            elapsed = time.perf_counter() - t0
+            done = int(out[2].sum()) if auto else n
+            values, finite = out[0, :done], out[1, :done].astype(bool)
+            if self._compiled[key].stripped and (~finite & ~np.isinf(values)).any():
+                # A NaN may be a check that failed inside the step (an error that the cacheable
+                # program turns into NaN): replay the call with the checks on; they raise their
+                # message as before. A failed solve gives inf and is not replayed, nor is a
+                # program that had no checks.
+                self._compiled[key].checked(*args)
+            self.carry = carry
             if first:  # compilation plus one call of n steps
-                self.compile_seconds += time.perf_counter() - t0
+                self.compile_seconds += elapsed
+            elif auto and not self.one_at_a_time:
+                per_step = elapsed / max(done, 1)
+                n_auto = int(np.clip(AUTO_CALL_SECONDS / per_step, 1, AUTO_MAX_STEPS))
             self._record(values, finite)
-            remaining -= n
+            remaining -= done
             yield values
 
     def counters(self) -> dict:
@@ -361,8 +397,10 @@ class _StageRun:
         )
 
 
-def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int):
-    """A pure function running `n` optimizer steps (a `lax.scan` when n > 1)."""
+def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int | str):
+    """A pure function running `n` optimizer steps (a `lax.scan` when n > 1). `n="auto"`:
+    the count is a third argument (at most AUTO_MAX_STEPS) and the run stops after a failed step.
+    """
 
     def loss_of(params, prepared, key):
         return strategy.loss(eqx.combine(params, static), prepared, key)
@@ -394,6 +432,25 @@ def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int):
         opt_state = _tree_where(finite, new_state, optimizer.init(halfway))
         return (params, opt_state, best_params, best_loss, key, good_params), (value, finite)
 
+    def fused(carry, prepared, count):
+        # a while loop whose trip count is a runtime value: one program for every count
+        dtype = jnp.result_type(float)
+        out = jnp.zeros((3, AUTO_MAX_STEPS), dtype)  # losses, finite, done
+
+        def body(state):
+            i, carry, out, _ = state
+            carry, (value, finite) = one_step(carry, prepared)
+            row = jnp.stack([value.astype(dtype), finite.astype(dtype), jnp.ones((), dtype)])
+            return i + 1, carry, out.at[:, i].set(row), finite
+
+        def cond(state):
+            i, _, _, ok = state
+            return (i < jnp.minimum(count, AUTO_MAX_STEPS)) & ok
+
+        state = (jnp.zeros((), jnp.int32), carry, out, jnp.asarray(True))
+        _, carry, out, _ = jax.lax.while_loop(cond, body, state)
+        return carry, out
+
     def steps(carry, prepared):
         if n == 1:  # no scan around a single step: less to trace and compile
             carry, (value, finite) = one_step(carry, prepared)
@@ -404,7 +461,7 @@ def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int):
             )
         return carry, jnp.stack([value, finite.astype(value.dtype)])
 
-    return steps
+    return fused if n == "auto" else steps
 
 
 def _replicate(tree, sharding: NamedSharding):
@@ -441,10 +498,12 @@ def _tree_where(pred, new, old):
 
 
 def _as_stages(strategy, optimizer, steps, steps_per_call, data) -> list[Stage]:
-    if steps_per_call is not None and not (
-        isinstance(steps_per_call, int | np.integer) and steps_per_call > 0
-    ):
-        raise ValueError(f"steps_per_call must be a positive integer, got {steps_per_call!r}.")
+    if steps_per_call is not None and not _valid_per_call(steps_per_call):
+        raise ValueError(
+            f"steps_per_call must be a positive integer or 'auto', got {steps_per_call!r}."
+        )
+    if steps_per_call == "auto":  # the default: a preset or a stage list keeps its own choice
+        steps_per_call = None
     if isinstance(strategy, str):
         if strategy not in PRESETS:
             raise ValueError(
@@ -460,7 +519,7 @@ def _as_stages(strategy, optimizer, steps, steps_per_call, data) -> list[Stage]:
         if steps is None:
             raise ValueError("steps is required when fitting with a single strategy.")
         opt = optax.adam(1e-2) if optimizer is None else optimizer
-        stages = [Stage(strategy, opt, steps, 1 if steps_per_call is None else steps_per_call)]
+        stages = [Stage(strategy, opt, steps, "auto" if steps_per_call is None else steps_per_call)]
     elif (
         isinstance(strategy, Sequence) and strategy and all(isinstance(s, Stage) for s in strategy)
     ):
@@ -483,11 +542,20 @@ def _as_stages(strategy, optimizer, steps, steps_per_call, data) -> list[Stage]:
                 "optimizer must be an optax optimizer (e.g. optax.adam(0.01)), "
                 f"got {stage.optimizer!r}."
             )
-        for name in ("steps", "steps_per_call"):
-            value = getattr(stage, name)
-            if not (isinstance(value, int | np.integer) and value > 0):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not (isinstance(stage.steps, int | np.integer) and stage.steps > 0):
+            raise ValueError(f"steps must be a positive integer, got {stage.steps!r}.")
+        if not _valid_per_call(stage.steps_per_call):
+            raise ValueError(
+                "steps_per_call must be a positive integer or 'auto', "
+                f"got {stage.steps_per_call!r}."
+            )
     return stages
+
+
+def _valid_per_call(value) -> bool:
+    if isinstance(value, str):
+        return value == "auto"
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value > 0
 
 
 def _as_mesh(devices) -> Mesh | None:
