@@ -212,9 +212,7 @@ def fit(
         if saved is not None and index < saved.stage:
             continue  # finished before the checkpoint; its result is in the restored carry
         name = f"{index + 1}/{len(stages)} {type(stage.strategy).__name__}"
-        run = _StageRun(
-            model, stage, prepared, stage_key, mesh, one_at_a_time=callback is not None
-        )
+        run = _StageRun(model, stage, prepared, stage_key, mesh, one_at_a_time=callback is not None)
         if saved is not None and index == saved.stage:
             run.restore(saved, checkpoints.directory)
         with tqdm(
