@@ -40,6 +40,9 @@ _PUBLIC: dict[str, str] = {
     "ConcatSquashLinear": ".models.concat_squash",
     "ConcatSquashMLP": ".models.concat_squash",
     "LatentODE": ".models",
+    "HamiltonianNN": ".models.hamiltonian",
+    "SeparableHamiltonian": ".models.hamiltonian",
+    "SecondOrderNeuralODE": ".models.second_order",
     "NeuralCDE": ".models.cde",
     "Interpolation": ".interpolation",
     "interpolation_coeffs": ".interpolation",
@@ -73,6 +76,9 @@ _PUBLIC: dict[str, str] = {
     # files
     "save": ".serialisation",
     "load": ".serialisation",
+    # compilation cache
+    "enable_compilation_cache": ".cache",
+    "default_cache_dir": ".cache",
 }
 
 __all__ = list(_PUBLIC)
@@ -95,6 +101,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe reads these)
     from . import datasets, solvers, transforms
     from ._compile import compiler_options
+    from .cache import default_cache_dir, enable_compilation_cache
     from .data import TimeSeries
     from .fitting import (
         ELBO,
@@ -128,6 +135,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
     from .models.cde import NeuralCDE
     from .models.cnf import FFJORD, CNFStats
     from .models.concat_squash import ConcatSquashLinear, ConcatSquashMLP
+    from .models.hamiltonian import HamiltonianNN, SeparableHamiltonian
+    from .models.second_order import SecondOrderNeuralODE
     from .sensitivity import (
         AbstractSensitivity,
         Backsolve,
