@@ -40,6 +40,7 @@ _PUBLIC: dict[str, str] = {
     "ConcatSquashLinear": ".models.concat_squash",
     "ConcatSquashMLP": ".models.concat_squash",
     "LatentODE": ".models",
+    "NeuralODEMM": ".models.odemm",
     # sensitivities
     "AbstractSensitivity": ".sensitivity",
     "Direct": ".sensitivity",
@@ -120,6 +121,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
     )
     from .models.cnf import FFJORD, CNFStats
     from .models.concat_squash import ConcatSquashLinear, ConcatSquashMLP
+    from .models.odemm import NeuralODEMM
     from .sensitivity import (
         AbstractSensitivity,
         Backsolve,
