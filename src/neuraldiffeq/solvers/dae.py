@@ -37,7 +37,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
-from diffrax._root_finder import with_stepsize_controller_tols
 
 # -- the Radau IIA tableau (order 5) and its embedded error formula --------------------------------
 
@@ -176,7 +175,9 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
     mass_matrix: tuple[tuple[float, ...], ...] | None = eqx.field(
         static=True, default=None, converter=lambda m: None if m is None else _as_mass_matrix(m)
     )
-    root_finder: optx.AbstractRootFinder = with_stepsize_controller_tols(diffrax.VeryChord)()
+    root_finder: optx.AbstractRootFinder = diffrax.with_stepsize_controller_tols(
+        diffrax.VeryChord
+    )()
     root_find_max_steps: int = eqx.field(static=True, default=10)
 
     term_structure: ClassVar = diffrax.AbstractTerm
