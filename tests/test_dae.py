@@ -154,7 +154,7 @@ def test_tiny_neural_odemm_fit():
         rtol=1e-6,
         atol=1e-9,
     )
-    result = nde.fit(model, data, nde.Trajectory(), optimizer=optax.adam(0.03), steps=40,
+    result = nde.fit(model, data, nde.Trajectory(), optimizer=optax.adam(0.05), steps=20,
                      progress=False)  # fmt: skip
     assert result.losses[-1] <= 0.2 * result.losses[0], result.losses
     ys = np.asarray(result.model(ts, data.ys[0]))
