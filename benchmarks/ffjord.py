@@ -284,7 +284,8 @@ def run_speed(args) -> None:
         for r in rows[-3:-1]:
             r["speedup_vs_torch"] = ref / r["median_s"]
     summary = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, jax on "
+        f"{jax.devices()[0].device_kind}, torch on the CPU",
         "load_average_1min_at_end": os.getloadavg()[0],
         "jax": jax.__version__,
         "torch": torch.__version__,

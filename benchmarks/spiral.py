@@ -3,14 +3,16 @@
 Problem: 30 points on [0, 1.5], MLP 2 -> 50 -> 2 (tanh) applied to u**3, Adam(0.05),
 Tsit5 / dopri5 at rtol 1e-3, atol 1e-6, loss = sum of squares. Contenders:
 
-- neuraldiffeq `fit` with the Direct (steps_per_call 1 and 10), Backsolve, Interpolating and
-  Quadrature sensitivities;
+- neuraldiffeq `fit` with the Direct (default steps_per_call "auto", 1 and 10), Backsolve,
+  Interpolating and Quadrature sensitivities;
 - a hand-written raw diffrax loop (eqx.filter_jit step, same solver and tolerances);
 - torchdiffeq `odeint` and `odeint_adjoint` (dopri5), if the `bench` extra is installed.
 
-Every contender runs `--steps` steps after a warm-up; the table shows the median over `--repeats`.
+Every contender runs `--steps` steps after a warm-up; the table shows the median over `--repeats`,
+taken round robin (one run of each contender, then the next round).
 
     python benchmarks/spiral.py --steps 200 --repeats 5
+    python benchmarks/spiral.py --steps 300 --repeats 3 --only default steps_per_call=1 --no-torch
 """
 
 from __future__ import annotations
@@ -42,20 +44,21 @@ def bench_neuraldiffeq(data, sensitivity, steps, steps_per_call=1):
     model = nde.NeuralODE(
         nde.autonomous(make_mlp(), cube), "tsit5", rtol=1e-3, atol=1e-6, sensitivity=sensitivity
     )
+    first = 1 if steps_per_call == "auto" else steps_per_call  # steps in the first call
     t0 = time.perf_counter()
     result = nde.fit(
         model,
         data,
         nde.Trajectory(),
         optimizer=optax.adam(0.05),
-        steps=steps + steps_per_call,
+        steps=steps + first,
         steps_per_call=steps_per_call,
         progress=False,
     )
     total = time.perf_counter() - t0
     compile_s = result.stages[0].compile_seconds
     # time of the steps after the first compiled call
-    run_s = result.times[-1] - result.times[steps_per_call - 1]
+    run_s = result.times[-1] - result.times[first - 1]
     return run_s / steps * 1e3, compile_s, total
 
 
@@ -146,12 +149,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--only", nargs="*", help="run only the contenders whose name contains one of these"
+    )
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch peers")
     args = parser.parse_args()
     data = nde.datasets.spiral()
 
     contenders = {
         "raw diffrax (Tsit5, filter_jit loop)": lambda: bench_raw_diffrax(data, args.steps),
-        "neuraldiffeq fit, Direct": lambda: bench_neuraldiffeq(data, nde.Direct(), args.steps),
+        "neuraldiffeq fit, default (Direct, steps_per_call='auto')": lambda: bench_neuraldiffeq(
+            data, nde.Direct(), args.steps, "auto"
+        ),
+        "neuraldiffeq fit, Direct, steps_per_call=1": lambda: bench_neuraldiffeq(
+            data, nde.Direct(), args.steps
+        ),
         "neuraldiffeq fit, Direct, steps_per_call=10": lambda: bench_neuraldiffeq(
             data, nde.Direct(), args.steps, 10
         ),
@@ -166,6 +178,8 @@ def main():
         ),
     }
     try:
+        if args.no_torch:
+            raise ImportError
         import torchdiffeq  # noqa: F401
 
         contenders["torchdiffeq odeint (dopri5)"] = lambda: bench_torchdiffeq(
@@ -177,14 +191,22 @@ def main():
     except ImportError:
         print("torchdiffeq not installed (pip install '.[bench]'): skipping the PyTorch peers")
 
-    results = {}
-    for name, run in contenders.items():
-        runs = [run() for _ in range(args.repeats)]
-        results[name] = (
-            statistics.median(r[0] for r in runs),
-            statistics.median(r[1] for r in runs),
-        )
-        print(f"  {name}: {results[name][0]:.3f} ms/step", flush=True)
+    if args.only:
+        raw_name = "raw diffrax (Tsit5, filter_jit loop)"
+        contenders = {
+            k: v for k, v in contenders.items() if k == raw_name or any(w in k for w in args.only)
+        }
+    # round robin (repeat r of every contender, then repeat r + 1): a load that drifts over
+    # minutes on a shared machine hits every contender alike
+    runs = {name: [] for name in contenders}
+    for _ in range(args.repeats):
+        for name, run in contenders.items():
+            runs[name].append(run())
+            print(f"  {name}: {runs[name][-1][0]:.3f} ms/step", flush=True)
+    results = {
+        name: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs))
+        for name, rs in runs.items()
+    }
 
     raw = results["raw diffrax (Tsit5, filter_jit loop)"][0]
     print(

@@ -1,11 +1,24 @@
 import ctypes
 import gc
+import os
 
 import jax
 import matplotlib
 import pytest
 
 matplotlib.use("Agg")
+
+
+def pytest_configure(config):
+    """Compiled programs go to a cache that outlives the session (under .pytest_cache, or
+    $NEURALDIFFEQ_CACHE_DIR if set): a second run of a module loads its steps instead of
+    compiling them again. The CLI tests' subprocesses inherit the variable."""
+    from neuraldiffeq.cache import CACHE_DIR_VARIABLE, enable_compilation_cache
+
+    if not os.environ.get(CACHE_DIR_VARIABLE):
+        os.environ[CACHE_DIR_VARIABLE] = str(config.cache.mkdir("jax-compilation"))
+    enable_compilation_cache(os.environ[CACHE_DIR_VARIABLE])
+
 
 try:  # glibc keeps freed heap pages mapped; malloc_trim hands them back to the system
     _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim

@@ -1,4 +1,4 @@
-"""The documentation site builds without a warning, and its examples are valid Python.
+"""The documentation site builds without a warning, and its examples run.
 
 The site (mkdocs.yml, docs/) is built with `mkdocs build --strict`, which fails on a broken link,
 a missing picture or an API reference that does not resolve. The docs packages are in the `test`
@@ -24,12 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
 # A fenced block marked `python` is a runnable example; shell commands and output use other tags.
+# A `python` block with a title (`python title="train.py, ..."`) is a script meant for another
+# setting (several processes): it is compiled but not run here (tests/test_multihost.py runs it).
 _PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
+_ANY_PYTHON_BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
 
 def _python_blocks():
     for page in PAGES:
-        for i, match in enumerate(_PYTHON_BLOCK.finditer(page.read_text())):
+        for i, match in enumerate(_ANY_PYTHON_BLOCK.finditer(page.read_text())):
             yield pytest.param(page, match.group(1), id=f"{page.relative_to(ROOT)}#{i}")
 
 
@@ -107,6 +110,52 @@ def test_pages_render_in_headless_chromium(site, page, tmp_path):
 @pytest.mark.parametrize("page, code", list(_python_blocks()))
 def test_python_examples_are_valid_python(page, code):
     compile(code, str(page), "exec")
+
+
+# The short version of a long-running example: every `steps=N` (and `lbfgs_steps=N`) becomes 2,
+# so each fit costs its compilations and two steps; nothing else in the code changes.
+_STEPS = re.compile(r"\b((?:lbfgs_)?steps)=[0-9_]+")
+
+
+def short_version(code: str) -> str:
+    """The example with its step counts cut to 2 (see `_STEPS`)."""
+    return _STEPS.sub(r"\1=2", code)
+
+
+def _pages_with_examples():
+    seen = set()  # the getting-started page repeats the README's example: run it once
+    for page in PAGES:
+        blocks = tuple(_PYTHON_BLOCK.findall(page.read_text()))
+        if blocks and blocks not in seen:
+            seen.add(blocks)
+            yield pytest.param(page, id=str(page.relative_to(ROOT)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", list(_pages_with_examples()))
+def test_python_examples_run(page, tmp_path, monkeypatch):
+    """A page's `python` blocks run in order in one namespace, as a reader pastes them."""
+    import jax
+
+    monkeypatch.chdir(tmp_path)  # examples save files (model.eqx, ...) in the working folder
+    (tmp_path / "data.csv").write_text(  # the file the CSV tutorial reads
+        (ROOT / "src/neuraldiffeq/datasets/data/hudson_bay_lynx_hare.csv").read_text()
+    )
+    namespace: dict = {"__name__": "__docs_example__"}
+    x64 = jax.config.jax_enable_x64
+    try:
+        for i, match in enumerate(_PYTHON_BLOCK.finditer(page.read_text())):
+            code = short_version(match.group(1))
+            exec(compile(code, f"{page.name} block {i}", "exec"), namespace)
+    finally:
+        jax.config.update("jax_enable_x64", x64)  # the FAQ's example switches float64 on
+
+
+def test_short_version_cuts_only_step_counts():
+    code = 'nde.fit(m, d, "auto", steps=600, lbfgs_steps=1_000)\nn_steps=5 # steps=300'
+    assert (
+        short_version(code) == 'nde.fit(m, d, "auto", steps=2, lbfgs_steps=2)\nn_steps=5 # steps=2'
+    )
 
 
 def test_every_public_name_has_an_api_entry():

@@ -41,6 +41,9 @@ _PUBLIC: dict[str, str] = {
     "ConcatSquashMLP": ".models.concat_squash",
     "LatentODE": ".models",
     "NeuralODEMM": ".models.odemm",
+    "HamiltonianNN": ".models.hamiltonian",
+    "SeparableHamiltonian": ".models.hamiltonian",
+    "SecondOrderNeuralODE": ".models.second_order",
     # sensitivities
     "AbstractSensitivity": ".sensitivity",
     "Direct": ".sensitivity",
@@ -69,6 +72,9 @@ _PUBLIC: dict[str, str] = {
     # files
     "save": ".serialisation",
     "load": ".serialisation",
+    # compilation cache
+    "enable_compilation_cache": ".cache",
+    "default_cache_dir": ".cache",
 }
 
 __all__ = list(_PUBLIC)
@@ -91,6 +97,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe reads these)
     from . import datasets, solvers, transforms
     from ._compile import compiler_options
+    from .cache import default_cache_dir, enable_compilation_cache
     from .data import TimeSeries
     from .fitting import (
         ELBO,
@@ -121,7 +128,9 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
     )
     from .models.cnf import FFJORD, CNFStats
     from .models.concat_squash import ConcatSquashLinear, ConcatSquashMLP
+    from .models.hamiltonian import HamiltonianNN, SeparableHamiltonian
     from .models.odemm import NeuralODEMM
+    from .models.second_order import SecondOrderNeuralODE
     from .sensitivity import (
         AbstractSensitivity,
         Backsolve,

@@ -71,6 +71,13 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="hide progress bars"
     )
+    parser.add_argument(
+        "--no-cache",
+        dest="cache",
+        action="store_false",
+        help="do not keep compiled programs on disk (default: kept in $NEURALDIFFEQ_CACHE_DIR "
+        "or ~/.cache/neuraldiffeq/jax, so the next run starts faster)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     from .outputs import Interrupted, OutputError
 
     try:
+        if args.cache:
+            from .cache import enable_compilation_cache
+
+            enable_compilation_cache()
         args.handler(args)
     except KeyboardInterrupt:  # outside a fit (a fit catches Ctrl-C and returns its best)
         print("neuraldiffeq: interrupted", file=sys.stderr)

@@ -139,13 +139,18 @@ def fit_series(
     progress: bool = True,
     extra_metrics: dict | None = None,
     devices: Any = None,
+    checkpoint_dir: str | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> SeriesFit:
     """Normalise `data`, fit its first `T - holdout` points, and write the outputs to `out`.
 
     `stages` is what `nde.fit` accepts (a list of `nde.Stage` or a preset name). With `out`, the
     folder is checked for writability before fitting, then `model.eqx`, `metrics.json`, `fit.png`
     (and `extrapolation.png` with a holdout) are written in that order; see `neuraldiffeq.outputs`.
-    `devices` is passed to `nde.fit` (data-parallel over the series; None: one device).
+    `devices` is passed to `nde.fit` (data-parallel over the series; None: one device), and so
+    are `checkpoint_dir`, `checkpoint_every` and `resume` (resumable fits). In a multi-process
+    run (`jax.distributed`), only process 0 writes the outputs.
 
     Example:
         >>> import equinox as eqx, jax, jax.numpy as jnp, numpy as np, optax, neuraldiffeq as nde
@@ -174,9 +179,20 @@ def fit_series(
     train_n = norm.forward(train)
     started = time.perf_counter()
     try:
-        result = fit(model, train_n, stages, progress=progress, devices=devices)
+        result = fit(
+            model,
+            train_n,
+            stages,
+            progress=progress,
+            devices=devices,
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+        )
     except FitFailure as failure:
-        if out is not None:  # keep the best model so far; the failure is still raised
+        if (
+            out is not None and jax.process_index() == 0
+        ):  # keep the best model so far; the failure is still raised
             paths = write_outputs(out, failure.result.model, failure.result.metrics())
             failure.args = (f"{failure.args[0]} It is saved at {paths[0]}.",)
         raise
@@ -214,7 +230,7 @@ def fit_series(
     paths: list[str] = []
     if result.interrupted:  # the picture says so too
         title = f"{title} (interrupted at step {len(result.losses)})"
-    if out is not None:
+    if out is not None and jax.process_index() == 0:  # one writer in a multi-process run
         # the same observations and dense prediction in both figures
         shown = np.where(observed, obs, np.nan)  # missing values are not drawn
         plot = functools.partial(

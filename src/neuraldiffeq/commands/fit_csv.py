@@ -74,6 +74,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "series must divide by it); default: one device",
     )
     parser.add_argument("--out", default="out/fit", help="output folder")
+    parser.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="write checkpoints of the fit to this folder (nde.fit's checkpoint_dir=)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=50,
+        help="steps between checkpoints (with --checkpoint-dir; also at each stage's end)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest complete checkpoint in --checkpoint-dir (rerun the same "
+        "command with --resume after the fit was stopped)",
+    )
 
 
 def parse_holdout(holdout: float | None, n_times: int) -> int:
@@ -157,6 +174,11 @@ def run(args: argparse.Namespace) -> dict:
 
     if getattr(args, "devices", None) is not None and args.devices < 1:
         raise ValueError(f"--devices must be at least 1, got {args.devices}.")
+    checkpoint_dir = getattr(args, "checkpoint_dir", None)
+    if getattr(args, "resume", False) and checkpoint_dir is None:
+        raise ValueError("--resume continues a fit from --checkpoint-dir; give --checkpoint-dir.")
+    if checkpoint_dir is not None and args.checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be at least 1, got {args.checkpoint_every}.")
     for name, low in (("hidden", 1), ("depth", 0), ("steps", 1), ("lbfgs_steps", 0)):
         if getattr(args, name) < low:
             flag = name.replace("_", "-")
@@ -182,6 +204,9 @@ def run(args: argparse.Namespace) -> dict:
         title=f"neural ODE fit to {os.path.basename(args.data)} ({args.strategy})",
         extra_metrics={"strategy": args.strategy, "group_size": args.group_size},
         devices=getattr(args, "devices", None),
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=args.checkpoint_every if checkpoint_dir is not None else None,
+        resume=getattr(args, "resume", False),
     )
     metrics = fitted.metrics
     print(

@@ -40,4 +40,8 @@ DEMOS: dict[str, tuple[str, str]] = {
         "neuraldiffeq.demos.spheres",
         "Concentric spheres: a plain neural ODE cannot separate them, an augmented one can.",
     ),
+    "hnn": (
+        "neuraldiffeq.demos.hnn",
+        "Hamiltonian NN vs plain neural ODE on a noisy pendulum and mass-spring: energy drift.",
+    ),
 }

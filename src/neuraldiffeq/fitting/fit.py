@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -16,7 +17,9 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from .._cacheable import cacheable_jit
 from ..solvers.stiffness import resolve_for_fit
+from . import checkpoint as _ckpt
 from .diagnostics import diagnose
 from .presets import PRESETS
 from .stage import Stage
@@ -26,6 +29,8 @@ __all__ = ["FitFailure", "FitResult", "Stage", "StageReport", "fit"]
 
 #: consecutive non-finite steps after which `fit` gives up (default of `max_failures`).
 MAX_CONSECUTIVE_FAILURES = 50
+#: `steps_per_call="auto"`: the wall time one compiled call aims at, and the most steps it fuses.
+AUTO_CALL_SECONDS, AUTO_MAX_STEPS = 0.05, 1000
 
 
 @dataclasses.dataclass
@@ -99,9 +104,12 @@ def fit(
     key: jax.Array | None = None,
     callback: Callable[[int, float, Any], bool | None] | None = None,
     progress: bool = True,
-    steps_per_call: int | None = None,
+    steps_per_call: int | str | None = "auto",
     max_failures: int = MAX_CONSECUTIVE_FAILURES,
     devices: int | Sequence[jax.Device] | Mesh | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
 ) -> FitResult:
     """Fit `model` to `data` by minimising a strategy's loss over the model's float arrays.
 
@@ -118,10 +126,14 @@ def fit(
         steps: number of optimizer steps (single-strategy form); with a preset, passed to it.
         key: PRNG key for strategies that sample (minibatches, SDE paths); default key 0.
         callback: `callback(step, loss, model)` after each compiled call; return True to stop.
+            With `steps_per_call="auto"` that is after every step.
         progress: show a tqdm progress bar.
-        steps_per_call: fuse this many steps into one compiled call (default 1). With a preset
-            it applies to every stage (a stage shorter than that fuses all its steps); with a
-            list of stages, give each `Stage` its own instead.
+        steps_per_call: fuse this many steps into one compiled call. `"auto"` (default): as
+            many as take about 50 ms (measured while fitting; one compiled program serves every
+            count), one at a time when `callback` is given; a call ends early at a failed step,
+            so failures are handled step by step. With a preset an int applies to every stage
+            (a stage shorter than that fuses all its steps) and "auto" leaves the preset's own
+            choice; with a list of stages, give each `Stage` its own instead.
         max_failures: give up (raise `FitFailure`, holding the best model) after this many
             consecutive steps with a non-finite loss or gradient. A failed step's update is
             dropped, the parameters step back halfway towards the last ones that solved, the
@@ -136,7 +148,20 @@ def fit(
             sharding over several devices are used as placed. The batch must divide evenly over
             the devices (nothing is padded); the losses equal the one-device losses up to
             rounding. The fitted model's arrays come back replicated over the devices. See the
-            how-to "Scaling out" for what is sharded and what it costs.
+            how-to "Scaling out" for what is sharded and what it costs. In a multi-process run
+            (`jax.distributed.initialize`), `devices` must span every process and each process
+            passes its own share of the batch as `data`; see "Scaling out".
+        checkpoint_dir: a folder for checkpoints (written with orbax-checkpoint): the model,
+            optimizer state, stage, step, PRNG key and the losses so far, at the end of every
+            stage and every `checkpoint_every` steps. A folder that already holds checkpoints
+            is refused unless `resume=True`.
+        checkpoint_every: write a checkpoint after the compiled call that completes each
+            multiple of this many steps (counted over all stages); None: at stage ends only.
+        resume: continue from the newest complete checkpoint in `checkpoint_dir` (start afresh
+            if there is none). The continued fit computes the same losses as an uninterrupted
+            one; give the same model, data, strategy, optimizer, steps and key (another model
+            structure or strategy is refused with a `ValueError`). A damaged or incomplete
+            checkpoint is skipped with a warning, never loaded.
 
     Ctrl-C stops the fit and returns the best model so far (`result.interrupted` is True).
 
@@ -165,6 +190,13 @@ def fit(
     reports: list[StageReport] = []
     interrupted = False
     step_offset = 0
+    checkpoints = _open_checkpoints(checkpoint_dir, checkpoint_every, resume, model, stages, key)
+    saved = checkpoints.newest() if checkpoints is not None and resume else None
+    if saved is not None:  # continue the fit where its newest intact checkpoint left it
+        losses, times = [saved.losses], [saved.times]
+        reports = [StageReport(**r) for r in saved.reports]
+        step_offset = saved.step - saved.counters["steps_done"]
+        start -= saved.elapsed
 
     # Every stage's prepare runs first, so that a mismatch between the data and the model (or a
     # model missing what a later stage needs) is reported before anything compiles or trains.
@@ -177,9 +209,19 @@ def fit(
         ]
     for index, (stage, prepared) in enumerate(zip(stages, all_prepared, strict=True)):
         key, stage_key = jax.random.split(key)
+        if saved is not None and index < saved.stage:
+            continue  # finished before the checkpoint; its result is in the restored carry
         name = f"{index + 1}/{len(stages)} {type(stage.strategy).__name__}"
-        run = _StageRun(model, stage, prepared, stage_key, mesh)
-        with tqdm(total=stage.steps, desc=name, disable=not progress, leave=True) as bar:
+        run = _StageRun(model, stage, prepared, stage_key, mesh, one_at_a_time=callback is not None)
+        if saved is not None and index == saved.stage:
+            run.restore(saved, checkpoints.directory)
+        with tqdm(
+            total=stage.steps,
+            initial=run.steps_done,
+            desc=name,
+            disable=not progress or jax.process_index() > 0,  # one bar in a multi-process run
+            leave=True,
+        ) as bar:
             try:
                 for values in run.calls():
                     now = time.perf_counter() - start
@@ -192,6 +234,8 @@ def fit(
                         skipped=run.skipped,
                         refresh=False,
                     )
+                    if checkpoints is not None and checkpoints.due(step_offset + run.steps_done):
+                        _save(checkpoints, index, run, step_offset, losses, times, reports, start)
                     if run.consecutive_failures >= max_failures:
                         model = run.best_model()
                         reports.append(run.report(name))
@@ -206,6 +250,8 @@ def fit(
             except KeyboardInterrupt:
                 interrupted = True
         model = run.result_model()
+        if checkpoints is not None and run.steps_done == stage.steps:  # a finished stage
+            _save(checkpoints, index, run, step_offset, losses, times, reports, start)
         reports.append(diagnose(run.report(name), stage))  # warns if the stage diverged
         step_offset += run.steps_done
         if run.skipped:
@@ -216,28 +262,39 @@ def fit(
             )
         if interrupted:
             break
+    if checkpoints is not None:
+        checkpoints.close()
     return _result(model, losses, times, reports, interrupted)
 
 
 class _StageRun:
     """The compiled loop of one stage, with the best parameters tracked on device."""
 
-    def __init__(self, model, stage: Stage, prepared, key, mesh: Mesh | None = None):
+    def __init__(
+        self, model, stage: Stage, prepared, key, mesh: Mesh | None = None, one_at_a_time=False
+    ):
         self.stage, self.prepared, self.key = stage, prepared, key
+        self.one_at_a_time = one_at_a_time  # "auto" with a callback: one step per call
         params, self.static = eqx.partition(model, eqx.is_inexact_array)
         self.optimizer = optax.with_extra_args_support(stage.optimizer)
+
         # Everything that changes from step to step lives on device, in one carry.
         # The carry's types must equal the step's outputs, or the second call would recompile.
-        best_loss = jnp.array(jnp.inf, dtype=jnp.float32)
-        carry = (params, self.optimizer.init(params), params, best_loss, key, params)
-        self.carry = jax.tree_util.tree_map(_strong_type, carry)
+        # Built by one compiled program rather than one per array operation: each of those
+        # would be compiled (or read from the compilation cache) on a first fit.
+        def initial(params, key):
+            best_loss = jnp.array(jnp.inf, dtype=jnp.float32)
+            carry = (params, self.optimizer.init(params), params, best_loss, key, params)
+            return jax.tree_util.tree_map(_strong_type, carry)
+
+        self.carry = jax.jit(initial)(params, key)
         # With a mesh: the carry (model, optimizer state, best model, key) lives whole on every
         # device, and the step's outputs are pinned there too, so that the second call sees the
         # same shardings as the first and does not recompile.
         self.out_shardings = None
         if mesh is not None:
             self.out_shardings = NamedSharding(mesh, PartitionSpec())
-            self.carry = jax.device_put(self.carry, self.out_shardings)
+            self.carry = _replicate(self.carry, self.out_shardings)
         self.best_loss = float("inf")
         self.first_loss = float("nan")
         self.last_loss = float("nan")
@@ -260,26 +317,59 @@ class _StageRun:
 
     def calls(self):
         """Run the stage, yielding the losses of each compiled call."""
-        remaining = self.stage.steps
+        remaining = self.stage.steps - self.steps_done  # not all of them after a resume
+        auto = self.stage.steps_per_call == "auto"
+        n_auto = 1  # "auto": the first calls run one step; then as many as fill AUTO_CALL_SECONDS
         while remaining > 0:
-            n = min(self.stage.steps_per_call, remaining)
-            first = n not in self._compiled
+            n = min(n_auto if auto else self.stage.steps_per_call, remaining)
+            key = "auto" if auto else n  # "auto": one program, the count is an argument
+            first = key not in self._compiled
             if first:
-                # jax.jit's own dispatch is the fast path; its first call compiles.
-                self._compiled[n] = jax.jit(
-                    _make_steps(self.static, self.stage.strategy, self.optimizer, n),
+                # Compiled without equinox's error callbacks, so that the persistent
+                # compilation cache can keep it (`_cacheable`); jax.jit's dispatch, first call
+                # compiles.
+                self._compiled[key] = cacheable_jit(
+                    _make_steps(self.static, self.stage.strategy, self.optimizer, key),
                     compiler_options=self.stage.strategy.compiler_options,
                     out_shardings=self.out_shardings,
                 )
-                t0 = time.perf_counter()
-            self.carry, out = self._compiled[n](self.carry, self.prepared)
-            out = np.asarray(out)  # one transfer: row 0 the losses, row 1 finiteness
-            values, finite = out[0], out[1].astype(bool)
+            args = (self.carry, self.prepared) + ((np.int32(n),) if auto else ())
+            t0 = time.perf_counter()
+            carry, out = self._compiled[key](*args)
+            out = np.asarray(out)  # one transfer: row 0 the losses, row 1 finiteness, row 2 done
+            elapsed = time.perf_counter() - t0
+            done = int(out[2].sum()) if auto else n
+            values, finite = out[0, :done], out[1, :done].astype(bool)
+            if self._compiled[key].stripped and (~finite & ~np.isinf(values)).any():
+                # A NaN may be a check that failed inside the step (an error that the cacheable
+                # program turns into NaN): replay the call with the checks on; they raise their
+                # message as before. A failed solve gives inf and is not replayed, nor is a
+                # program that had no checks.
+                self._compiled[key].checked(*args)
+            self.carry = carry
             if first:  # compilation plus one call of n steps
-                self.compile_seconds += time.perf_counter() - t0
+                self.compile_seconds += elapsed
+            elif auto and not self.one_at_a_time:
+                per_step = elapsed / max(done, 1)
+                n_auto = int(np.clip(AUTO_CALL_SECONDS / per_step, 1, AUTO_MAX_STEPS))
             self._record(values, finite)
-            remaining -= n
+            remaining -= done
             yield values
+
+    def counters(self) -> dict:
+        """What a checkpoint keeps of the host-side bookkeeping (the rest is in the carry)."""
+        names = ("steps_done", "skipped", "consecutive_failures", "best_loss", "first_loss")
+        return {name: getattr(self, name) for name in (*names, "last_loss")}
+
+    def restore(self, saved: _ckpt.Saved, directory: str) -> None:
+        """Continue from a checkpoint: its carry (placed as `__init__` places one), counters."""
+        place = None  # host arrays straight to every device (multi-host too) when sharded
+        if self.out_shardings is not None:
+            place = lambda host: jax.device_put(host, self.out_shardings)  # noqa: E731
+        carry = _ckpt.restore_carry(saved, self.carry, directory, place)
+        self.carry = jax.tree_util.tree_map(_strong_type, carry)
+        for name, value in saved.counters.items():
+            setattr(self, name, value)
 
     def _record(self, values, finite):
         if self.steps_done == 0:
@@ -305,8 +395,10 @@ class _StageRun:
         )
 
 
-def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int):
-    """A pure function running `n` optimizer steps (a `lax.scan` when n > 1)."""
+def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int | str):
+    """A pure function running `n` optimizer steps (a `lax.scan` when n > 1). `n="auto"`:
+    the count is a third argument (at most AUTO_MAX_STEPS) and the run stops after a failed step.
+    """
 
     def loss_of(params, prepared, key):
         return strategy.loss(eqx.combine(params, static), prepared, key)
@@ -338,6 +430,25 @@ def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int):
         opt_state = _tree_where(finite, new_state, optimizer.init(halfway))
         return (params, opt_state, best_params, best_loss, key, good_params), (value, finite)
 
+    def fused(carry, prepared, count):
+        # a while loop whose trip count is a runtime value: one program for every count
+        dtype = jnp.result_type(float)
+        out = jnp.zeros((3, AUTO_MAX_STEPS), dtype)  # losses, finite, done
+
+        def body(state):
+            i, carry, out, _ = state
+            carry, (value, finite) = one_step(carry, prepared)
+            row = jnp.stack([value.astype(dtype), finite.astype(dtype), jnp.ones((), dtype)])
+            return i + 1, carry, out.at[:, i].set(row), finite
+
+        def cond(state):
+            i, _, _, ok = state
+            return (i < jnp.minimum(count, AUTO_MAX_STEPS)) & ok
+
+        state = (jnp.zeros((), jnp.int32), carry, out, jnp.asarray(True))
+        _, carry, out, _ = jax.lax.while_loop(cond, body, state)
+        return carry, out
+
     def steps(carry, prepared):
         if n == 1:  # no scan around a single step: less to trace and compile
             carry, (value, finite) = one_step(carry, prepared)
@@ -348,7 +459,24 @@ def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int):
             )
         return carry, jnp.stack([value, finite.astype(value.dtype)])
 
-    return steps
+    return fused if n == "auto" else steps
+
+
+def _replicate(tree, sharding: NamedSharding):
+    """`jax.device_put(tree, sharding)`; across processes, from the host (a local device's
+    array cannot be sent to another process's devices), PRNG keys through their raw data."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put(x):
+        if not isinstance(x, jax.Array):
+            return jax.device_put(x, sharding)
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            data = jax.device_put(np.asarray(jax.random.key_data(x)), sharding)
+            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+        return jax.device_put(np.asarray(x), sharding)
+
+    return jax.tree_util.tree_map(put, tree)
 
 
 def _strong_type(x):
@@ -368,10 +496,12 @@ def _tree_where(pred, new, old):
 
 
 def _as_stages(strategy, optimizer, steps, steps_per_call, data) -> list[Stage]:
-    if steps_per_call is not None and not (
-        isinstance(steps_per_call, int | np.integer) and steps_per_call > 0
-    ):
-        raise ValueError(f"steps_per_call must be a positive integer, got {steps_per_call!r}.")
+    if steps_per_call is not None and not _valid_per_call(steps_per_call):
+        raise ValueError(
+            f"steps_per_call must be a positive integer or 'auto', got {steps_per_call!r}."
+        )
+    if steps_per_call == "auto":  # the default: a preset or a stage list keeps its own choice
+        steps_per_call = None
     if isinstance(strategy, str):
         if strategy not in PRESETS:
             raise ValueError(
@@ -387,7 +517,7 @@ def _as_stages(strategy, optimizer, steps, steps_per_call, data) -> list[Stage]:
         if steps is None:
             raise ValueError("steps is required when fitting with a single strategy.")
         opt = optax.adam(1e-2) if optimizer is None else optimizer
-        stages = [Stage(strategy, opt, steps, 1 if steps_per_call is None else steps_per_call)]
+        stages = [Stage(strategy, opt, steps, "auto" if steps_per_call is None else steps_per_call)]
     elif (
         isinstance(strategy, Sequence) and strategy and all(isinstance(s, Stage) for s in strategy)
     ):
@@ -410,15 +540,45 @@ def _as_stages(strategy, optimizer, steps, steps_per_call, data) -> list[Stage]:
                 "optimizer must be an optax optimizer (e.g. optax.adam(0.01)), "
                 f"got {stage.optimizer!r}."
             )
-        for name in ("steps", "steps_per_call"):
-            value = getattr(stage, name)
-            if not (isinstance(value, int | np.integer) and value > 0):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if not (isinstance(stage.steps, int | np.integer) and stage.steps > 0):
+            raise ValueError(f"steps must be a positive integer, got {stage.steps!r}.")
+        if not _valid_per_call(stage.steps_per_call):
+            raise ValueError(
+                "steps_per_call must be a positive integer or 'auto', "
+                f"got {stage.steps_per_call!r}."
+            )
     return stages
+
+
+def _valid_per_call(value) -> bool:
+    if isinstance(value, str):
+        return value == "auto"
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and value > 0
 
 
 def _as_mesh(devices) -> Mesh | None:
     """`fit`'s `devices=` as a mesh (None: no mesh, today's single-device placement)."""
+    mesh = _mesh_of(devices)
+    if jax.process_count() > 1:  # jax.distributed: every process feeds its devices of the mesh
+        if mesh is None:
+            raise ValueError(
+                f"this is a multi-process run (jax.process_count() = {jax.process_count()}); "
+                "pass devices= spanning the devices of every process (e.g. "
+                "devices=jax.device_count()), each process passing its share of the batch."
+            )
+        per_process = [0] * jax.process_count()
+        for d in mesh.devices.flat:
+            per_process[d.process_index] += 1
+        if len(set(per_process)) > 1:
+            raise ValueError(
+                f"devices: the mesh has {per_process} devices of processes 0.."
+                f"{len(per_process) - 1}; use the same number on every process (e.g. "
+                "devices=jax.device_count()), as each process feeds an equal share of the batch."
+            )
+    return mesh
+
+
+def _mesh_of(devices) -> Mesh | None:
     if devices is None or isinstance(devices, Mesh):
         return devices
     available = jax.device_count()
@@ -455,6 +615,12 @@ def _shard(strategy: AbstractStrategy, prepared, mesh: Mesh):
     n = mesh.size
     mesh_devices = set(mesh.devices.flat)
     split = tuple(mesh.axis_names)  # a 1-D mesh's one axis; several axes act as one
+    # jax.distributed: `prepared` is this process's share of the batch, which goes to this
+    # process's devices of the mesh; what is not split must be the same on every process.
+    processes = jax.process_count() if jax.process_count() > 1 else 1
+    local = n // processes
+    shares: list[int] = []
+    whole: list[np.ndarray] = []
 
     def place_subtree(axis, subtree):
         def place(x):
@@ -470,8 +636,23 @@ def _shard(strategy: AbstractStrategy, prepared, mesh: Mesh):
                     )
                 return x
             if axis is None:
+                if processes > 1:  # from the host: a local device's array cannot be sent
+                    x = np.asarray(x)
+                    whole.append(x)
                 return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
             size = x.shape[axis]
+            spec = PartitionSpec(*([None] * axis), split)
+            if processes > 1:
+                if size % local:
+                    raise ValueError(
+                        f"{type(strategy).__name__}: this process's share of the batch (axis "
+                        f"{axis} of the prepared data) has {size} examples, which do not divide "
+                        f"over its {local} devices; give each process a multiple of {local}."
+                    )
+                shares.append(size)
+                return jax.make_array_from_process_local_data(
+                    NamedSharding(mesh, spec), np.asarray(x)
+                )
             if size % n:
                 raise ValueError(
                     f"{type(strategy).__name__}: the batch (axis {axis} of the prepared data) "
@@ -479,13 +660,47 @@ def _shard(strategy: AbstractStrategy, prepared, mesh: Mesh):
                     f"that is a multiple of {n} (drop or add examples), or a device count that "
                     f"divides {size} (devices=...); nothing is padded."
                 )
-            spec = PartitionSpec(*([None] * axis), split)
             return jax.device_put(x, NamedSharding(mesh, spec))
 
         return jax.tree_util.tree_map(place, subtree)
 
     axes = strategy.batch_axes(prepared)
-    return jax.tree_util.tree_map(place_subtree, axes, prepared, is_leaf=lambda x: x is None)
+    placed = jax.tree_util.tree_map(place_subtree, axes, prepared, is_leaf=lambda x: x is None)
+    if processes > 1:  # one collective: equal shares, and the same unsplit data everywhere
+        from jax.experimental import multihost_utils
+
+        try:
+            multihost_utils.assert_equal((shares, whole))
+        except AssertionError:
+            raise ValueError(
+                f"{type(strategy).__name__}: the processes passed different data: each must "
+                "pass an equal share of the batch (the same number of examples) and the same "
+                "times and other unsplit data. Split the batch with process_index()."
+            ) from None
+    return placed
+
+
+def _open_checkpoints(directory, every, resume, model, stages, key) -> _ckpt.Checkpoints | None:
+    if every is not None and not (
+        isinstance(every, int | np.integer) and not isinstance(every, bool) and every > 0
+    ):
+        raise ValueError(f"checkpoint_every must be a positive integer, got {every!r}.")
+    if not isinstance(resume, bool):
+        raise ValueError(f"resume must be True or False, got {resume!r}.")
+    if directory is None:
+        if every is not None or resume:
+            raise ValueError(
+                "checkpoint_every= and resume=True need checkpoint_dir= (the folder that holds "
+                "the checkpoints)."
+            )
+        return None
+    return _ckpt.Checkpoints(directory, every, resume, _ckpt.fingerprint(model, stages, key))
+
+
+def _save(checkpoints, index, run: _StageRun, step_offset, losses, times, reports, start) -> None:
+    elapsed = time.perf_counter() - start
+    step = step_offset + run.steps_done
+    checkpoints.save(step, index, run.counters(), run.carry, losses, times, reports, elapsed)
 
 
 def _failure_message(stage: Stage, run: _StageRun) -> str:
@@ -498,6 +713,15 @@ def _failure_message(stage: Stage, run: _StageRun) -> str:
 
 
 def _result(model, losses, times, reports, interrupted) -> FitResult:
+    if jax.process_count() > 1:  # each process gets the model as an ordinary local one
+        model = jax.tree_util.tree_map(
+            lambda x: (
+                x.addressable_data(0)
+                if isinstance(x, jax.Array) and not x.is_fully_addressable
+                else x
+            ),
+            model,
+        )
     return FitResult(
         model=model,
         losses=np.concatenate(losses) if losses else np.zeros(0),

@@ -6,8 +6,9 @@ the same keywords, and honours each of them or raises a `ValueError`:
 - `optimizer`: replaces the Adam of the solving stages (collocation keeps its own Adam(1e-2));
 - `steps`: Adam steps of each solving stage (default 300), or of the collocation stage in
   `"collocation"` (default 2000);
-- `steps_per_call`: fuse this many steps into one compiled call in every stage (default: 100
-  for collocation, whose steps are ~100x cheaper than solving ones, 1 elsewhere);
+- `steps_per_call`: fuse this many steps into one compiled call in every stage, or `"auto"`
+  (default: 100 for collocation, whose steps are ~100x cheaper than solving ones, "auto"
+  elsewhere: as many as take ~50 ms, see `fit`);
 - `lbfgs_steps`: the final L-BFGS polish on the full trajectory (default 100, 0 for none;
   `"collocation"` has none and refuses a positive value);
 - `data`: the series to be fitted; `"auto"` looks at it to decide whether collocation goes
@@ -92,6 +93,8 @@ def collocation_first(data: Any, kernel: str = "epanechnikov") -> tuple[bool, st
 
 def _check(steps, steps_per_call, lbfgs_steps) -> None:
     for name, value in (("steps", steps), ("steps_per_call", steps_per_call)):
+        if name == "steps_per_call" and value == "auto":
+            continue
         if value is not None and not (isinstance(value, int | np.integer) and value > 0):
             raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
     if lbfgs_steps is not None and not (
@@ -106,9 +109,11 @@ def _adam(optimizer, lr):
     return optax.adam(lr) if optimizer is None else optimizer
 
 
-def _stage(strategy, optimizer, steps, steps_per_call, default_per_call=1) -> Stage:
+def _stage(strategy, optimizer, steps, steps_per_call, default_per_call="auto") -> Stage:
     per_call = default_per_call if steps_per_call is None else steps_per_call
-    return Stage(strategy, optimizer, steps, min(per_call, steps))
+    return Stage(
+        strategy, optimizer, steps, per_call if per_call == "auto" else min(per_call, steps)
+    )
 
 
 def _polish(lbfgs_steps, steps_per_call) -> list[Stage]:

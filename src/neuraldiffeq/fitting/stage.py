@@ -18,16 +18,17 @@ class Stage:
     """One stage of a mixed training loop: minimise `strategy`'s loss with `optimizer`.
 
     `steps_per_call` fuses that many optimizer steps into one compiled call (`lax.scan`), which
-    removes Python dispatch overhead on tiny models at the cost of coarser progress updates.
+    removes Python dispatch overhead on tiny models at the cost of coarser progress updates;
+    `"auto"` (default) fuses as many as take about 50 ms (see `fit`).
 
     Example:
         >>> import optax, neuraldiffeq as nde
         >>> stage = nde.Stage(nde.Trajectory(), optax.adam(0.05), steps=300)
         >>> stage.steps_per_call
-        1
+        'auto'
     """
 
     strategy: AbstractStrategy
     optimizer: optax.GradientTransformation
     steps: int
-    steps_per_call: int = 1
+    steps_per_call: int | str = "auto"

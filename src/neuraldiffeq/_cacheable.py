@@ -1,0 +1,157 @@
+"""Compiled training steps that JAX's persistent compilation cache can store.
+
+Why: JAX never reuses a cached program that calls back into Python, because the callback's
+address is part of the program (and so of its cache key) and changes from process to process.
+The training step of a neural ODE holds such callbacks although `fit` never needs them: diffrax
+checks `SaveAt(ts=...)` (increasing, inside [t0, t1]) with `equinox.error_if`, whose failure path
+is a host callback that raises. `fit` validates its data before compiling (`TimeSeries` refuses
+times that do not increase), so in the step these checks can only ever pass.
+
+`cacheable_jit(f)` traces `f` once, replaces each equinox error callback by what
+`EQX_ON_ERROR=nan` would give (NaN-like values: the step's loss turns non-finite, so the step is
+skipped and counted like a failed solve) and compiles the result; nothing else changes. The
+original, checked `f` stays available as `.checked`, so that `fit` can replay a failed call with
+the checks on and raise their message, as it did before (see `fit`'s failure handling).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jcore
+
+
+def _is_error_callback(eqn) -> bool:
+    if eqn.primitive.name != "pure_callback":
+        return False
+    callback = getattr(eqn.params.get("callback"), "callback_func", None)
+    return getattr(callback, "__module__", "") == "equinox._errors"
+
+
+def _nan_like(outvar) -> tuple[list, Any]:
+    """What `EQX_ON_ERROR=nan` gives for `outvar`: NaN (floats), the largest integer, or True
+    (bools); as (equations that compute it, the variable or literal holding it)."""
+    aval = outvar.aval
+    dtype = np.dtype(aval.dtype)
+    if jnp.issubdtype(dtype, jnp.inexact):
+        fill = np.nan
+    elif jnp.issubdtype(dtype, jnp.integer):
+        fill = np.iinfo(dtype).max
+    else:
+        fill = True
+    closed = jax.make_jaxpr(lambda: jnp.full(aval.shape, fill, dtype))()
+    inner = closed.jaxpr
+    if closed.consts or len(inner.outvars) != 1:
+        raise NotImplementedError
+    result = inner.outvars[0]
+    if isinstance(result, jcore.Literal):  # a scalar: used in place, no equation
+        return [], result
+    eqns = [
+        eqn.replace(outvars=[outvar if v is result else v for v in eqn.outvars])
+        for eqn in inner.eqns
+    ]
+    return eqns, outvar
+
+
+def _strip_jaxpr(jaxpr) -> tuple[Any, int]:
+    """`jaxpr` with every equinox error callback replaced; and how many were replaced."""
+    eqns, count, subst = [], 0, {}
+
+    def sub(v):
+        return v if isinstance(v, jcore.Literal) else subst.get(v, v)
+
+    for eqn in jaxpr.eqns:
+        if _is_error_callback(eqn):
+            for outvar in eqn.outvars:
+                new_eqns, value = _nan_like(outvar)
+                eqns.extend(new_eqns)
+                if value is not outvar:
+                    subst[outvar] = value
+            count += 1
+            continue
+        params, changed = {}, False
+        for name, value in eqn.params.items():
+            new, n = _strip_param(value)
+            params[name] = new
+            changed |= n > 0
+            count += n
+        invars = [sub(v) for v in eqn.invars]
+        if changed or subst:
+            eqn = eqn.replace(params=params, invars=invars)
+        eqns.append(eqn)
+    if count == 0:
+        return jaxpr, 0
+    outvars = [sub(v) for v in jaxpr.outvars]
+    return jaxpr.replace(eqns=eqns, outvars=outvars), count
+
+
+def _strip_param(value) -> tuple[Any, int]:
+    if isinstance(value, jcore.ClosedJaxpr):
+        inner, n = _strip_jaxpr(value.jaxpr)
+        return (jcore.ClosedJaxpr(inner, value.consts) if n else value), n
+    if isinstance(value, jcore.Jaxpr):
+        return _strip_jaxpr(value)
+    if isinstance(value, tuple | list) and any(
+        isinstance(v, jcore.ClosedJaxpr | jcore.Jaxpr) for v in value
+    ):
+        stripped = [_strip_param(v) for v in value]
+        return type(value)(v for v, _ in stripped), sum(n for _, n in stripped)
+    return value, 0
+
+
+def error_callbacks(closed: jcore.ClosedJaxpr) -> int:
+    """How many equinox error callbacks `closed` holds (nested programs included)."""
+    return _strip_jaxpr(closed.jaxpr)[1]
+
+
+class cacheable_jit:
+    """`jax.jit(f, **jit_kwargs)` without equinox's error callbacks (see the module docstring).
+
+    `f` takes and returns pytrees of arrays. Its program is traced once per input structure and
+    shapes. `.checked` is the plain `jax.jit(f, **jit_kwargs)`.
+
+    Example:
+        >>> import equinox as eqx, jax.numpy as jnp
+        >>> from neuraldiffeq._cacheable import cacheable_jit
+        >>> f = cacheable_jit(lambda x: eqx.error_if(x, x < 0, "negative") + 1)
+        >>> f(jnp.array(1.0)).item(), bool(jnp.isnan(f(jnp.array(-1.0))))
+        (2.0, True)
+    """
+
+    def __init__(self, f, **jit_kwargs):
+        self.f, self.jit_kwargs = f, jit_kwargs
+        self.checked = jax.jit(f, **jit_kwargs)
+        self._programs: dict[Any, Any] = {}
+        self.stripped = 0  # error callbacks removed from the program of the last call
+
+    def _key(self, leaves, treedef):
+        return treedef, tuple(
+            (np.shape(x), jnp.result_type(x), getattr(x, "weak_type", False)) for x in leaves
+        )
+
+    def __call__(self, *args):
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        key = self._key(leaves, treedef)
+        program = self._programs.get(key)
+        if program is None:
+            closed, out_shape = jax.make_jaxpr(self.f, return_shape=True)(*args)
+            try:
+                jaxpr, self.stripped = _strip_jaxpr(closed.jaxpr)
+            except NotImplementedError:  # an unusual output type: keep the checks
+                jaxpr, self.stripped = closed.jaxpr, 0
+            closed = jcore.ClosedJaxpr(jaxpr, closed.consts)
+            out_tree = jax.tree_util.tree_structure(out_shape)
+            fun = jcore.jaxpr_as_fun(closed)
+
+            def program(*leaves):
+                return fun(*leaves)
+
+            # the compiled module's name (jit_<name>), as in cache logs and profiles
+            program.__name__ = program.__qualname__ = getattr(self.f, "__name__", "step")
+            flat = jax.jit(program, **self.jit_kwargs)
+            program = self._programs[key] = (flat, out_tree, self.stripped)
+        flat, out_tree, self.stripped = program
+        return jax.tree_util.tree_unflatten(out_tree, flat(*leaves))

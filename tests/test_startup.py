@@ -1,0 +1,195 @@
+"""Start-up costs (issue #17): a training step the persistent compilation cache can keep, one
+trace per stage, errors raised inside a step still reach the user, fused steps by default."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import neuraldiffeq as nde
+from neuraldiffeq._cacheable import cacheable_jit, error_callbacks
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+class Params(eqx.Module):
+    w: jax.Array
+
+
+TARGET = jnp.array([1.0, -2.0, 3.0])
+
+
+class Counted(nde.AbstractStrategy):
+    """loss = ||w - target||^2, NaN with probability `fail_rate`; counts its traces; with
+    `limit`, an equinox check inside the step raises when the loss exceeds it."""
+
+    fail_rate: float = 0.0
+    limit: float | None = None
+
+    def prepare(self, model, data):
+        return jnp.asarray(data)
+
+    def loss(self, model, target, key):
+        TRACES.append(1)
+        value = jnp.sum((model.w - target) ** 2)
+        if self.limit is not None:
+            value = eqx.error_if(value, value > self.limit, "the loss passed its limit")
+        fail = jax.random.uniform(key) < self.fail_rate
+        return jnp.where(fail, jnp.nan, value)
+
+
+TRACES: list[int] = []
+
+
+def test_cacheable_jit_removes_error_callbacks_and_keeps_the_values():
+    def f(x):
+        x = eqx.error_if(x, x < 0, "negative")
+        return {"y": x * 2, "n": jnp.arange(3)}
+
+    assert error_callbacks(jax.make_jaxpr(f)(jnp.ones(3))) == 2  # raise, and a TPU fallback
+    g = cacheable_jit(f)
+    out = g(jnp.arange(3.0))
+    np.testing.assert_array_equal(out["y"], [0.0, 2.0, 4.0])
+    assert g.stripped == 2
+    lowered = jax.jit(f).lower(jnp.ones(3)).as_text()
+    assert "callback" in lowered  # what makes a program uncacheable...
+    assert np.isnan(g(-jnp.ones(3))["y"]).all()  # ...becomes NaN, as EQX_ON_ERROR=nan gives
+    with pytest.raises(Exception, match="negative"):
+        g.checked(-jnp.ones(3))
+
+
+def test_one_trace_per_stage():
+    TRACES.clear()
+    stages = [
+        nde.Stage(Counted(), optax.adam(0.1), steps=40),
+        nde.Stage(Counted(), optax.adam(0.01), steps=40),
+    ]
+    result = nde.fit(Params(jnp.zeros(3)), TARGET, stages, progress=False)
+    assert result.losses.shape == (80,)
+    assert len(TRACES) == 2  # "auto": one program per stage, whatever the steps per call
+
+
+def test_an_error_raised_inside_the_step_still_reaches_the_user():
+    # the limit check is stripped from the compiled step; the NaN it leaves makes fit replay the
+    # call with the check on, which raises the check's own message (as before the change)
+    with pytest.raises(Exception, match="the loss passed its limit"):
+        nde.fit(
+            Params(jnp.zeros(3)),
+            TARGET,
+            Counted(limit=10.0),  # the first loss is 14
+            optimizer=optax.adam(0.1),
+            steps=5,
+            progress=False,
+        )
+    result = nde.fit(  # below the limit: no error, no replay
+        Params(jnp.zeros(3)),
+        TARGET,
+        Counted(limit=100.0),
+        optimizer=optax.adam(0.1),
+        steps=5,
+        progress=False,
+    )
+    assert np.isfinite(result.losses).all()
+
+
+@pytest.mark.filterwarnings("ignore:stage 1/1 Counted.*skipped:UserWarning")
+def test_auto_fusion_is_step_exact():
+    """ "auto" (the default) gives the trajectory of one step per call, failures included, and
+    calls the callback after every step."""
+    kwargs = dict(optimizer=optax.adam(0.1), steps=60, progress=False)
+    strategy = Counted(fail_rate=0.2)
+    one = nde.fit(Params(jnp.zeros(3)), TARGET, strategy, steps_per_call=1, **kwargs)
+    auto = nde.fit(Params(jnp.zeros(3)), TARGET, strategy, **kwargs)
+    np.testing.assert_allclose(one.losses, auto.losses, rtol=1e-6)
+    np.testing.assert_allclose(one.model.w, auto.model.w, rtol=1e-6)
+    assert one.skipped == auto.skipped > 0
+    assert len(np.unique(auto.times)) < 60  # steps were fused
+    seen = []
+    nde.fit(
+        Params(jnp.zeros(3)),
+        TARGET,
+        strategy,
+        callback=lambda step, loss, model: seen.append((step, float(model.w[0]))),
+        **kwargs,
+    )
+    assert [s for s, _ in seen] == list(range(1, 61))
+    with pytest.raises(ValueError, match="steps_per_call must be a positive integer or 'auto'"):
+        nde.fit(Params(jnp.zeros(3)), TARGET, strategy, steps_per_call="fast", **kwargs)
+
+
+_SPIRAL_FIT = textwrap.dedent(
+    """
+    import json, logging, sys
+    hits, misses = [], []
+
+    class Log(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if "cache hit for" in message:
+                hits.append(message.split("'")[1])
+            elif "CACHE MISS for" in message:
+                misses.append(message.split("'")[1])
+
+    logger = logging.getLogger("jax._src.compiler")
+    logger.setLevel(logging.DEBUG)
+    logger.addHandler(Log())
+    import equinox as eqx, jax, jax.numpy as jnp, optax
+    import neuraldiffeq as nde
+
+    nde.enable_compilation_cache(sys.argv[1])
+    data = nde.datasets.spiral()
+    mlp = eqx.nn.MLP(2, 2, 50, 1, activation=jnp.tanh, key=jax.random.key(0))
+    model = nde.NeuralODE(nde.autonomous(mlp, input_fn=lambda y: y**3))
+    nde.fit(model, data, nde.Trajectory(), optimizer=optax.adam(0.05), steps=2, progress=False)
+    print(json.dumps({"hits": hits, "misses": misses}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_a_second_process_loads_the_spiral_step_from_the_cache(tmp_path):
+    env = dict(os.environ, PYTHONPATH=SRC)
+    runs = []
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", _SPIRAL_FIT, str(tmp_path / "cache")],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+        assert out.returncode == 0, out.stderr
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    first, second = runs
+    assert "jit_fused" in first["misses"] and "jit_fused" not in first["hits"]
+    assert "jit_fused" in second["hits"] and "jit_fused" not in second["misses"]
+
+
+def test_cache_directory_choice_and_cli_flag(tmp_path, monkeypatch, capsys):
+    from neuraldiffeq.cli import build_parser, main
+
+    monkeypatch.setenv("NEURALDIFFEQ_CACHE_DIR", str(tmp_path / "mine"))
+    assert nde.default_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("NEURALDIFFEQ_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert nde.default_cache_dir() == tmp_path / "xdg" / "neuraldiffeq" / "jax"
+    argv = ["fit", "data.csv", "--time", "t"]
+    assert build_parser(argv).parse_args(argv).cache is True
+    assert build_parser(argv).parse_args([*argv, "--no-cache"]).cache is False
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match="cannot create the compilation cache directory"):
+        nde.enable_compilation_cache(blocker / "jax")
+    # the CLI reports an unusable cache directory as bad input (exit 2), before any work
+    monkeypatch.setenv("NEURALDIFFEQ_CACHE_DIR", str(blocker / "jax"))
+    assert main([*argv]) == 2
+    assert "NEURALDIFFEQ_CACHE_DIR" in capsys.readouterr().err
