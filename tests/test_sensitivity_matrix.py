@@ -34,6 +34,9 @@ REFUSED = {
     ("NeuralDDE", "Forward"),
     ("NeuralDDE", "Interpolating"),
     ("NeuralDDE", "Quadrature"),
+    ("NeuralODEMM", "Backsolve"),  # an adjoint equation without the mass matrix
+    ("NeuralODEMM", "Interpolating"),
+    ("NeuralODEMM", "Quadrature"),
     # a split symplectic solve (a pair of terms on a (q, p) pair): no continuous adjoint
     ("HamiltonianNN.leapfrog", "Backsolve"),
     ("HamiltonianNN.leapfrog", "Interpolating"),
@@ -69,6 +72,17 @@ class Delay(eqx.Module):
 
     def __call__(self, t, y, y_lagged, args):
         return -self.p[0] * y_lagged[0] + self.p[1] * jnp.tanh(y)
+
+
+class MassDAE(eqx.Module):
+    """M = diag(1, 0): y1' = -p0 y1 + p1 tanh(y2) + 0.1 t, 0 = y2 - p2 y1 (index 1)."""
+
+    p: jax.Array
+
+    def __call__(self, t, y, args=None):
+        return jnp.stack(
+            [-self.p[0] * y[0] + self.p[1] * jnp.tanh(y[1]) + 0.1 * t, y[1] - self.p[2] * y[0]]
+        )
 
 
 class Diffusion(eqx.Module):
@@ -145,6 +159,12 @@ def neural_dde(s):
     return model, lambda m: jnp.sum(m(jnp.linspace(0.0, 1.5, 4), jnp.array([0.7])) ** 2)
 
 
+def neural_odemm(s):
+    model = nde.NeuralODEMM(MassDAE(jnp.array([1.0, 0.5, 0.7])), [1.0, 0.0], sensitivity=s, **TIGHT)
+    # a consistent start for the current parameters: y2 = p2 y1
+    return model, lambda m: jnp.sum(m(TS, jnp.stack([1.0, m.field.p[2]])) ** 2)
+
+
 def ffjord(s):
     model = nde.FFJORD(Tanh(2), t1=0.7, trace="exact", sensitivity=s, **TIGHT)
     x = jnp.array([[0.3, -0.2], [1.0, 0.5], [-0.7, 0.1]])
@@ -201,6 +221,7 @@ MODELS = {
     "ODEBlock": odeblock,
     "NeuralSDE": neural_sde,
     "NeuralDDE": neural_dde,
+    "NeuralODEMM": neural_odemm,
     "FFJORD.log_prob": ffjord,
     "LatentODE.decode": latent,
     "HamiltonianNN": hamiltonian,

@@ -40,6 +40,7 @@ _PUBLIC: dict[str, str] = {
     "ConcatSquashLinear": ".models.concat_squash",
     "ConcatSquashMLP": ".models.concat_squash",
     "LatentODE": ".models",
+    "NeuralODEMM": ".models.odemm",
     "HamiltonianNN": ".models.hamiltonian",
     "SeparableHamiltonian": ".models.hamiltonian",
     "SecondOrderNeuralODE": ".models.second_order",
@@ -136,6 +137,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
     from .models.cnf import FFJORD, CNFStats
     from .models.concat_squash import ConcatSquashLinear, ConcatSquashMLP
     from .models.hamiltonian import HamiltonianNN, SeparableHamiltonian
+    from .models.odemm import NeuralODEMM
     from .models.second_order import SecondOrderNeuralODE
     from .sensitivity import (
         AbstractSensitivity,

@@ -98,7 +98,11 @@ def _strip_param(value) -> tuple[Any, int]:
         isinstance(v, jcore.ClosedJaxpr | jcore.Jaxpr) for v in value
     ):
         stripped = [_strip_param(v) for v in value]
-        return type(value)(v for v, _ in stripped), sum(n for _, n in stripped)
+        items = [v for v, _ in stripped]
+        # a NamedTuple (e.g. custom_linear_solve's `jaxprs`, in every implicit solver's Newton
+        # step) is built from positional fields, a tuple or list from one iterable
+        rebuilt = type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+        return rebuilt, sum(n for _, n in stripped)
     return value, 0
 
 

@@ -32,6 +32,10 @@ DEMOS: dict[str, tuple[str, str]] = {
         "neuraldiffeq.demos.stiff",
         "Robertson's stiff kinetics: tsit5 cannot fit the three rates, kvaerno5 recovers them.",
     ),
+    "dae": (
+        "neuraldiffeq.demos.dae",
+        "Robertson's kinetics as a mass-matrix DAE: NeuralODEMM fits the three rates.",
+    ),
     "spheres": (
         "neuraldiffeq.demos.spheres",
         "Concentric spheres: a plain neural ODE cannot separate them, an augmented one can.",
