@@ -30,6 +30,9 @@ REFUSED = {
     ("NeuralSDE", "Backsolve"),  # Euler–Maruyama is Itô; diffrax's backsolve needs Stratonovich
     ("NeuralSDE", "Interpolating"),
     ("NeuralSDE", "Quadrature"),
+    ("LatentSDE", "Backsolve"),  # Euler–Maruyama, as for NeuralSDE
+    ("LatentSDE", "Interpolating"),
+    ("LatentSDE", "Quadrature"),
     ("NeuralDDE", "Backsolve"),
     ("NeuralDDE", "Forward"),
     ("NeuralDDE", "Interpolating"),
@@ -125,6 +128,14 @@ def latent(s):
     return model, lambda m: jnp.sum(m.decode(TS, z0) ** 2)
 
 
+def latent_sde(s):
+    model = nde.LatentSDE(
+        2, 1, context_size=2, hidden_size=2, dt0=0.05, sensitivity=s, key=jax.random.key(0)
+    )
+    ys = jnp.array([[0.3, -0.1, 0.4, 0.2], [0.0, 0.5, -0.2, 0.1]])[..., None]
+    return model, lambda m: -m.elbo(TS, ys, None, jax.random.key(4))
+
+
 MODELS = {
     "NeuralODE": neural_ode,
     "AugmentedNeuralODE": augmented,
@@ -133,6 +144,7 @@ MODELS = {
     "NeuralDDE": neural_dde,
     "FFJORD.log_prob": ffjord,
     "LatentODE.decode": latent,
+    "LatentSDE.elbo": latent_sde,
 }
 
 _FD_CACHE: dict = {}
@@ -194,6 +206,7 @@ def _constructors():
             Delay(jnp.ones(2)), jnp.ones(1), [1.0], 0.0, 1.0, **kw
         ),
         "NeuralSDE": lambda **kw: nde.NeuralSDE(Tanh(2), Diffusion(jnp.ones(2)), **kw),
+        "LatentSDE": lambda **kw: nde.LatentSDE(1, 1, key=jax.random.key(0), **kw),
     }
 
 
@@ -212,7 +225,7 @@ def _constructors():
 def test_same_input_error_from_every_model(kwargs, models):
     messages = {}
     for name, build in _constructors().items():
-        if models == "ode" and name == "NeuralSDE":  # SDE solver names / constant steps
+        if models == "ode" and name in ("NeuralSDE", "LatentSDE"):  # SDE solver names / constant steps
             continue
         with pytest.raises(ValueError) as info:
             build(**kwargs)

@@ -40,6 +40,7 @@ _PUBLIC: dict[str, str] = {
     "ConcatSquashLinear": ".models.concat_squash",
     "ConcatSquashMLP": ".models.concat_squash",
     "LatentODE": ".models",
+    "LatentSDE": ".models",
     # sensitivities
     "AbstractSensitivity": ".sensitivity",
     "Direct": ".sensitivity",
@@ -112,6 +113,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
         AugmentedNeuralODE,
         Autonomous,
         LatentODE,
+        LatentSDE,
         NeuralDDE,
         NeuralODE,
         NeuralSDE,
