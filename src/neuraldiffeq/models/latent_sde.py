@@ -255,9 +255,7 @@ class LatentSDE(HasSolveConfig):
         out = (loglik, kl0, kl_path)
         return tuple(x[0] for x in out) if single else out
 
-    def sample_prior(
-        self, ts, *, key: jax.Array, n: int = 1, latent: bool = False
-    ) -> jax.Array:
+    def sample_prior(self, ts, *, key: jax.Array, n: int = 1, latent: bool = False) -> jax.Array:
         """`n` paths of the prior at `ts`: decoded observations (without the observation noise)
         `(n, T, obs_dim)`, or with `latent=True` the latent states `(n, T, latent_dim)`.
 
@@ -325,7 +323,9 @@ class LatentSDE(HasSolveConfig):
         mean, logstd = self._qz0(context)
         eps = jax.random.normal(k_z0, (int(n), *mean.shape), mean.dtype)
         z0 = (mean + jnp.exp(logstd) * eps).reshape(-1, self.latent_dim)  # (n * B, L)
-        context = jnp.broadcast_to(context, (int(n), *context.shape)).reshape(-1, *context.shape[1:])
+        context = jnp.broadcast_to(context, (int(n), *context.shape)).reshape(
+            -1, *context.shape[1:]
+        )
         zs, _, result = self._solve_posterior(ts, context, z0, ts_out, k_bm, logqp=False)
         zs = on_failure(result, zs).reshape(int(n), ys.shape[0], ts_out.shape[0], -1)
         out = zs if latent else jax.vmap(jax.vmap(jax.vmap(self.projector)))(zs)
@@ -354,7 +354,9 @@ class LatentSDE(HasSolveConfig):
         """
         batch, latent = z0.shape
         width = latent + int(logqp)
-        drift = _PosteriorField(self.posterior_drift, self.prior_drift, self.diffusion, batch, logqp)
+        drift = _PosteriorField(
+            self.posterior_drift, self.prior_drift, self.diffusion, batch, logqp
+        )
         diffusion = _BatchDiffusion(self.diffusion, batch, logqp)
         if logqp:
             z0 = jnp.concatenate([z0, jnp.zeros((batch, 1), z0.dtype)], -1)
