@@ -106,7 +106,6 @@ def test_sampling_shapes_and_keys():
     ts = jnp.linspace(0.0, 1.0, 6)
     prior = model.sample_prior(ts, key=jax.random.key(1), n=5)
     assert prior.shape == (5, 6, 3)
-    assert model.sample_prior(ts, key=jax.random.key(1), n=5, latent=True).shape == (5, 6, 2)
     np.testing.assert_array_equal(prior, model.sample_prior(ts, key=jax.random.key(1), n=5))
     other = model.sample_prior(ts, key=jax.random.key(2), n=5)
     assert not np.allclose(prior, other)

@@ -36,4 +36,8 @@ DEMOS: dict[str, tuple[str, str]] = {
         "neuraldiffeq.demos.spheres",
         "Concentric spheres: a plain neural ODE cannot separate them, an augmented one can.",
     ),
+    "latent-sde": (
+        "neuraldiffeq.demos.latent_sde",
+        "A latent SDE on torchsde's stochastic Lorenz data: posterior and prior samples.",
+    ),
 }
