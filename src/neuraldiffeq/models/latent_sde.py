@@ -135,6 +135,8 @@ class LatentSDE(HasSolveConfig):
         (4, 11, 3)
         >>> model.sample_posterior(ts, ys, key=jax.random.key(3), n=2).shape
         (2, 5, 11, 3)
+        >>> [x.shape for x in model.elbo_terms(ts, ys, key=jax.random.key(4))]  # per series
+        [(5,), (5,), (5,)]
     """
 
     encoder: ContextEncoder
@@ -213,14 +215,8 @@ class LatentSDE(HasSolveConfig):
     ) -> jax.Array:
         """The evidence lower bound, averaged over series (one posterior path per series):
         mean of log p(ys | z) - kl_weight * KL(q || p). `kl_weight` < 1 anneals the KL (as
-        torchsde's example does early in training); 1 is the ELBO itself.
-
-        Example:
-            >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
-            >>> model = nde.LatentSDE(1, 1, context_size=4, hidden_size=8, key=jax.random.key(0))
-            >>> ts = jnp.linspace(0.0, 1.0, 5)
-            >>> bool(model.elbo(ts, jnp.zeros((5, 1)), key=jax.random.key(1)) < 0)
-            True
+        torchsde's example does early in training); 1 is the ELBO itself. Example: see
+        `LatentSDE`.
         """
         loglik, kl0, kl_path = self.elbo_terms(ts, ys, mask, key)
         return jnp.mean(loglik - kl_weight * (kl0 + kl_path))
@@ -230,14 +226,8 @@ class LatentSDE(HasSolveConfig):
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
         """Per series `(B,)` (scalars for one series): the log-likelihood of the observed
         entries under the sampled posterior path, KL(q(z0) || p(z0)), and the path KL
-        ∫ ½ |u|² dt along that path (inf / -inf where the solve failed).
-
-        Example:
-            >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
-            >>> model = nde.LatentSDE(2, 1, context_size=4, hidden_size=8, key=jax.random.key(0))
-            >>> ts = jnp.linspace(0.0, 1.0, 5)
-            >>> [x.shape for x in model.elbo_terms(ts, jnp.zeros((3, 5, 1)), key=jax.random.key(1))]
-            [(3,), (3,), (3,)]
+        ∫ ½ |u|² dt along that path (-inf / inf where the solve failed). Example: see
+        `LatentSDE`.
         """
         if key is None:
             raise ValueError("elbo needs key=jax.random.key(...) for its posterior sample.")
@@ -258,13 +248,7 @@ class LatentSDE(HasSolveConfig):
     def sample_prior(self, ts, *, key: jax.Array, n: int = 1, latent: bool = False) -> jax.Array:
         """`n` paths of the prior at `ts`: decoded observations (without the observation noise)
         `(n, T, obs_dim)`, or with `latent=True` the latent states `(n, T, latent_dim)`.
-
-        Example:
-            >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
-            >>> model = nde.LatentSDE(2, 1, context_size=4, hidden_size=8, key=jax.random.key(0))
-            >>> ts = jnp.linspace(0.0, 1.0, 5)
-            >>> model.sample_prior(ts, key=jax.random.key(1), n=3, latent=True).shape
-            (3, 5, 2)
+        Example: see `LatentSDE`.
         """
         _check_n(n)
         ts = check_times(ts, "ts")
@@ -294,16 +278,7 @@ class LatentSDE(HasSolveConfig):
         """`n` posterior paths per series, given observations `ys` at `ts`, saved at `ts_out`
         (default `ts`; strictly increasing, within [ts[0], ts[-1]]): decoded observations
         `(n, B, T_out, obs_dim)` (`(n, T_out, obs_dim)` for one series), or with `latent=True`
-        the latent states.
-
-        Example:
-            >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
-            >>> model = nde.LatentSDE(2, 1, context_size=4, hidden_size=8, key=jax.random.key(0))
-            >>> ts = jnp.linspace(0.0, 1.0, 5)
-            >>> fine = jnp.linspace(0.0, 1.0, 50)
-            >>> model.sample_posterior(ts, jnp.zeros((5, 1)), key=jax.random.key(1), n=3,
-            ...                        ts_out=fine).shape
-            (3, 50, 1)
+        the latent states. Example: see `LatentSDE`.
         """
         _check_n(n)
         ts, ys, mask, single = self._inputs(ts, ys, mask)
