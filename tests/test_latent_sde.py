@@ -171,6 +171,7 @@ def test_fit_improves_the_elbo():
     result = nde.fit(model, data, nde.ELBO(), optimizer=optax.adam(2e-2), steps=100, progress=False)
     before = float(np.mean(result.losses[:3]))
     after = float(np.mean(result.losses[-5:]))
-    # -ELBO per series starts near 20 * 3 * (½ (y/0.3)² + 0.3) ≈ 400; 100 steps take off ~60%
+    # -ELBO per series starts near 20 * 3 * (½ (y/0.3)² + 0.3) ≈ 400; 100 steps took off 73%
+    # (422 -> 113 when written); asking for 25% leaves a margin of ~3x
     assert np.all(np.isfinite(result.losses))
     assert after < 0.75 * before, (before, after)
