@@ -286,12 +286,12 @@ class LatentSDE(HasSolveConfig):
             ts_out = ts
         else:
             ts_out = check_times(ts_out, "ts_out").astype(ts.dtype)
-            if is_concrete(ts_out) and is_concrete(ts):
-                if float(ts_out[0]) < float(ts[0]) or float(ts_out[-1]) > float(ts[-1]):
+            if is_concrete(ts_out) and is_concrete(ts):  # numpy: nothing staged under jit
+                (a, b), (c, d) = np.asarray(ts)[[0, -1]], np.asarray(ts_out)[[0, -1]]
+                if c < a or d > b:
                     raise ValueError(
-                        f"ts_out must lie within the observation times [{float(ts[0])}, "
-                        f"{float(ts[-1])}] where the posterior is defined, got "
-                        f"[{float(ts_out[0])}, {float(ts_out[-1])}]."
+                        f"ts_out must lie within the observation times [{a}, {b}] where the "
+                        f"posterior is defined, got [{c}, {d}]."
                     )
         k_z0, k_bm = jax.random.split(key)
         context = self.encoder(ys, mask)  # (B, T, C)
