@@ -225,7 +225,8 @@ def _constructors():
 def test_same_input_error_from_every_model(kwargs, models):
     messages = {}
     for name, build in _constructors().items():
-        if models == "ode" and name in ("NeuralSDE", "LatentSDE"):  # SDE solver names / constant steps
+        # SDE models: SDE solver names and constant steps
+        if models == "ode" and name in ("NeuralSDE", "LatentSDE"):
             continue
         with pytest.raises(ValueError) as info:
             build(**kwargs)
