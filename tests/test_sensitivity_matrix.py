@@ -30,6 +30,9 @@ REFUSED = {
     ("NeuralSDE", "Backsolve"),  # Euler–Maruyama is Itô; diffrax's backsolve needs Stratonovich
     ("NeuralSDE", "Interpolating"),
     ("NeuralSDE", "Quadrature"),
+    ("LatentSDE", "Backsolve"),  # Euler–Maruyama, as for NeuralSDE
+    ("LatentSDE", "Interpolating"),
+    ("LatentSDE", "Quadrature"),
     ("NeuralDDE", "Backsolve"),
     ("NeuralDDE", "Forward"),
     ("NeuralDDE", "Interpolating"),
@@ -215,6 +218,14 @@ def neural_cde(s):
     return model, lambda m: jnp.sum(m(control) ** 2)
 
 
+def latent_sde(s):
+    model = nde.LatentSDE(
+        2, 1, context_size=2, hidden_size=2, dt0=0.05, sensitivity=s, key=jax.random.key(0)
+    )
+    ys = jnp.array([[0.3, -0.1, 0.4, 0.2], [0.0, 0.5, -0.2, 0.1]])[..., None]
+    return model, lambda m: -m.elbo(TS, ys, None, jax.random.key(4))
+
+
 MODELS = {
     "NeuralODE": neural_ode,
     "AugmentedNeuralODE": augmented,
@@ -228,6 +239,7 @@ MODELS = {
     "HamiltonianNN.leapfrog": hamiltonian_leapfrog,
     "SecondOrderNeuralODE": second_order,
     "NeuralCDE": neural_cde,
+    "LatentSDE.elbo": latent_sde,
 }
 
 _FD_CACHE: dict = {}
@@ -292,6 +304,7 @@ def _constructors():
         "HamiltonianNN": lambda **kw: nde.HamiltonianNN(lambda y: y @ y, **kw),
         "SecondOrderNeuralODE": lambda **kw: nde.SecondOrderNeuralODE(lambda y: -y[:1], **kw),
         "NeuralCDE": lambda **kw: nde.NeuralCDE(1, 2, 2, key=jax.random.key(0), **kw),
+        "LatentSDE": lambda **kw: nde.LatentSDE(1, 1, key=jax.random.key(0), **kw),
     }
 
 
@@ -310,7 +323,8 @@ def _constructors():
 def test_same_input_error_from_every_model(kwargs, models):
     messages = {}
     for name, build in _constructors().items():
-        if models == "ode" and name == "NeuralSDE":  # SDE solver names / constant steps
+        # SDE models: SDE solver names and constant steps
+        if models == "ode" and name in ("NeuralSDE", "LatentSDE"):
             continue
         with pytest.raises(ValueError) as info:
             build(**kwargs)

@@ -47,6 +47,7 @@ _PUBLIC: dict[str, str] = {
     "NeuralCDE": ".models.cde",
     "Interpolation": ".interpolation",
     "interpolation_coeffs": ".interpolation",
+    "LatentSDE": ".models",
     # sensitivities
     "AbstractSensitivity": ".sensitivity",
     "Direct": ".sensitivity",
@@ -127,6 +128,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
         AugmentedNeuralODE,
         Autonomous,
         LatentODE,
+        LatentSDE,
         NeuralDDE,
         NeuralODE,
         NeuralSDE,

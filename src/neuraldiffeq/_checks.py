@@ -173,7 +173,7 @@ def check_series(ts, ys, mask=None, *, ts_name: str = "ts", ys_name: str = "ys",
             raise ValueError(f"mask must have the shape of {ys_name} {ys.shape}, got {mask.shape}.")
         mask = mask.astype(bool)
         ys = jnp.where(mask, ys, 0.0)
-    if is_concrete(ys) and not bool(jnp.all(jnp.isfinite(ys))):
+    if is_concrete(ys) and not np.all(np.isfinite(np.asarray(ys))):  # numpy: no staging in jit
         raise ValueError(
             f"{ys_name} contains NaN or infinite values"
             + (" where mask says it is observed." if mask is not None else "; pass mask= (True")

@@ -1,6 +1,7 @@
 """Built-in data: synthetic generators from the tutorials and papers, and small real data sets."""
 
 from .latent_spirals import Spirals, spirals
+from .lorenz import stochastic_lorenz
 from .real import LYNX_HARE_CSV, lynx_hare
 from .synthetic import lotka_volterra, spiral
 from .toy2d import TOY_2D, toy_2d
@@ -14,4 +15,5 @@ __all__ = [
     "spiral",
     "spirals",
     "Spirals",
+    "stochastic_lorenz",
 ]

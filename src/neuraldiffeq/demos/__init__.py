@@ -48,4 +48,8 @@ DEMOS: dict[str, tuple[str, str]] = {
         "neuraldiffeq.demos.cde",
         "torchcde's spirals: a neural CDE tells their direction from irregular, gappy samples.",
     ),
+    "latent-sde": (
+        "neuraldiffeq.demos.latent_sde",
+        "A latent SDE on torchsde's stochastic Lorenz data: posterior and prior samples.",
+    ),
 }

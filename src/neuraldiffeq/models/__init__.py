@@ -5,6 +5,7 @@ from .cnf import FFJORD, CNFStats, StandardNormal, batched_log_prob, mean_nll
 from .concat_squash import ConcatSquashLinear, ConcatSquashMLP
 from .dde import NeuralDDE
 from .latent import LatentODE
+from .latent_sde import LatentSDE
 from .ode import Autonomous, NeuralODE, autonomous
 from .odeblock import ODEBlock
 from .sde import NeuralSDE
@@ -20,6 +21,7 @@ __all__ = [
     "AugmentedNeuralODE",
     "Autonomous",
     "LatentODE",
+    "LatentSDE",
     "NeuralODE",
     "ODEBlock",
     "autonomous",

@@ -222,8 +222,11 @@ class LatentODE(eqx.Module):
         zs = self.dynamics(ts, z0)  # (T, B, L); inf where the solver failed
         return jnp.swapaxes(jax.vmap(jax.vmap(self.decoder))(zs), 0, 1)
 
-    def elbo(self, ts, ys, mask=None, key: jax.Array | None = None) -> jax.Array:
+    def elbo(
+        self, ts, ys, mask=None, key: jax.Array | None = None, *, kl_weight: float = 1.0
+    ) -> jax.Array:
         """The evidence lower bound, averaged over series (one posterior sample per series).
+        `kl_weight` < 1 scales the KL term down (KL annealing); 1 is the ELBO itself.
 
         `ys` is `(T, D)` or `(B, T, D)`; `mask` (same shape, True = observed) may be None.
         Values of `ys` where `mask` is False are never read.
@@ -235,7 +238,7 @@ class LatentODE(eqx.Module):
         z0 = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
         pred = self.decode(ts, z0)
         loglik = self.log_likelihood(pred, ys, mask)
-        return jnp.mean(loglik - gaussian_kl(mean, logvar))
+        return jnp.mean(loglik - kl_weight * gaussian_kl(mean, logvar))
 
     def log_likelihood(self, pred, ys, mask=None) -> jax.Array:
         """Gaussian log-density of the observed entries of `ys` given `pred`, summed per series."""
