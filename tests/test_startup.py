@@ -78,18 +78,31 @@ def test_one_trace_per_stage():
     assert len(TRACES) == 2  # "auto": one program per stage, whatever the steps per call
 
 
-def test_an_error_raised_inside_the_step_still_reaches_the_user():
+def test_an_error_raised_inside_the_step_reaches_the_user_and_the_step_is_skipped():
     # the limit check is stripped from the compiled step; the NaN it leaves makes fit replay the
-    # call with the check on, which raises the check's own message (as before the change)
-    with pytest.raises(Exception, match="the loss passed its limit"):
-        nde.fit(
+    # call with the check on to learn its message: the step is skipped like a failed solve (the
+    # fit and its best model are not lost) and the message is in the warning and the FitFailure
+    with pytest.warns(UserWarning, match="5 of 5 steps.*the loss passed its limit"):
+        result = nde.fit(
             Params(jnp.zeros(3)),
             TARGET,
-            Counted(limit=10.0),  # the first loss is 14
+            Counted(limit=10.0),  # the first loss is 14: every step fails the check
             optimizer=optax.adam(0.1),
             steps=5,
             progress=False,
         )
+    assert result.skipped == 5 and np.all(np.asarray(result.model.w) == 0.0)
+    with pytest.raises(nde.FitFailure, match="the loss passed its limit") as failure:
+        nde.fit(
+            Params(jnp.zeros(3)),
+            TARGET,
+            Counted(limit=10.0),
+            optimizer=optax.adam(0.1),
+            steps=5,
+            max_failures=3,
+            progress=False,
+        )
+    assert failure.value.result.model is not None
     result = nde.fit(  # below the limit: no error, no replay
         Params(jnp.zeros(3)),
         TARGET,

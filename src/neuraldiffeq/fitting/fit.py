@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 import warnings
@@ -257,7 +258,12 @@ def fit(
         if run.skipped:
             warnings.warn(
                 f"stage {name}: {run.skipped} of {run.steps_done} steps had a non-finite loss or "
-                "gradient (solver failure) and were skipped.",
+                "gradient (solver failure) and were skipped."
+                + (
+                    f" A check inside the step said: {run.check_message}"
+                    if run.check_message
+                    else ""
+                ),
                 stacklevel=2,
             )
         if interrupted:
@@ -299,6 +305,7 @@ class _StageRun:
         self.first_loss = float("nan")
         self.last_loss = float("nan")
         self.steps_done = self.skipped = self.consecutive_failures = 0
+        self.check_message: str | None = None  # the first line of a failed in-step check
         self.compile_seconds = 0.0
         self.started = time.perf_counter()
         self._compiled: dict[int, Any] = {}
@@ -342,10 +349,13 @@ class _StageRun:
             values, finite = out[0, :done], out[1, :done].astype(bool)
             if self._compiled[key].stripped and (~finite & ~np.isinf(values)).any():
                 # A NaN may be a check that failed inside the step (an error that the cacheable
-                # program turns into NaN): replay the call with the checks on; they raise their
-                # message as before. A failed solve gives inf and is not replayed, nor is a
-                # program that had no checks.
-                self._compiled[key].checked(*args)
+                # program turns into NaN, e.g. lineax's singular Newton matrix inside an implicit
+                # solver): replay the call with the checks on to learn the check's message. The
+                # step stays skipped, like a failed solve (which gives inf and is not replayed),
+                # and the message goes into the stage's warning and any FitFailure.
+                self.check_message = self.check_message or _failed_check(
+                    self._compiled[key].checked, args
+                )
             self.carry = carry
             if first:  # compilation plus one call of n steps
                 self.compile_seconds += elapsed
@@ -703,12 +713,31 @@ def _save(checkpoints, index, run: _StageRun, step_offset, losses, times, report
     checkpoints.save(step, index, run.counters(), run.carry, losses, times, reports, elapsed)
 
 
+def _failed_check(checked, args) -> str | None:
+    """Run the checked program; the message of the equinox check that fails, if one does."""
+    callbacks = logging.getLogger("jax._src.callback")  # it logs each failed check's traceback
+    level = callbacks.level
+    callbacks.setLevel(logging.CRITICAL)
+    try:
+        checked(*args)
+    except (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        for line in lines:  # "...EquinoxRuntimeError: <the check's message>"
+            if "EquinoxRuntimeError: " in line:
+                return line.split("EquinoxRuntimeError: ", 1)[1]
+        return lines[-1] if lines else type(error).__name__
+    finally:
+        callbacks.setLevel(level)
+    return None
+
+
 def _failure_message(stage: Stage, run: _StageRun) -> str:
     return (
         f"{run.consecutive_failures} consecutive steps of {type(stage.strategy).__name__} had a "
         "non-finite loss or gradient, so the solver is failing on this model. Try a stiff solver "
         "(solver='kvaerno5'), looser tolerances or a larger max_steps, a smaller learning rate, "
         "or a smaller initialisation of the network. The best model so far is in error.result."
+        + (f" A check inside the step said: {run.check_message}" if run.check_message else "")
     )
 
 
