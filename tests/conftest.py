@@ -1,6 +1,7 @@
 import ctypes
 import gc
 import os
+import tempfile
 
 import jax
 import matplotlib
@@ -16,7 +17,9 @@ def pytest_configure(config):
     from neuraldiffeq.cache import CACHE_DIR_VARIABLE, enable_compilation_cache
 
     if not os.environ.get(CACHE_DIR_VARIABLE):
-        os.environ[CACHE_DIR_VARIABLE] = str(config.cache.mkdir("jax-compilation"))
+        cache = getattr(config, "cache", None)  # None under `-p no:cacheprovider`
+        folder = cache.mkdir("jax-compilation") if cache else tempfile.mkdtemp(prefix="nde-jax-")
+        os.environ[CACHE_DIR_VARIABLE] = str(folder)
     enable_compilation_cache(os.environ[CACHE_DIR_VARIABLE])
 
 
