@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
@@ -157,7 +158,8 @@ def fit(
             stage and every `checkpoint_every` steps. A folder that already holds checkpoints
             is refused unless `resume=True`.
         checkpoint_every: write a checkpoint after the compiled call that completes each
-            multiple of this many steps (counted over all stages); None: at stage ends only.
+            multiple of this many steps (counted over all stages; with `steps_per_call="auto"`
+            the calls end exactly on those steps); None: at stage ends only.
         resume: continue from the newest complete checkpoint in `checkpoint_dir` (start afresh
             if there is none). The continued fit computes the same losses as an uninterrupted
             one; give the same model, data, strategy, optimizer, steps and key (another model
@@ -214,6 +216,8 @@ def fit(
             continue  # finished before the checkpoint; its result is in the restored carry
         name = f"{index + 1}/{len(stages)} {type(stage.strategy).__name__}"
         run = _StageRun(model, stage, prepared, stage_key, mesh, one_at_a_time=callback is not None)
+        if checkpoints is not None and checkpoints.every is not None:
+            run.call_boundary = (step_offset, checkpoints.every)
         if saved is not None and index == saved.stage:
             run.restore(saved, checkpoints.directory)
         with tqdm(
@@ -305,6 +309,7 @@ class _StageRun:
         self.first_loss = float("nan")
         self.last_loss = float("nan")
         self.steps_done = self.skipped = self.consecutive_failures = 0
+        self.call_boundary: tuple[int, int] | None = None  # (global step offset, every)
         self.check_message: str | None = None  # the first line of a failed in-step check
         self.compile_seconds = 0.0
         self.started = time.perf_counter()
@@ -329,6 +334,9 @@ class _StageRun:
         n_auto = 1  # "auto": the first calls run one step; then as many as fill AUTO_CALL_SECONDS
         while remaining > 0:
             n = min(n_auto if auto else self.stage.steps_per_call, remaining)
+            if auto and self.call_boundary is not None:  # "auto" calls end on checkpoint steps
+                offset, every = self.call_boundary
+                n = min(n, every - (offset + self.steps_done) % every)
             key = "auto" if auto else n  # "auto": one program, the count is an argument
             first = key not in self._compiled
             if first:
@@ -362,6 +370,9 @@ class _StageRun:
             elif auto and not self.one_at_a_time:
                 per_step = elapsed / max(done, 1)
                 n_auto = int(np.clip(AUTO_CALL_SECONDS / per_step, 1, AUTO_MAX_STEPS))
+                if jax.process_count() > 1:  # the processes' timings differ; their programs
+                    # must not: every process runs process 0's count (else the collectives hang)
+                    n_auto = int(multihost_utils.broadcast_one_to_all(np.int32(n_auto)))
             self._record(values, finite)
             remaining -= done
             yield values

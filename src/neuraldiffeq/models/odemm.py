@@ -65,8 +65,8 @@ class NeuralODEMM(HasSolveConfig):
         >>> model = nde.NeuralODEMM(lambda t, y, a: -y[:1], [1.0, 0.0],
         ...                         constraints=lambda t, y, a: y[:1] + y[1:] - 1.0, rtol=1e-8)
         >>> ys = model(jnp.linspace(0, 1, 3), jnp.array([1.0, 0.0]))
-        >>> [round(float(v), 5) for v in ys[-1]]
-        [0.36788, 0.63212]
+        >>> tuple(round(float(v), 5) for v in ys[-1])
+        (0.36788, 0.63212)
         >>> model(jnp.linspace(0, 1, 3), jnp.array([1.0, 0.5]))
         Traceback (most recent call last):
         ...
