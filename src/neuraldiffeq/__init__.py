@@ -39,7 +39,11 @@ _PUBLIC: dict[str, str] = {
     "CNFStats": ".models.cnf",
     "ConcatSquashLinear": ".models.concat_squash",
     "ConcatSquashMLP": ".models.concat_squash",
+    "ConcatSquashConv": ".models.concat_squash",
+    "ConcatSquashConvNet": ".models.concat_squash",
     "LatentODE": ".models",
+    "VAE": ".models.vae",
+    "PlanarFlow": ".models.vae",
     # sensitivities
     "AbstractSensitivity": ".sensitivity",
     "Direct": ".sensitivity",
@@ -119,7 +123,13 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
         autonomous,
     )
     from .models.cnf import FFJORD, CNFStats
-    from .models.concat_squash import ConcatSquashLinear, ConcatSquashMLP
+    from .models.concat_squash import (
+        ConcatSquashConv,
+        ConcatSquashConvNet,
+        ConcatSquashLinear,
+        ConcatSquashMLP,
+    )
+    from .models.vae import VAE, PlanarFlow
     from .sensitivity import (
         AbstractSensitivity,
         Backsolve,
