@@ -36,4 +36,8 @@ DEMOS: dict[str, tuple[str, str]] = {
         "neuraldiffeq.demos.spheres",
         "Concentric spheres: a plain neural ODE cannot separate them, an augmented one can.",
     ),
+    "ffjord-digits": (
+        "neuraldiffeq.demos.ffjord_digits",
+        "FFJORD image generation on the 8x8 digits: conv vs MLP flow vs Gaussian, in bits/dim.",
+    ),
 }
