@@ -22,13 +22,13 @@ def test_planar_logdet_matches_jacobian_determinant(x64):
     context = 1.5 * jax.random.normal(jax.random.key(0), (5, flow.context_size))
     z = jax.random.normal(jax.random.key(1), (5, 3))
     out, logdet = flow.forward_and_logdet(z, context=context)
+    one = lambda zi, ci: flow.forward_and_logdet(zi[None], context=ci[None])[0][0]  # noqa: E731
+    jacs = jax.jit(jax.vmap(jax.jacfwd(one)))(z, context)
     for i in range(5):
-        one = lambda zi, i=i: flow.forward_and_logdet(zi[None], context=context[i : i + 1])[0][0]  # noqa: E731
-        jac = jax.jacfwd(one)(z[i])
-        sign, expected = jnp.linalg.slogdet(jac)
+        sign, expected = jnp.linalg.slogdet(jacs[i])
         assert float(sign) > 0  # û keeps every map orientation-preserving (invertible)
         assert float(logdet[i]) == pytest.approx(float(expected), rel=1e-10, abs=1e-10)
-        np.testing.assert_allclose(one(z[i]), out[i])
+        np.testing.assert_allclose(one(z[i], context[i]), out[i])
     assert float(jnp.max(jnp.abs(logdet))) > 1e-2  # not the identity
 
 
@@ -48,10 +48,11 @@ def test_vae_elbo_gradient_matches_finite_differences(x64):
     params, static = eqx.partition(vae, eqx.is_inexact_array)
     direction = jax.tree_util.tree_map(lambda p: jnp.ones_like(p) / np.sqrt(p.size), params)
 
+    @jax.jit
     def loss(p):
         return -jnp.mean(eqx.combine(p, static).elbo(x, key))
 
-    grad = jax.grad(loss)(params)
+    grad = jax.jit(jax.grad(loss))(params)
     analytic = sum(
         jnp.vdot(g, d)
         for g, d in zip(
@@ -65,28 +66,38 @@ def test_vae_elbo_gradient_matches_finite_differences(x64):
     assert abs(float(analytic)) > 1e-3
 
 
+@pytest.mark.slow
 def test_importance_weighted_bound_is_above_the_elbo():
     field = nde.ConcatSquashMLP(2, (8,), jnp.tanh, context_size=3, key=jax.random.key(5))
-    flow = nde.FFJORD(field, t1=0.5, trace="exact", rtol=1e-4, atol=1e-4)
+    flow = nde.FFJORD(field, t1=0.5, trace="exact", rtol=1e-3, atol=1e-3)
     vae = nde.VAE(16, 2, flow, hidden=(16,), key=jax.random.key(0))
     assert vae.context_size == 3
+    # a decoder that depends strongly on z, so the untrained posterior is a poor proposal
+    strong = jax.tree_util.tree_map(lambda w: 4 * w if eqx.is_array(w) else w, vae.decoder)
+    vae = eqx.tree_at(lambda v: v.decoder, vae, strong)
     x = _patterns(4, jax.random.key(1))
-    elbo = jnp.mean(jnp.stack([vae.elbo(x, jax.random.key(i)) for i in range(20)]), 0)
+    # 50 ELBO samples per row in one solve: the rows repeated 50 times
+    elbo = jnp.mean(vae.elbo(jnp.tile(x, (50, 1)), jax.random.key(0)).reshape(50, 4), 0)
     iw = vae.iw_log_likelihood(x, jax.random.key(99), k=200)
-    # E[IW_k] >= ELBO; the untrained posterior is poor, so the gap is large
-    assert bool(jnp.all(iw > elbo + 0.05))
-    assert bool(jnp.all(jnp.isfinite(iw)))
+    # E[IW_k] >= ELBO, with a gap of 1.7-9 nats here
+    assert bool(jnp.all(iw > elbo + 0.5)), (iw, elbo)
+    # with k = 1 the importance-weighted estimate is the one-sample ELBO itself
+    np.testing.assert_allclose(
+        vae.iw_log_likelihood(x, jax.random.key(7), k=1), vae.elbo(x, jax.random.key(7)), rtol=1e-6
+    )
 
 
+@pytest.mark.slow
 def test_tiny_vae_fit_improves_the_elbo():
     data = _patterns(256, jax.random.key(0))
     test = _patterns(128, jax.random.key(1))
     vae = nde.VAE(16, 2, nde.PlanarFlow(2, 2), hidden=(32,), key=jax.random.key(2))
 
+    @eqx.filter_jit
     def test_elbo(model):
-        return float(jnp.mean(model.elbo(test, jax.random.key(3))))
+        return jnp.mean(model.elbo(test, jax.random.key(3)))
 
-    before = test_elbo(vae)
+    before = float(test_elbo(vae))
     result = nde.fit(
         vae,
         data,
@@ -96,7 +107,7 @@ def test_tiny_vae_fit_improves_the_elbo():
         steps_per_call=50,
         progress=False,
     )
-    after = test_elbo(result.model)
+    after = float(test_elbo(result.model))
     # the two prototypes + 10% flips: log p(x) ≈ -(log 2 + 16 H(0.1)) = -6.1 nats at best,
     # while the untrained model is near 16 log 2 = 11.1
     assert before < -10.0
