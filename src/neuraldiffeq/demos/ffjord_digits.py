@@ -193,6 +193,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channels", type=int, default=16, help="conv field channels")
     parser.add_argument("--hidden", type=int, default=128, help="MLP field width")
     parser.add_argument("--rtol", type=float, default=1e-3, help="training rtol = atol")
+    parser.add_argument(
+        "--rnode", type=float, default=0.01, help="RNODE regulariser weights (kinetic = jacobian)"
+    )
     parser.add_argument("--eval-rtol", type=float, default=1e-4, help="evaluation rtol = atol")
     parser.add_argument(
         "--flows", nargs="+", default=["conv", "mlp"], choices=["conv", "mlp"], help="flows"
@@ -212,6 +215,8 @@ def run(args: argparse.Namespace) -> dict:
             raise ValueError(f"--{name} must be a positive integer.")
     if not (args.lr > 0 and args.rtol > 0 and args.eval_rtol > 0):
         raise ValueError("--lr, --rtol and --eval-rtol must be positive.")
+    if not args.rnode >= 0:
+        raise ValueError("--rnode must be >= 0.")
     out = prepare_out(args.out)
     train, test, test_logdet, pre, test_v = load(args.seed)
     mean_logdet = float(np.mean(test_logdet))
@@ -250,7 +255,7 @@ def run(args: argparse.Namespace) -> dict:
             flow,
             train,
             # MaximumLikelihood compiles its step with nde.compiler_options() on the CPU
-            nde.MaximumLikelihood(batch_size=args.batch, kinetic=0.01, jacobian=0.01),
+            nde.MaximumLikelihood(batch_size=args.batch, kinetic=args.rnode, jacobian=args.rnode),
             optimizer=optimizer,
             steps=args.steps,
             key=jax.random.key(args.seed),
