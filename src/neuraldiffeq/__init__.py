@@ -39,6 +39,8 @@ _PUBLIC: dict[str, str] = {
     "CNFStats": ".models.cnf",
     "ConcatSquashLinear": ".models.concat_squash",
     "ConcatSquashMLP": ".models.concat_squash",
+    "ConcatSquashConv": ".models.concat_squash",
+    "ConcatSquashConvNet": ".models.concat_squash",
     "LatentODE": ".models",
     "NeuralODEMM": ".models.odemm",
     "HamiltonianNN": ".models.hamiltonian",
@@ -48,6 +50,8 @@ _PUBLIC: dict[str, str] = {
     "Interpolation": ".interpolation",
     "interpolation_coeffs": ".interpolation",
     "LatentSDE": ".models",
+    "VAE": ".models.vae",
+    "PlanarFlow": ".models.vae",
     # sensitivities
     "AbstractSensitivity": ".sensitivity",
     "Direct": ".sensitivity",
@@ -137,10 +141,16 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
     )
     from .models.cde import NeuralCDE
     from .models.cnf import FFJORD, CNFStats
-    from .models.concat_squash import ConcatSquashLinear, ConcatSquashMLP
+    from .models.concat_squash import (
+        ConcatSquashConv,
+        ConcatSquashConvNet,
+        ConcatSquashLinear,
+        ConcatSquashMLP,
+    )
     from .models.hamiltonian import HamiltonianNN, SeparableHamiltonian
     from .models.odemm import NeuralODEMM
     from .models.second_order import SecondOrderNeuralODE
+    from .models.vae import VAE, PlanarFlow
     from .sensitivity import (
         AbstractSensitivity,
         Backsolve,

@@ -52,4 +52,8 @@ DEMOS: dict[str, tuple[str, str]] = {
         "neuraldiffeq.demos.latent_sde",
         "A latent SDE on torchsde's stochastic Lorenz data: posterior and prior samples.",
     ),
+    "ffjord-digits": (
+        "neuraldiffeq.demos.ffjord_digits",
+        "FFJORD image generation on the 8x8 digits: conv vs MLP flow vs Gaussian, in bits/dim.",
+    ),
 }

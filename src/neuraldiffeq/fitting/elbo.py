@@ -1,4 +1,4 @@
-"""`ELBO`: the strategy that trains latent-variable models (`nde.LatentODE`) with `fit`."""
+"""`ELBO`: the strategy that trains latent-variable models (`nde.LatentODE`, `nde.VAE`)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ class ELBO(AbstractStrategy):
     `[nde.Stage(nde.ELBO(kl_weight=w), optax.adam(1e-2), steps=100) for w in (0.1, 0.5, 1.0)]`;
     the default 1 is the ELBO itself.
 
+    On data that are an (N, D) array of samples rather than time series (e.g. flattened
+    images), the loss is -mean(model.elbo(x, key)) over a minibatch of rows, for a model whose
+    `elbo(x, key)` returns one ELBO per row (e.g. `nde.VAE`).
+
     Example:
         >>> import jax, optax, neuraldiffeq as nde
         >>> s = nde.datasets.spirals(n_spirals=16, n_obs=30, key=jax.random.key(0))
@@ -47,7 +51,9 @@ class ELBO(AbstractStrategy):
         if self.kl_weight < 0:
             raise ValueError(f"kl_weight must be a finite number >= 0, got {self.kl_weight!r}.")
 
-    def prepare(self, model: Any, data: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def prepare(self, model: Any, data: Any) -> Any:
+        if isinstance(data, np.ndarray | jax.Array):
+            return self._prepare_samples(model, data)
         if not callable(getattr(model, "elbo", None)):
             raise ValueError(
                 "ELBO needs a model with an elbo(ts, ys, mask, key) method such as nde.LatentODE "
@@ -70,11 +76,50 @@ class ELBO(AbstractStrategy):
     def stochastic(self) -> bool:  # fresh samples every step: keep the last iterate
         return True
 
-    def batch_axes(self, prepared: tuple) -> tuple:
+    def _prepare_samples(self, model: Any, data) -> jax.Array:
+        if not callable(getattr(model, "elbo", None)):
+            raise ValueError(
+                "ELBO on an (N, D) array of samples needs a model with an elbo(x, key) method "
+                f"such as nde.VAE, got {type(model).__name__}."
+            )
+        arr = np.asarray(data)
+        if arr.ndim != 2 or arr.shape[0] < 1 or arr.dtype.kind not in "biuf":
+            raise ValueError(
+                "ELBO on an array needs numeric (N, D) samples (one row per sample), got dtype "
+                f"{arr.dtype} and shape {arr.shape}; time series go in an nde.TimeSeries."
+            )
+        if not np.all(np.isfinite(arr)):
+            raise ValueError("ELBO: the samples contain NaN or infinite values; drop them first.")
+        x = jnp.asarray(data)
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            x = x.astype(jnp.result_type(float))
+        check_batch_fits(self.batch_size, x.shape[0], "samples")
+        out = eval_shape_or_raise(
+            lambda x: model.elbo(x, jax.random.key(0)),
+            (x[:2],),
+            f"ELBO: {type(model).__name__}.elbo(x, key) fails on samples of shape {x.shape[1:]}. "
+            "Is the model built for this data size?",
+        )
+        if out.shape != x[:2].shape[:1]:
+            raise ValueError(
+                f"ELBO: {type(model).__name__}.elbo(x, key) returns shape {out.shape} for a batch "
+                f"of shape {x[:2].shape}; on samples it must return one ELBO per row."
+            )
+        return x
+
+    def batch_axes(self, prepared: Any) -> Any:
+        if not isinstance(prepared, tuple):  # samples: rows split over the devices
+            return 0
         # series and their masks are split over the devices; the shared times are replicated
         return (None, 0, 0)
 
     def loss(self, model, prepared, key) -> jax.Array:
+        if not isinstance(prepared, tuple):  # an (N, D) array of samples
+            k_batch, k_sample = jax.random.split(key)
+            x = prepared
+            if self.batch_size is not None and self.batch_size < x.shape[0]:
+                x = x[draw_minibatch(k_batch, x.shape[0], self.batch_size, "ELBO")]
+            return -jnp.mean(model.elbo(x, k_sample))
         ts, ys, mask = prepared
         k_batch, k_sample = jax.random.split(key)
         if self.batch_size is not None and self.batch_size < ys.shape[0]:

@@ -2,13 +2,19 @@
 
 from .augmented import AugmentedNeuralODE
 from .cnf import FFJORD, CNFStats, StandardNormal, batched_log_prob, mean_nll
-from .concat_squash import ConcatSquashLinear, ConcatSquashMLP
+from .concat_squash import (
+    ConcatSquashConv,
+    ConcatSquashConvNet,
+    ConcatSquashLinear,
+    ConcatSquashMLP,
+)
 from .dde import NeuralDDE
 from .latent import LatentODE
 from .latent_sde import LatentSDE
 from .ode import Autonomous, NeuralODE, autonomous
 from .odeblock import ODEBlock
 from .sde import NeuralSDE
+from .vae import VAE, PlanarFlow
 
 __all__ = [
     "CNFStats",
@@ -27,4 +33,8 @@ __all__ = [
     "autonomous",
     "NeuralDDE",
     "NeuralSDE",
+    "ConcatSquashConv",
+    "ConcatSquashConvNet",
+    "PlanarFlow",
+    "VAE",
 ]

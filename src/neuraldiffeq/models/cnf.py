@@ -81,23 +81,27 @@ class CNFStats(NamedTuple):
 
 
 class _Dynamics(eqx.Module):
-    """d/dt of (z, Δlog p[, kinetic, jacobian]) for a batch z of shape (N, D)."""
+    """d/dt of (z, Δlog p[, kinetic, jacobian]) for a batch z of shape (N, D).
+
+    args = (probe, context): Hutchinson's probe (N, D) or None, the per-row context (N, C) or None.
+    """
 
     field: Callable
     scale: jax.Array | None
     trace: str = eqx.field(static=True)
     regularise: bool = eqx.field(static=True)
 
-    def __call__(self, t, state, probe):
+    def __call__(self, t, state, args):
         if self.scale is not None:  # trainable end time: s in [0, 1], t = s t1, d/ds = t1 d/dt
-            derivatives = self._dt(t * self.scale, state, probe)
+            derivatives = self._dt(t * self.scale, state, args)
             return jax.tree_util.tree_map(lambda d: self.scale * d, derivatives)
-        return self._dt(t, state, probe)
+        return self._dt(t, state, args)
 
-    def _dt(self, t, state, probe):
+    def _dt(self, t, state, args):
         z = state[0]
+        probe, context = args
         # The field on the whole batch: rows do not interact, so J v is per sample.
-        batch_field = jax.vmap(lambda zi: self.field(t, zi, None))
+        batch_field = _batch(self.field, t, context)
         if self.trace == "exact":
             dz, jvp = jax.linearize(batch_field, z)
             # D products J e_j, unrolled: a vmap over the basis would turn the training
@@ -123,10 +127,17 @@ class _Field(eqx.Module):
     field: Callable
     scale: jax.Array | None
 
-    def __call__(self, t, z, args):
+    def __call__(self, t, z, context):
         if self.scale is not None:  # as in _Dynamics
-            return self.scale * jax.vmap(lambda zi: self.field(t * self.scale, zi, None))(z)
-        return jax.vmap(lambda zi: self.field(t, zi, None))(z)
+            return self.scale * _batch(self.field, t * self.scale, context)(z)
+        return _batch(self.field, t, context)(z)
+
+
+def _batch(field, t, context):
+    """z (N, D) -> the field on every row, row n conditioned on context[n] (args) if given."""
+    if context is None:
+        return jax.vmap(lambda zi: field(t, zi, None))
+    return lambda z: jax.vmap(lambda zi, ci: field(t, zi, ci))(z, context)
 
 
 class FFJORD(HasSolveConfig):
@@ -155,6 +166,11 @@ class FFJORD(HasSolveConfig):
         base: the base distribution: any object with `log_prob(z)` over the last axis and
             `sample(key, shape)`; default `StandardNormal()`.
         dim: the data dimension D, needed by `sample`; taken from `field.in_size` if not given.
+
+    A conditional flow: every method takes `context=` of shape (N, C), one conditioning vector
+    per row, handed to the field as its `args` (e.g. `nde.ConcatSquashMLP(D, context_size=C)`);
+    the flow is then a family of flows indexed by the context, as the amortised posterior of
+    `nde.VAE`. Without it the field gets `args=None`.
 
     A failed solve (e.g. `max_steps` reached) gives a log-density of `-inf` (the loss, its
     negative, is `inf`, so `nde.fit` skips the step) and `inf` from `forward`, `inverse` and
@@ -235,8 +251,12 @@ class FFJORD(HasSolveConfig):
         """The end time (a trainable array when `train_t1=True`)."""
         return self.fixed_t1 if self.sqrt_t1 is None else self.sqrt_t1**2
 
-    def log_prob(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    def log_prob(
+        self, x: jax.Array, key: jax.Array | None = None, *, context: jax.Array | None = None
+    ) -> jax.Array:
         """Log-density of each row of `x` (N, D) -> (N,). `key` draws Hutchinson's probe.
+
+        `context` (N, C): each row's conditioning vector (see the class docstring).
 
         Example:
             >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
@@ -244,11 +264,34 @@ class FFJORD(HasSolveConfig):
             >>> flow.log_prob(jnp.zeros((3, 2)), jax.random.key(1)).shape
             (3,)
         """
-        logp, _ = self._log_prob(x, key, regularise=False)
+        logp, _ = self._log_prob(x, key, context, regularise=False)
         return logp
 
+    def forward_and_logdet(
+        self, x: jax.Array, key: jax.Array | None = None, *, context: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
+        """z(t1) from z(0) = x (N, D), and log|det ∂z(t1)/∂x| = ∫ tr(∂f/∂z) dt per row (N,).
+
+        The change of variables for a flow used as a sampler (a VAE's posterior): if x has
+        density q0, z(t1) has log-density log q0(x) - logdet. With Hutchinson's trace the logdet
+        is an unbiased estimate. A failed solve gives `inf` for both.
+
+        Example:
+            >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
+            >>> flow = nde.FFJORD(nde.ConcatSquashMLP(2, (8,), key=jax.random.key(0)),
+            ...                   trace="exact")
+            >>> z, logdet = flow.forward_and_logdet(jnp.ones((3, 2)))
+            >>> z.shape, logdet.shape
+            ((3, 2), (3,))
+        """
+        x = self._check(x, "x")
+        context = self._check_context(context, x)
+        sol, _ = self._augmented_solve(x, key, context, regularise=False)
+        z, logdet = jax.tree_util.tree_map(lambda leaf: leaf[0], sol.ys)
+        return on_failure(sol.result, z), on_failure(sol.result, logdet)
+
     def log_prob_and_stats(
-        self, x: jax.Array, key: jax.Array | None = None
+        self, x: jax.Array, key: jax.Array | None = None, *, context: jax.Array | None = None
     ) -> tuple[jax.Array, CNFStats]:
         """Log-density plus the RNODE regularisers and solver counts (see `CNFStats`).
 
@@ -259,9 +302,9 @@ class FFJORD(HasSolveConfig):
             >>> stats.kinetic.shape, int(stats.nfe) > 0
             ((3,), True)
         """
-        return self._log_prob(x, key, regularise=True)
+        return self._log_prob(x, key, context, regularise=True)
 
-    def forward(self, x: jax.Array) -> jax.Array:
+    def forward(self, x: jax.Array, *, context: jax.Array | None = None) -> jax.Array:
         """Map data (N, D) to the base space: z(t1) from z(0) = x.
 
         Example:
@@ -272,14 +315,14 @@ class FFJORD(HasSolveConfig):
             True
         """
         x = self._check(x, "x")
-        return self._transport(x, backwards=False)
+        return self._transport(x, self._check_context(context, x), backwards=False)
 
-    def inverse(self, z: jax.Array) -> jax.Array:
+    def inverse(self, z: jax.Array, *, context: jax.Array | None = None) -> jax.Array:
         """Map base-space points (N, D) to data space, integrating backwards from t1 to 0."""
         z = self._check(z, "z")
-        return self._transport(z, backwards=True)
+        return self._transport(z, self._check_context(context, z), backwards=True)
 
-    def sample(self, key: jax.Array, n: int) -> jax.Array:
+    def sample(self, key: jax.Array, n: int, *, context: jax.Array | None = None) -> jax.Array:
         """`n` samples (n, D): base samples carried backwards through the flow.
 
         Example:
@@ -296,8 +339,8 @@ class FFJORD(HasSolveConfig):
                 "read from field.in_size)."
             )
         dtype = jnp.result_type(float)
-        z = self.base.sample(key, (int(n), self.dim))
-        return self._transport(z.astype(dtype), backwards=True)
+        z = self.base.sample(key, (int(n), self.dim)).astype(dtype)
+        return self._transport(z, self._check_context(context, z), backwards=True)
 
     def with_options(self, **changes) -> FFJORD:
         """The same flow (same field, trained end time and base) with other solve settings.
@@ -366,6 +409,24 @@ class FFJORD(HasSolveConfig):
             x = x.astype(jnp.result_type(float))
         return x
 
+    def _check_context(self, context, x) -> jax.Array | None:
+        if context is None:
+            return None
+        if is_concrete(context):
+            arr = np.asarray(context)
+            if arr.ndim != 2 or arr.shape[0] != x.shape[0]:
+                raise ValueError(
+                    f"context must have shape (N, C) with one row per sample (N = {x.shape[0]}), "
+                    f"got shape {arr.shape}."
+                )
+            if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+                raise ValueError("context contains NaN or infinite values.")
+        elif jnp.ndim(context) != 2 or jnp.shape(context)[0] != x.shape[0]:
+            raise ValueError(
+                f"context must have shape (N, C) with N = {x.shape[0]}, got {jnp.shape(context)}."
+            )
+        return jnp.asarray(context, x.dtype)
+
     def _scale(self):
         return None if self.sqrt_t1 is None else self.sqrt_t1**2
 
@@ -384,12 +445,26 @@ class FFJORD(HasSolveConfig):
             backwards=backwards,
         )
 
-    def _transport(self, z, *, backwards: bool):
-        sol = self._solve(_Field(self.field, self._scale()), z, None, backwards=backwards)
+    def _transport(self, z, context, *, backwards: bool):
+        sol = self._solve(_Field(self.field, self._scale()), z, context, backwards=backwards)
         return on_failure(sol.result, sol.ys[0])
 
-    def _log_prob(self, x, key, *, regularise: bool):
+    def _log_prob(self, x, key, context, *, regularise: bool):
         x = self._check(x, "x")
+        context = self._check_context(context, x)
+        sol, probe = self._augmented_solve(x, key, context, regularise=regularise)
+        n = x.shape[0]
+        zeros = jnp.zeros((n,), x.dtype)
+        final = jax.tree_util.tree_map(lambda leaf: leaf[0], sol.ys)
+        logp = self.base.log_prob(final[0]) + final[1]
+        logp = on_failure(sol.result, logp, -FAILED)  # the loss, -log p, is then inf
+        num_steps = sol.stats["num_steps"]
+        kinetic, jacobian = (final[2], final[3]) if regularise else (zeros, zeros)
+        stats = CNFStats(kinetic, jacobian, num_steps, count_nfe(self.solver, num_steps))
+        return logp, stats
+
+    def _augmented_solve(self, x, key, context, *, regularise: bool):
+        """Solve (z, ∫tr[, kinetic, jacobian]) from (x, 0[, 0, 0]) over [0, t1]."""
         n = x.shape[0]
         if self.trace == "hutchinson":
             if key is None:
@@ -406,14 +481,7 @@ class FFJORD(HasSolveConfig):
         zeros = jnp.zeros((n,), x.dtype)
         y0 = (x, zeros, zeros, zeros) if regularise else (x, zeros)
         term = _Dynamics(self.field, self._scale(), self.trace, regularise)
-        sol = self._solve(term, y0, probe, backwards=False)
-        final = jax.tree_util.tree_map(lambda leaf: leaf[0], sol.ys)
-        logp = self.base.log_prob(final[0]) + final[1]
-        logp = on_failure(sol.result, logp, -FAILED)  # the loss, -log p, is then inf
-        num_steps = sol.stats["num_steps"]
-        kinetic, jacobian = (final[2], final[3]) if regularise else (zeros, zeros)
-        stats = CNFStats(kinetic, jacobian, num_steps, count_nfe(self.solver, num_steps))
-        return logp, stats
+        return self._solve(term, y0, (probe, context), backwards=False), probe
 
 
 @functools.cache
