@@ -730,7 +730,7 @@ def _failed_check(checked, args) -> str | None:
     level = callbacks.level
     callbacks.setLevel(logging.CRITICAL)
     try:
-        checked(*args)
+        jax.block_until_ready(checked(*args))  # on a GPU the check raises only when waited for
     except (eqx.EquinoxRuntimeError, jax.errors.JaxRuntimeError) as error:
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
         for line in lines:  # "...EquinoxRuntimeError: <the check's message>"
