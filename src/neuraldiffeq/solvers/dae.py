@@ -227,7 +227,7 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         prev = solver_state
         s = 1.0 + cs * h / jnp.where(prev.valid, prev.h, 1.0)
         guess = jnp.tensordot(_lagrange(s, _NODES)[1:].T, prev.ws, axes=1) - prev.ws[-1]
-        guess = jnp.where(prev.valid & ~made_jump, guess, jnp.zeros_like(guess))
+        guess = jnp.where(prev.valid & jnp.logical_not(made_jump), guess, jnp.zeros_like(guess))
         guess = jnp.where(jnp.all(jnp.isfinite(guess)), guess, jnp.zeros_like(guess))
         sol = optx.root_find(
             residual,
