@@ -10,10 +10,20 @@ import pytest
 matplotlib.use("Agg")
 
 
+# Most of the suite's time is XLA compiling many small programs that then run for milliseconds;
+# LLVM's optimisation passes cost more there than they save. Numerics are unchanged (no
+# fast-math); benchmarks, demos and users keep XLA's defaults.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
 def pytest_configure(config):
     """Compiled programs go to a cache that outlives the session (under .pytest_cache, or
     $NEURALDIFFEQ_CACHE_DIR if set): a second run of a module loads its steps instead of
     compiling them again. The CLI tests' subprocesses inherit the variable."""
+    # before jax starts its backend (at the first computation); subprocesses inherit it
+    flags = os.environ.get("XLA_FLAGS", "")
+    if FAST_COMPILE not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {FAST_COMPILE}".strip()
     from neuraldiffeq.cache import CACHE_DIR_VARIABLE, enable_compilation_cache
 
     if not os.environ.get(CACHE_DIR_VARIABLE):
@@ -43,3 +53,27 @@ def _free_after_each_module():
     over 4 GB; modules rarely share compiled programs, so each frees its own when done."""
     yield
     free_compiled_programs()
+
+
+# The modules that take longest (measured with --durations), longest first. With
+# `--dist loadfile` (pyproject's addopts) each module runs whole on one worker, so its module
+# fixtures (a 4-device subprocess, the docs site, finite-difference references) are built once;
+# starting the long modules first keeps both workers busy until the end instead of leaving one
+# of them alone with a long module at the end.
+LONGEST_FIRST = [
+    "test_docs.py",
+    "test_docstrings.py",
+    "test_sensitivity_matrix.py",
+    "test_devices.py",
+    "test_stiff.py",
+    "test_cnf.py",
+    "test_ode.py",
+    "test_shooting.py",
+    "test_collocation.py",
+    "test_latent.py",
+]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within

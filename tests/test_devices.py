@@ -104,7 +104,8 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def four_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    env = dict(os.environ, XLA_FLAGS=flags.strip())
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.join(os.path.dirname(__file__), "..", "src"), env.get("PYTHONPATH", "")]
     )

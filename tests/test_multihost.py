@@ -77,7 +77,9 @@ def test_two_processes_fit_as_one(tmp_path):
     folder = str(tmp_path / "ckpt")
     port = str(free_port())
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)  # one CPU device per process
+    # one CPU device per process: drop a device count the suite may run under, keep the rest
+    flags = os.environ.get("XLA_FLAGS", "").split()
+    env["XLA_FLAGS"] = " ".join(f for f in flags if "device_count" not in f)
     workers = [
         subprocess.Popen(
             [sys.executable, "-c", WORKER, port, str(pid), folder],
