@@ -55,8 +55,16 @@ def _free_after_each_module():
     free_compiled_programs()
 
 
-# The modules that take longest (measured with --durations), longest first. With
-# `--dist loadfile` (pyproject's addopts) each module runs whole on one worker, so its module
+@pytest.hookimpl(optionalhook=True)  # xdist may be absent (-p no:xdist)
+def pytest_xdist_make_scheduler(config, log):
+    """Under `-n N`, whole modules go to one worker (xdist's `--dist loadfile`)."""
+    from xdist.scheduler import LoadFileScheduling
+
+    return LoadFileScheduling(config, log)
+
+
+# The modules that take longest (measured with --durations), longest first. Each module runs
+# whole on one worker (`pytest_xdist_make_scheduler`), so its module
 # fixtures (a 4-device subprocess, the docs site, finite-difference references) are built once;
 # starting the long modules first keeps both workers busy until the end instead of leaving one
 # of them alone with a long module at the end.
