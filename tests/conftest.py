@@ -20,9 +20,11 @@ def pytest_configure(config):
     """Compiled programs go to a cache that outlives the session (under .pytest_cache, or
     $NEURALDIFFEQ_CACHE_DIR if set): a second run of a module loads its steps instead of
     compiling them again. The CLI tests' subprocesses inherit the variable."""
-    # before jax starts its backend (at the first computation); subprocesses inherit it
+    # before jax starts its backend (at the first computation); subprocesses inherit it. Flags
+    # already set for these passes win (e.g. XLA_FLAGS=--xla_llvm_disable_expensive_passes=false
+    # runs the suite with XLA's defaults).
     flags = os.environ.get("XLA_FLAGS", "")
-    if FAST_COMPILE not in flags:
+    if not any(f.split("=")[0] in flags for f in FAST_COMPILE.split()):
         os.environ["XLA_FLAGS"] = f"{flags} {FAST_COMPILE}".strip()
     from neuraldiffeq.cache import CACHE_DIR_VARIABLE, enable_compilation_cache
 
