@@ -22,7 +22,11 @@ steps of 128 images). Reported on the test
 set: -ELBO (mean over 8 posterior samples per image) and -log p(x) estimated by importance
 weighting with k = 500 samples, in nats, mean ± std over the seeds.
 
-    python benchmarks/vae_digits.py --steps 2000 --seeds 0 1 2
+    python benchmarks/vae_digits.py --steps 2000 --seeds 0 1 2 --plot docs/vae_digits.png
+
+`--plot PATH` also draws, for the first seed's three models, held-out digits, their
+reconstructions (the decoder's pixel probabilities at one posterior sample) and samples from the
+prior (pixel probabilities of the decoder at z ~ N(0, I)), with the table of all seeds.
 """
 
 from __future__ import annotations
@@ -109,12 +113,34 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--k", type=int, default=500, help="importance samples")
     parser.add_argument("--out", default="out/vae_digits")
+    parser.add_argument("--plot", default=None, help="also draw the picture to this PNG path")
+    parser.add_argument(
+        "--plot-only",
+        action="store_true",
+        help="no training: redraw --plot from the results and first-seed models saved in --out",
+    )
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     train, test = load()
     print(f"train {train.shape} (binarised 20 times), test {test.shape}", flush=True)
 
-    rows = []
+    if args.plot_only:
+        if not args.plot:
+            raise ValueError("--plot-only needs --plot PATH.")
+        with open(os.path.join(args.out, "vae_digits.json")) as f:
+            rows = json.load(f)["rows"]
+        models = {
+            p: eqx.tree_deserialise_leaves(
+                os.path.join(args.out, f"{p}_seed{args.seeds[0]}.eqx"),
+                build(p, args, args.seeds[0]),
+            )
+            for p in args.posteriors
+        }
+        print("\n".join(summary_table(rows, args)))
+        plot(args.plot, models, test, rows, args)
+        print(f"wrote {args.plot}")
+        return
+    rows, first_models = [], {}
     for seed in args.seeds:
         for posterior in args.posteriors:
             vae = build(posterior, args, seed)
@@ -150,28 +176,117 @@ def main() -> None:
             }
             rows.append(row)
             print(json.dumps(row), flush=True)
+            if seed == args.seeds[0]:
+                first_models[posterior] = result.model
+                path = os.path.join(args.out, f"{posterior}_seed{seed}.eqx")
+                eqx.tree_serialise_leaves(path, result.model)
     with open(os.path.join(args.out, "vae_digits.json"), "w") as f:
         json.dump({"args": vars(args), "rows": rows}, f, indent=2)
+
+    table = summary_table(rows, args)
+    print()
+    print("\n".join(table))
+    if args.plot:
+        plot(args.plot, first_models, test, rows, args)
+        print(f"wrote {args.plot}")
+
+
+def _label(name: str, args) -> str:
+    return {"gaussian": "Gaussian (no flow)", "planar": f"planar ({args.planar} maps)"}.get(
+        name, "FFJORD"
+    )
+
+
+def summary_table(rows: list[dict], args) -> list[str]:
+    """The paper's layout: one row per posterior, mean ± std over the seeds (markdown lines)."""
 
     def summary(name, key):
         vals = [r[key] for r in rows if r["posterior"] == name]
         sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
         return f"{statistics.mean(vals):.2f} ± {sd:.2f}"
 
-    print()
-    print(f"Test set, nats per image, mean ± std over seeds {args.seeds}, {args.steps} steps:")
-    print()
-    print(f"| posterior | -ELBO | -log p(x) (IW, k = {args.k}) | s / step |")
-    print("|---|---|---|---|")
+    lines = [
+        f"Test set, nats per image, mean ± std over seeds {args.seeds}, {args.steps} steps:",
+        "",
+        f"| posterior | -ELBO | -log p(x) (IW, k = {args.k}) | s / step |",
+        "|---|---|---|---|",
+    ]
     for name in args.posteriors:
         step = statistics.mean(r["seconds_per_step"] for r in rows if r["posterior"] == name)
-        label = {"gaussian": "Gaussian (no flow)", "planar": f"planar ({args.planar} maps)"}.get(
-            name, "FFJORD"
-        )
-        print(
-            f"| {label} | {summary(name, 'test_neg_elbo')} | "
+        lines.append(
+            f"| {_label(name, args)} | {summary(name, 'test_neg_elbo')} | "
             f"{summary(name, 'test_neg_iw_loglik')} | {step:.3f} |"
         )
+    return lines
+
+
+def _strip(ax, images: np.ndarray, title: str, cols: int = 8) -> None:
+    """Tile 8x8 images in rows of `cols`, white separators, black = 1."""
+    n_rows = -(-len(images) // cols)
+    grid = np.full((n_rows * 9 - 1, cols * 9 - 1), np.nan)
+    for i, img in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[r * 9 : r * 9 + 8, c * 9 : c * 9 + 8] = np.asarray(img).reshape(8, 8)
+    cmap = plt_module().get_cmap("gray_r").copy()
+    cmap.set_bad("white")
+    ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plt_module():
+    from neuraldiffeq.plotting import plt
+
+    return plt
+
+
+def plot(path: str, models: dict, test: np.ndarray, rows: list[dict], args, n: int = 16) -> None:
+    """Held-out digits, each posterior's reconstructions and prior samples, and the table."""
+    from neuraldiffeq.plotting import save_figure
+
+    plt = plt_module()
+    x = jnp.asarray(test[:n])
+    names = [p for p in args.posteriors if p in models]
+    fig, axes = plt.subplots(
+        1 + len(names), 2, figsize=(10, 1.9 * (1 + len(names))), constrained_layout=True
+    )
+    _strip(axes[0, 0], test[:n], f"held-out digits (binarised), first {n} of {len(test)}")
+    axes[0, 1].axis("off")
+    lines = summary_table(rows, args)
+    cells = [
+        [c.strip() for c in line.strip("|").split("|")] for line in lines[2:] if "---" not in line
+    ]
+    header = ["posterior", "-ELBO", f"-log p(x), IW k={args.k}", "s / step"]
+    table = axes[0, 1].table(
+        cellText=cells[1:], colLabels=header, loc="center", colWidths=[0.34, 0.22, 0.28, 0.16]
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1.0, 1.4)
+    axes[0, 1].set_title(f"test nats/image, mean ± std, seeds {args.seeds}", fontsize=9)
+    for i, name in enumerate(names, start=1):
+        vae = models[name]
+        z, _ = vae.posterior_sample(x, jax.random.key(30_000))
+        recon = jax.nn.sigmoid(jax.vmap(vae.decoder)(z))
+        prior = jax.random.normal(jax.random.key(40_000), (n, vae.latent_size))
+        samples = jax.nn.sigmoid(jax.vmap(vae.decoder)(prior))
+        neg_elbo = next(
+            r["test_neg_elbo"]
+            for r in rows
+            if r["posterior"] == name and r["seed"] == args.seeds[0]
+        )
+        label = f"{_label(name, args)} posterior (seed {args.seeds[0]}, -ELBO {neg_elbo:.2f})"
+        _strip(axes[i, 0], np.asarray(recon), f"{label}:\nreconstructions p(x | z), z ~ q(z | x)")
+        _strip(
+            axes[i, 1],
+            np.asarray(samples),
+            "prior samples: decoder at z ~ N(0, I) (same z for each model)",
+        )
+    fig.suptitle(
+        f"VAE on the 8x8 digits, {args.steps} steps: pixel probabilities (black = 1)", fontsize=10
+    )
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
