@@ -149,7 +149,7 @@ def solve_ode(
     Example:
         >>> import jax.numpy as jnp, neuraldiffeq as nde
         >>> from neuraldiffeq.models.ode import solve_ode
-        >>> config = nde.SolveConfig("tsit5", rtol=1e-8, atol=1e-8)
+        >>> config = nde.SolveConfig("tsit5", rtol=1e-8, atol=1e-8, sensitivity=nde.Direct())
         >>> sol = solve_ode(config, lambda t, y, a: -y, jnp.array([0.0, 1.0]), jnp.ones(1), None,
         ...                 throw=True)
         >>> round(float(sol.ys[-1, 0]), 5)  # exp(-1)
