@@ -31,7 +31,7 @@ from .stiff import (
     TRUE_RATES,
     Robertson,
     adam_then_lbfgs,
-    plot_species,
+    plot_fit,
     problem,
     rate_errors,
 )
@@ -112,29 +112,11 @@ def _run(args: argparse.Namespace) -> dict:
 
 
 def _plot(path, data, dense, fit_curve, start_curve, result, errors, conservation) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     curves = {"fit (radau5, DAE)": fit_curve, "start": start_curve}
     names = ["y1", "y2 (x 1e4)", "y3 (algebraic: 1 - y1 - y2)"]
-    plot_species(axes[:3], data, dense, curves, names)
-    ax = axes[3]
-    ax.semilogy(result.losses)
-    ax.set_xlabel("step")
-    ax.set_title("training loss (scaled misfit)")
-    ax.text(
-        0.02,
-        0.02,
+    note = (
         f"largest rate error {errors.max():.1e} (relative)\n"
-        f"max |y1 + y2 + y3 - 1| on the fit: {conservation:.1e}",
-        transform=ax.transAxes,
-        fontsize=8,
-        va="bottom",
+        f"max |y1 + y2 + y3 - 1| on the fit: {conservation:.1e}"
     )
-    fig.suptitle("Robertson's kinetics as a mass-matrix DAE: fitting three rates (NeuralODEMM)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = "Robertson's kinetics as a mass-matrix DAE: fitting three rates (NeuralODEMM)"
+    plot_fit(path, data, dense, curves, names, result, note, title)
