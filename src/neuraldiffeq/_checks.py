@@ -71,6 +71,15 @@ def as_state(y0, name: str = "y0", vector: bool = False) -> jax.Array:
 # -- shared by the fitting strategies ------------------------------------------------------------
 
 
+def solve_inputs(ts, y0, args=None, *, vector: bool = False):
+    """The checked inputs of a solve from `y0` over `ts`: `(ts, y0, args)`, `ts` in the state's
+    dtype, `y0` as `as_state` gives it, and the floats in `args` strongly typed (weakly typed
+    ones would be invisible to the adjoints' custom_vjp: a zero gradient)."""
+    ts = check_times(ts, "ts")
+    y0 = as_state(y0, vector=vector)
+    return ts.astype(y0.dtype), y0, strong_floats(args)
+
+
 def check_batch_size(value, name: str = "batch_size") -> int | None:
     """None or a positive integer: the one rule (and message) for every strategy's `batch_size`.
 
@@ -180,6 +189,45 @@ def check_series(ts, ys, mask=None, *, ts_name: str = "ts", ys_name: str = "ys",
             + ("" if mask is not None else " where observed) to mark missing values.")
         )
     return ts.astype(ys.dtype), ys, mask
+
+
+def check_batch_series(ts, ys, mask=None, *, dim: int, ts_name: str = "ts", ys_name: str = "ys"):
+    """`check_series` for models that read a batch: `(ts, ys, mask, single)` with `ys` and
+    `mask` of shape `(B, T, dim)` (one series gets a batch axis of 1, `single` True) and a mask
+    of True where none was given.
+
+    Example:
+        >>> import numpy as np
+        >>> from neuraldiffeq._checks import check_batch_series
+        >>> ts, ys, mask, single = check_batch_series(np.linspace(0, 1, 3), np.zeros((3, 2)), dim=2)
+        >>> ys.shape, bool(mask.all()), single
+        ((1, 3, 2), True, True)
+    """
+    ts, ys, mask = check_series(ts, ys, mask, ts_name=ts_name, ys_name=ys_name, dim=dim)
+    mask = jnp.ones(ys.shape, bool) if mask is None else mask
+    single = ys.ndim == 2
+    if single:
+        ys, mask = ys[None], mask[None]
+    return ts, ys, mask, single
+
+
+def check_sizes(minimum: int = 1, **sizes) -> None:
+    """A `ValueError` naming the first of `sizes` (name=value) that is not an integer of at
+    least `minimum` (1: "positive", 0: "non-negative"); bools are refused.
+
+    Example:
+        >>> from neuraldiffeq._checks import check_sizes
+        >>> check_sizes(hidden_size=4, depth=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: depth must be a positive integer, got 0.
+    """
+    what = {0: "non-negative", 1: "positive"}.get(minimum, f">= {minimum}")
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not (
+            isinstance(value, int | np.integer) and value >= minimum
+        ):
+            raise ValueError(f"{name} must be a {what} integer, got {value!r}.")
 
 
 # -- function evaluations ------------------------------------------------------------------------

@@ -50,6 +50,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .outputs import _umask, replace_atomically
+
 #: the format this version writes; it reads this one and the previous one (see `load`)
 FORMAT = 2
 _MAGIC = b"NEURALDIFFEQ-MODEL-"
@@ -547,19 +549,6 @@ def _sha256(*parts) -> str:
     return digest.hexdigest()
 
 
-def _umask() -> int:
-    try:  # Linux: read it without changing it (os.umask is process-wide, racy with threads)
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -667,21 +656,9 @@ def save(path: str | os.PathLike, model: Any) -> None:
     _clean_stale_temps(folder, base)
     prefix = f"{_TEMP_PREFIX}{base}-{_host()}-{os.getpid()}-"
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".eqx")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; honour the umask
-            f.write(b"%s%d\n" % (_MAGIC, FORMAT))
-            f.write(len(blob).to_bytes(8, "little"))
-            f.write(blob)
-            f.write(data)
-            f.write(pickles)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    parts = [b"%s%d\n" % (_MAGIC, FORMAT), len(blob).to_bytes(8, "little"), blob, data, pickles]
+    # mkstemp makes 0600; honour the umask
+    replace_atomically(path, tmp, fd, parts, mode=0o666 & ~_umask())
     try:  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)
     except OSError:

@@ -3,7 +3,7 @@
 from .latent_spirals import Spirals, spirals
 from .lorenz import stochastic_lorenz
 from .real import LYNX_HARE_CSV, lynx_hare
-from .synthetic import lotka_volterra, spiral
+from .synthetic import lotka_volterra, robertson, spiral
 from .toy2d import TOY_2D, toy_2d
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "LYNX_HARE_CSV",
     "lotka_volterra",
     "lynx_hare",
+    "robertson",
     "spiral",
     "spirals",
     "Spirals",

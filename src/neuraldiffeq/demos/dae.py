@@ -18,37 +18,42 @@ from __future__ import annotations
 import argparse
 import time
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 import neuraldiffeq as nde
 
+from ..datasets.synthetic import robertson_reactions
 from ..outputs import prepare_out, stop_if_interrupted, write_outputs
-from .stiff import START_FACTORS, TRUE_RATES, ScaledL2, observations
+from .stiff import (
+    START_FACTORS,
+    TRUE_RATES,
+    Robertson,
+    adam_then_lbfgs,
+    plot_fit,
+    problem,
+    rate_errors,
+)
 
 #: M = diag(1, 1, 0): two differential equations and the conservation law
 MASS = (1.0, 1.0, 0.0)
 
 
-class RobertsonDAE(eqx.Module):
-    """Robertson's kinetics in DAE form with learnable log-rates: f(t, y) for M = diag(1, 1, 0).
+class RobertsonDAE(Robertson):
+    """`Robertson` in DAE form, f(t, y) for M = diag(1, 1, 0): the third rate equation replaced
+    by the conservation law's residual y1 + y2 + y3 - 1.
 
     Example:
         >>> import jax.numpy as jnp
         >>> from neuraldiffeq.demos.dae import RobertsonDAE
         >>> field = RobertsonDAE(jnp.log(jnp.array([0.04, 3e7, 1e4])))
-        >>> [round(float(v), 4) for v in field(0.0, jnp.array([1.0, 0.0, 0.0]))]
-        [-0.04, 0.04, 0.0]
+        >>> [round(float(v), 4) for v in field(0.0, jnp.array([1.0, 0.0, 0.5]))]  # residual 0.5
+        [-0.04, 0.04, 0.5]
     """
 
-    log_rates: jax.Array
-
     def __call__(self, t, y, args=None):
-        k1, k2, k3 = jnp.exp(self.log_rates)
-        r1, r2, r3 = k1 * y[0], k2 * y[1] ** 2, k3 * y[1] * y[2]
+        r1, r2, r3 = robertson_reactions(y, jnp.exp(self.log_rates))
         return jnp.stack([-r1 + r3, r1 - r2 - r3, y[0] + y[1] + y[2] - 1.0])
 
 
@@ -66,28 +71,15 @@ def run(args: argparse.Namespace) -> dict:
 
 def _run(args: argparse.Namespace) -> dict:
     out = prepare_out(args.out)
-    data = observations()
-    start = jnp.log(jnp.array(TRUE_RATES) * jnp.array(START_FACTORS))
-    strategy = nde.Trajectory(loss_fn=ScaledL2(jnp.max(jnp.abs(data.ys), axis=0)))
-    settings = dict(rtol=1e-6, atol=1e-10, max_steps=args.max_steps)
+    data, start, strategy, settings = problem(args.max_steps)
     model = nde.NeuralODEMM(RobertsonDAE(start), MASS, **settings)
     y0 = model.consistent(data.ys[0], data.ts[0])  # the observation is consistent; made exact
 
-    stages = [nde.Stage(strategy, optax.adam(0.05), args.steps)]
-    if args.lbfgs_steps > 0:
-        stages.append(nde.Stage(strategy, optax.lbfgs(), args.lbfgs_steps))
+    stages = adam_then_lbfgs(strategy, 0.05, args.steps, args.lbfgs_steps)
     began = time.perf_counter()
     result = nde.fit(model, data, stages, progress=args.progress)
     seconds = time.perf_counter() - began
-    fitted = np.exp(np.asarray(result.model.field.log_rates))
-    errors = np.abs(fitted / np.array(TRUE_RATES) - 1.0)
-    print(
-        "radau5 (DAE form): rates "
-        + ", ".join(
-            f"k{i + 1} = {k:.6g} ({e:.1e} off)"
-            for i, (k, e) in enumerate(zip(fitted, errors, strict=True))
-        )
-    )
+    fitted, errors = rate_errors(result.model, "radau5 (DAE form)")
 
     dense = jnp.logspace(-5, 5, 300)
     solution = result.model.solve(dense, y0, throw=False)
@@ -120,37 +112,11 @@ def _run(args: argparse.Namespace) -> dict:
 
 
 def _plot(path, data, dense, fit_curve, start_curve, result, errors, conservation) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    curves = {"fit (radau5, DAE)": fit_curve, "start": start_curve}
     names = ["y1", "y2 (x 1e4)", "y3 (algebraic: 1 - y1 - y2)"]
-    scale = np.array([1.0, 1e4, 1.0])
-    ts, ys = np.asarray(data.ts), np.asarray(data.ys) * scale
-    for i, ax in enumerate(axes[:3]):
-        ax.plot(ts, ys[:, i], "o", color="k", ms=4, label="observations")
-        ax.plot(np.asarray(dense), fit_curve[:, i] * scale[i], "-", label="fit (radau5, DAE)")
-        ax.plot(np.asarray(dense), start_curve[:, i] * scale[i], "--", label="start")
-        ax.set_xscale("log")
-        ax.set_xlabel("t")
-        ax.set_title(names[i])
-    axes[0].legend(fontsize=8)
-    ax = axes[3]
-    ax.semilogy(result.losses)
-    ax.set_xlabel("step")
-    ax.set_title("training loss (scaled misfit)")
-    ax.text(
-        0.02,
-        0.02,
+    note = (
         f"largest rate error {errors.max():.1e} (relative)\n"
-        f"max |y1 + y2 + y3 - 1| on the fit: {conservation:.1e}",
-        transform=ax.transAxes,
-        fontsize=8,
-        va="bottom",
+        f"max |y1 + y2 + y3 - 1| on the fit: {conservation:.1e}"
     )
-    fig.suptitle("Robertson's kinetics as a mass-matrix DAE: fitting three rates (NeuralODEMM)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = "Robertson's kinetics as a mass-matrix DAE: fitting three rates (NeuralODEMM)"
+    plot_fit(path, data, dense, curves, names, result, note, title)

@@ -38,13 +38,14 @@ import optax
 
 import neuraldiffeq as nde
 
+from ..datasets.synthetic import ROBERTSON_RATES, ROBERTSON_Y0, robertson_field
 from ..outputs import prepare_out, stop_if_interrupted, write_outputs
 from ..solvers.stiffness import estimate_stiffness
 
-TRUE_RATES = (0.04, 3e7, 1e4)
+TRUE_RATES = ROBERTSON_RATES
 #: the wrong start: each true rate times these factors
 START_FACTORS = (2.0, 0.2, 5.0)
-Y0 = (1.0, 0.0, 0.0)
+Y0 = ROBERTSON_Y0
 #: Adam steps the explicit fit is given (it fails on the first 3: every solve runs out of steps)
 EXPLICIT_STEPS = 20
 
@@ -63,9 +64,7 @@ class Robertson(eqx.Module):
     log_rates: jax.Array
 
     def __call__(self, t, y, args=None):
-        k1, k2, k3 = jnp.exp(self.log_rates)
-        r1, r2, r3 = k1 * y[0], k2 * y[1] ** 2, k3 * y[1] * y[2]
-        return jnp.stack([-r1 + r3, r1 - r2 - r3, r2])
+        return robertson_field(t, y, jnp.exp(self.log_rates))
 
 
 class RobertsonUDE(eqx.Module):
@@ -126,18 +125,71 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def observations() -> nde.TimeSeries:
-    """Robertson's kinetics at 40 log-spaced times on [1e-5, 1e5] (reference: kvaerno5, rtol
-    1e-10, from t = 0)."""
-    ts = jnp.logspace(-5, 5, 40)
-    truth = nde.NeuralODE(
-        Robertson(jnp.log(jnp.array(TRUE_RATES))),
-        "kvaerno5",
-        rtol=1e-10,
-        atol=1e-14,
-        max_steps=100_000,
+    """Robertson's kinetics at 40 log-spaced times on [1e-5, 1e5]: `nde.datasets.robertson()`."""
+    return nde.datasets.robertson()
+
+
+def problem(max_steps: int) -> tuple[nde.TimeSeries, jax.Array, nde.Trajectory, dict]:
+    """What the Robertson demos (this one and `dae`) share: the observations, the wrong start
+    (log-rates), the per-species scaled misfit and the solve settings."""
+    data = observations()
+    start = jnp.log(jnp.array(TRUE_RATES) * jnp.array(START_FACTORS))
+    strategy = nde.Trajectory(loss_fn=ScaledL2(jnp.max(jnp.abs(data.ys), axis=0)))
+    settings = dict(rtol=1e-6, atol=1e-10, max_steps=max_steps)
+    return data, start, strategy, settings
+
+
+def adam_then_lbfgs(strategy, learning_rate: float, steps: int, lbfgs_steps: int) -> list:
+    """Adam for `steps`, then L-BFGS for `lbfgs_steps` (none if 0)."""
+    stages = [nde.Stage(strategy, optax.adam(learning_rate), steps)]
+    if lbfgs_steps > 0:
+        stages.append(nde.Stage(strategy, optax.lbfgs(), lbfgs_steps))
+    return stages
+
+
+def rate_errors(model, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """The rates fitted in `model.field.log_rates` and their relative errors, printed."""
+    fitted = np.exp(np.asarray(model.field.log_rates))
+    errors = np.abs(fitted / np.array(TRUE_RATES) - 1.0)
+    print(
+        f"{label}: rates "
+        + ", ".join(
+            f"k{i + 1} = {k:.6g} ({e:.1e} off)"
+            for i, (k, e) in enumerate(zip(fitted, errors, strict=True))
+        )
     )
-    ys = truth(jnp.concatenate([jnp.zeros(1), ts]), jnp.array(Y0))[1:]
-    return nde.TimeSeries(ts, ys)
+    return fitted, errors
+
+
+def plot_fit(path, data, dense, curves: dict, names, result, note: str, title: str, **loss_kw):
+    """The Robertson demos' figure: one panel per species on log time (the observations and
+    each curve, label -> values at `dense`; y2 scaled by 1e4), then the training loss with
+    `note` written on it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
+    scale = np.array([1.0, 1e4, 1.0])
+    ts, ys = np.asarray(data.ts), np.asarray(data.ys) * scale
+    for i, ax in enumerate(axes[:3]):
+        ax.plot(ts, ys[:, i], "o", color="k", ms=4, label="observations")
+        for (label, values), style in zip(curves.items(), ["-", "--", ":"], strict=False):
+            ax.plot(np.asarray(dense), np.asarray(values)[:, i] * scale[i], style, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("t")
+        ax.set_title(names[i])
+    axes[0].legend(fontsize=8)
+    ax = axes[3]
+    ax.semilogy(result.losses, **loss_kw)
+    ax.set_xlabel("step")
+    ax.set_title("training loss (scaled misfit)")
+    ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=8, va="bottom")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -147,10 +199,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def _run(args: argparse.Namespace) -> dict:
     out = prepare_out(args.out)
-    data = observations()
-    start = jnp.log(jnp.array(TRUE_RATES) * jnp.array(START_FACTORS))
-    strategy = nde.Trajectory(loss_fn=ScaledL2(jnp.max(jnp.abs(data.ys), axis=0)))
-    settings = dict(rtol=1e-6, atol=1e-10, max_steps=args.max_steps)
+    data, start, strategy, settings = problem(args.max_steps)
 
     # solver="auto": what the stiffness estimate says about this problem
     est = estimate_stiffness(Robertson(start), data.ts[0], data.ts[-1], data.ys[0], rtol=1e-6)
@@ -187,19 +236,9 @@ def _run(args: argparse.Namespace) -> dict:
 
     # 2. implicit: Adam, then L-BFGS
     implicit = nde.NeuralODE(Robertson(start), "kvaerno5", **settings)
-    stages = [nde.Stage(strategy, optax.adam(0.05), args.steps)]
-    if args.lbfgs_steps > 0:
-        stages.append(nde.Stage(strategy, optax.lbfgs(), args.lbfgs_steps))
+    stages = adam_then_lbfgs(strategy, 0.05, args.steps, args.lbfgs_steps)
     result = nde.fit(implicit, data, stages, progress=args.progress)
-    fitted = np.exp(np.asarray(result.model.field.log_rates))
-    errors = np.abs(fitted / np.array(TRUE_RATES) - 1.0)
-    print(
-        "kvaerno5: rates "
-        + ", ".join(
-            f"k{i + 1} = {k:.6g} ({e:.1e} off)"
-            for i, (k, e) in enumerate(zip(fitted, errors, strict=True))
-        )
-    )
+    fitted, errors = rate_errors(result.model, "kvaerno5")
     metrics = {
         "demo": "stiff",
         "true_rates": list(TRUE_RATES),
@@ -251,9 +290,7 @@ def _universal_ode(args, data, strategy):
     model = nde.NeuralODE(
         RobertsonUDE(net, scale, rate_scale), "kvaerno5", rtol=1e-6, atol=1e-10, max_steps=4000
     )
-    stages = [nde.Stage(strategy, optax.adam(0.01), args.ude_steps)]
-    if args.ude_lbfgs_steps > 0:
-        stages.append(nde.Stage(strategy, optax.lbfgs(), args.ude_lbfgs_steps))
+    stages = adam_then_lbfgs(strategy, 0.01, args.ude_steps, args.ude_lbfgs_steps)
     result = nde.fit(model, data, stages, progress=args.progress)
     fitted = result.model
     ys = np.asarray(fitted(data.ts, data.ys[0]))
@@ -277,41 +314,14 @@ def _universal_ode(args, data, strategy):
 
 
 def _plot(path, data, dense, curves, result, explicit_outcome, errors) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
-    names = ["y1", "y2 (x 1e4)", "y3"]
-    scale = np.array([1.0, 1e4, 1.0])
-    ts, ys = np.asarray(data.ts), np.asarray(data.ys) * scale
-    for i, ax in enumerate(axes[:3]):
-        ax.plot(ts, ys[:, i], "o", color="k", ms=4, label="observations")
-        for (label, values), style in zip(curves.items(), ["-", "--", ":"], strict=False):
-            ax.plot(np.asarray(dense), np.asarray(values)[:, i] * scale[i], style, label=label)
-        ax.set_xscale("log")
-        ax.set_xlabel("t")
-        ax.set_title(names[i])
-    axes[0].legend(fontsize=8)
-    ax = axes[3]
-    ax.semilogy(result.losses, label="kvaerno5")
-    ax.set_xlabel("step")
-    ax.set_title("training loss (scaled misfit)")
     first = explicit_outcome["first_solve"]
-    ax.text(
-        0.02,
-        0.02,
+    note = (
         f"tsit5: every solve hits max_steps={first['num_steps']}\n"
-        f"({first['observations_reached']}/{len(ts)} observations reached);\n"
+        f"({first['observations_reached']}/{len(data.ts)} observations reached);\n"
         f"fit: {explicit_outcome['fit']} after {explicit_outcome.get('steps')} steps, "
         f"{explicit_outcome.get('skipped')} skipped\n"
-        f"kvaerno5: largest rate error {errors.max():.1e} (relative)",
-        transform=ax.transAxes,
-        fontsize=8,
-        va="bottom",
+        f"kvaerno5: largest rate error {errors.max():.1e} (relative)"
     )
-    fig.suptitle("Robertson's stiff kinetics: fitting three rates from a wrong start")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = "Robertson's stiff kinetics: fitting three rates from a wrong start"
+    names = ["y1", "y2 (x 1e4)", "y3"]
+    plot_fit(path, data, dense, curves, names, result, note, title, label="kvaerno5")

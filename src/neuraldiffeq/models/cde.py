@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import count_params, strong_floats
+from .._checks import check_sizes, count_params, strong_floats
 from ..interpolation import KINDS, Interpolation, interpolation_coeffs
 from ..sensitivity import AbstractSensitivity, Quadrature, resolve_sensitivity
 from ..solve_config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
@@ -130,16 +130,10 @@ class NeuralCDE(HasSolveConfig):
         config: SolveConfig | None = None,
         key: jax.Array | None = None,
     ):
-        for name, value in (
-            ("data_size", data_size),
-            ("hidden_size", hidden_size),
-            ("out_size", out_size),
-            ("width_size", width_size),
-        ):
-            if isinstance(value, bool) or not (isinstance(value, int | np.integer) and value >= 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        if isinstance(depth, bool) or not (isinstance(depth, int | np.integer) and depth >= 0):
-            raise ValueError(f"depth must be a non-negative integer, got {depth!r}.")
+        check_sizes(
+            data_size=data_size, hidden_size=hidden_size, out_size=out_size, width_size=width_size
+        )
+        check_sizes(0, depth=depth)
         if interpolation not in KINDS:
             raise ValueError(
                 f"interpolation must be one of {', '.join(map(repr, KINDS))}, got "

@@ -10,7 +10,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._checks import as_state, check_times
+from .._checks import solve_inputs
 from ..sensitivity import AbstractSensitivity
 from ..solve_config import HasSolveConfig, SolveConfig, shortcuts
 from ..solvers.dde import _check_lags, _dde_config, solve_dde
@@ -118,9 +118,7 @@ class NeuralDDE(HasSolveConfig):
             >>> round(float(sol.ys[-1, 0]), 3)
             -0.5
         """
-        ts = check_times(ts, "ts")
-        y0 = as_state(y0, vector=True)
-        ts = ts.astype(y0.dtype)
+        ts, y0, _ = solve_inputs(ts, y0, vector=True)  # args go to the field as given
         history = y0 if self.history is None else self.history
         return solve_dde(
             self.field,

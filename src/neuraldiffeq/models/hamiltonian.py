@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 from equinox.internal import ω
 
-from .._checks import as_state, check_times, count_params, strong_floats
+from .._checks import count_params, solve_inputs
 from ..sensitivity import AbstractSensitivity, Direct, Forward, resolve_sensitivity
 from ..solve_config import SolveConfig, build_config, on_failure, shortcuts
 from ..solvers.names import ODE_SOLVERS
-from .ode import ODE_DEFAULTS, NeuralODE
+from .ode import ODE_DEFAULTS, NeuralODE, WrapsNeuralODE
 
 __all__ = ["HamiltonianNN", "HamiltonianField", "Leapfrog", "SeparableHamiltonian"]
 
@@ -168,7 +168,7 @@ _SOLVERS = {**ODE_SOLVERS, **SYMPLECTIC_SOLVERS}
 _SPLIT_SENSITIVITIES = [Direct, Forward]
 
 
-class HamiltonianNN(eqx.Module):
+class HamiltonianNN(WrapsNeuralODE):
     """A Hamiltonian neural network: dq/dt = ∂H/∂p, dp/dt = −∂H/∂q with H(q, p) a network.
 
     The state `y = (q, p)` is one vector of size `2n`; `model(ts, y0)` returns `(T, 2n)` as
@@ -243,20 +243,6 @@ class HamiltonianNN(eqx.Module):
             )
         self.node = NeuralODE(HamiltonianField(net), config=config)
 
-    # -- what a NeuralODE has ------------------------------------------------------------------
-
-    @property
-    def config(self) -> SolveConfig:
-        return self.node.config
-
-    @property
-    def solver(self) -> diffrax.AbstractSolver | str:
-        return self.node.solver
-
-    @property
-    def sensitivity(self) -> AbstractSensitivity:
-        return self.node.sensitivity
-
     @property
     def hamiltonian(self) -> Callable:
         """The network H(y)."""
@@ -279,17 +265,15 @@ class HamiltonianNN(eqx.Module):
         """
         if not self.symplectic:
             return self.node.solve(ts, y0, args, throw=throw)
-        ts = check_times(ts, "ts")
-        y0 = as_state(y0)
-        q0, p0 = _split(y0)
+        ts, y0, args = solve_inputs(ts, y0, args)
         H = self.hamiltonian
         sol = self.config.diffeqsolve(
             (diffrax.ODETerm(H.dq_dt), diffrax.ODETerm(H.dp_dt)),
-            ts[0].astype(y0.dtype),
-            ts[-1].astype(y0.dtype),
-            (q0, p0),
-            args=strong_floats(args),
-            saveat=diffrax.SaveAt(ts=ts.astype(y0.dtype)),
+            ts[0],
+            ts[-1],
+            _split(y0),
+            args=args,
+            saveat=diffrax.SaveAt(ts=ts),
             throw=throw,
         )
         return eqx.tree_at(lambda s: s.ys, sol, jnp.concatenate(sol.ys, axis=-1))
@@ -317,7 +301,3 @@ class HamiltonianNN(eqx.Module):
         for _ in range(ys.ndim - 1):
             energy = jax.vmap(energy)
         return energy(ys)
-
-    def resolve_solver(self, ts, y0, args: Any = None) -> HamiltonianNN:
-        """This model with `solver="auto"` chosen for the problem (see `nde.NeuralODE`)."""
-        return eqx.tree_at(lambda m: m.node, self, self.node.resolve_solver(ts, y0, args))

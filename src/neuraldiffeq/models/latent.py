@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_positive, check_series, check_times, is_concrete
+from .._checks import check_batch_series, check_positive, check_sizes, check_times, is_concrete
 from ..sensitivity import AbstractSensitivity, Direct
 from ..solve_config import SolveConfig, build_config, shortcuts
 from .ode import ODE_DEFAULTS, NeuralODE
@@ -171,18 +171,14 @@ class LatentODE(eqx.Module):
         config: SolveConfig | None = None,
         key: jax.Array | None = None,
     ):
-        for name, value in (
-            ("latent_dim", latent_dim),
-            ("obs_dim", obs_dim),
-            ("hidden_size", hidden_size),
-            ("dynamics_width", dynamics_width),
-            ("decoder_width", decoder_width),
-        ):
-            if not (isinstance(value, int | np.integer) and value > 0):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        for name, value in (("dynamics_depth", dynamics_depth), ("decoder_depth", decoder_depth)):
-            if not (isinstance(value, int | np.integer) and value >= 0):
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}.")
+        check_sizes(
+            latent_dim=latent_dim,
+            obs_dim=obs_dim,
+            hidden_size=hidden_size,
+            dynamics_width=dynamics_width,
+            decoder_width=decoder_width,
+        )
+        check_sizes(0, dynamics_depth=dynamics_depth, decoder_depth=decoder_depth)
         if encoder not in ENCODERS:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {encoder!r}.")
         check_positive(obs_std, "obs_std")
@@ -213,7 +209,7 @@ class LatentODE(eqx.Module):
     def encode(self, ts, ys, mask=None) -> tuple[jax.Array, jax.Array]:
         """Posterior mean and log-variance of z(ts[0]): each `(B, latent_dim)`, or `(latent_dim,)`
         for one series."""
-        ts, ys, mask, single = self._inputs(ts, ys, mask, "ts", "ys")
+        ts, ys, mask, single = check_batch_series(ts, ys, mask, dim=self.obs_dim)
         mean, logvar = self.encoder(ts, ys, mask)
         return (mean[0], logvar[0]) if single else (mean, logvar)
 
@@ -233,7 +229,7 @@ class LatentODE(eqx.Module):
         """
         if key is None:
             raise ValueError("elbo needs key=jax.random.key(...) for its posterior sample.")
-        ts, ys, mask, _ = self._inputs(ts, ys, mask, "ts", "ys")
+        ts, ys, mask, _ = check_batch_series(ts, ys, mask, dim=self.obs_dim)
         mean, logvar = self.encoder(ts, ys, mask)
         z0 = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
         pred = self.decode(ts, z0)
@@ -242,10 +238,7 @@ class LatentODE(eqx.Module):
 
     def log_likelihood(self, pred, ys, mask=None) -> jax.Array:
         """Gaussian log-density of the observed entries of `ys` given `pred`, summed per series."""
-        logp = -0.5 * (((ys - pred) / self.obs_std) ** 2 + jnp.log(2 * jnp.pi * self.obs_std**2))
-        if mask is not None:
-            logp = jnp.where(mask, logp, 0.0)
-        return jnp.sum(logp, axis=tuple(range(1, logp.ndim))) if logp.ndim > 2 else jnp.sum(logp)
+        return gaussian_log_likelihood(pred, ys, mask, self.obs_std)
 
     def predict(
         self, ts_obs, ys_obs, ts_new, key: jax.Array | None = None, *, mask=None, n_samples: int = 1
@@ -260,7 +253,9 @@ class LatentODE(eqx.Module):
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}.")
         if key is None and n_samples != 1:
             raise ValueError("n_samples > 1 needs key=jax.random.key(...) to draw the samples.")
-        ts_obs, ys_obs, mask, single = self._inputs(ts_obs, ys_obs, mask, "ts_obs", "ys_obs")
+        ts_obs, ys_obs, mask, single = check_batch_series(
+            ts_obs, ys_obs, mask, dim=self.obs_dim, ts_name="ts_obs", ys_name="ys_obs"
+        )
         ts_new = jnp.asarray(ts_new, ts_obs.dtype)
         if ts_new.ndim != 1 or ts_new.shape[0] < 1:
             raise ValueError(f"ts_new must be a 1-D array of times, got shape {ts_new.shape}.")
@@ -289,17 +284,14 @@ class LatentODE(eqx.Module):
         out = out[:, : ts_new.shape[0]].reshape(z0.shape[0], batch, ts_new.shape[0], self.obs_dim)
         return out[:, 0] if single else out
 
-    # -- internals --------------------------------------------------------------------------
 
-    def _inputs(self, ts, ys, mask, ts_name, ys_name):
-        ts, ys, mask = check_series(
-            ts, ys, mask, ts_name=ts_name, ys_name=ys_name, dim=self.obs_dim
-        )
-        mask = jnp.ones(ys.shape, bool) if mask is None else mask
-        single = ys.ndim == 2
-        if single:
-            ys, mask = ys[None], mask[None]
-        return ts, ys, mask, single
+def gaussian_log_likelihood(pred, ys, mask, std: float) -> jax.Array:
+    """log N(ys | pred, std²) of the entries where `mask` is True (all where it is None), summed
+    per series: over all axes but the batch axis of `(B, T, D)`, over all of `(T, D)`."""
+    logp = -0.5 * (((ys - pred) / std) ** 2 + jnp.log(2 * jnp.pi * std**2))
+    if mask is not None:
+        logp = jnp.where(mask, logp, 0.0)
+    return jnp.sum(logp, axis=tuple(range(1, logp.ndim))) if logp.ndim > 2 else jnp.sum(logp)
 
 
 def gaussian_kl(mean, logvar) -> jax.Array:

@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_positive, check_series, check_times, is_concrete
-from ..sensitivity import AbstractSensitivity, Backsolve, Direct, Forward
-from ..solve_config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
-from ..solvers.names import SDE_SOLVERS
-from .sde import SDE_DEFAULTS, _backsolve_ok, _Diagonal, _levy_area
+from .._checks import check_batch_series, check_positive, check_sizes, check_times, is_concrete
+from ..sensitivity import AbstractSensitivity
+from ..solve_config import HasSolveConfig, SolveConfig, on_failure, shortcuts
+from .latent import gaussian_log_likelihood
+from .sde import _Diagonal, sde_config, sde_terms
 
 #: Where |g| is smaller, u = (f - h) / g divides by this (sign kept) instead: a finite KL.
 _MIN_DIFFUSION = 1e-7
@@ -169,29 +169,16 @@ class LatentSDE(HasSolveConfig):
         config: SolveConfig | None = None,
         key: jax.Array | None = None,
     ):
-        for name, value in (
-            ("latent_dim", latent_dim),
-            ("obs_dim", obs_dim),
-            ("context_size", context_size),
-            ("hidden_size", hidden_size),
-        ):
-            if isinstance(value, bool) or not (isinstance(value, int | np.integer) and value > 0):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        check_sizes(
+            latent_dim=latent_dim,
+            obs_dim=obs_dim,
+            context_size=context_size,
+            hidden_size=hidden_size,
+        )
         check_positive(obs_std, "obs_std")
         if key is None:
             raise ValueError("LatentSDE needs key=jax.random.key(...) to initialise its weights.")
-        given = shortcuts(locals())
-        config = build_config("LatentSDE", config, given, SDE_DEFAULTS, SDE_SOLVERS)
-        if config.adaptive:
-            raise ValueError(
-                "LatentSDE takes constant steps: pass dt0=<step size> alone (no rtol/atol)."
-            )
-        accepts = [Direct, Forward] + ([Backsolve] if _backsolve_ok(config.solver) else [])
-        hint = (
-            "nde.Backsolve() needs a Stratonovich solver of a single term ('heun' or "
-            "'midpoint'); Interpolating and Quadrature are ODE adjoints"
-        )
-        self.config = config.for_model("LatentSDE", accepts, Direct, hint)
+        self.config = sde_config("LatentSDE", config, shortcuts(locals()))
         keys = jax.random.split(key, 6)
         softplus = jax.nn.softplus
         self.encoder = ContextEncoder(obs_dim, hidden_size, context_size, key=keys[0])
@@ -231,15 +218,14 @@ class LatentSDE(HasSolveConfig):
         """
         if key is None:
             raise ValueError("elbo needs key=jax.random.key(...) for its posterior sample.")
-        ts, ys, mask, single = self._inputs(ts, ys, mask)
+        ts, ys, mask, single = check_batch_series(ts, ys, mask, dim=self.obs_dim)
         k_z0, k_bm = jax.random.split(key)
         context = self.encoder(ys, mask)
         mean, logstd = self._qz0(context)
         z0 = mean + jnp.exp(logstd) * jax.random.normal(k_z0, mean.shape, mean.dtype)
         zs, kl_path, result = self._solve_posterior(ts, context, z0, ts, k_bm, logqp=True)
         pred = jax.vmap(jax.vmap(self.projector))(zs)
-        logp = -0.5 * (((ys - pred) / self.obs_std) ** 2 + jnp.log(2 * jnp.pi * self.obs_std**2))
-        loglik = jnp.sum(jnp.where(mask, logp, 0.0), axis=(1, 2))
+        loglik = gaussian_log_likelihood(pred, ys, mask, self.obs_std)
         kl0 = _normal_kl(mean, logstd, self.pz0_mean, self.pz0_logstd)
         loglik, kl_path = on_failure(result, loglik, -jnp.inf), on_failure(result, kl_path)
         out = (loglik, kl0, kl_path)
@@ -281,7 +267,7 @@ class LatentSDE(HasSolveConfig):
         the latent states. Example: see `LatentSDE`.
         """
         _check_n(n)
-        ts, ys, mask, single = self._inputs(ts, ys, mask)
+        ts, ys, mask, single = check_batch_series(ts, ys, mask, dim=self.obs_dim)
         if ts_out is None:
             ts_out = ts
         else:
@@ -307,14 +293,6 @@ class LatentSDE(HasSolveConfig):
         return out[:, 0] if single else out
 
     # -- internals --------------------------------------------------------------------------
-
-    def _inputs(self, ts, ys, mask):
-        ts, ys, mask = check_series(ts, ys, mask, dim=self.obs_dim)
-        mask = jnp.ones(ys.shape, bool) if mask is None else mask
-        single = ys.ndim == 2
-        if single:
-            ys, mask = ys[None], mask[None]
-        return ts, ys, mask, single
 
     def _qz0(self, context):
         out = jax.vmap(self.qz0)(context[:, 0])
@@ -344,17 +322,8 @@ class LatentSDE(HasSolveConfig):
         """Solve from the span's start (default `ts_out[0]`) to `ts_out[-1]`, saving at
         `ts_out`; the Brownian motion lives on the whole span (default `ts_out`)."""
         span = ts_out if ts_span is None else ts_span
-        brownian = diffrax.VirtualBrownianTree(
-            span[0],
-            span[-1],
-            tol=self.config.dt0 / 16,
-            shape=jax.ShapeDtypeStruct(y0.shape, y0.dtype),
-            key=key,
-            levy_area=_levy_area(self.config.solver),
-        )
-        terms = diffrax.MultiTerm(
-            diffrax.ODETerm(drift), diffrax.ControlTerm(_Diagonal(diffusion), brownian)
-        )
+        bm = jax.ShapeDtypeStruct(y0.shape, y0.dtype)
+        terms = sde_terms(self.config, drift, _Diagonal(diffusion), span[0], span[-1], bm, key)
         return self.config.diffeqsolve(
             terms, span[0], ts_out[-1], y0, args=args, saveat=diffrax.SaveAt(ts=ts_out)
         )

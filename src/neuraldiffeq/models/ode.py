@@ -9,7 +9,7 @@ import diffrax
 import equinox as eqx
 import jax
 
-from .._checks import as_state, check_times, count_params, strong_floats
+from .._checks import count_params, solve_inputs
 from ..sensitivity import AbstractSensitivity, resolve_sensitivity
 from ..solve_config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
 
@@ -83,11 +83,7 @@ class NeuralODE(HasSolveConfig):
         sensitivity: AbstractSensitivity | str | None = None,
         config: SolveConfig | None = None,
     ):
-        if not callable(field):
-            raise ValueError(
-                f"field must be callable as field(t, y, args), got {type(field).__name__}. "
-                "Wrap a network of y alone with nde.autonomous(net)."
-            )
+        check_field(field)
         self.field = field
         given = shortcuts(locals())
         config = build_config("NeuralODE", config, given, ODE_DEFAULTS)
@@ -114,19 +110,8 @@ class NeuralODE(HasSolveConfig):
             >>> int(sol.stats["num_steps"]) > 0
             True
         """
-        ts = check_times(ts, "ts")
-        y0 = as_state(y0)
-        ts = ts.astype(y0.dtype)
-        return self.config.diffeqsolve(
-            diffrax.ODETerm(self.field),
-            ts[0],
-            ts[-1],
-            y0,
-            # weakly typed floats would be invisible to the adjoints' custom_vjp (zero gradient)
-            args=strong_floats(args),
-            saveat=saveat if saveat is not None else diffrax.SaveAt(ts=ts),
-            throw=throw,
-        )
+        ts, y0, args = solve_inputs(ts, y0, args)
+        return solve_ode(self.config, self.field, ts, y0, args, throw=throw, saveat=saveat)
 
     def vector_field(self, t, y, args: Any = None) -> jax.Array:
         """dy/dt = field(t, y, args): what `nde.Collocation` fits to smoothed slopes.
@@ -137,6 +122,73 @@ class NeuralODE(HasSolveConfig):
             [-2.0, -2.0]
         """
         return self.field(t, y, args)
+
+
+def check_field(field: Callable) -> None:
+    """A `ValueError` unless `field` is callable (as `field(t, y, args)`)."""
+    if not callable(field):
+        raise ValueError(
+            f"field must be callable as field(t, y, args), got {type(field).__name__}. "
+            "Wrap a network of y alone with nde.autonomous(net)."
+        )
+
+
+def solve_ode(
+    config: SolveConfig,
+    field: Callable,
+    ts: jax.Array,
+    y0: jax.Array,
+    args: Any,
+    *,
+    throw: bool,
+    saveat: diffrax.SaveAt | None = None,
+) -> diffrax.Solution:
+    """dy/dt = field(t, y, args) solved through `config` from `ts[0]` to `ts[-1]`, saved at `ts`
+    (or `saveat`): the solve of every ODE model. The inputs as `solve_inputs` returns them.
+
+    Example:
+        >>> import jax.numpy as jnp, neuraldiffeq as nde
+        >>> from neuraldiffeq.models.ode import solve_ode
+        >>> config = nde.SolveConfig("tsit5", rtol=1e-8, atol=1e-8, sensitivity=nde.Direct())
+        >>> sol = solve_ode(config, lambda t, y, a: -y, jnp.array([0.0, 1.0]), jnp.ones(1), None,
+        ...                 throw=True)
+        >>> round(float(sol.ys[-1, 0]), 5)  # exp(-1)
+        0.36788
+    """
+    saveat = saveat if saveat is not None else diffrax.SaveAt(ts=ts)
+    return config.diffeqsolve(
+        diffrax.ODETerm(field), ts[0], ts[-1], y0, args=args, saveat=saveat, throw=throw
+    )
+
+
+class WrapsNeuralODE(HasSolveConfig):
+    """A model built around a `NeuralODE` (its `node`) that solves through it.
+
+    Its solve settings are the node's, read through the same attributes as a `NeuralODE`'s
+    (`config`, `solver`, `sensitivity`, `rtol`, ...), and `resolve_solver` resolves the node's
+    `"auto"` from the state the node starts at (`_node_state(y0)`, `y0` itself by default).
+
+    Example:
+        >>> import jax.numpy as jnp, neuraldiffeq as nde
+        >>> hnn = nde.HamiltonianNN(lambda y: 0.5 * y @ y, rtol=1e-6)
+        >>> hnn.rtol, hnn.config is hnn.node.config
+        (1e-06, True)
+    """
+
+    node: eqx.AbstractVar[NeuralODE]
+
+    @property
+    def config(self) -> SolveConfig:
+        """The node's solve configuration."""
+        return self.node.config
+
+    def _node_state(self, y0) -> Any:
+        return y0
+
+    def resolve_solver(self, ts, y0, args: Any = None) -> WrapsNeuralODE:
+        """This model with `solver="auto"` chosen for the problem (see `nde.NeuralODE`)."""
+        node = self.node.resolve_solver(ts, self._node_state(y0), args)
+        return eqx.tree_at(lambda m: m.node, self, node)
 
 
 #: NeuralODE's solve defaults (AugmentedNeuralODE's too).

@@ -11,10 +11,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._checks import as_state, check_times, strong_floats
+from .._checks import as_state, solve_inputs
 from ..sensitivity import AbstractSensitivity, Direct, Forward
 from ..solve_config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
 from ..solvers.dae import Radau5, _as_mass_matrix, check_consistent, consistent_initial_state
+from .ode import check_field, solve_ode
 
 #: NeuralODEMM's solve defaults.
 ODEMM_DEFAULTS = dict(solver="radau5", rtol=1e-5, atol=1e-8, max_steps=4096, sensitivity="direct")
@@ -90,11 +91,7 @@ class NeuralODEMM(HasSolveConfig):
         sensitivity: AbstractSensitivity | str | None = None,
         config: SolveConfig | None = None,
     ):
-        if not callable(field):
-            raise ValueError(
-                f"field must be callable as field(t, y, args), got {type(field).__name__}. "
-                "Wrap a network of y alone with nde.autonomous(net)."
-            )
+        check_field(field)
         if constraints is not None and not callable(constraints):
             raise ValueError(
                 "constraints must be None or callable as constraints(t, y, args) -> the "
@@ -140,21 +137,10 @@ class NeuralODEMM(HasSolveConfig):
             >>> int(model.solve(jnp.linspace(0, 1, 3), jnp.ones(1)).stats["num_steps"]) > 0
             True
         """
-        ts = check_times(ts, "ts")
-        y0 = as_state(y0, vector=True)
-        ts = ts.astype(y0.dtype)
-        args = strong_floats(args)
+        ts, y0, args = solve_inputs(ts, y0, args, vector=True)
         self._check_shape(y0)
         check_consistent(self.field, self.config.solver.mass_matrix, ts[0], y0, args)
-        return self.config.diffeqsolve(
-            diffrax.ODETerm(self.field),
-            ts[0],
-            ts[-1],
-            y0,
-            args=args,
-            saveat=diffrax.SaveAt(ts=ts),
-            throw=throw,
-        )
+        return solve_ode(self.config, self.field, ts, y0, args, throw=throw)
 
     def consistent(self, y0, t0=0.0, args: Any = None) -> jax.Array:
         """`y0` with its algebraic components solved for (the differential ones kept), so that

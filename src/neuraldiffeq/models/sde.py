@@ -11,7 +11,7 @@ import jax
 import lineax as lx
 import numpy as np
 
-from .._checks import as_state, check_times
+from .._checks import solve_inputs
 from ..sensitivity import AbstractSensitivity, Backsolve, Direct, Forward
 from ..solve_config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
 from ..solvers.names import SDE_SOLVERS
@@ -97,18 +97,7 @@ class NeuralSDE(HasSolveConfig):
                     "brownian_dim is only for noise='general' (with diagonal noise the Brownian "
                     "motion has one component per state)."
                 )
-        given = shortcuts(locals())
-        config = build_config("NeuralSDE", config, given, SDE_DEFAULTS, SDE_SOLVERS)
-        if config.adaptive:
-            raise ValueError(
-                "NeuralSDE takes constant steps: pass dt0=<step size> alone (no rtol/atol)."
-            )
-        accepts = [Direct, Forward] + ([Backsolve] if _backsolve_ok(config.solver) else [])
-        hint = (
-            "nde.Backsolve() needs a Stratonovich solver of a single term ('heun' or "
-            "'midpoint'); Interpolating and Quadrature are ODE adjoints"
-        )
-        self.config = config.for_model("NeuralSDE", accepts, Direct, hint)
+        self.config = sde_config("NeuralSDE", config, shortcuts(locals()))
         self.drift, self.diffusion = drift, diffusion
         self.noise, self.brownian_dim = noise, brownian_dim
 
@@ -149,9 +138,8 @@ class NeuralSDE(HasSolveConfig):
     # -- internals --------------------------------------------------------------------------
 
     def _prepare(self, ts, y0):
-        ts = check_times(ts, "ts")
-        y0 = as_state(y0, vector=True)
-        return ts.astype(y0.dtype), y0
+        ts, y0, _ = solve_inputs(ts, y0, vector=True)  # args go to drift and diffusion as given
+        return ts, y0
 
     def _brownian_shape(self, ts, y0, args) -> tuple[int, ...]:
         """Check the diffusion's output shape (static, so this also works under jit)."""
@@ -185,21 +173,12 @@ class NeuralSDE(HasSolveConfig):
                 f"drift must return dy/dt of the state's shape {y0.shape}, got "
                 f"{getattr(drift_out, 'shape', type(drift_out).__name__)}."
             )
-        brownian = diffrax.VirtualBrownianTree(
-            ts[0],
-            ts[-1],
-            tol=self.config.dt0 / 16,
-            shape=jax.ShapeDtypeStruct(bm_shape, y0.dtype),
-            key=key,
-            levy_area=_levy_area(self.solver),
-        )
         if self.noise == "diagonal":
             diffusion = _Diagonal(self.diffusion)
         else:
             diffusion = self.diffusion
-        return diffrax.MultiTerm(
-            diffrax.ODETerm(self.drift), diffrax.ControlTerm(diffusion, brownian)
-        )
+        bm = jax.ShapeDtypeStruct(bm_shape, y0.dtype)
+        return sde_terms(self.config, self.drift, diffusion, ts[0], ts[-1], bm, key)
 
     def _solve(self, ts, y0, key, args, *, throw):
         terms = self._terms(ts, y0, key, args)
@@ -208,6 +187,34 @@ class NeuralSDE(HasSolveConfig):
         return self.config.diffeqsolve(
             terms, ts[0], ts[-1], y0, args=args, saveat=diffrax.SaveAt(ts=ts), throw=throw
         )
+
+
+def sde_config(owner: str, config: SolveConfig | None, given: dict) -> SolveConfig:
+    """The solve configuration of an SDE model (`owner` names it in errors): constant steps, and
+    a sensitivity among `nde.Direct()`, `nde.Forward()` and, for a Stratonovich solver of a
+    single term, `nde.Backsolve()` (`"auto"` gives `nde.Direct()`)."""
+    config = build_config(owner, config, given, SDE_DEFAULTS, SDE_SOLVERS)
+    if config.adaptive:
+        raise ValueError(
+            f"{owner} takes constant steps: pass dt0=<step size> alone (no rtol/atol)."
+        )
+    accepts = [Direct, Forward] + ([Backsolve] if _backsolve_ok(config.solver) else [])
+    hint = (
+        "nde.Backsolve() needs a Stratonovich solver of a single term ('heun' or "
+        "'midpoint'); Interpolating and Quadrature are ODE adjoints"
+    )
+    return config.for_model(owner, accepts, Direct, hint)
+
+
+def sde_terms(
+    config: SolveConfig, drift: Callable, diffusion: Callable, t0, t1, bm_shape, key: jax.Array
+) -> diffrax.MultiTerm:
+    """drift dt + diffusion dW, W a virtual Brownian tree on [t0, t1] of shape/dtype `bm_shape`
+    (tolerance dt0 / 16, with the Lévy area `config`'s solver needs)."""
+    brownian = diffrax.VirtualBrownianTree(
+        t0, t1, tol=config.dt0 / 16, shape=bm_shape, key=key, levy_area=_levy_area(config.solver)
+    )
+    return diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, brownian))
 
 
 class _Diagonal(eqx.Module):

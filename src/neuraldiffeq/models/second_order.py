@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from .._checks import as_state
 from ..sensitivity import AbstractSensitivity
 from ..solve_config import SolveConfig, build_config, shortcuts
-from .ode import ODE_DEFAULTS, NeuralODE
+from .ode import ODE_DEFAULTS, NeuralODE, WrapsNeuralODE
 
 __all__ = ["SecondOrderField", "SecondOrderNeuralODE"]
 
@@ -67,7 +67,7 @@ class SecondOrderField(eqx.Module):
         return jnp.concatenate([y[y.shape[0] // 2 :], a.astype(y.dtype)])
 
 
-class SecondOrderNeuralODE(eqx.Module):
+class SecondOrderNeuralODE(WrapsNeuralODE):
     """A neural ODE of second order: d²q/dt² = net(q, dq/dt), solved as a system in (q, v).
 
     Arguments:
@@ -144,18 +144,6 @@ class SecondOrderNeuralODE(eqx.Module):
         self.node = NeuralODE(SecondOrderField(net, bool(autonomous)), config=config)
         self.v0, self.observe = v0, observe
 
-    @property
-    def config(self) -> SolveConfig:
-        return self.node.config
-
-    @property
-    def solver(self) -> diffrax.AbstractSolver | str:
-        return self.node.solver
-
-    @property
-    def sensitivity(self) -> AbstractSensitivity:
-        return self.node.sensitivity
-
     def first_order(self) -> NeuralODE:
         """The `nde.NeuralODE` of the expanded system in y = (q, v), same solve settings.
 
@@ -203,7 +191,5 @@ class SecondOrderNeuralODE(eqx.Module):
             return None
         return self.node.vector_field
 
-    def resolve_solver(self, ts, y0, args: Any = None) -> SecondOrderNeuralODE:
-        """This model with `solver="auto"` chosen for the problem (see `nde.NeuralODE`)."""
-        node = self.node.resolve_solver(ts, self.initial_state(y0), args)
-        return eqx.tree_at(lambda m: m.node, self, node)
+    def _node_state(self, y0) -> jax.Array:
+        return self.initial_state(y0)
