@@ -13,7 +13,10 @@ matplotlib.use("Agg")
 # Most of the suite's time is XLA compiling many small programs that then run for milliseconds;
 # LLVM's optimisation passes cost more there than they save. Numerics are unchanged (no
 # fast-math); benchmarks, demos and users keep XLA's defaults.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+FAST_COMPILE = (
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+    "--xla_cpu_use_fusion_emitters=false"
+)
 
 
 def pytest_configure(config):
