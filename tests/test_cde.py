@@ -96,6 +96,27 @@ def test_missing_values_and_channels(x64):
     np.testing.assert_allclose(_values(X0, [0.5, 3.0])[:, 1], 0.0)
 
 
+def test_observation_counts_keep_the_initial_state_bounded_on_long_series():
+    # |dz_i/dt| <= sum_c |dX_c/dt| under the default field's tanh, so z moves by at most the
+    # variation of X: 1 for a count divided by T, T for a raw count (here 100: z moves by ~96)
+    ts = np.linspace(0.0, 1.0, 100)
+    model = nde.NeuralCDE(
+        1,
+        4,
+        2,
+        width_size=8,
+        depth=1,
+        time_channel=False,
+        observed_channels=True,
+        key=jax.random.key(0),
+    )
+    X = model.control(ts, np.ones((100, 1)))  # constant data: only the count channel moves
+    np.testing.assert_allclose(X.evaluate(ts[-1]), [1.0, 1.0], rtol=1e-5)
+    z0 = model.initial(X.evaluate(ts[0]))
+    moved = np.max(np.abs(np.asarray(model.hidden(X))[-1] - z0))
+    assert 1e-3 < moved <= 1.0 + 1e-4
+
+
 def test_cubic_with_missing_is_the_spline_through_observed_points(x64):
     rng = np.random.default_rng(1)
     ts = np.sort(rng.uniform(0, 4, 9))
