@@ -20,8 +20,9 @@ missing points; time is the index of the padded grid scaled to [0, 1].
 
 All three: `nde.fit` with `nde.Classification` (cross-entropy), Adam, `--steps` steps on
 minibatches of 32, test accuracy on the data set's test split, `--seeds` seeds (data drop and
-initialisation). Nothing is downloaded: the data are the `.ts` files bundled in the `aeon` wheel
-(the `bench` extra), read here without importing aeon.
+initialisation; seeds outermost, so `--budget-minutes` cuts whole seeds). Nothing is
+downloaded: the data are the `.ts` files bundled in the `aeon` wheel (the `bench` extra), read
+here without importing aeon.
 
     python benchmarks/cde_uea.py --datasets BasicMotions,JapaneseVowels --steps 300 --seeds 3
 """
@@ -236,6 +237,9 @@ def main():
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument(
+        "--budget-minutes", type=float, default=float("inf"), help="start no run after this"
+    )
     parser.add_argument("--log", help="also append the progress lines to this file")
     parser.add_argument(
         "--field-scale", type=float, default=0.1, help="the CDE field's last layer at init"
@@ -247,6 +251,7 @@ def main():
     drops = [float(d) for d in args.drops.split(",")]
     models = args.models.split(",")
     tables = {}
+    started = time.perf_counter()
     for dataset in args.datasets.split(","):
         folder = data_dir() / dataset
         xtr, ytr, names = load_ts(folder / f"{dataset}_TRAIN.ts")
@@ -263,24 +268,27 @@ def main():
             f"{args.steps} Adam({args.lr}) steps, minibatch 32, {args.seeds} seeds",
             flush=True,
         )
-        table = tables[dataset] = {}
-        for drop in drops:
-            for name in models:
-                scores = []
-                for seed in range(args.seeds):
+        table = tables[dataset] = {(drop, name): [] for drop in drops for name in models}
+        # seeds outermost, so that a run cut short by --budget-minutes has every cell's first
+        # seeds rather than all seeds of the first cells
+        for seed in range(args.seeds):
+            for drop in drops:
+                for name in models:
+                    if time.perf_counter() - started > 60 * args.budget_minutes:
+                        print(f"budget spent: {dataset} drop {drop:.0%} {name} seed {seed} skipped")
+                        continue
                     rng = np.random.default_rng(seed)
                     train = (drop_points(xtr, drop, rng), ytr)
                     test = (drop_points(xte, drop, rng), yte)
                     acc, seconds = run_one(name, train, test, len(names), args, seed)
-                    scores.append(acc)
+                    table[(drop, name)].append(acc)
                     print(
                         f"{dataset} drop {drop:.0%} {name} seed {seed}: test accuracy {acc:.3f} "
                         f"({seconds:.0f} s)",
                         flush=True,
                     )
-                table[(drop, name)] = scores
         print_table(dataset, table, drops, models, flush=True)  # each data set as it is done
-    print("\nSummary: test accuracy, mean ± standard deviation over", args.seeds, "seeds")
+    print("\nSummary: test accuracy, mean ± standard deviation over the seeds run (n)")
     for dataset, table in tables.items():
         print_table(dataset, table, drops, models)
 
@@ -303,7 +311,7 @@ def print_table(dataset, table, drops, models, flush=False):
         for name in models:
             s = table[(drop, name)]
             spread = f" ± {statistics.stdev(s):.3f}" if len(s) > 1 else ""
-            cells.append(f"{statistics.mean(s):.3f}{spread}")
+            cells.append(f"{statistics.mean(s):.3f}{spread} (n={len(s)})" if s else "not run")
         print(f"| {drop:.0%} | " + " | ".join(cells) + " |", flush=flush)
 
 
