@@ -81,19 +81,40 @@ def test_missing_values_and_channels(x64):
     ts = np.array([0.0, 1.0, 2.0, 4.0, 5.0])
     ys = np.array([[np.nan, 1.0], [1.0, np.nan], [np.nan, 3.0], [5.0, np.nan], [np.nan, np.nan]])
     X = nde.interpolation_coeffs(ts, ys, kind="linear", observed_channels=True)
-    assert X.channels == 5  # time, 2 values, 2 counts
+    assert X.channels == 5  # time, 2 values, 2 counts / T
     got = _values(X, ts)
     np.testing.assert_allclose(got[:, 0], ts)
     # missing: linear in time between observations, held constant beyond the first and last
     np.testing.assert_allclose(got[:, 1], [1.0, 1.0, 7 / 3, 5.0, 5.0], atol=1e-13)
     np.testing.assert_allclose(got[:, 2], [1.0, 2.0, 3.0, 3.0, 3.0], atol=1e-13)
-    np.testing.assert_allclose(got[:, 3:], [[0, 1], [1, 1], [1, 2], [2, 2], [2, 2]])
+    np.testing.assert_allclose(got[:, 3:], np.array([[0, 1], [1, 1], [1, 2], [2, 2], [2, 2]]) / 5)
     # the same through a mask; a channel never observed is zero
     mask = ~np.isnan(ys)
     Xm = nde.interpolation_coeffs(ts, np.nan_to_num(ys, nan=99.0), mask, kind="linear")
     np.testing.assert_allclose(_values(Xm, ts), got[:, :3], atol=1e-13)
     X0 = nde.interpolation_coeffs(ts, np.full((5, 1), np.nan), kind="cubic")
     np.testing.assert_allclose(_values(X0, [0.5, 3.0])[:, 1], 0.0)
+
+
+def test_observation_counts_keep_the_initial_state_bounded_on_long_series():
+    # |dz_i/dt| <= sum_c |dX_c/dt| under the default field's tanh, so z moves by at most the
+    # variation of X: 1 for a count divided by T, T for a raw count (here 100: z moves by ~96)
+    ts = np.linspace(0.0, 1.0, 100)
+    model = nde.NeuralCDE(
+        1,
+        4,
+        2,
+        width_size=8,
+        depth=1,
+        time_channel=False,
+        observed_channels=True,
+        key=jax.random.key(0),
+    )
+    X = model.control(ts, np.ones((100, 1)))  # constant data: only the count channel moves
+    np.testing.assert_allclose(X.evaluate(ts[-1]), [1.0, 1.0], rtol=1e-5)
+    z0 = model.initial(X.evaluate(ts[0]))
+    moved = np.max(np.abs(np.asarray(model.hidden(X))[-1] - z0))
+    assert 1e-3 < moved <= 1.0 + 1e-4
 
 
 def test_cubic_with_missing_is_the_spline_through_observed_points(x64):

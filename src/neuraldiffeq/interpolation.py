@@ -18,8 +18,11 @@ evaluated and differentiated in time inside the solve. The three kinds are torch
 
 Before interpolating, the channels are assembled as: time (if `time_channel`; the CDE then sees
 how fast the data arrive), the data channels, and (if `observed_channels`) for each data channel
-the number of observations made up to each time (Kidger et al. 2020's cumulative mask), so the
-model can tell an interpolated stretch from an observed one. A channel never observed in a series
+the number of observations made up to each time divided by the number T of time points
+(Kidger et al. 2020's cumulative mask, scaled to [0, 1]), so the model can tell an interpolated
+stretch from an observed one. Unscaled, these channels climb to T: on a long series they would
+drive the hidden state of a CDE by up to T (z moves by at most |f|·the variation of X), which at
+initialisation means logits in the hundreds. A channel never observed in a series
 is zero there. Missing values are NaN in `ys`, or False in `mask`.
 
 Example:
@@ -27,10 +30,10 @@ Example:
     >>> ts = np.array([0.0, 1.0, 3.0])
     >>> ys = np.array([[0.0], [np.nan], [2.0]])  # the middle value is missing
     >>> X = nde.interpolation_coeffs(ts, ys, kind="linear", observed_channels=True)
-    >>> X.channels  # time, the value, its observation count
+    >>> X.channels  # time, the value, its observation count / 3
     3
     >>> [round(float(v), 3) for v in X.evaluate(2.0)]
-    [2.0, 1.333, 1.5]
+    [2.0, 1.333, 0.5]
 """
 
 from __future__ import annotations
@@ -159,7 +162,8 @@ def interpolation_coeffs(
         kind: `"cubic"` (natural cubic spline), `"hermite"` (Hermite cubic with backward
             differences) or `"linear"`.
         time_channel: prepend time as a channel.
-        observed_channels: append, per data channel, the count of observations so far.
+        observed_channels: append, per data channel, the count of observations so far divided
+            by T (so each lies in [0, 1] and the model's response to it does not grow with T).
 
     Returns:
         An `nde.Interpolation` with `channels = time_channel + D + D * observed_channels`.
@@ -184,7 +188,9 @@ def interpolation_coeffs(
         channels.append(ts_np[:, :, None])
     channels.append(ys_np)
     if observed_channels:
-        channels.append(np.cumsum(observed, axis=1).astype(np.float64))
+        # divided by T, known before the data arrive (dividing by the series' own number of
+        # observations would leak the future into a causal path)
+        channels.append(np.cumsum(observed, axis=1).astype(np.float64) / n_times)
     xs = np.concatenate(channels, axis=-1)  # (B, T, C), NaN only in the data channels
     if kind == "cubic":
         coeffs = _natural_cubic(ts_np, xs)
