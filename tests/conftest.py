@@ -11,8 +11,9 @@ matplotlib.use("Agg")
 
 
 # Most of the suite's time is XLA compiling many small programs that then run for milliseconds;
-# LLVM's optimisation passes cost more there than they save. Numerics are unchanged (no
-# fast-math); benchmarks, demos and users keep XLA's defaults.
+# LLVM's optimisation passes cost more there than they save. No fast-math, but round-off may
+# differ (sums vectorised in another order): a test must not hang on one chaotic path.
+# Benchmarks, demos and users keep XLA's defaults.
 FAST_COMPILE = (
     "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
     "--xla_cpu_use_fusion_emitters=false"

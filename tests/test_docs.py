@@ -131,7 +131,7 @@ def _pages_with_examples():
             yield pytest.param(page, id=str(page.relative_to(ROOT)))
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("page", list(_pages_with_examples()))
 def test_python_examples_run(page, tmp_path, monkeypatch):
     """A page's `python` blocks run in order in one namespace, as a reader pastes them."""

@@ -230,7 +230,7 @@ for path in sys.argv[1:]:
 """
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_cli_and_demo_models_load_plainly_in_a_fresh_process(tmp_path):
     from neuraldiffeq.demos import dde, ffjord, lynx_hare, sde
 
