@@ -1,3 +1,4 @@
+import contextlib
 import ctypes
 import gc
 import os
@@ -37,6 +38,32 @@ def pytest_configure(config):
         folder = cache.mkdir("jax-compilation") if cache else tempfile.mkdtemp(prefix="nde-jax-")
         os.environ[CACHE_DIR_VARIABLE] = str(folder)
     enable_compilation_cache(os.environ[CACHE_DIR_VARIABLE])
+
+
+@contextlib.contextmanager
+def _float64():
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+@pytest.fixture
+def x64():
+    """float64 for one test (finite-difference checks)."""
+    with _float64():
+        yield
+
+
+@pytest.fixture(scope="module")
+def x64_module():
+    """float64 from the first test that asks for it to the end of its module (its compiled
+    programs are shared by the module's tests); a whole module: `pytestmark =
+    pytest.mark.usefixtures("x64_module")`."""
+    with _float64():
+        yield
 
 
 try:  # glibc keeps freed heap pages mapped; malloc_trim hands them back to the system

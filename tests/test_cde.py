@@ -11,14 +11,6 @@ import pytest
 import neuraldiffeq as nde
 
 
-@pytest.fixture(scope="module")
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
-
-
 def _values(X, ts):
     return np.stack([np.asarray(X.evaluate(t)) for t in ts])
 
@@ -36,7 +28,7 @@ def _derivatives(X, t, n):
 # -- interpolations, by hand -------------------------------------------------------------------
 
 
-def test_natural_cubic_hand_derived(x64):
+def test_natural_cubic_hand_derived(x64_module):
     # Through (0, 0), (1, 1), (2, 0) the natural spline is 1.5 s - 0.5 s³ on [0, 1] (knot slopes
     # 1.5, 0, -1.5 solve the tridiagonal system 2k0 + k1 = 3, k0 + 4k1 + k2 = 0, k1 + 2k2 = -3)
     X = nde.interpolation_coeffs([0.0, 1.0, 2.0], [[0.0], [1.0], [0.0]], time_channel=False)
@@ -47,7 +39,7 @@ def test_natural_cubic_hand_derived(x64):
     )
 
 
-def test_natural_cubic_is_a_natural_c2_spline(x64):
+def test_natural_cubic_is_a_natural_c2_spline(x64_module):
     rng = np.random.default_rng(0)
     ts = np.sort(rng.uniform(0, 3, 7))
     ys = rng.normal(size=(7, 2))
@@ -62,7 +54,7 @@ def test_natural_cubic_is_a_natural_c2_spline(x64):
         np.testing.assert_allclose(_derivatives(X, t, 2)[1], 0.0, atol=1e-8)
 
 
-def test_hermite_backward_differences(x64):
+def test_hermite_backward_differences(x64_module):
     ts = np.array([0.0, 1.0, 3.0, 4.0])
     ys = np.array([[0.0], [2.0], [3.0], [1.0]])
     X = nde.interpolation_coeffs(ts, ys, kind="hermite", time_channel=False)
@@ -77,7 +69,7 @@ def test_hermite_backward_differences(x64):
     np.testing.assert_allclose(_values(X, grid), _values(X2, grid), atol=1e-13)
 
 
-def test_missing_values_and_channels(x64):
+def test_missing_values_and_channels(x64_module):
     ts = np.array([0.0, 1.0, 2.0, 4.0, 5.0])
     ys = np.array([[np.nan, 1.0], [1.0, np.nan], [np.nan, 3.0], [5.0, np.nan], [np.nan, np.nan]])
     X = nde.interpolation_coeffs(ts, ys, kind="linear", observed_channels=True)
@@ -117,7 +109,7 @@ def test_observation_counts_keep_the_initial_state_bounded_on_long_series():
     assert 1e-3 < moved <= 1.0 + 1e-4
 
 
-def test_cubic_with_missing_is_the_spline_through_observed_points(x64):
+def test_cubic_with_missing_is_the_spline_through_observed_points(x64_module):
     rng = np.random.default_rng(1)
     ts = np.sort(rng.uniform(0, 4, 9))
     x = rng.normal(size=9)
@@ -132,7 +124,7 @@ def test_cubic_with_missing_is_the_spline_through_observed_points(x64):
     np.testing.assert_allclose(_values(X, grid), _values(ref, grid), atol=1e-12)
 
 
-def test_matches_torchcde_coefficients(x64):
+def test_matches_torchcde_coefficients(x64_module):
     torch = pytest.importorskip("torch")
     torchcde = pytest.importorskip("torchcde")
     rng = np.random.default_rng(0)
@@ -198,7 +190,7 @@ def _expm(m):
     return out
 
 
-def test_linear_cde_closed_form(x64):
+def test_linear_cde_closed_form(x64_module):
     """dz = Σ_c A_c z dX_c on a piecewise-linear X: z(t_k+1) = expm(Σ_c A_c ΔX_c) z(t_k)."""
     rng = np.random.default_rng(0)
     hidden, n = 3, 6
@@ -230,7 +222,7 @@ def test_linear_cde_closed_form(x64):
     assert steps < 4096
 
 
-def test_batch_as_one_system_equals_series_one_by_one(x64):
+def test_batch_as_one_system_equals_series_one_by_one(x64_module):
     rng = np.random.default_rng(2)
     ts = np.sort(rng.uniform(0, 2, 7))
     ys = rng.normal(size=(3, 7, 2))

@@ -16,12 +16,7 @@ from neuraldiffeq.solvers.dae import Radau5, algebraic_residual
 RATES = (0.04, 3e7, 1e4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("x64_module")  # float64 throughout
 
 
 class RobertsonDAE(eqx.Module):

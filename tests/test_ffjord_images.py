@@ -8,13 +8,6 @@ import pytest
 import neuraldiffeq as nde
 
 
-@pytest.fixture
-def x64():
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", False)
-
-
 def test_conv_layer_shapes_and_time_conditioning():
     layer = nde.ConcatSquashConv(2, 5, kernel_size=3, key=jax.random.key(0))
     x = jax.random.normal(jax.random.key(1), (2, 6, 7))

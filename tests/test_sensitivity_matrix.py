@@ -47,12 +47,7 @@ REFUSED = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("x64_module")  # float64 throughout
 
 
 class Tanh(eqx.Module):

@@ -10,13 +10,6 @@ import pytest
 import neuraldiffeq as nde
 
 
-@pytest.fixture
-def x64():
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", False)
-
-
 def test_planar_logdet_matches_jacobian_determinant(x64):
     flow = nde.PlanarFlow(3, n_layers=4)
     context = 1.5 * jax.random.normal(jax.random.key(0), (5, flow.context_size))
