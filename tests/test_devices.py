@@ -37,8 +37,9 @@ def inspecting(cls, leaf):
     # the same strategy, recording the sharding its step sees for one leaf of the prepared data
     class Inspect(cls):
         def loss(self, model, prepared, key):
+            size = leaf(prepared).shape[0]  # the batch this loss call sees
             jax.debug.inspect_array_sharding(
-                leaf(prepared), callback=lambda s: specs.append(str(s.spec))
+                leaf(prepared), callback=lambda s: specs.append([str(s.spec), size])
             )
             return super().loss(model, prepared, key)
 
@@ -87,6 +88,12 @@ latent = nde.LatentODE(2, 2, key=key, hidden_size=8, dynamics_width=8, dynamics_
                        decoder_width=8)
 compare("ELBO", latent, s.data, nde.ELBO(), lambda p: p[1])
 
+cde = nde.NeuralCDE(1, 4, 2, width_size=8, depth=1, key=key)
+cde_ts = jnp.linspace(0.0, 1.0, 6)
+waves = jnp.sin(cde_ts[None, :, None] * (1.0 + jnp.arange(8.0))[:, None, None])
+compare("Classification", cde, ((cde_ts, waves), [0, 1] * 4), nde.Classification(),
+        lambda p: p[1], lr=0.05)
+
 for name, call in {
     "indivisible": lambda: nde.fit(ode, nde.TimeSeries(batch.ts, batch.ys[:6]), nde.Trajectory(),
                                    steps=1, progress=False, devices=4),
@@ -117,7 +124,17 @@ def four_devices():
     return json.loads(line[len("RESULT ") :])
 
 
-STRATEGIES = ["Trajectory", "MultipleShooting", "MomentMatching", "MaximumLikelihood", "ELBO"]
+STRATEGIES = [
+    "Trajectory",
+    "MultipleShooting",
+    "MomentMatching",
+    "MaximumLikelihood",
+    "ELBO",
+    "Classification",
+]
+# a batch_reduction: loss and gradient device by device. Not Classification: a neural CDE solves
+# its batch as one system, whose adaptive steps depend on every series.
+PER_DEVICE = {"Trajectory", "MultipleShooting"}
 
 
 @pytest.mark.long
@@ -135,11 +152,18 @@ def test_four_devices_give_the_one_device_losses(four_devices, name):
 def test_the_batch_axis_is_sharded_inside_the_step(four_devices, name):
     specs = four_devices["specs"][name]
     assert specs, "the step never traced"
-    # the batch axis (first for all of these leaves) is split over the mesh's axis: fit's own
-    # "batch", or for MaximumLikelihood the caller's "mine" (data placed by the caller are used
-    # as placed)
+    if name in PER_DEVICE:
+        # a sum or mean over series: each device's loss sees its own quarter of the 8 series
+        assert all(spec == ["P()", 2] for spec in specs), specs
+        return
+    # XLA partitions the step: the loss sees the whole batch, its axis (first for all of these
+    # leaves) split over the mesh's axis: fit's own "batch", or for MaximumLikelihood the
+    # caller's "mine" (data placed by the caller are used as placed)
     axis = "mine" if name == "MaximumLikelihood" else "batch"
-    assert all(spec.startswith(f"P('{axis}'") for spec in specs), specs
+    assert all(
+        spec.startswith(f"P('{axis}'") and size == (64 if name == "MaximumLikelihood" else 8)
+        for spec, size in specs
+    ), specs
 
 
 @pytest.mark.long

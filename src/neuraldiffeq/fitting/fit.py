@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .._cacheable import cacheable_jit
 from ..solvers.stiffness import resolve_for_fit
 from . import checkpoint as _ckpt
+from .devices import as_mesh, per_device_value_and_grad, replicate, shard
 from .diagnostics import diagnose
 from .presets import PRESETS
 from .stage import Stage
@@ -183,7 +184,7 @@ def fit(
         True
     """
     stages = _as_stages(strategy, optimizer, steps, steps_per_call, data)
-    mesh = _as_mesh(devices)
+    mesh = as_mesh(devices)
     if not (isinstance(max_failures, int) and max_failures > 0):
         raise ValueError(f"max_failures must be a positive integer, got {max_failures!r}.")
     key = jax.random.key(0) if key is None else key
@@ -207,7 +208,7 @@ def fit(
     all_prepared = [stage.strategy.prepare(model, data) for stage in stages]
     if mesh is not None:  # placed before anything compiles, so a bad batch size fails first
         all_prepared = [
-            _shard(stage.strategy, prepared, mesh)
+            shard(stage.strategy, prepared, mesh)
             for stage, prepared in zip(stages, all_prepared, strict=True)
         ]
     for index, (stage, prepared) in enumerate(zip(stages, all_prepared, strict=True)):
@@ -302,9 +303,13 @@ class _StageRun:
         # device, and the step's outputs are pinned there too, so that the second call sees the
         # same shardings as the first and does not recompile.
         self.out_shardings = None
+        self.per_device = None  # (value_and_grad, value) computed device by device, if possible
         if mesh is not None:
             self.out_shardings = NamedSharding(mesh, PartitionSpec())
-            self.carry = _replicate(self.carry, self.out_shardings)
+            self.carry = replicate(self.carry, self.out_shardings)
+            reduction = stage.strategy.batch_reduction(model, prepared)
+            if reduction is not None:
+                self.per_device = (reduction, stage.strategy.batch_axes(prepared), mesh)
         self.best_loss = float("inf")
         self.first_loss = float("nan")
         self.last_loss = float("nan")
@@ -344,7 +349,9 @@ class _StageRun:
                 # compilation cache can keep it (`_cacheable`); jax.jit's dispatch, first call
                 # compiles.
                 self._compiled[key] = cacheable_jit(
-                    _make_steps(self.static, self.stage.strategy, self.optimizer, key),
+                    _make_steps(
+                        self.static, self.stage.strategy, self.optimizer, key, self.per_device
+                    ),
                     compiler_options=self.stage.strategy.compiler_options,
                     out_shardings=self.out_shardings,
                 )
@@ -416,18 +423,24 @@ class _StageRun:
         )
 
 
-def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int | str):
+def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int | str, per_device=None):
     """A pure function running `n` optimizer steps (a `lax.scan` when n > 1). `n="auto"`:
     the count is a third argument (at most AUTO_MAX_STEPS) and the run stops after a failed step.
+    `per_device`: (reduction, batch axes, mesh) to compute the loss and gradient device by device
+    (see `devices.per_device_value_and_grad`); None: one program over the whole batch.
     """
 
     def loss_of(params, prepared, key):
         return strategy.loss(eqx.combine(params, static), prepared, key)
 
+    value_and_grad = jax.value_and_grad(loss_of)
+    if per_device is not None:
+        value_and_grad, loss_of = per_device_value_and_grad(loss_of, *per_device)
+
     def one_step(carry, prepared):
         params, opt_state, best_params, best_loss, key, good_params = carry
         key, step_key = jax.random.split(key)
-        value, grads = jax.value_and_grad(loss_of)(params, prepared, step_key)
+        value, grads = value_and_grad(params, prepared, step_key)
         finite = jnp.isfinite(value) & _all_finite(grads)
         updates, new_state = optimizer.update(
             grads,
@@ -481,23 +494,6 @@ def _make_steps(static, strategy: AbstractStrategy, optimizer, n: int | str):
         return carry, jnp.stack([value, finite.astype(value.dtype)])
 
     return fused if n == "auto" else steps
-
-
-def _replicate(tree, sharding: NamedSharding):
-    """`jax.device_put(tree, sharding)`; across processes, from the host (a local device's
-    array cannot be sent to another process's devices), PRNG keys through their raw data."""
-    if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
-
-    def put(x):
-        if not isinstance(x, jax.Array):
-            return jax.device_put(x, sharding)
-        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-            data = jax.device_put(np.asarray(jax.random.key_data(x)), sharding)
-            return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
-        return jax.device_put(np.asarray(x), sharding)
-
-    return jax.tree_util.tree_map(put, tree)
 
 
 def _strong_type(x):
@@ -575,130 +571,6 @@ def _valid_per_call(value) -> bool:
     if isinstance(value, str):
         return value == "auto"
     return isinstance(value, int | np.integer) and not isinstance(value, bool) and value > 0
-
-
-def _as_mesh(devices) -> Mesh | None:
-    """`fit`'s `devices=` as a mesh (None: no mesh, today's single-device placement)."""
-    mesh = _mesh_of(devices)
-    if jax.process_count() > 1:  # jax.distributed: every process feeds its devices of the mesh
-        if mesh is None:
-            raise ValueError(
-                f"this is a multi-process run (jax.process_count() = {jax.process_count()}); "
-                "pass devices= spanning the devices of every process (e.g. "
-                "devices=jax.device_count()), each process passing its share of the batch."
-            )
-        per_process = [0] * jax.process_count()
-        for d in mesh.devices.flat:
-            per_process[d.process_index] += 1
-        if len(set(per_process)) > 1:
-            raise ValueError(
-                f"devices: the mesh has {per_process} devices of processes 0.."
-                f"{len(per_process) - 1}; use the same number on every process (e.g. "
-                "devices=jax.device_count()), as each process feeds an equal share of the batch."
-            )
-    return mesh
-
-
-def _mesh_of(devices) -> Mesh | None:
-    if devices is None or isinstance(devices, Mesh):
-        return devices
-    available = jax.device_count()
-    if isinstance(devices, int | np.integer) and not isinstance(devices, bool):
-        if devices < 1:
-            raise ValueError(f"devices must be a positive number of devices, got {devices}.")
-        if devices > available:
-            raise ValueError(
-                f"devices={devices}, but JAX sees {available} device(s) (jax.device_count() = "
-                f"{available}). Ask for at most {available}; on a CPU, JAX can split the "
-                f"processor into {devices} virtual devices if XLA_FLAGS="
-                f"--xla_force_host_platform_device_count={devices} is set in the environment "
-                "before jax is first imported."
-            )
-        chosen = jax.devices()[: int(devices)]
-    elif (
-        isinstance(devices, Sequence)
-        and len(devices) > 0
-        and all(isinstance(d, jax.Device) for d in devices)
-    ):
-        chosen = list(devices)
-        if len(set(chosen)) != len(chosen):
-            raise ValueError(f"devices lists a device more than once: {chosen}.")
-    else:
-        raise ValueError(
-            "devices must be None, a number of devices, a non-empty list of jax devices (e.g. "
-            f"jax.devices()[:2]) or a jax.sharding.Mesh; got {devices!r}."
-        )
-    return Mesh(np.array(chosen), ("batch",))
-
-
-def _shard(strategy: AbstractStrategy, prepared, mesh: Mesh):
-    """Place `prepared` on `mesh`: batch axes split over all the mesh's axes, the rest whole."""
-    n = mesh.size
-    mesh_devices = set(mesh.devices.flat)
-    split = tuple(mesh.axis_names)  # a 1-D mesh's one axis; several axes act as one
-    # jax.distributed: `prepared` is this process's share of the batch, which goes to this
-    # process's devices of the mesh; what is not split must be the same on every process.
-    processes = jax.process_count() if jax.process_count() > 1 else 1
-    local = n // processes
-    shares: list[int] = []
-    whole: list[np.ndarray] = []
-
-    def place_subtree(axis, subtree):
-        def place(x):
-            if not isinstance(x, jax.Array | np.ndarray):
-                return x  # a Python scalar or an opaque leaf: the compiled step embeds it
-            if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
-                # placed by the caller: used as it is, if it lives on the devices asked for
-                if x.sharding.device_set != mesh_devices:
-                    raise ValueError(
-                        f"{type(strategy).__name__}: the data are already sharded over "
-                        f"{len(x.sharding.device_set)} devices that are not the {n} of "
-                        "devices=...; place them on the same devices, or pass unplaced data."
-                    )
-                return x
-            if axis is None:
-                if processes > 1:  # from the host: a local device's array cannot be sent
-                    x = np.asarray(x)
-                    whole.append(x)
-                return jax.device_put(x, NamedSharding(mesh, PartitionSpec()))
-            size = x.shape[axis]
-            spec = PartitionSpec(*([None] * axis), split)
-            if processes > 1:
-                if size % local:
-                    raise ValueError(
-                        f"{type(strategy).__name__}: this process's share of the batch (axis "
-                        f"{axis} of the prepared data) has {size} examples, which do not divide "
-                        f"over its {local} devices; give each process a multiple of {local}."
-                    )
-                shares.append(size)
-                return jax.make_array_from_process_local_data(
-                    NamedSharding(mesh, spec), np.asarray(x)
-                )
-            if size % n:
-                raise ValueError(
-                    f"{type(strategy).__name__}: the batch (axis {axis} of the prepared data) "
-                    f"has {size} examples, which do not divide over {n} devices. Use a batch "
-                    f"that is a multiple of {n} (drop or add examples), or a device count that "
-                    f"divides {size} (devices=...); nothing is padded."
-                )
-            return jax.device_put(x, NamedSharding(mesh, spec))
-
-        return jax.tree_util.tree_map(place, subtree)
-
-    axes = strategy.batch_axes(prepared)
-    placed = jax.tree_util.tree_map(place_subtree, axes, prepared, is_leaf=lambda x: x is None)
-    if processes > 1:  # one collective: equal shares, and the same unsplit data everywhere
-        from jax.experimental import multihost_utils
-
-        try:
-            multihost_utils.assert_equal((shares, whole))
-        except AssertionError:
-            raise ValueError(
-                f"{type(strategy).__name__}: the processes passed different data: each must "
-                "pass an equal share of the batch (the same number of examples) and the same "
-                "times and other unsplit data. Split the batch with process_index()."
-            ) from None
-    return placed
 
 
 def _open_checkpoints(directory, every, resume, model, stages, key) -> _ckpt.Checkpoints | None:

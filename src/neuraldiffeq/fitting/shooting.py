@@ -19,7 +19,7 @@ import numpy as np
 
 from .._checks import check_batch_fits, check_batch_size, check_state_shapes, draw_minibatch
 from ..models.dde import ObservedPast
-from .losses import l2
+from .losses import l2, reduction_over_batch
 from .strategies import AbstractStrategy, as_timeseries, call_model, segment_starts
 
 __all__ = ["MultipleShooting", "ObservedPast", "SegmentStates", "auto_group_size", "segment_ranges"]
@@ -203,6 +203,11 @@ class MultipleShooting(AbstractStrategy):
     @property
     def stochastic(self) -> bool:  # a fresh draw of trajectories every step
         return self.batch_size is not None
+
+    def batch_reduction(self, model: Any, prepared: dict) -> str | None:
+        if self.stochastic or isinstance(model, SegmentStates):  # states: a batch-sized parameter
+            return None
+        return reduction_over_batch(self.loss_fn, masked=True)  # the weights mask the misfit
 
     def batch_axes(self, prepared: dict) -> dict:
         # trajectories are split over the devices (with their segment starts and weights); the

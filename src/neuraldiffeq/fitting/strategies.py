@@ -28,7 +28,7 @@ import numpy as np
 
 from .._checks import check_batch_fits, check_batch_size, check_state_shapes, draw_minibatch
 from ..data import TimeSeries
-from .losses import l2
+from .losses import l2, reduction_over_batch
 
 #: name -> function(optimizer, steps) returning a list of `Stage`s; see `fit`.
 PRESETS: dict[str, Callable[..., list]] = {}
@@ -99,6 +99,28 @@ class AbstractStrategy(eqx.Module):
             (None, 0)
         """
         del prepared
+        return None
+
+    def batch_reduction(self, model: Any, prepared: Any) -> str | None:
+        """How the loss combines over the batch axes, for `nde.fit(..., devices=...)`.
+
+        "sum" or "mean" when the loss is the sum or the mean, over the examples of the batch,
+        of a term that depends only on that example (and the model): then `fit` computes each
+        device's loss and gradient on its own share and adds them with one all-reduce, so a
+        solver's step loop runs on each device independently. None (the default) when that is
+        not so, e.g. when examples are drawn at random from the whole batch, or a loss term
+        does not depend on the batch: `fit` then lets XLA partition the whole step, which is
+        correct for any loss but synchronises the devices in every iteration of a solver loop.
+
+        Example:
+            >>> import neuraldiffeq as nde
+            >>> data = nde.datasets.spiral()
+            >>> model = nde.NeuralODE(lambda t, y, args: -y)
+            >>> strategy = nde.Trajectory()
+            >>> strategy.batch_reduction(model, strategy.prepare(model, data))
+            'sum'
+        """
+        del model, prepared
         return None
 
 
@@ -180,6 +202,11 @@ class Trajectory(AbstractStrategy):
     def batch_axes(self, prepared: TimeSeries) -> TimeSeries:
         # series (and their mask) are split over the devices; the shared times are replicated
         return jax.tree_util.tree_map(lambda x: None if x is prepared.ts else 0, prepared)
+
+    def batch_reduction(self, model: Any, prepared: TimeSeries) -> str | None:
+        if self.stochastic:  # windows and minibatches are drawn from the whole batch
+            return None
+        return reduction_over_batch(self.loss_fn, masked=prepared.mask is not None)
 
     def loss(self, model, prepared: TimeSeries, key) -> jax.Array:
         ts, ys, mask = prepared.ts, prepared.ys, prepared.mask
