@@ -67,7 +67,9 @@ def test_cacheable_jit_removes_error_callbacks_and_keeps_the_values():
         jax.block_until_ready(g.checked(-jnp.ones(3)))  # a GPU raises when waited for
 
 
-def test_one_trace_per_stage():
+def test_one_trace_per_stage(monkeypatch):
+    # traced here, not read back from the exported-step cache (which a previous run filled)
+    monkeypatch.setattr("neuraldiffeq._exported.directory", lambda: None)
     TRACES.clear()
     stages = [
         nde.Stage(Counted(), optax.adam(0.1), steps=40),
