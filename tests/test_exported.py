@@ -126,6 +126,30 @@ def test_an_unkeyable_step_is_traced_and_not_exported(steps_made, tmp_path):
         _exported.fingerprint(Quadratic(extra=threading.Lock()))
 
 
+def test_model_checks_are_read_back_and_failures_still_raise(steps_made, monkeypatch):
+    data = nde.datasets.spiral(n_points=10)
+    model = nde.NeuralODE(nde.autonomous(eqx.nn.MLP(2, 2, 8, 1, key=jax.random.key(0))))
+    reference = nde.Trajectory().prepare(model, data)
+
+    def no_tracing(*args, **kwargs):
+        raise AssertionError("traced a check that passed before")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(jax, "eval_shape", no_tracing)
+        prepared = nde.Trajectory().prepare(model, data)  # both checks read back
+    assert jax.tree_util.tree_structure(prepared) == jax.tree_util.tree_structure(reference)
+    # a result read back still fails the check it failed before (the shape is kept, not a
+    # verdict); a check that raises is never kept
+    wrong = nde.NeuralODE(nde.autonomous(eqx.nn.MLP(3, 3, 8, 1, key=jax.random.key(0))))
+    augmented = nde.AugmentedNeuralODE(wrong, augment_dim=1)  # returns (T, 3) for D=2
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"returns shape \(10, 3\).*data have shape"):
+            nde.Trajectory().prepare(augmented, data)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="vector field fails on a state of shape"):
+            nde.Trajectory().prepare(wrong, data)
+
+
 SCALE = 2.0
 
 

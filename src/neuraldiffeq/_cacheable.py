@@ -178,6 +178,7 @@ class cacheable_jit:
             exported, header = entry
             out_tree = jax.tree_util.tree_structure((args[0], 0))
             flat = jax.jit(self._named(exported.call), **self.jit_kwargs)
+            _exported.lower_ahead(flat, exported, leaves)
             return flat, out_tree, header["stripped"], "exported"
         self.traces += 1
         closed, out_shape = jax.make_jaxpr(self.f, return_shape=True)(*args)
@@ -200,6 +201,7 @@ class cacheable_jit:
                     # the process that exports runs the exported program too, so that both
                     # compile the same module (one compilation-cache entry, the same numbers)
                     flat = jax.jit(self._named(exported.call), **self.jit_kwargs)
+                    _exported.lower_ahead(flat, exported, leaves)
             except Exception as error:  # noqa: BLE001 — e.g. a host callback: not exportable
                 logger.info("not exporting %s: %s", self._name(), error)
         return flat, out_tree, stripped, "traced"

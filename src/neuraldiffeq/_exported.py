@@ -55,6 +55,7 @@ half an entry.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import functools
@@ -155,6 +156,8 @@ class _Hasher:
             raise Unkeyable("a tracer")
         if isinstance(obj, np.ndarray | np.generic | jax.Array):
             self._array(obj)
+        elif isinstance(obj, jax.ShapeDtypeStruct):
+            self.put("struct", str(obj.dtype), obj.shape, obj.weak_type, str(obj.sharding))
         elif isinstance(obj, np.dtype):
             self.put("dtype", str(obj))
         elif isinstance(obj, types.ModuleType):
@@ -523,3 +526,66 @@ def load(path: Path, key: str, in_avals: list) -> tuple[jax.export.Exported, dic
         logger.info("ignoring the exported step %s: %s", path, error)
         return None
     return exported, header
+
+
+def eval_shape(fn, *inputs):
+    """`jax.eval_shape(fn, *inputs)`, read from disk when the same check passed before.
+
+    The model checks of the strategies' `prepare` trace the whole solve abstractly (~0.5 s on
+    the spiral), every time, in every process. With JAX's compilation cache on, the result of a
+    check whose output is one array is kept next to the exported steps, under the key of
+    `fn` (arrays it captures by value: Python code may branch on them) and the inputs' avals.
+    Only results are kept: a check that fails runs again, and raises its own error.
+    """
+    folder = directory()
+    path = digest = None
+    if folder is not None:
+        try:
+            digest = fingerprint(
+                ["eval_shape", fingerprint(fn), fingerprint(inputs, True), _environment()]
+            )
+            path = folder / "shapes" / f"{digest}.json"
+            record = json.loads(path.read_text())
+            if record["key"] == digest:
+                dtype, weak = np.dtype(record["dtype"]), record["weak_type"]
+                return jax.ShapeDtypeStruct(tuple(record["shape"]), dtype, weak_type=weak)
+        except Unkeyable:
+            path = None
+        except (OSError, ValueError, KeyError, TypeError):  # none yet, or damaged: recompute
+            pass
+    out = jax.eval_shape(fn, *inputs)
+    if path is not None and isinstance(out, jax.ShapeDtypeStruct) and out.sharding is None:
+        try:
+            np.dtype(out.dtype)  # an ordinary dtype (not a PRNG key)
+            record = {"key": digest, "shape": list(out.shape), "dtype": str(out.dtype)}
+            record["weak_type"] = bool(out.weak_type)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as f:
+                json.dump(record, f)
+            os.replace(f.name, path)
+        except (OSError, TypeError):
+            pass
+    return out
+
+
+def lower_ahead(flat, exported: jax.export.Exported, leaves: list) -> None:
+    """Lower `flat` (a `jax.jit` of `exported.call`) now, so that its first call reuses it.
+
+    Why: lowering a call of an exported module first initialises the CPU's LAPACK handlers,
+    which imports SciPy (0.2-0.4 s here), in case the module calls LAPACK. A module without
+    any custom call (an explicit solver's step) needs none of it, so then it is skipped.
+    JAX's lowering cache keeps the result for the call that follows.
+    """
+    if b"custom_call" in exported.mlir_module_serialized:
+        return  # lowered by the first call, with the usual initialisation
+    from jax._src.export import _export as export_impl  # a private hook: guarded
+
+    original = getattr(export_impl, "_ensure_backends_initialized", None)
+    if original is None:
+        return
+    with contextlib.suppress(Exception):  # any trouble: the first call lowers as usual
+        export_impl._ensure_backends_initialized = lambda platforms: None
+        try:
+            flat.trace(*leaves).lower()
+        finally:
+            export_impl._ensure_backends_initialized = original
