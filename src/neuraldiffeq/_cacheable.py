@@ -169,7 +169,7 @@ class cacheable_jit:
             try:
                 digest = _exported.key_of(self.f, treedef, leaves, self.jit_kwargs)
                 path = folder / f"{digest}.step"
-            except _exported.Unkeyable as reason:  # traced as usual, nothing kept on disk
+            except Exception as reason:  # noqa: BLE001 — unkeyable: traced, nothing kept
                 logger.info("not exporting %s: it holds %s", self._name(), reason)
             if path is not None:
                 avals = [jax.typeof(x) for x in leaves]
@@ -197,13 +197,20 @@ class cacheable_jit:
         if path is not None and out_tree == jax.tree_util.tree_structure((args[0], 0)):
             try:
                 exported = jax.export.export(jax.jit(program))(*leaves)
+                avals = [jax.typeof(x) for x in leaves]
                 if _exported.save(path, digest, exported, {"stripped": stripped}):
-                    # the process that exports runs the exported program too, so that both
-                    # compile the same module (one compilation-cache entry, the same numbers)
+                    entry = _exported.load(path, digest, avals)
+                if entry is not None:
+                    # the process that exports runs the program as read back, as the next
+                    # process will: both compile the same module (one compilation-cache entry,
+                    # the same numbers)
+                    exported = entry[0]
                     flat = jax.jit(self._named(exported.call), **self.jit_kwargs)
                     _exported.lower_ahead(flat, exported, leaves)
             except Exception as error:  # noqa: BLE001 — e.g. a host callback: not exportable
                 logger.info("not exporting %s: %s", self._name(), error)
+        elif path is not None:
+            logger.info("not exporting %s: its output is not (carry, array)", self._name())
         return flat, out_tree, stripped, "traced"
 
     def _name(self) -> str:

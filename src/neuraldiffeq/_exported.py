@@ -144,7 +144,7 @@ class _Hasher:
             self.h.update(data)
 
     def add(self, obj: Any) -> None:  # noqa: C901 — one dispatch on the object's kind
-        if obj is None or isinstance(obj, bool | int | float | complex | str | bytes):
+        if obj is None or type(obj) in (bool, int, float, complex, str, bytes):
             self.put(type(obj).__name__, repr(obj))
             return
         if id(obj) in self.seen:  # a cycle or a shared object: a back reference
@@ -194,6 +194,7 @@ class _Hasher:
             if not _trusted(module):
                 raise Unkeyable(f"the built-in {obj!r}")
             self.put("builtin", module, getattr(obj, "__qualname__", obj.__name__))
+            self.add(getattr(obj, "__self__", None))  # a bound method's object (`d.get`)
         elif isinstance(obj, functools.partial):
             self.put("partial")
             self.add(obj.func)
@@ -204,9 +205,12 @@ class _Hasher:
         elif dataclasses.is_dataclass(obj):  # equinox modules, diffrax's solvers, ...
             self.put("dataclass")
             self._class(type(obj))
-            for field in dataclasses.fields(obj):
-                self.put(field.name)
-                self.add(getattr(obj, field.name, _MISSING))
+            names = [field.name for field in dataclasses.fields(obj)]
+            for name in names:
+                self.put(name)
+                self.add(getattr(obj, name, _MISSING))
+            extra = {k: v for k, v in getattr(obj, "__dict__", {}).items() if k not in names}
+            self.add(extra)  # attributes set outside the fields, if any
         elif isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a NamedTuple (optax)
             self.put("namedtuple")
             self._class(type(obj))
@@ -365,7 +369,10 @@ def fingerprint(obj: Any, abstract_arrays: bool = False) -> str:
         True
     """
     hasher = _Hasher(abstract_arrays)
-    hasher.add(obj)
+    try:
+        hasher.add(obj)
+    except RecursionError:
+        raise Unkeyable("a structure too deep to walk") from None
     return hasher.h.hexdigest()
 
 
@@ -392,7 +399,8 @@ def _environment() -> list:
                 continue
         versions.append((name, getattr(module, "__version__", None)))
     device = jax.local_devices()[0]
-    config = sorted((k, repr(v)) for k, v in jax.config.values.items())
+    # read through the attributes: they see thread-local overrides (`with jax.enable_x64():`)
+    config = sorted((k, repr(getattr(jax.config, k, v))) for k, v in jax.config.values.items())
     eqx_env = sorted((k, v) for k, v in os.environ.items() if k.startswith("EQX_"))
     return [
         FORMAT,
@@ -432,6 +440,14 @@ def directory() -> Path | None:
     return Path(folder) / "neuraldiffeq-exported"
 
 
+def _unplaced(sharding) -> bool:
+    """No sharding, or one over no mesh axes (what a single device's arrays may carry)."""
+    if sharding is None:
+        return True
+    mesh, spec = getattr(sharding, "mesh", None), getattr(sharding, "spec", None)
+    return bool(getattr(mesh, "empty", False)) and spec is not None and all(p is None for p in spec)
+
+
 def _aval_record(aval) -> list:
     return [list(aval.shape), str(aval.dtype), bool(getattr(aval, "weak_type", False))]
 
@@ -444,10 +460,11 @@ def save(path: Path, key: str, exported: jax.export.Exported, extra: dict) -> bo
         or exported.nr_devices != 1
         or exported.uses_global_constants
         or any(s is not None for s in exported.in_shardings_hlo + exported.out_shardings_hlo)
-        or any(s is not None for s in exported._in_named_shardings)
-        or any(s is not None for s in exported._out_named_shardings)
+        or not all(map(_unplaced, exported._in_named_shardings))
+        or not all(map(_unplaced, exported._out_named_shardings))
         or exported.disabled_safety_checks
     ):  # (its `_get_vjp`, for differentiating the program, is never used: not kept)
+        logger.info("not exporting %s: effects or shardings", exported.fun_name)
         return False
     module = exported.mlir_module_serialized
     header = {
@@ -459,7 +476,6 @@ def save(path: Path, key: str, exported: jax.export.Exported, extra: dict) -> bo
         "platforms": list(exported.platforms),
         "calling_convention_version": exported.calling_convention_version,
         "module_kept_var_idx": list(exported.module_kept_var_idx),
-        "has_named_shardings": bool(exported._has_named_shardings),
         "module_sha256": hashlib.sha256(module).hexdigest(),
         **extra,
     }
@@ -506,7 +522,7 @@ def load(path: Path, key: str, in_avals: list) -> tuple[jax.export.Exported, dic
             in_avals=tuple(in_avals),
             out_tree=jax.tree_util.tree_structure([0] * n_out),
             out_avals=tuple(aval(r) for r in header["out_avals"]),
-            _has_named_shardings=bool(header["has_named_shardings"]),
+            _has_named_shardings=False,
             _in_named_shardings=(None,) * n_in,
             _out_named_shardings=(None,) * n_out,
             in_shardings_hlo=(None,) * n_in,
@@ -549,7 +565,7 @@ def eval_shape(fn, *inputs):
             if record["key"] == digest:
                 dtype, weak = np.dtype(record["dtype"]), record["weak_type"]
                 return jax.ShapeDtypeStruct(tuple(record["shape"]), dtype, weak_type=weak)
-        except Unkeyable:
+        except Exception:  # noqa: BLE001 — unkeyable (or a surprise): just trace
             path = None
         except (OSError, ValueError, KeyError, TypeError):  # none yet, or damaged: recompute
             pass
