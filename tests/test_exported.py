@@ -100,6 +100,16 @@ def test_a_hit_does_not_trace_and_gives_the_same_losses(steps_made, tmp_path, mo
     assert steps_made[-1].source == "exported"
 
 
+def test_every_stage_is_kept(steps_made, tmp_path):
+    # a later stage starts from arrays the previous stage's program placed (its carry)
+    stages = [nde.Stage(Quadratic(), optax.adam(0.1), 3), nde.Stage(Quadratic(), optax.sgd(0.1), 3)]
+    first = nde.fit(Params(jnp.zeros(3)), TARGET, stages, progress=False)
+    second = nde.fit(Params(jnp.zeros(3)), TARGET, stages, progress=False)
+    assert [s.source for s in steps_made] == ["traced"] * 2 + ["exported"] * 2
+    assert len(list((tmp_path / "exported").glob("*.step"))) == 2
+    np.testing.assert_array_equal(second.losses, first.losses)
+
+
 def test_a_damaged_entry_is_ignored_and_rewritten(steps_made, tmp_path):
     reference = _fit()
     (entry,) = (tmp_path / "exported").glob("*.step")

@@ -561,12 +561,14 @@ def eval_shape(fn, *inputs):
                 ["eval_shape", fingerprint(fn), fingerprint(inputs, True), _environment()]
             )
             path = folder / "shapes" / f"{digest}.json"
+        except Exception:  # noqa: BLE001 — unkeyable (or a surprise): just trace
+            path = None
+    if path is not None:
+        try:
             record = json.loads(path.read_text())
             if record["key"] == digest:
                 dtype, weak = np.dtype(record["dtype"]), record["weak_type"]
                 return jax.ShapeDtypeStruct(tuple(record["shape"]), dtype, weak_type=weak)
-        except Exception:  # noqa: BLE001 — unkeyable (or a surprise): just trace
-            path = None
         except (OSError, ValueError, KeyError, TypeError):  # none yet, or damaged: recompute
             pass
     out = jax.eval_shape(fn, *inputs)
