@@ -121,6 +121,14 @@ def error_callbacks(closed: jcore.ClosedJaxpr) -> int:
     return _strip_jaxpr(closed.jaxpr)[1]
 
 
+def _out_trees(args) -> dict:
+    """The output structures an exported program may have: (first argument, array), array."""
+    return {
+        "carry": jax.tree_util.tree_structure((args[0], 0)),
+        "array": jax.tree_util.tree_structure(0),
+    }
+
+
 class cacheable_jit:
     """`jax.jit(f, **jit_kwargs)` without equinox's error callbacks (see the module docstring).
 
@@ -129,9 +137,9 @@ class cacheable_jit:
 
     `export=True` (single-device programs only): with JAX's compilation cache on, programs
     whose output is the first argument's structure plus one array (a training step: carry in,
-    carry and losses out) are kept on disk and read back by later processes without tracing
-    (`neuraldiffeq._exported`). `.traces` counts the traces of `f`; `.source` says where the
-    last call's program came from ("traced" or "exported").
+    carry and losses out), or one array, are kept on disk and read back by later processes
+    without tracing (`neuraldiffeq._exported`). `.traces` counts the traces of `f`; `.source`
+    says where the last call's program came from ("traced" or "exported").
 
     Example:
         >>> import equinox as eqx, jax.numpy as jnp
@@ -176,7 +184,7 @@ class cacheable_jit:
                 entry = _exported.load(path, digest, avals)
         if entry is not None:  # read back: no tracing
             exported, header = entry
-            out_tree = jax.tree_util.tree_structure((args[0], 0))
+            out_tree = _out_trees(args)[header.get("out", "carry")]
             flat = jax.jit(self._named(exported.call), **self.jit_kwargs)
             _exported.lower_ahead(flat, exported, leaves)
             return flat, out_tree, header["stripped"], "exported"
@@ -193,12 +201,14 @@ class cacheable_jit:
         program = self._named(fun)
         flat = jax.jit(program, **self.jit_kwargs)
         # kept on disk only when the next process can rebuild the output structure alone: the
-        # first argument's (a training step's carry) and one array
-        if path is not None and out_tree == jax.tree_util.tree_structure((args[0], 0)):
+        # first argument's (a training step's carry) and one array, or one array
+        kinds = [kind for kind, tree in _out_trees(args).items() if tree == out_tree]
+        if path is not None and kinds:
             try:
                 exported = jax.export.export(jax.jit(program))(*leaves)
                 avals = [jax.typeof(x) for x in leaves]
-                if _exported.save(path, digest, exported, {"stripped": stripped}):
+                extra = {"stripped": stripped, "out": kinds[0]}
+                if _exported.save(path, digest, exported, extra):
                     entry = _exported.load(path, digest, avals)
                 if entry is not None:
                     # the process that exports runs the program as read back, as the next
@@ -210,7 +220,9 @@ class cacheable_jit:
             except Exception as error:  # noqa: BLE001 — e.g. a host callback: not exportable
                 logger.info("not exporting %s: %s", self._name(), error)
         elif path is not None:
-            logger.info("not exporting %s: its output is not (carry, array)", self._name())
+            logger.info(
+                "not exporting %s: its output is not (carry, array) or an array", self._name()
+            )
         return flat, out_tree, stripped, "traced"
 
     def _name(self) -> str:
