@@ -1,11 +1,7 @@
 """The exported-step cache (issue #17): a later process reads `fit`'s traced step back from disk,
 only for the very same step; anything it cannot key, or a damaged entry, falls back to tracing."""
 
-import json
-import os
-import subprocess
 import sys
-import textwrap
 import threading
 from pathlib import Path
 
@@ -210,50 +206,3 @@ def test_the_key_tells_apart_what_changes_the_step(x64):
         assert key(fn=scaled) != before
     finally:
         globals()["SCALE"] = 2.0
-
-
-_FIT = textwrap.dedent(
-    """
-    import json, sys
-    import equinox as eqx, jax, jax.numpy as jnp, optax
-    import neuraldiffeq as nde
-    from neuraldiffeq import _cacheable
-
-    made = []
-    init = _cacheable.cacheable_jit.__init__
-    def record(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        made.append(self)
-    _cacheable.cacheable_jit.__init__ = record
-    if sys.argv[1] != "off":
-        nde.enable_compilation_cache(sys.argv[1])
-    data = nde.datasets.spiral(n_points=20)
-    mlp = eqx.nn.MLP(2, 2, 16, 1, activation=jnp.tanh, key=jax.random.key(0))
-    model = nde.NeuralODE(nde.autonomous(mlp, input_fn=lambda y: y**3))
-    result = nde.fit(model, data, nde.Trajectory(), optimizer=optax.adam(0.05), steps=3,
-                     progress=False)
-    print(json.dumps({"sources": [m.source for m in made], "traces": [m.traces for m in made],
-                      "losses": [float(x).hex() for x in result.losses]}))
-    """
-)
-
-
-@pytest.mark.slow
-def test_a_new_process_reads_the_spiral_step_back(tmp_path):
-    env = dict(os.environ, PYTHONPATH=SRC)
-    runs = []
-    for cache in ("off", tmp_path / "cache", tmp_path / "cache"):
-        out = subprocess.run(
-            [sys.executable, "-c", _FIT, str(cache)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
-        )
-        assert out.returncode == 0, out.stderr
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    off, first, second = runs
-    assert off["sources"] == ["traced"] and first["sources"] == ["traced"]
-    assert second["sources"] == ["exported"] and second["traces"] == [0]
-    assert len(list((tmp_path / "cache" / "neuraldiffeq-exported").glob("*.step"))) == 1
-    assert off["losses"] == first["losses"] == second["losses"]  # bitwise
