@@ -67,7 +67,9 @@ def test_cacheable_jit_removes_error_callbacks_and_keeps_the_values():
         jax.block_until_ready(g.checked(-jnp.ones(3)))  # a GPU raises when waited for
 
 
-def test_one_trace_per_stage():
+def test_one_trace_per_stage(monkeypatch):
+    # traced here, not read back from the exported-step cache (which a previous run filled)
+    monkeypatch.setattr("neuraldiffeq._exported.directory", lambda: None)
     TRACES.clear()
     stages = [
         nde.Stage(Counted(), optax.adam(0.1), steps=40),
@@ -157,13 +159,24 @@ _SPIRAL_FIT = textwrap.dedent(
     logger.addHandler(Log())
     import equinox as eqx, jax, jax.numpy as jnp, optax
     import neuraldiffeq as nde
+    from neuraldiffeq import _cacheable
+
+    steps = []  # fit's compiled steps: traced here, or read back from the exported-step cache
+    init = _cacheable.cacheable_jit.__init__
+    def record(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        steps.append(self)
+    _cacheable.cacheable_jit.__init__ = record
 
     nde.enable_compilation_cache(sys.argv[1])
     data = nde.datasets.spiral()
     mlp = eqx.nn.MLP(2, 2, 50, 1, activation=jnp.tanh, key=jax.random.key(0))
     model = nde.NeuralODE(nde.autonomous(mlp, input_fn=lambda y: y**3))
-    nde.fit(model, data, nde.Trajectory(), optimizer=optax.adam(0.05), steps=2, progress=False)
-    print(json.dumps({"hits": hits, "misses": misses}))
+    result = nde.fit(model, data, nde.Trajectory(), optimizer=optax.adam(0.05), steps=2,
+                     progress=False)
+    print(json.dumps({"hits": hits, "misses": misses, "sources": [s.source for s in steps],
+                      "traces": [s.traces for s in steps],
+                      "losses": [float(x).hex() for x in result.losses]}))
     """
 )
 
@@ -185,6 +198,11 @@ def test_a_second_process_loads_the_spiral_step_from_the_cache(tmp_path):
     first, second = runs
     assert "jit_fused" in first["misses"] and "jit_fused" not in first["hits"]
     assert "jit_fused" in second["hits"] and "jit_fused" not in second["misses"]
+    # the second process read the traced step back (jax.export) instead of tracing it, and it
+    # computes the same losses, bit for bit (tests/test_exported.py: also vs no cache at all)
+    assert first["sources"] == ["traced"] and first["traces"] == [1]
+    assert second["sources"] == ["exported"] and second["traces"] == [0]
+    assert second["losses"] == first["losses"]
 
 
 def test_cache_directory_choice_and_cli_flag(tmp_path, monkeypatch, capsys):

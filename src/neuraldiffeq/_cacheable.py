@@ -12,16 +12,26 @@ times that do not increase), so in the step these checks can only ever pass.
 skipped and counted like a failed solve) and compiles the result; nothing else changes. The
 original, checked `f` stays available as `.checked`, so that `fit` can replay a failed call with
 the checks on and raise their message, as it did before (see `fit`'s failure handling).
+
+With `export=True` and JAX's compilation cache on, the stripped program is also exported
+(`jax.export`) to a file next to that cache, under a key computed from what `f` is made of
+without tracing it (`neuraldiffeq._exported`); a later process calling the same step reads the
+program back instead of tracing and lowering it again.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
+
+from . import _exported
+
+logger = logging.getLogger(__name__)
 
 
 def _is_error_callback(eqn) -> bool:
@@ -111,11 +121,25 @@ def error_callbacks(closed: jcore.ClosedJaxpr) -> int:
     return _strip_jaxpr(closed.jaxpr)[1]
 
 
+def _out_trees(args) -> dict:
+    """The output structures an exported program may have: (first argument, array), array."""
+    return {
+        "carry": jax.tree_util.tree_structure((args[0], 0)),
+        "array": jax.tree_util.tree_structure(0),
+    }
+
+
 class cacheable_jit:
     """`jax.jit(f, **jit_kwargs)` without equinox's error callbacks (see the module docstring).
 
     `f` takes and returns pytrees of arrays. Its program is traced once per input structure and
     shapes. `.checked` is the plain `jax.jit(f, **jit_kwargs)`.
+
+    `export=True` (single-device programs only): with JAX's compilation cache on, programs
+    whose output is the first argument's structure plus one array (a training step: carry in,
+    carry and losses out), or one array, are kept on disk and read back by later processes
+    without tracing (`neuraldiffeq._exported`). `.traces` counts the traces of `f`; `.source`
+    says where the last call's program came from ("traced" or "exported").
 
     Example:
         >>> import equinox as eqx, jax.numpy as jnp
@@ -125,11 +149,13 @@ class cacheable_jit:
         (2.0, True)
     """
 
-    def __init__(self, f, **jit_kwargs):
-        self.f, self.jit_kwargs = f, jit_kwargs
+    def __init__(self, f, export: bool = False, **jit_kwargs):
+        self.f, self.jit_kwargs, self.export = f, jit_kwargs, export
         self.checked = jax.jit(f, **jit_kwargs)
         self._programs: dict[Any, Any] = {}
         self.stripped = 0  # error callbacks removed from the program of the last call
+        self.traces = 0  # how many times `f` was traced (not counting `.checked`)
+        self.source: str | None = None  # "traced" or "exported" (read from disk): last program
 
     def _key(self, leaves, treedef):
         return treedef, tuple(
@@ -141,21 +167,71 @@ class cacheable_jit:
         key = self._key(leaves, treedef)
         program = self._programs.get(key)
         if program is None:
-            closed, out_shape = jax.make_jaxpr(self.f, return_shape=True)(*args)
-            try:
-                jaxpr, self.stripped = _strip_jaxpr(closed.jaxpr)
-            except NotImplementedError:  # an unusual output type: keep the checks
-                jaxpr, self.stripped = closed.jaxpr, 0
-            closed = jcore.ClosedJaxpr(jaxpr, closed.consts)
-            out_tree = jax.tree_util.tree_structure(out_shape)
-            fun = jcore.jaxpr_as_fun(closed)
-
-            def program(*leaves):
-                return fun(*leaves)
-
-            # the compiled module's name (jit_<name>), as in cache logs and profiles
-            program.__name__ = program.__qualname__ = getattr(self.f, "__name__", "step")
-            flat = jax.jit(program, **self.jit_kwargs)
-            program = self._programs[key] = (flat, out_tree, self.stripped)
-        flat, out_tree, self.stripped = program
+            program = self._programs[key] = self._program(args, leaves, treedef)
+        flat, out_tree, self.stripped, self.source = program
         return jax.tree_util.tree_unflatten(out_tree, flat(*leaves))
+
+    def _program(self, args, leaves, treedef):
+        entry = path = None
+        if self.export and (folder := _exported.directory()) is not None:
+            try:
+                digest = _exported.key_of(self.f, treedef, leaves, self.jit_kwargs)
+                path = folder / f"{digest}.step"
+            except Exception as reason:  # noqa: BLE001 — unkeyable: traced, nothing kept
+                logger.info("not exporting %s: it holds %s", self._name(), reason)
+            if path is not None:
+                avals = [jax.typeof(x) for x in leaves]
+                entry = _exported.load(path, digest, avals)
+        if entry is not None:  # read back: no tracing
+            exported, header = entry
+            out_tree = _out_trees(args)[header.get("out", "carry")]
+            flat = jax.jit(self._named(exported.call), **self.jit_kwargs)
+            _exported.lower_ahead(flat, exported, leaves)
+            return flat, out_tree, header["stripped"], "exported"
+        self.traces += 1
+        closed, out_shape = jax.make_jaxpr(self.f, return_shape=True)(*args)
+        try:
+            jaxpr, stripped = _strip_jaxpr(closed.jaxpr)
+        except NotImplementedError:  # an unusual output type: keep the checks
+            jaxpr, stripped = closed.jaxpr, 0
+        closed = jcore.ClosedJaxpr(jaxpr, closed.consts)
+        out_tree = jax.tree_util.tree_structure(out_shape)
+        fun = jcore.jaxpr_as_fun(closed)
+
+        program = self._named(fun)
+        flat = jax.jit(program, **self.jit_kwargs)
+        # kept on disk only when the next process can rebuild the output structure alone: the
+        # first argument's (a training step's carry) and one array, or one array
+        kinds = [kind for kind, tree in _out_trees(args).items() if tree == out_tree]
+        if path is not None and kinds:
+            try:
+                exported = jax.export.export(jax.jit(program))(*leaves)
+                avals = [jax.typeof(x) for x in leaves]
+                extra = {"stripped": stripped, "out": kinds[0]}
+                if _exported.save(path, digest, exported, extra):
+                    entry = _exported.load(path, digest, avals)
+                if entry is not None:
+                    # the process that exports runs the program as read back, as the next
+                    # process will: both compile the same module (one compilation-cache entry,
+                    # the same numbers)
+                    exported = entry[0]
+                    flat = jax.jit(self._named(exported.call), **self.jit_kwargs)
+                    _exported.lower_ahead(flat, exported, leaves)
+            except Exception as error:  # noqa: BLE001 — e.g. a host callback: not exportable
+                logger.info("not exporting %s: %s", self._name(), error)
+        elif path is not None:
+            logger.info(
+                "not exporting %s: its output is not (carry, array) or an array", self._name()
+            )
+        return flat, out_tree, stripped, "traced"
+
+    def _name(self) -> str:
+        return getattr(self.f, "__name__", "step")
+
+    def _named(self, fun):
+        def program(*leaves):
+            return fun(*leaves)
+
+        # the compiled module's name (jit_<name>), as in cache logs and profiles
+        program.__name__ = program.__qualname__ = self._name()
+        return program

@@ -47,6 +47,16 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     program this process compiles from now on, however small or quick to compile: the many
     small programs of a fit add up. Returns the directory, created if missing.
 
+    With the cache on, `fit` also keeps its traced training step (exported with `jax.export`)
+    in the `neuraldiffeq-exported` folder inside it, so a later process running the same step
+    skips tracing it too, not only compiling it. "The same step" is decided without tracing,
+    from what the step is made of: the model's structure and non-trained parts (functions by
+    their code, closures and the globals they read), the strategy, the optimizer and its
+    hyperparameters, the data's shapes and dtypes, JAX's settings and the versions of
+    neuraldiffeq and its dependencies. A step holding something that cannot be keyed that way
+    (an object of an unknown type) is traced as usual and not kept; a damaged entry is ignored
+    and rewritten. Multi-device fits (`devices=`) are not kept.
+
     Arguments:
         path: the cache directory; None for `default_cache_dir()`.
 

@@ -45,7 +45,16 @@ def robertson_field(t, y, args):
 def _reference_solve(
     field, ts, y0, args=None, *, solver="dopri8", rtol=1e-8, atol=1e-10
 ) -> np.ndarray:
-    """A tight-tolerance (default dopri8, rtol 1e-8) solve in float64 where available."""
+    """A tight-tolerance (default dopri8, rtol 1e-8) solve in float64 where available; with the
+    compilation cache on, its result is kept on disk (`neuraldiffeq._exported.cached_array`),
+    since tracing the solve costs most of a dataset's construction in every new process."""
+    from .._exported import cached_array
+
+    kwargs = {"solver": solver, "rtol": rtol, "atol": atol}
+    return cached_array(_solve_reference, field, ts, y0, args, **kwargs)
+
+
+def _solve_reference(field, ts, y0, args, *, solver, rtol, atol) -> np.ndarray:
     with jax.enable_x64(True):
         ts64 = jnp.asarray(ts, dtype=jnp.float64)
         config = SolveConfig(solver, rtol=rtol, atol=atol, max_steps=100_000, sensitivity="direct")

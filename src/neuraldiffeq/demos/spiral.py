@@ -11,6 +11,7 @@ import optax
 
 import neuraldiffeq as nde
 
+from .._cacheable import cacheable_jit
 from ..outputs import prepare_out, stop_if_interrupted, write_outputs
 from ..plotting import plot_fit
 
@@ -38,7 +39,18 @@ def run(args: argparse.Namespace) -> dict:
     result = nde.fit(build_model(args.seed), data, stages, progress=args.progress)
     model = result.model
     dense_ts = jnp.linspace(data.ts[0], data.ts[-1], 200)
-    final = float(nde.Trajectory().loss(model, nde.Trajectory().prepare(model, data), None))
+    # compiled like fit's step, so that a second run reads them back instead of tracing them
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    prepared = nde.Trajectory().prepare(model, data)
+
+    def trajectory_loss(params, prepared):
+        return nde.Trajectory().loss(eqx.combine(params, static), prepared, None)
+
+    def predict(params, ts, y0):
+        return eqx.combine(params, static)(ts, y0)
+
+    final = float(cacheable_jit(trajectory_loss, export=True)(params, prepared))
+    dense = cacheable_jit(predict, export=True)(params, dense_ts, data.ys[0])
     metrics = {"demo": "spiral", "trajectory_loss": final, **result.metrics()}
 
     def draw(path):
@@ -47,7 +59,7 @@ def run(args: argparse.Namespace) -> dict:
             data.ts,
             data.ys,
             dense_ts,
-            model(dense_ts, data.ys[0]),
+            dense,
             losses=result.losses,
             stages=result.stages,
             labels=["u1", "u2"],

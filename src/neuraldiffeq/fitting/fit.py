@@ -347,11 +347,13 @@ class _StageRun:
             if first:
                 # Compiled without equinox's error callbacks, so that the persistent
                 # compilation cache can keep it (`_cacheable`); jax.jit's dispatch, first call
-                # compiles.
+                # compiles. With that cache on, the traced program is kept next to it and read
+                # back by the next process (`_exported`); not with a mesh (one device only).
                 self._compiled[key] = cacheable_jit(
                     _make_steps(
                         self.static, self.stage.strategy, self.optimizer, key, self.per_device
                     ),
+                    export=self.out_shardings is None,
                     compiler_options=self.stage.strategy.compiler_options,
                     out_shardings=self.out_shardings,
                 )
