@@ -47,6 +47,13 @@ def pytest_configure(config):
         folder = cache.mkdir("jax-compilation") if cache else tempfile.mkdtemp(prefix="nde-jax-")
         os.environ[CACHE_DIR_VARIABLE] = str(folder)
     enable_compilation_cache(os.environ[CACHE_DIR_VARIABLE])
+    # ...but fit's exported-step cache (`neuraldiffeq._exported`) stays off in this process:
+    # exporting every distinct step cost 12% more CPU on a cold run (test_fit + test_shooting:
+    # 51.6 vs 58.5 s) and the suite rarely fits the same step twice. test_exported.py turns it
+    # on per test; subprocesses (test_startup's two-process run, the CLI tests) use it as users do.
+    import neuraldiffeq._exported
+
+    neuraldiffeq._exported.directory = lambda: None
 
 
 @contextlib.contextmanager
