@@ -103,7 +103,6 @@ def copy(source, tmp_path):  # each test resumes (and so writes) its own copy of
     return folder
 
 
-@pytest.mark.long
 def test_killed_fit_resumes_bitwise(killed, tmp_path):
     folder, whole = copy(killed[0], tmp_path), killed[1]
     # checkpoints every 2 steps, the newest 3 kept: 6 (the end of stage 1), 8 and 10
@@ -117,7 +116,6 @@ def test_killed_fit_resumes_bitwise(killed, tmp_path):
     assert resumed.stages[0].final_loss == whole[5]
 
 
-@pytest.mark.long
 def test_damaged_and_partial_checkpoints_are_skipped(killed, tmp_path):
     source, whole = killed
     folder = copy(source, tmp_path)
@@ -140,7 +138,6 @@ def test_damaged_and_partial_checkpoints_are_skipped(killed, tmp_path):
     np.testing.assert_array_equal(resumed.losses, whole)
 
 
-@pytest.mark.long
 def test_another_fit_is_refused(killed, tmp_path):
     folder = copy(killed[0], tmp_path)
     with pytest.raises(ValueError, match="another model structure"):

@@ -137,7 +137,6 @@ STRATEGIES = [
 PER_DEVICE = {"Trajectory", "MultipleShooting"}
 
 
-@pytest.mark.long
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_four_devices_give_the_one_device_losses(four_devices, name):
     one, four = (np.asarray(x) for x in four_devices["losses"][name])
@@ -147,7 +146,6 @@ def test_four_devices_give_the_one_device_losses(four_devices, name):
     np.testing.assert_allclose(four, one, rtol=1e-5)
 
 
-@pytest.mark.long
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_the_batch_axis_is_sharded_inside_the_step(four_devices, name):
     specs = four_devices["specs"][name]
@@ -166,14 +164,12 @@ def test_the_batch_axis_is_sharded_inside_the_step(four_devices, name):
     ), specs
 
 
-@pytest.mark.long
 def test_a_batch_that_does_not_divide_is_refused(four_devices):
     message = four_devices["errors"]["indivisible"]
     assert message is not None
     assert "6 examples" in message and "4 devices" in message and "multiple of 4" in message
 
 
-@pytest.mark.long
 def test_more_devices_than_exist_are_refused_in_the_subprocess(four_devices):
     message = four_devices["errors"]["too_many"]
     assert message is not None

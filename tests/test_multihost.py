@@ -73,7 +73,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.long
 def test_two_processes_fit_as_one(tmp_path):
     folder = str(tmp_path / "ckpt")
     port = str(free_port())
