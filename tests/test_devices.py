@@ -112,7 +112,8 @@ print("RESULT " + json.dumps(out))
 @pytest.fixture(scope="module")
 def four_devices():
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-    env = dict(os.environ, XLA_FLAGS=flags.strip())
+    # 4 virtual CPU devices, also on a machine with an accelerator (which would be the default)
+    env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join(
         [os.path.join(os.path.dirname(__file__), "..", "src"), env.get("PYTHONPATH", "")]
     )

@@ -97,7 +97,10 @@ def test_true_field_gives_near_zero_loss_and_continuity_counts():
     strategy = nde.MultipleShooting(group_size=3, continuity=200.0)
     true = nde.NeuralODE(nde.datasets.synthetic.spiral_field, rtol=1e-6, atol=1e-8)
     prepared = strategy.prepare(true, data)
-    assert float(strategy.loss(true, prepared, None)) < 1e-3
+    # float32 round-off only: ~2e-5 of the data's sum of squares on a CPU, ~3e-5 on a GPU
+    # (mostly the continuity term, 200 x the segments' 1e-6 jumps)
+    scale = float(jnp.sum(data.ys**2))
+    assert float(strategy.loss(true, prepared, None)) < 1e-4 * scale
     wrong = nde.NeuralODE(lambda t, y, a: -y)
     no_cont = nde.MultipleShooting(group_size=3, continuity=0.0)
     assert float(strategy.loss(wrong, prepared, None)) > float(no_cont.loss(wrong, prepared, None))

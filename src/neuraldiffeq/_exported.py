@@ -70,6 +70,7 @@ import dataclasses
 import enum
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -526,7 +527,7 @@ def load(path: Path, key: str, in_avals: list) -> tuple[jax.export.Exported, dic
             return jax.core.ShapedArray(tuple(shape), dtype, weak_type=weak)
 
         n_in, n_out = len(header["in_avals"]), len(header["out_avals"])
-        exported = jax.export.Exported(
+        fields = dict(
             fun_name=header["fun_name"],
             in_tree=jax.tree_util.tree_structure(((0,) * n_in, {})),
             in_avals=tuple(in_avals),
@@ -548,6 +549,11 @@ def load(path: Path, key: str, in_avals: list) -> tuple[jax.export.Exported, dic
             uses_global_constants=False,
             _get_vjp=None,
         )
+        # `Exported`'s private fields differ between jax versions (0.11 has no
+        # `_has_named_shardings`): pass those this version takes; one it needs and we lack
+        # raises here, and the entry is ignored (the step is traced)
+        accepted = inspect.signature(jax.export.Exported).parameters
+        exported = jax.export.Exported(**{k: v for k, v in fields.items() if k in accepted})
     except Exception as error:  # noqa: BLE001 — a damaged entry is ignored and rewritten
         logger.info("ignoring the exported step %s: %s", path, error)
         return None
