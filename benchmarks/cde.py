@@ -46,6 +46,20 @@ def _settings(solver, dt):
     return dict(solver="dopri5", rtol=1e-3, atol=1e-6)
 
 
+def training_step(strategy, prepared, static, optimizer, compiler_options=None):
+    """The jitted `(params, opt_state, key) -> (params, opt_state, loss)` step of `strategy`."""
+
+    def step(params, opt_state, key):
+        def loss_of(p):
+            return strategy.loss(eqx.combine(p, static), prepared, key)
+
+        value, grads = jax.value_and_grad(loss_of)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    return jax.jit(step, compiler_options=compiler_options)
+
+
 def build_neuraldiffeq(ts, ys, labels, solver, dt, sensitivity, batch):
     """(run(n) -> (seconds per step, loss), compile seconds) for one training-step set-up."""
     model = nde.NeuralCDE(
@@ -63,15 +77,7 @@ def build_neuraldiffeq(ts, ys, labels, solver, dt, sensitivity, batch):
     optimizer = optax.adam(1e-3)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
-    @jax.jit
-    def step(params, opt_state, key):
-        def loss_of(p):
-            return strategy.loss(eqx.combine(p, static), prepared, key)
-
-        value, grads = jax.value_and_grad(loss_of)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
+    step = training_step(strategy, prepared, static, optimizer)
     state = dict(params=params, opt_state=optimizer.init(params), key=jax.random.key(1))
     t0 = time.perf_counter()
     jax.block_until_ready(step(params, state["opt_state"], jax.random.key(0)))

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -23,6 +25,9 @@ import optax
 
 import neuraldiffeq as nde
 from neuraldiffeq.demos.cde import spiral_data
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cde import training_step  # noqa: E402  (the step benchmarks/cde.py times)
 
 SENSITIVITIES = {
     "direct": lambda: nde.Direct(),
@@ -62,16 +67,8 @@ def main():
     optimizer = optax.adam(1e-3)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
-    def step(params, opt_state, key):
-        def loss_of(p):
-            return strategy.loss(eqx.combine(p, static), prepared, key)
-
-        value, grads = jax.value_and_grad(loss_of)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
     options = nde.compiler_options() if args.options else None
-    step = jax.jit(step, compiler_options=options)
+    step = training_step(strategy, prepared, static, optimizer, options)
     opt_state = optimizer.init(params)
     t0 = time.perf_counter()
     jax.block_until_ready(step(params, opt_state, jax.random.key(0)))
