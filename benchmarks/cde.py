@@ -33,6 +33,7 @@ import equinox as eqx
 import jax
 import numpy as np
 import optax
+from jax_step import training_step  # benchmarks/jax_step.py
 
 import neuraldiffeq as nde
 from neuraldiffeq.demos.cde import spiral_data
@@ -44,20 +45,6 @@ def _settings(solver, dt):
     if solver == "midpoint":  # max_steps=None: exactly the steps the interval needs
         return dict(solver="midpoint", dt0=dt, max_steps=None)
     return dict(solver="dopri5", rtol=1e-3, atol=1e-6)
-
-
-def training_step(strategy, prepared, static, optimizer, compiler_options=None):
-    """The jitted `(params, opt_state, key) -> (params, opt_state, loss)` step of `strategy`."""
-
-    def step(params, opt_state, key):
-        def loss_of(p):
-            return strategy.loss(eqx.combine(p, static), prepared, key)
-
-        value, grads = jax.value_and_grad(loss_of)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
-    return jax.jit(step, compiler_options=compiler_options)
 
 
 def build_neuraldiffeq(ts, ys, labels, solver, dt, sensitivity, batch):

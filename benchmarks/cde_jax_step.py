@@ -15,19 +15,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import equinox as eqx
 import jax
 import optax
+from jax_step import training_step  # benchmarks/jax_step.py: the step benchmarks/cde.py times
 
 import neuraldiffeq as nde
 from neuraldiffeq.demos.cde import spiral_data
-
-sys.path.insert(0, str(Path(__file__).parent))
-from cde import training_step  # noqa: E402  (the step benchmarks/cde.py times)
 
 SENSITIVITIES = {
     "direct": lambda: nde.Direct(),

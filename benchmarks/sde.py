@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax_step import training_step  # benchmarks/jax_step.py
 
 import neuraldiffeq as nde
 from neuraldiffeq.demos.sde import U0, build_model, true_moments
@@ -36,15 +37,7 @@ def bench_neuraldiffeq(data, paths, dt, steps, repeats):
     optimizer = optax.adam(0.025)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
-    @jax.jit
-    def step(params, opt_state, key):
-        def loss_of(p):
-            return strategy.loss(eqx.combine(p, static), prepared, key)
-
-        value, grads = jax.value_and_grad(loss_of)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
-
+    step = training_step(strategy, prepared, static, optimizer)
     opt_state = optimizer.init(params)
     t0 = time.perf_counter()
     params, opt_state, value = step(params, opt_state, jax.random.key(0))
