@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -239,3 +240,36 @@ def test_cli_passes_devices_through(tmp_path, capsys):
     # one device: the fit runs on a one-device mesh and writes its outputs
     assert main([*common, "--out", str(tmp_path / "b"), "--devices", "1"]) == 0
     assert (tmp_path / "b" / "model.eqx").exists()
+
+
+def test_batch_reduction_says_when_the_loss_splits_over_devices():
+    # fit computes a per-device loss and gradient only where the loss is a sum or a mean of
+    # per-series terms; every other case must answer None (XLA then partitions the whole step)
+    data = nde.datasets.spiral(n_points=12, t1=1.0)
+    batch = nde.TimeSeries(data.ts, jnp.stack([data.ys, 1.1 * data.ys]))
+    model = nde.NeuralODE(lambda t, y, args: -y)
+
+    def reduction(strategy, model=model, data=batch):
+        return strategy.batch_reduction(model, strategy.prepare(model, data))
+
+    assert reduction(nde.Trajectory()) == "sum"
+    assert reduction(nde.Trajectory(loss_fn=nde.losses.mse)) == "mean"
+    missing = nde.TimeSeries(
+        batch.ts, batch.ys, mask=jnp.ones(batch.ys.shape, bool).at[0, 3].set(False)
+    )
+    assert reduction(nde.Trajectory(loss_fn=nde.losses.mse), data=missing) is None  # weights
+    assert reduction(nde.Trajectory(loss_fn=nde.losses.l2), data=missing) == "sum"
+    assert reduction(nde.Trajectory(loss_fn=lambda p, y, m: jnp.max((p - y) ** 2))) is None
+    assert reduction(nde.Trajectory(batch_size=1)) is None  # a draw from the whole batch
+    assert reduction(nde.Trajectory(batch_time=4)) is None
+    shooting = nde.MultipleShooting(group_size=4)
+    assert reduction(shooting) == "sum"
+    assert reduction(nde.MultipleShooting(group_size=4, batch_size=1)) is None
+    states = shooting.with_states(model, batch)  # trainable starts: a batch-sized parameter
+    assert reduction(shooting, model=states) is None
+
+    class Own(nde.Trajectory):  # a strategy that does not say: None, the safe default
+        def batch_reduction(self, model, prepared):
+            return nde.AbstractStrategy.batch_reduction(self, model, prepared)
+
+    assert reduction(Own()) is None
