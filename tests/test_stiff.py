@@ -208,7 +208,7 @@ def test_demo_stiff_explicit_fails_implicit_recovers_the_rates(tmp_path):
     from neuraldiffeq.cli import main
 
     out = tmp_path / "stiff"
-    argv = ["demo", "stiff", "--steps", "1", "--lbfgs-steps", "40", "--ude-steps", "0"]
+    argv = ["demo", "stiff", "--steps", "1", "--lbfgs-steps", "20", "--ude-steps", "0"]
     argv += ["--out", str(out)]
     assert main([*argv, "--no-progress"]) == 0
     assert {"fit.png", "metrics.json", "model.eqx"} <= {p.name for p in out.iterdir()}

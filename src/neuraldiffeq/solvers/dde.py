@@ -194,13 +194,10 @@ def solve_dde(
     from ..solve_config import shortcuts  # here: solve_config imports this package
 
     config = _dde_config("solve_dde", config, shortcuts(locals()), DDE_SOLVE_DEFAULTS)
-    solver = config.solver
-    adaptive = config.adaptive
-    dt0 = config.dt0
-    if not adaptive and dt0 > lags_np.min() * (1 + 1e-12):
+    if not config.adaptive and config.dt0 > lags_np.min() * (1 + 1e-12):
         raise ValueError(
-            f"dt0={dt0} is longer than the smallest lag {lags_np.min()}: constant steps must be "
-            "at most the smallest lag (steps are limited, not iterated; see the docstring)."
+            f"dt0={config.dt0} is longer than the smallest lag {lags_np.min()}: constant steps "
+            "must be at most the smallest lag (steps are limited, not iterated; see the docstring)."
         )
     history_fn, y0, dtype = _check_history(history, y0, t0)
     t0 = jnp.asarray(t0, dtype)
@@ -214,8 +211,20 @@ def solve_dde(
             raise ValueError(f"ts must be a 1-D array of output times, got shape {arr.shape}.")
         if np.any(arr < float(t0)) or np.any(arr > float(t1)):
             raise ValueError(f"ts must lie in [t0, t1] = [{float(t0)}, {float(t1)}].")
+    _check_field_shape(field, t0, y0, lags_np.size, args)
+    lags = tuple(float(lag) for lag in lags_np)
+    max_steps = config.steps_for(t0, t1)  # from the span while t0 and t1 are concrete
+    return _solve(field, history_fn, lags, t0, t1, ts, y0, args, config, max_steps, throw)
+
+
+@eqx.filter_jit
+def _solve(field, history_fn, lags, t0, t1, ts, y0, args, config, max_steps, throw) -> DDESolution:
+    """The solve itself, as one compiled program (like `diffrax.diffeqsolve`): called eagerly,
+    its set-up is not run operation by operation, each compiled on its own."""
+    lags_np = np.asarray(lags)
+    dtype = y0.dtype
+    solver, adaptive, dt0 = config.solver, config.adaptive, config.dt0
     lags_arr = jnp.asarray(lags_np, dtype)
-    _check_field_shape(field, t0, y0, lags_arr.shape[0], args)
 
     def vf(t, y, full_args):
         user_args, past = full_args
@@ -238,7 +247,6 @@ def solve_dde(
         )
     else:
         controller = config.stepsize_controller()
-    max_steps = config.steps_for(t0, t1)
     dt0_arr = None if dt0 is None else jnp.asarray(min(dt0, float(lags_np.min())), dtype)
 
     # The buffer: a dummy non-degenerate interval in empty slots keeps every lookup finite.
