@@ -224,3 +224,72 @@ def test_cache_directory_choice_and_cli_flag(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("NEURALDIFFEQ_CACHE_DIR", str(blocker / "jax"))
     assert main([*argv]) == 2
     assert "NEURALDIFFEQ_CACHE_DIR" in capsys.readouterr().err
+
+
+# -- set-up compiles no one-operation programs -------------------------------------------------
+
+
+class CompileCounter:
+    """Counts XLA compilations while active (JAX reports each one to its monitoring listeners)."""
+
+    def __init__(self):
+        self.count, self.active = 0, False
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+
+    def _listener(self, event, duration, **kwargs):
+        if self.active and event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+    def __call__(self, fn):
+        self.count, self.active = 0, True
+        try:
+            fn()
+        finally:
+            self.active = False
+        return self.count
+
+
+def _setup_compiles(n_times: int) -> dict[str, int]:
+    """Compilations of each set-up step on series of `n_times` points (a fresh shape)."""
+    counter = CompileCounter()
+    ts = np.linspace(0.0, 1.0, n_times)
+    ys = np.stack([np.cos(3 * ts), np.sin(3 * ts)], -1)[None].repeat(3, 0) + 0.01
+    mask = np.ones(ys.shape, bool)
+    mask[1, 5, 0] = mask[2, 0, 1] = False  # a missing first value (Trajectory interpolates it)
+    data = nde.TimeSeries(ts, ys, mask)
+    model = nde.NeuralODE(lambda t, y, args: -y)
+    stiff = nde.NeuralODE(lambda t, y, args: -jnp.array([1.0, 1e4]) * y, solver="auto")
+    y0 = jnp.ones(2)
+
+    def decay(t, y, lagged, args):
+        return -lagged[0]
+
+    def dde():
+        return nde.solve_dde(decay, jnp.ones(1), [0.3], 0.0, 1.0, ts=ts)
+
+    return {
+        "TimeSeries": counter(lambda: nde.TimeSeries(ts, ys, mask).as_batch()),
+        "Trajectory": counter(lambda: nde.Trajectory().prepare(model, data)),
+        "MultipleShooting": counter(
+            lambda: nde.MultipleShooting(group_size=6).prepare(model, data)
+        ),
+        "Collocation": counter(lambda: nde.Collocation(bandwidth=0.2).prepare(model, data)),
+        "solver='auto'": counter(lambda: stiff.resolve_solver(ts, y0)),
+        "solve_dde": counter(dde),
+        "solve_dde again": counter(dde),
+    }
+
+
+def test_data_preparation_and_solves_compile_one_program_each():
+    # An eager JAX operation compiles a program for every new shape (~10 ms each): converting
+    # data, slicing it, or a solve's set-up run operation by operation cost a first fit dozens.
+    _setup_compiles(29)  # programs of a fixed shape (scalars), compiled once per process
+    assert _setup_compiles(37) == {
+        "TimeSeries": 0,
+        "Trajectory": 0,
+        "MultipleShooting": 0,
+        "Collocation": 1,  # its core
+        "solver='auto'": 3,  # the probe solve, the field's Jacobian, the field's value
+        "solve_dde": 1,
+        "solve_dde again": 0,
+    }

@@ -13,6 +13,28 @@ def is_concrete(x) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
+def as_array(x, dtype=None) -> jax.Array:
+    """`jnp.asarray(x, dtype)` that compiles nothing for host data (NumPy arrays, lists).
+
+    Why: `jnp.asarray` of a NumPy array runs a one-operation program (`stage`, and
+    `convert_element_type` for a cast) that is compiled for every new shape, ~10 ms each; a
+    first fit or solve called on fresh data paid for a dozen of them. Host data are cast in NumPy
+    (to JAX's dtype for it: float32 unless float64 is on) and copied to the device instead. JAX
+    arrays and tracers go through `jnp.asarray` as before.
+
+    Example:
+        >>> import numpy as np
+        >>> from neuraldiffeq._checks import as_array
+        >>> x = as_array(np.linspace(0.0, 1.0, 3))
+        >>> x.dtype, x.tolist()
+        (dtype('float32'), [0.0, 0.5, 1.0])
+    """
+    if isinstance(x, jax.Array) or not isinstance(x, np.ndarray | list | tuple | np.generic):
+        return jnp.asarray(x, dtype)  # device arrays, tracers, Python scalars (weakly typed)
+    host = np.asarray(x, dtype)
+    return jax.device_put(host.astype(jax.dtypes.canonicalize_dtype(host.dtype), copy=False))
+
+
 def check_positive(value, name: str) -> None:
     if not (np.isscalar(value) and np.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
@@ -30,7 +52,7 @@ def check_times(ts, name: str = "ts") -> jax.Array:
             raise ValueError(f"{name} contains NaN or infinite values.")
         if not np.all(np.diff(arr) > 0):
             raise ValueError(f"{name} must be strictly increasing (sort it; drop repeated times).")
-    ts = jnp.asarray(ts)
+    ts = as_array(ts)
     if not jnp.issubdtype(ts.dtype, jnp.inexact):
         ts = ts.astype(jnp.result_type(float))
     return ts
@@ -60,7 +82,7 @@ def strong_floats(tree):
 
 def as_state(y0, name: str = "y0", vector: bool = False) -> jax.Array:
     """An initial state as a strongly typed floating array (`vector`: shape (D,) required)."""
-    y0 = jnp.asarray(y0)
+    y0 = as_array(y0)
     if vector and y0.ndim != 1:
         raise ValueError(f"{name} must be a state vector of shape (D,), got shape {y0.shape}.")
     if not jnp.issubdtype(y0.dtype, jnp.inexact):
@@ -162,7 +184,7 @@ def check_series(ts, ys, mask=None, *, ts_name: str = "ts", ys_name: str = "ys",
         ((3, 2), True)
     """
     ts = check_times(ts, ts_name)
-    ys = jnp.asarray(ys)
+    ys = as_array(ys)
     if not jnp.issubdtype(ys.dtype, jnp.inexact):
         ys = ys.astype(jnp.result_type(float))
     want = "D" if dim is None else str(dim)
@@ -177,7 +199,7 @@ def check_series(ts, ys, mask=None, *, ts_name: str = "ts", ys_name: str = "ys",
             f"{dim}."
         )
     if mask is not None:
-        mask = jnp.asarray(mask)
+        mask = as_array(mask)
         if mask.shape != ys.shape:
             raise ValueError(f"mask must have the shape of {ys_name} {ys.shape}, got {mask.shape}.")
         mask = mask.astype(bool)
@@ -291,8 +313,7 @@ def check_state_shapes(model, ts, y0, args, *, strategy: str, call=None) -> None
     shape (a scalar would otherwise be broadcast silently); then, unless `call` is None,
     `call(model, ts, y0, args)` (the strategy's way of solving) must return `(T, *y0.shape)`.
     """
-    y0 = jax.ShapeDtypeStruct(jnp.shape(y0), jnp.result_type(y0))
-    ts = jax.ShapeDtypeStruct(jnp.shape(ts), jnp.result_type(ts))
+    y0, ts = _shape_only(y0), _shape_only(ts)
     vector_field = getattr(model, "vector_field", None)
     if vector_field is not None:
         out = eval_shape_or_raise(
@@ -322,6 +343,28 @@ def check_state_shapes(model, ts, y0, args, *, strategy: str, call=None) -> None
             f"for {ts.shape[0]} times and a state of shape {y0.shape}, but the data have shape "
             f"{want} per trajectory."
         )
+
+
+def _shape_only(x) -> jax.ShapeDtypeStruct:
+    if isinstance(x, jax.ShapeDtypeStruct):  # callers pass shapes rather than slice their data
+        return x
+    return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
+
+
+def state_of(ys: jax.Array, times: int | None = None) -> tuple:
+    """`(ts, y0)` shapes of one series of a batch `ys` (B, T, *state), as `check_state_shapes`
+    takes them (`times`: how many time points, default T); no data are sliced (eagerly, a slice
+    is a program compiled for its shape).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from neuraldiffeq._checks import state_of
+        >>> ts, y0 = state_of(jnp.zeros((4, 10, 2)), times=5)
+        >>> ts.shape, y0.shape
+        ((5,), (2,))
+    """
+    times = ys.shape[1] if times is None else times
+    return jax.ShapeDtypeStruct((times,), ys.dtype), jax.ShapeDtypeStruct(ys.shape[2:], ys.dtype)
 
 
 def eval_shape_or_raise(fn, inputs, message: str):

@@ -7,9 +7,11 @@ import os
 from collections.abc import Sequence
 
 import equinox as eqx
-import jax.numpy as jnp
+import jax
 import numpy as np
 from jax import Array
+
+from ._checks import as_array
 
 
 class TimeSeries(eqx.Module):
@@ -79,10 +81,10 @@ class TimeSeries(eqx.Module):
             if not np.all(np.isfinite(ys_np[mask_np])):
                 raise ValueError("ys has NaN or infinite values where mask says it is observed.")
             ys_np = np.where(mask_np, ys_np, 0.0)
-            mask_j = jnp.asarray(mask_np)
+            mask_j = as_array(mask_np)
         # finiteness again after the cast: 1e40 is finite in float64 but inf in float32
-        self.ts = jnp.asarray(ts_np)
-        self.ys = jnp.asarray(_to_working_precision(ys_np, "ys"))
+        self.ts = as_array(ts_np)
+        self.ys = as_array(_to_working_precision(ys_np, "ys"))
         self.mask = mask_j
 
     @property
@@ -101,8 +103,9 @@ class TimeSeries(eqx.Module):
         """The same data with a leading batch axis, `(B, T, D)`."""
         if self.batched:
             return self
-        mask = None if self.mask is None else self.mask[None]
-        return TimeSeries(self.ts, self.ys[None], mask)
+        # in NumPy: an eager `ys[None]` would compile a program for every new shape
+        mask = None if self.mask is None else np.asarray(self.mask)[None]
+        return TimeSeries(self.ts, np.asarray(self.ys)[None], mask)
 
     @classmethod
     def from_csv(
@@ -211,7 +214,7 @@ def _as_float_array(x, name: str) -> np.ndarray:
 
 def working_dtype() -> np.dtype:
     """The float type arrays get in JAX: float32, or float64 with `jax_enable_x64`."""
-    return np.dtype(jnp.zeros(()).dtype)
+    return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
 
 
 def _to_working_precision(arr: np.ndarray, name: str) -> np.ndarray:

@@ -55,7 +55,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_positive, is_concrete
+from ._checks import as_array, check_positive, is_concrete
 from .sensitivity import AbstractSensitivity, resolve_sensitivity
 from .solvers.names import ODE_SOLVERS, SDE_SOLVERS, resolve_solver
 
@@ -403,6 +403,10 @@ def on_failure(result: diffrax.RESULTS, tree: Any, value: float = FAILED) -> Any
         Array([inf, inf], dtype=float32)
     """
     ok = result == diffrax.RESULTS.successful
+    if is_concrete(ok) and jnp.ndim(ok) == 0:  # called eagerly: no program to compile
+        if bool(ok):
+            return tree
+        return jax.tree_util.tree_map(lambda x: jnp.full_like(x, value), tree)
     return jax.tree_util.tree_map(lambda x: jnp.where(ok, x, jnp.asarray(value, x.dtype)), tree)
 
 
@@ -437,8 +441,8 @@ class HasSolveConfig(eqx.Module):
                 f"{type(self).__name__} has no vector_field, so solver='auto' cannot estimate "
                 "its stiffness: pass a solver by name, e.g. 'tsit5' or 'kvaerno5'."
             )
-        ts = jnp.asarray(ts)
-        config = self.config.resolve_solver(field, ts[0], ts[-1], jnp.asarray(y0), args)
+        ts = np.asarray(ts) if is_concrete(ts) else ts  # end points without compiled slices
+        config = self.config.resolve_solver(field, ts[0], ts[-1], as_array(y0), args)
         return eqx.tree_at(lambda m: m.config, self, config)
 
     @property

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_state_shapes
+from .._checks import as_array, check_state_shapes, state_of
 from .losses import l2
 from .strategies import AbstractStrategy, as_timeseries
 
@@ -398,25 +398,27 @@ def collocate(
         raise ValueError(
             "ts must be finite and strictly increasing (sort it; drop repeated times)."
         )
-    ys_j = jnp.asarray(ys)
-    if not jnp.issubdtype(ys_j.dtype, jnp.inexact):
-        ys_j = ys_j.astype(jnp.result_type(float))
+    # The estimates are computed on the host's copy (NumPy) around one compiled core: an eager
+    # JAX operation would compile a program of its own for every new shape.
+    ys_np = np.asarray(ys)
+    float_type = ys_np.dtype if np.issubdtype(ys_np.dtype, np.inexact) else np.float64
+    ys_np = ys_np.astype(jax.dtypes.canonicalize_dtype(float_type))  # JAX's float type
     n = ts_np.shape[0]
-    if ys_j.ndim not in (2, 3) or ys_j.shape[-2] != n:
+    if ys_np.ndim not in (2, 3) or ys_np.shape[-2] != n:
         raise ValueError(
-            f"ys must have shape (T, D) or (B, T, D) with T = len(ts) = {n}, got {ys_j.shape}. "
+            f"ys must have shape (T, D) or (B, T, D) with T = len(ts) = {n}, got {ys_np.shape}. "
             "Note the order: collocate(ts, ys), times first, as nde.TimeSeries."
         )
-    finite = np.isfinite(np.asarray(ys_j))
+    finite = np.isfinite(ys_np)
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
-        if mask.shape != ys_j.shape:
-            raise ValueError(f"mask must have the shape of ys {ys_j.shape}, got {mask.shape}.")
+        if mask.shape != ys_np.shape:
+            raise ValueError(f"mask must have the shape of ys {ys_np.shape}, got {mask.shape}.")
         if not np.all(finite | ~mask):
             raise ValueError(
                 "ys has NaN or inf where mask is True (observed); set mask to False there."
             )
-        ys_j = jnp.where(jnp.asarray(mask), ys_j, 0.0)
+        ys_np = np.where(mask, ys_np, 0.0).astype(ys_np.dtype)
     elif not np.all(finite):
         raise ValueError(
             f"ys has {int(np.sum(~finite))} NaN or inf values; pass mask= (True where observed) "
@@ -438,10 +440,10 @@ def collocate(
 
     span = ts_np[-1] - ts_np[0]
     s = (ts_np - ts_np[0]) / span
-    batched = ys_j.ndim == 3
-    n_states = ys_j.shape[-1]
+    batched = ys_np.ndim == 3
+    n_states = ys_np.shape[-1]
     # Fold the batch into the state axis: column c holds state c % D of trajectory c // D.
-    flat = jnp.moveaxis(ys_j, 0, 1).reshape(n, -1) if batched else ys_j
+    flat = np.moveaxis(ys_np, 0, 1).reshape(n, -1) if batched else ys_np
     obs = _columns_mask(mask, n) if mask is not None else np.ones(flat.shape, bool)
     state_of = np.arange(flat.shape[1]) % n_states
     counts = obs.sum(axis=0)
@@ -474,18 +476,19 @@ def collocate(
         if info:
             _, risk, mse, scale, noise = _score(s, y64, obs, state_of, kernel, [h])
 
-    flat_mask = None if mask is None else jnp.asarray(obs, dtype=flat.dtype)
+    flat_mask = None if mask is None else obs.astype(flat.dtype)
     u_hat, du_hat = _smooth(s, flat, flat_mask, h_u[state_of], h_du[state_of], kernel)
     du_hat = du_hat / span
-    if not (bool(jnp.all(jnp.isfinite(u_hat))) and bool(jnp.all(jnp.isfinite(du_hat)))):
+    if not (np.all(np.isfinite(u_hat)) and np.all(np.isfinite(du_hat))):
         raise ValueError(
             f"collocation with kernel {kernel!r} gave non-finite estimates (an ill-conditioned "
             "local fit). Increase the bandwidth."
         )
     if batched:
-        b = ys_j.shape[0]
-        u_hat = jnp.moveaxis(u_hat.reshape(n, b, -1), 1, 0)
-        du_hat = jnp.moveaxis(du_hat.reshape(n, b, -1), 1, 0)
+        b = ys_np.shape[0]
+        u_hat = np.moveaxis(u_hat.reshape(n, b, -1), 1, 0)
+        du_hat = np.moveaxis(du_hat.reshape(n, b, -1), 1, 0)
+    u_hat, du_hat = as_array(u_hat), as_array(du_hat)
     if not info:
         return u_hat, du_hat
     at = (pick_du, np.arange(n_states))
@@ -528,22 +531,23 @@ def _smooth(s, flat, flat_mask, h_u, h_du, kernel):
         cols = np.flatnonzero((h_u == h) | (h_du == h))
         lo = np.searchsorted(s, s - r, side="left")
         starts = np.minimum(lo, n - width)
-        sub_mask = None if flat_mask is None else flat_mask[:, cols]
+        sub_mask = None if flat_mask is None else as_array(flat_mask[:, cols])
         u, du, _ = _collocate_core(
-            jnp.asarray(s, dtype=dtype),
-            flat[:, cols],
+            as_array(s, dtype),
+            as_array(flat[:, cols]),
             sub_mask,
-            jnp.asarray(starts),
-            jnp.asarray(h, dtype=dtype),
+            as_array(starts),
+            as_array(h, dtype),
             jnp.asarray(_KERNEL_INDEX[kernel]),
             width=width,
         )
+        u, du = np.asarray(u), np.asarray(du)
         for k, c in enumerate(cols):
             if h_u[c] == h:
                 u_cols[c] = u[:, k]
             if h_du[c] == h:
                 du_cols[c] = du[:, k]
-    return jnp.stack(u_cols, -1), jnp.stack(du_cols, -1)
+    return np.stack(u_cols, -1), np.stack(du_cols, -1)
 
 
 _CHUNK = 200  # rows per chunk: memory O(chunk * W), and big enough for efficient contractions
@@ -674,7 +678,7 @@ class Collocation(AbstractStrategy):
             )
         batch = as_timeseries(data).as_batch()
         # Shapes first: a model built for another state size fails here, not in the compiled step.
-        check_state_shapes(model, batch.ts, batch.ys[0, 0], self.args, strategy="Collocation")
+        check_state_shapes(model, *state_of(batch.ys), self.args, strategy="Collocation")
         mask = None if batch.mask is None else np.asarray(batch.mask)
         u_hat, du_hat = collocate(batch.ts, batch.ys, self.kernel, self.bandwidth, mask=mask)
         return batch.ts, u_hat, du_hat

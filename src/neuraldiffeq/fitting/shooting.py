@@ -17,7 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_batch_fits, check_batch_size, check_state_shapes, draw_minibatch
+from .._checks import (
+    as_array,
+    check_batch_fits,
+    check_batch_size,
+    check_state_shapes,
+    draw_minibatch,
+    state_of,
+)
 from ..models.dde import ObservedPast
 from .losses import l2, reduction_over_batch
 from .strategies import AbstractStrategy, as_timeseries, call_model, segment_starts
@@ -184,20 +191,16 @@ class MultipleShooting(AbstractStrategy):
                 f"({type(model).__name__}.with_past) their trajectory's observed past as history, "
                 "so it needs fully observed data: impute the missing values first."
             )
+        ts, y0_shape = state_of(batch.ys, group_size)
         check_state_shapes(
-            model,
-            batch.ts[index[0]],
-            batch.ys[0, 0],
-            self.args,
-            strategy="MultipleShooting",
-            call=call_model,
+            model, ts, y0_shape, self.args, strategy="MultipleShooting", call=call_model
         )
         return {
             "ts": batch.ts,
             "ys": batch.ys,
-            "index": jnp.asarray(index),
-            "weight": jnp.asarray(valid[None, :, :, None] & observed[:, index]),
-            "y0": jnp.asarray(y0),
+            "index": as_array(index),
+            "weight": as_array(valid[None, :, :, None] & observed[:, index]),
+            "y0": as_array(y0),
         }
 
     @property

@@ -23,10 +23,16 @@ from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from .._checks import check_batch_fits, check_batch_size, check_state_shapes, draw_minibatch
+from .._checks import (
+    as_array,
+    check_batch_fits,
+    check_batch_size,
+    check_state_shapes,
+    draw_minibatch,
+    state_of,
+)
 from ..data import TimeSeries
 from .losses import l2, reduction_over_batch
 
@@ -168,15 +174,16 @@ class Trajectory(AbstractStrategy):
 
     def prepare(self, model: Any, data: Any) -> TimeSeries:
         batch = as_timeseries(data).as_batch()
-        if batch.mask is not None and not bool(jnp.all(batch.mask[:, 0])):
+        if batch.mask is not None and not np.asarray(batch.mask)[:, 0].all():
             # a missing initial value (an empty first CSV cell) is interpolated from the nearest
             # observations, as MultipleShooting does for its segment starts; the misfit still
             # ignores it, since the mask stays False there (tree_at: TimeSeries zeroes masked ys)
             y0 = segment_starts(batch.ts, batch.ys, batch.mask, [0])[:, 0]
-            ys = batch.ys.at[:, 0].set(jnp.asarray(y0, batch.ys.dtype))
-            batch = eqx.tree_at(lambda b: b.ys, batch, ys)
+            ys = np.array(batch.ys)  # a NumPy copy: no program compiled for the update
+            ys[:, 0] = y0
+            batch = eqx.tree_at(lambda b: b.ys, batch, as_array(ys))
         n_batch, n_times = batch.ys.shape[0], batch.ys.shape[1]
-        ts = batch.ts
+        times = n_times
         if self.batch_time is not None:
             if self.batch_time > n_times:
                 raise ValueError(
@@ -187,12 +194,11 @@ class Trajectory(AbstractStrategy):
                     "minibatching with batch_time starts windows anywhere, so it needs fully "
                     "observed data (no mask); impute the missing values or drop batch_time."
                 )
-            ts = ts[: self.batch_time]
+            times = self.batch_time
         else:
             check_batch_fits(self.batch_size, n_batch, "trajectories")
-        check_state_shapes(
-            model, ts, batch.ys[0, 0], self.args, strategy="Trajectory", call=call_model
-        )
+        ts, y0 = state_of(batch.ys, times)
+        check_state_shapes(model, ts, y0, self.args, strategy="Trajectory", call=call_model)
         return batch
 
     @property

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import is_concrete
+from .._checks import as_array, is_concrete
 
 #: at most this many propagated discontinuities are tracked (the earliest ones).
 MAX_DISCONTINUITIES = 256
@@ -204,7 +204,7 @@ def solve_dde(
     t1 = jnp.asarray(t1, dtype)
     if is_concrete(t0) and is_concrete(t1) and not float(t1) > float(t0):
         raise ValueError(f"t1 must be greater than t0, got t0={float(t0)}, t1={float(t1)}.")
-    ts = jnp.stack([t0, t1]) if ts is None else jnp.asarray(ts, dtype)
+    ts = jnp.stack([t0, t1]) if ts is None else as_array(ts, dtype)
     if is_concrete(ts) and is_concrete(t0) and is_concrete(t1):
         arr = np.asarray(ts)
         if arr.ndim != 1 or arr.size == 0:

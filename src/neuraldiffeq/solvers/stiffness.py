@@ -48,9 +48,12 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from .._checks import as_array
 
 #: The two methods `"auto"` chooses between.
 EXPLICIT, IMPLICIT = "tsit5", "kvaerno5"
@@ -96,25 +99,19 @@ def spectral_radius(field: Callable, t, y, args: Any = None) -> float:
         >>> round(spectral_radius(lambda t, y, a: A @ y, 0.0, jnp.ones(2)))
         300
     """
-    y = jnp.asarray(y)
-
-    def f(v):
-        return jnp.ravel(field(t, v.reshape(y.shape), args))
-
-    flat = jnp.ravel(y)
-    if flat.size <= EXACT_JACOBIAN_MAX:
-        jac = np.asarray(jax.jacfwd(f)(flat), dtype=np.float64)
+    y, t = as_array(y), jnp.asarray(t)  # t an array: one compiled program for every t
+    if y.size <= EXACT_JACOBIAN_MAX:
+        jac = np.asarray(_jacobian(field, t, y, args), dtype=np.float64)
         if not np.all(np.isfinite(jac)):
             return math.inf
         return float(np.max(np.abs(np.linalg.eigvals(jac)))) if jac.size else 0.0
     # power iteration: ‖J^k v‖ grows like ρ^k (complex pairs make single ratios oscillate, so
     # the geometric mean of the later ratios is taken)
-    jvp = jax.jit(lambda v: jax.jvp(f, (flat,), (v,))[1])
-    v = jax.random.normal(jax.random.key(0), flat.shape, flat.dtype)
+    v = jax.random.normal(jax.random.key(0), (y.size,), y.dtype)
     v = v / jnp.linalg.norm(v)
     logs = []
     for _ in range(POWER_ITERATIONS):
-        w = jvp(v)
+        w = _jacobian_times(field, t, y, args, v)
         norm = float(jnp.linalg.norm(w))
         if not math.isfinite(norm):
             return math.inf
@@ -123,6 +120,27 @@ def spectral_radius(field: Callable, t, y, args: Any = None) -> float:
         logs.append(math.log(norm))
         v = w / norm
     return math.exp(float(np.mean(logs[len(logs) // 2 :])))
+
+
+def _flat_field(field, t, y, args):
+    return lambda v: jnp.ravel(field(t, v.reshape(y.shape), args))
+
+
+# Compiled once per field and state shape, not once per probe state: `estimate_stiffness` asks
+# for the spectral radius at up to PROBE_STEPS + 1 states of the same problem.
+@eqx.filter_jit
+def _evaluate(field, t, y, args) -> jax.Array:
+    return field(t, y, args)
+
+
+@eqx.filter_jit
+def _jacobian(field, t, y, args) -> jax.Array:
+    return jax.jacfwd(_flat_field(field, t, y, args))(jnp.ravel(y))
+
+
+@eqx.filter_jit
+def _jacobian_times(field, t, y, args, v) -> jax.Array:
+    return jax.jvp(_flat_field(field, t, y, args), (jnp.ravel(y),), (v,))[1]
 
 
 def _probe_states(field, t0, t1, y0, args, rtol, atol):
@@ -172,7 +190,7 @@ def estimate_stiffness(
     best = None
     for t, y, h in _probe_states(field, t0, t1, y0, args, rtol, atol):
         rho = spectral_radius(field, t, y, args)
-        f = np.asarray(field(t, y, args), dtype=np.float64)
+        f = np.asarray(_evaluate(field, t, y, args), dtype=np.float64)
         size = float(np.linalg.norm(np.asarray(y, dtype=np.float64))) + atol * math.sqrt(y.size)
         rate = max(float(np.linalg.norm(f)) / size, 1.0 / span)
         stability = rho * span / STABILITY_BOUND
