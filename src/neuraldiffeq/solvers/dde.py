@@ -160,6 +160,10 @@ def solve_dde(
         `RecursiveCheckpointAdjoint` uses), so `jax.grad` works w.r.t. anything `field`, `history`
         and `y0` depend on. Forward-mode (`jax.jvp`) is not supported.
 
+        Compilation: after the checks, the solve is one `equinox.filter_jit` program, as
+        `diffrax.diffeqsolve` is: called again with the same `field`, settings and shapes, it
+        runs without compiling (pass the same function, not a new lambda each time).
+
     Arguments:
         field: `field(t, y, y_lagged, args) -> dy/dt`, y of shape (D,), y_lagged of shape (L, D).
         history: `history(t) -> (D,)` for t < t0, or a constant array of shape (D,).
