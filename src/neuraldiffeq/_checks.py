@@ -351,15 +351,15 @@ def _shape_only(x) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x))
 
 
-def state_of(ys: jax.Array, times: int | None = None) -> tuple:
+def series_shapes(ys: jax.Array, times: int | None = None) -> tuple:
     """`(ts, y0)` shapes of one series of a batch `ys` (B, T, *state), as `check_state_shapes`
     takes them (`times`: how many time points, default T); no data are sliced (eagerly, a slice
     is a program compiled for its shape).
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from neuraldiffeq._checks import state_of
-        >>> ts, y0 = state_of(jnp.zeros((4, 10, 2)), times=5)
+        >>> from neuraldiffeq._checks import series_shapes
+        >>> ts, y0 = series_shapes(jnp.zeros((4, 10, 2)), times=5)
         >>> ts.shape, y0.shape
         ((5,), (2,))
     """

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._checks import as_array, check_state_shapes, state_of
+from .._checks import as_array, check_state_shapes, series_shapes
 from .losses import l2
 from .strategies import AbstractStrategy, as_timeseries
 
@@ -678,7 +678,7 @@ class Collocation(AbstractStrategy):
             )
         batch = as_timeseries(data).as_batch()
         # Shapes first: a model built for another state size fails here, not in the compiled step.
-        check_state_shapes(model, *state_of(batch.ys), self.args, strategy="Collocation")
+        check_state_shapes(model, *series_shapes(batch.ys), self.args, strategy="Collocation")
         mask = None if batch.mask is None else np.asarray(batch.mask)
         u_hat, du_hat = collocate(batch.ts, batch.ys, self.kernel, self.bandwidth, mask=mask)
         return batch.ts, u_hat, du_hat

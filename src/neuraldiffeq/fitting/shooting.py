@@ -23,7 +23,7 @@ from .._checks import (
     check_batch_size,
     check_state_shapes,
     draw_minibatch,
-    state_of,
+    series_shapes,
 )
 from ..models.dde import ObservedPast
 from .losses import l2, reduction_over_batch
@@ -191,7 +191,7 @@ class MultipleShooting(AbstractStrategy):
                 f"({type(model).__name__}.with_past) their trajectory's observed past as history, "
                 "so it needs fully observed data: impute the missing values first."
             )
-        ts, y0_shape = state_of(batch.ys, group_size)
+        ts, y0_shape = series_shapes(batch.ys, group_size)
         check_state_shapes(
             model, ts, y0_shape, self.args, strategy="MultipleShooting", call=call_model
         )

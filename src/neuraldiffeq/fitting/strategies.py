@@ -31,7 +31,7 @@ from .._checks import (
     check_batch_size,
     check_state_shapes,
     draw_minibatch,
-    state_of,
+    series_shapes,
 )
 from ..data import TimeSeries
 from .losses import l2, reduction_over_batch
@@ -197,7 +197,7 @@ class Trajectory(AbstractStrategy):
             times = self.batch_time
         else:
             check_batch_fits(self.batch_size, n_batch, "trajectories")
-        ts, y0 = state_of(batch.ys, times)
+        ts, y0 = series_shapes(batch.ys, times)
         check_state_shapes(model, ts, y0, self.args, strategy="Trajectory", call=call_model)
         return batch
 
