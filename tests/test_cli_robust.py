@@ -53,7 +53,7 @@ def test_unwritable_out_is_refused_before_fitting(tmp_path, capsys, monkeypatch)
     def no_write(path, data):
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr(outputs, "_write_bytes", no_write)
+    monkeypatch.setattr(outputs, "write_bytes_atomically", no_write)
     assert main(["fit", csv, "--time", "t", "--out", str(tmp_path / "o"), *FAST]) == 2
     assert "cannot write files there (Permission denied)" in one_line_error(capsys)
     assert fitted == []  # refused before any fitting

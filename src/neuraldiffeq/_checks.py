@@ -17,8 +17,8 @@ def as_array(x, dtype=None) -> jax.Array:
     """`jnp.asarray(x, dtype)` that compiles nothing for host data (NumPy arrays, lists).
 
     Why: `jnp.asarray` of a NumPy array runs a one-operation program (`stage`, and
-    `convert_element_type` for a cast) that is compiled for every new shape, ~10 ms each; a
-    first fit or solve called on fresh data paid for a dozen of them. Host data are cast in NumPy
+    `convert_element_type` for a cast) that is compiled for every new shape; a first fit or
+    solve called on fresh data paid for a dozen of them. Host data are cast in NumPy
     (to JAX's dtype for it: float32 unless float64 is on) and copied to the device instead. JAX
     arrays and tracers go through `jnp.asarray` as before.
 

@@ -52,9 +52,7 @@ whole solve abstractly; only the resulting shape is kept, so a failing check sti
 raises its message) and `cached_array` (deterministic results such as the datasets' reference
 solves; kept by value with a hash, recomputed if damaged).
 
-Measured near idle on the 2-core CPU (`benchmarks/startup.py`, spiral): the first `fit` call
-with a warm cache 0.31 s (1.88 s without this module), a cold one unchanged within noise
-(4.14 s vs 4.06 s), `neuraldiffeq demo spiral --steps 30` second run / first run 0.20 (0.49).
+What it saves is measured by `benchmarks/startup.py` (results in `benchmarks/RESULTS.md`).
 
 A cache entry is one file: a header (format, the key, the flat input and output avals, the
 output structure, and a hash of the module) followed by the serialised StableHLO module. Any
@@ -71,18 +69,20 @@ import enum
 import functools
 import hashlib
 import inspect
+import io
 import json
 import logging
 import os
 import struct
 import sys
-import tempfile
 import types
 from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+
+from .outputs import write_bytes_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -491,11 +491,7 @@ def save(path: Path, key: str, exported: jax.export.Exported, extra: dict) -> bo
         **extra,
     }
     blob = json.dumps(header).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as f:
-        f.write(_MAGIC + struct.pack("<Q", len(blob)) + blob + module)
-        temporary = f.name
-    os.replace(temporary, path)
+    _write(path, _MAGIC + struct.pack("<Q", len(blob)) + blob + module)
     return True
 
 
@@ -563,8 +559,8 @@ def load(path: Path, key: str, in_avals: list) -> tuple[jax.export.Exported, dic
 def eval_shape(fn, *inputs):
     """`jax.eval_shape(fn, *inputs)`, read from disk when the same check passed before.
 
-    The model checks of the strategies' `prepare` trace the whole solve abstractly (~0.5 s on
-    the spiral), every time, in every process. With JAX's compilation cache on, the result of a
+    The model checks of the strategies' `prepare` trace the whole solve abstractly, every time,
+    in every process. With JAX's compilation cache on, the result of a
     check whose output is one array is kept next to the exported steps, under the key of
     `fn` (arrays it captures by value: Python code may branch on them) and the inputs' avals.
     Only results are kept: a check that fails runs again, and raises its own error.
@@ -593,10 +589,7 @@ def eval_shape(fn, *inputs):
             np.dtype(out.dtype)  # an ordinary dtype (not a PRNG key)
             record = {"key": digest, "shape": list(out.shape), "dtype": str(out.dtype)}
             record["weak_type"] = bool(out.weak_type)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as f:
-                json.dump(record, f)
-            os.replace(f.name, path)
+            _write(path, json.dumps(record).encode())
         except (OSError, TypeError):
             pass
     return out
@@ -606,7 +599,7 @@ def lower_ahead(flat, exported: jax.export.Exported, leaves: list) -> None:
     """Lower `flat` (a `jax.jit` of `exported.call`) now, so that its first call reuses it.
 
     Why: lowering a call of an exported module first initialises the CPU's LAPACK handlers,
-    which imports SciPy (0.2-0.4 s here), in case the module calls LAPACK. A module without
+    which imports SciPy, in case the module calls LAPACK. A module without
     any custom call (an explicit solver's step) needs none of it, so then it is skipped.
     JAX's lowering cache keeps the result for the call that follows.
     """
@@ -647,23 +640,20 @@ def cached_array(fn, *args, **kwargs) -> np.ndarray:
             raw = path.read_bytes()
             payload = raw[32:]
             if hashlib.sha256(payload).digest() == raw[:32]:
-                import io
-
                 return np.load(io.BytesIO(payload), allow_pickle=False)
         except (OSError, ValueError):  # none yet, or damaged: recompute
             pass
     out = np.asarray(fn(*args, **kwargs))
     if path is not None and not out.dtype.hasobject:
-        import io
-
         buffer = io.BytesIO()
         np.save(buffer, out, allow_pickle=False)
         payload = buffer.getvalue()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as f:
-                f.write(hashlib.sha256(payload).digest() + payload)
-            os.replace(f.name, path)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            _write(path, hashlib.sha256(payload).digest() + payload)
     return out
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write a cache entry atomically: a reader sees no entry or the whole one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomically(os.fspath(path), data)

@@ -51,7 +51,7 @@ def prepare_out(out: str | os.PathLike) -> str:
         ) from None
     probe = os.path.join(out, f".neuraldiffeq-probe-{os.getpid()}")
     try:
-        _write_bytes(probe, b"probe")
+        write_bytes_atomically(probe, b"probe")
     except OSError as e:
         raise ValueError(
             f"--out {out!r}: cannot write files there ({_reason(e)}); choose a writable --out."
@@ -102,10 +102,11 @@ def write_json(path: str | os.PathLike, payload: Any) -> None:
         >>> write_json(path, {"x": float("inf")}); json.load(open(path))
         {'x': None}
     """
-    _write_bytes(os.fspath(path), (to_json(payload) + "\n").encode())
+    write_bytes_atomically(os.fspath(path), (to_json(payload) + "\n").encode())
 
 
-def _write_bytes(path: str, data: bytes) -> None:
+def write_bytes_atomically(path: str, data: bytes) -> None:
+    """Write `data` to `path`: a temporary file renamed over it (`replace_atomically`)."""
     tmp = f"{path}.tmp-{os.getpid()}"
     # mode 0o666 filtered by the umask, like any ordinary file (mkstemp would give 0600)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)

@@ -46,7 +46,7 @@ def replicate(tree, sharding: NamedSharding):
 
 def as_mesh(devices) -> Mesh | None:
     """`fit`'s `devices=` as a mesh (None: no mesh, today's single-device placement)."""
-    mesh = mesh_of(devices)
+    mesh = _mesh_of(devices)
     if jax.process_count() > 1:  # jax.distributed: every process feeds its devices of the mesh
         if mesh is None:
             raise ValueError(
@@ -66,7 +66,8 @@ def as_mesh(devices) -> Mesh | None:
     return mesh
 
 
-def mesh_of(devices) -> Mesh | None:
+def _mesh_of(devices) -> Mesh | None:
+    """`devices=` as a 1-D mesh over axis "batch" (validated); a given mesh as it is."""
     if devices is None or isinstance(devices, Mesh):
         return devices
     available = jax.device_count()
