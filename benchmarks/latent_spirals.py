@@ -114,7 +114,7 @@ def evaluate(model, test, kind):
 
 
 def plot(path, test, preds, samples, n_obs):
-    from neuraldiffeq.plotting import plt, save_figure
+    from neuraldiffeq.io.plotting import plt, save_figure
 
     fig, axes = plt.subplots(2, 4, figsize=(14, 7))
     ts = np.asarray(test.data.ts)

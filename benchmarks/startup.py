@@ -14,7 +14,7 @@
    and fit's bookkeeping), the callback stripping, lowering and XLA compilation.
 
 With the cache on, `fit` also keeps its traced step (jax.export) and its model checks next to
-the compiled programs (`neuraldiffeq._exported`), so a warm first call skips tracing as well as
+the compiled programs (`compilation.exported`), so a warm first call skips tracing as well as
 compiling; the demo also reads back its dataset's reference solve and its final evaluations.
 
 Every repeat uses a new, empty cache directory for its cold run. The first call with the cache
@@ -60,7 +60,7 @@ TRACE = """
 import time, statistics
 import equinox as eqx, jax, jax.numpy as jnp, numpy as np, optax
 import neuraldiffeq as nde
-from neuraldiffeq._cacheable import _strip_jaxpr
+from neuraldiffeq.compilation.cacheable import _strip_jaxpr
 from neuraldiffeq.fitting.fit import _make_steps, _StageRun
 from neuraldiffeq.fitting.stage import Stage
 data = nde.datasets.spiral()

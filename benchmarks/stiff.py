@@ -9,7 +9,7 @@ saving the state at t = 1e5 only, at two tolerance pairs (rtol/atol = 1e-6/1e-10
 - the same solve with diffrax's `PIDController(pcoeff=0.3, icoeff=0.4)` (the coefficients
   diffrax's documentation suggests for stiff problems) instead of the plain integral controller
   that `SolveConfig` builds: a diagnosis of the rejected steps, not what a model does today;
-- our `Radau5` (Radau IIA, order 5, `neuraldiffeq.solvers.dae`) with M = I, i.e. on the ODE
+- our `Radau5` (Radau IIA, order 5, `neuraldiffeq.solve.dae`) with M = I, i.e. on the ODE
   form, through `nde.SolveConfig` as well;
 - our mass-matrix `Radau5` on the DAE form of the same problem (0 = y1 + y2 + y3 - 1 in place
   of y3's equation), for its cost (scipy has no DAE solver to compare with);
@@ -38,7 +38,7 @@ import numpy as np
 from scipy.integrate import solve_ivp
 
 import neuraldiffeq as nde
-from neuraldiffeq.solvers.dae import Radau5
+from neuraldiffeq.solve.dae import Radau5
 
 K1, K2, K3 = 0.04, 3e7, 1e4
 Y0 = (1.0, 0.0, 0.0)
@@ -138,7 +138,7 @@ def compare(rtol, atol, repeats, error):
     for label, fn in (
         ("ours: kvaerno5 via nde.SolveConfig", ours),
         ("(diagnosis) kvaerno5, PIDController pcoeff 0.3 icoeff 0.4", ours_pid),
-        ("ours: radau5 (neuraldiffeq.solvers.dae.Radau5, M = I) via nde.SolveConfig", ours_radau),
+        ("ours: radau5 (neuraldiffeq.solve.dae.Radau5, M = I) via nde.SolveConfig", ours_radau),
         ("ours: radau5 on the DAE form (mass matrix diag(1, 1, 0))", ours_dae),
     ):
         compile_start = time.perf_counter()

@@ -236,14 +236,14 @@ def _strip(ax, images: np.ndarray, title: str, cols: int = 8) -> None:
 
 
 def plt_module():
-    from neuraldiffeq.plotting import plt
+    from neuraldiffeq.io.plotting import plt
 
     return plt
 
 
 def plot(path: str, models: dict, test: np.ndarray, rows: list[dict], args, n: int = 16) -> None:
     """Held-out digits, each posterior's reconstructions and prior samples, and the table."""
-    from neuraldiffeq.plotting import save_figure
+    from neuraldiffeq.io.plotting import save_figure
 
     plt = plt_module()
     x = jnp.asarray(test[:n])

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optax  # noqa: E402
 
 import neuraldiffeq as nde  # noqa: E402
-from neuraldiffeq.plotting import save_figure  # noqa: E402
+from neuraldiffeq.io.plotting import save_figure  # noqa: E402
 
 
 def cube(y):

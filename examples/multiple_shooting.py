@@ -24,7 +24,7 @@ import optax  # noqa: E402
 
 import neuraldiffeq as nde  # noqa: E402
 from neuraldiffeq.fitting.shooting import segment_ranges  # noqa: E402
-from neuraldiffeq.plotting import save_figure  # noqa: E402
+from neuraldiffeq.io.plotting import save_figure  # noqa: E402
 
 
 def cube(y):

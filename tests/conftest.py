@@ -46,20 +46,20 @@ def pytest_configure(config):
     flags = os.environ.get("XLA_FLAGS", "")
     if not any(f.split("=")[0] in flags for f in FAST_COMPILE.split()):
         os.environ["XLA_FLAGS"] = f"{flags} {FAST_COMPILE}".strip()
-    from neuraldiffeq.cache import CACHE_DIR_VARIABLE, enable_compilation_cache
+    from neuraldiffeq.compilation.persistent import CACHE_DIR_VARIABLE, enable_compilation_cache
 
     if not os.environ.get(CACHE_DIR_VARIABLE):
         cache = getattr(config, "cache", None)  # None under `-p no:cacheprovider`
         folder = cache.mkdir("jax-compilation") if cache else tempfile.mkdtemp(prefix="nde-jax-")
         os.environ[CACHE_DIR_VARIABLE] = str(folder)
     enable_compilation_cache(os.environ[CACHE_DIR_VARIABLE])
-    # ...but fit's exported-step cache (`neuraldiffeq._exported`) stays off in this process:
+    # ...but fit's exported-step cache (`compilation.exported`) stays off in this process:
     # exporting every distinct step cost 12% more CPU on a cold run (test_fit + test_shooting:
     # 51.6 vs 58.5 s) and the suite rarely fits the same step twice. test_exported.py turns it
     # on per test; subprocesses (test_startup's two-process run, the CLI tests) use it as users do.
-    import neuraldiffeq._exported
+    import neuraldiffeq.compilation.exported
 
-    neuraldiffeq._exported.directory = lambda: None
+    neuraldiffeq.compilation.exported.directory = lambda: None
 
 
 @contextlib.contextmanager

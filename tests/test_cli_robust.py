@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import neuraldiffeq as nde
-from neuraldiffeq import outputs, series
 from neuraldiffeq.cli import main
+from neuraldiffeq.fitting import series
+from neuraldiffeq.io import outputs
 
 TINY = ["--hidden", "4", "--depth", "1", "--steps", "3", "--lbfgs-steps", "0", "--no-progress"]
 FAST = [*TINY, "--strategy", "trajectory"]  # one stage, one compilation
@@ -80,7 +81,7 @@ def test_model_goes_to_a_temp_folder_when_out_breaks_mid_fit(tmp_path, capsys, m
 
 
 def test_model_is_written_before_metrics_and_plots(tmp_path, capsys, monkeypatch):
-    import neuraldiffeq.plotting as plotting
+    import neuraldiffeq.io.plotting as plotting
 
     def no_plot(fig, path):
         raise OSError(28, "No space left on device", path)
@@ -170,7 +171,7 @@ def test_version_and_help_show_defaults_without_importing_the_commands():
         "        except SystemExit as e: assert e.code == 0, e.code\n"
         "    print(f.getvalue())\n"
         "loaded = [m for m in sys.modules if m.startswith(('neuraldiffeq.demos.', "
-        "'neuraldiffeq.commands.', 'neuraldiffeq.series', 'matplotlib'))]\n"
+        "'neuraldiffeq.commands.', 'neuraldiffeq.fitting.series', 'matplotlib'))]\n"
         "print('LOADED', loaded)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -1,4 +1,4 @@
-"""Mass-matrix DAEs (`nde.NeuralODEMM`, `neuraldiffeq.solvers.dae.Radau5`): Robertson's kinetics in
+"""Mass-matrix DAEs (`nde.NeuralODEMM`, `neuraldiffeq.solve.dae.Radau5`): Robertson's kinetics in
 DAE form against scipy's Radau on the ODE form, conservation, gradients against float64 central
 finite differences, consistent initial states, refusals, and a tiny fit through `nde.fit`."""
 
@@ -11,7 +11,7 @@ import pytest
 from scipy.integrate import solve_ivp
 
 import neuraldiffeq as nde
-from neuraldiffeq.solvers.dae import Radau5, algebraic_residual
+from neuraldiffeq.solve.dae import Radau5, algebraic_residual
 
 RATES = (0.04, 3e7, 1e4)
 

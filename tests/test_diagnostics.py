@@ -11,7 +11,7 @@ import pytest
 
 import neuraldiffeq as nde
 from neuraldiffeq.fitting.diagnostics import describe_optimizer, divergence_warning
-from neuraldiffeq.plotting import plot_fit, stage_spans
+from neuraldiffeq.io.plotting import plot_fit, stage_spans
 
 
 def spiral_model():

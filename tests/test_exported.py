@@ -13,8 +13,8 @@ import optax
 import pytest
 
 import neuraldiffeq as nde
-from neuraldiffeq import _exported
-from neuraldiffeq._cacheable import cacheable_jit
+from neuraldiffeq.compilation import exported as _exported
+from neuraldiffeq.compilation.cacheable import cacheable_jit
 from neuraldiffeq.fitting.fit import _make_steps
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")

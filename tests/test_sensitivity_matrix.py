@@ -391,11 +391,13 @@ def test_controller_built_in_one_place():
                 name = getattr(node.func, "attr", getattr(node.func, "id", None))
                 if name in builders:
                     places.setdefault(name, set()).add(str(path.relative_to(src)))
-    # solve_dde clips the one controller to step onto the delay discontinuities
+    # solve_dde clips the one controller to step onto the delay discontinuities; the stiffness
+    # estimate's probe is a fixed explicit solve of its own (tsit5, PROBE_STEPS steps), on purpose
+    # not the user's configuration, whose solver is the very thing being chosen
     assert places == {
-        "PIDController": {"solve_config.py"},
-        "ConstantStepSize": {"solve_config.py"},
-        "ClipStepSizeController": {"solvers/dde.py"},
+        "PIDController": {"solve/config.py", "solve/stiffness.py"},
+        "ConstantStepSize": {"solve/config.py"},
+        "ClipStepSizeController": {"solve/dde.py"},
     }, places
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import neuraldiffeq as nde
-from neuraldiffeq import serialisation
+from neuraldiffeq.io import model_files as serialisation
 
 KEY = jax.random.key(3)
 

@@ -116,7 +116,7 @@ def test_previous_format_file_with_payload_is_refused_and_never_runs(tmp_path):
 
 
 def test_previous_format_file_reads_with_like_or_trusted(tmp_path):
-    from neuraldiffeq.serialisation import _ArraySpec
+    from neuraldiffeq.io.model_files import _ArraySpec
 
     model = lambda_model()  # format 1 pickled everything, lambdas included
     skeleton = jax.tree_util.tree_map(
@@ -143,8 +143,8 @@ def test_previous_format_file_reads_with_like_or_trusted(tmp_path):
         ({"t": "class", "ref": "neuraldiffeq.__main__:main"}, "never imported"),
         ({"t": "class", "ref": "neuraldiffeq.cli:main"}, "never imported"),
         # allowed packages, but not an allowed kind of object
-        ({"t": "function", "ref": "neuraldiffeq.outputs:write_json"}, "outside the allowed"),
-        ({"t": "function", "ref": "neuraldiffeq.serialisation:save"}, "outside the allowed"),
+        ({"t": "function", "ref": "neuraldiffeq.io.outputs:write_json"}, "outside the allowed"),
+        ({"t": "function", "ref": "neuraldiffeq.io.model_files:save"}, "outside the allowed"),
         ({"t": "function", "ref": "neuraldiffeq.models.ode:jnp"}, "not an allowed function"),
         ({"t": "function", "ref": "neuraldiffeq.models.ode:resolve_sensitivity"}, "elsewhere"),
         ({"t": "constant", "ref": "neuraldiffeq.demos.spiral:os"}, "not an allowed constant"),
@@ -152,7 +152,7 @@ def test_previous_format_file_reads_with_like_or_trusted(tmp_path):
         ({"t": "class", "ref": "neuraldiffeq.models.ode:NoSuchClass"}, "absent from this"),
         ({"t": "module", "class": "neuraldiffeq.models.ode:NeuralODE", "fields": {}}, "fields"),
         (
-            {"t": "module", "class": "neuraldiffeq.series:Normaliser", "fields": {}},
+            {"t": "module", "class": "neuraldiffeq.fitting.series:Normaliser", "fields": {}},
             "not an equinox module",
         ),
         ({"t": "class", "ref": "neuraldiffeq.models.ode:NeuralODE.__init__"}, "bad reference"),

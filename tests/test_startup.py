@@ -16,7 +16,7 @@ import optax
 import pytest
 
 import neuraldiffeq as nde
-from neuraldiffeq._cacheable import cacheable_jit, error_callbacks
+from neuraldiffeq.compilation.cacheable import cacheable_jit, error_callbacks
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -69,7 +69,7 @@ def test_cacheable_jit_removes_error_callbacks_and_keeps_the_values():
 
 def test_one_trace_per_stage(monkeypatch):
     # traced here, not read back from the exported-step cache (which a previous run filled)
-    monkeypatch.setattr("neuraldiffeq._exported.directory", lambda: None)
+    monkeypatch.setattr("neuraldiffeq.compilation.exported.directory", lambda: None)
     TRACES.clear()
     stages = [
         nde.Stage(Counted(), optax.adam(0.1), steps=40),
@@ -159,7 +159,7 @@ _SPIRAL_FIT = textwrap.dedent(
     logger.addHandler(Log())
     import equinox as eqx, jax, jax.numpy as jnp, optax
     import neuraldiffeq as nde
-    from neuraldiffeq import _cacheable
+    from neuraldiffeq.compilation import cacheable as _cacheable
 
     steps = []  # fit's compiled steps: traced here, or read back from the exported-step cache
     init = _cacheable.cacheable_jit.__init__

@@ -13,13 +13,13 @@ import pytest
 
 import neuraldiffeq as nde
 from neuraldiffeq.datasets.synthetic import spiral_field
-from neuraldiffeq.solvers import implicit_solver
-from neuraldiffeq.solvers.stiffness import (
+from neuraldiffeq.fitting.solver_choice import resolve_for_fit
+from neuraldiffeq.solve import implicit_solver
+from neuraldiffeq.solve.stiffness import (
     EXPLICIT,
     IMPLICIT,
     STIFF_FACTOR,
     estimate_stiffness,
-    resolve_for_fit,
     spectral_radius,
 )
 

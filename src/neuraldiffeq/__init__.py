@@ -14,18 +14,18 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # public name -> the module that defines it, grouped by topic; a name equal to its module's last
 # part is that module itself (e.g. `nde.datasets`)
 _PUBLIC: dict[str, str] = {
     # data
-    "TimeSeries": ".data",
+    "TimeSeries": ".io",
     "datasets": ".datasets",
-    "transforms": ".transforms",
+    "transforms": ".models.transforms",
     # models and their solve configuration
-    "SolveConfig": ".solve_config",
-    "solvers": ".solvers",
+    "SolveConfig": ".solve",
+    "solvers": ".solve",
     "NeuralODE": ".models",
     "autonomous": ".models",
     "Autonomous": ".models",
@@ -33,33 +33,33 @@ _PUBLIC: dict[str, str] = {
     "ODEBlock": ".models",
     "NeuralSDE": ".models",
     "NeuralDDE": ".models",
-    "solve_dde": ".solvers",
-    "DDESolution": ".solvers",
-    "FFJORD": ".models.cnf",
-    "CNFStats": ".models.cnf",
-    "ConcatSquashLinear": ".models.concat_squash",
-    "ConcatSquashMLP": ".models.concat_squash",
-    "ConcatSquashConv": ".models.concat_squash",
-    "ConcatSquashConvNet": ".models.concat_squash",
+    "solve_dde": ".solve",
+    "DDESolution": ".solve",
+    "FFJORD": ".models",
+    "CNFStats": ".models",
+    "ConcatSquashLinear": ".models",
+    "ConcatSquashMLP": ".models",
+    "ConcatSquashConv": ".models",
+    "ConcatSquashConvNet": ".models",
     "LatentODE": ".models",
-    "NeuralODEMM": ".models.odemm",
-    "HamiltonianNN": ".models.hamiltonian",
-    "SeparableHamiltonian": ".models.hamiltonian",
-    "SecondOrderNeuralODE": ".models.second_order",
-    "NeuralCDE": ".models.cde",
-    "Interpolation": ".interpolation",
-    "interpolation_coeffs": ".interpolation",
+    "NeuralODEMM": ".models",
+    "HamiltonianNN": ".models",
+    "SeparableHamiltonian": ".models",
+    "SecondOrderNeuralODE": ".models",
+    "NeuralCDE": ".models",
+    "Interpolation": ".solve",
+    "interpolation_coeffs": ".solve",
     "LatentSDE": ".models",
-    "VAE": ".models.vae",
-    "PlanarFlow": ".models.vae",
+    "VAE": ".models",
+    "PlanarFlow": ".models",
     # sensitivities
-    "AbstractSensitivity": ".sensitivity",
-    "Direct": ".sensitivity",
-    "Backsolve": ".sensitivity",
-    "Forward": ".sensitivity",
-    "Interpolating": ".sensitivity",
-    "Quadrature": ".sensitivity",
-    "resolve_sensitivity": ".sensitivity",
+    "AbstractSensitivity": ".solve",
+    "Direct": ".solve",
+    "Backsolve": ".solve",
+    "Forward": ".solve",
+    "Interpolating": ".solve",
+    "Quadrature": ".solve",
+    "resolve_sensitivity": ".solve",
     # fitting
     "fit": ".fitting",
     "Stage": ".fitting",
@@ -73,19 +73,22 @@ _PUBLIC: dict[str, str] = {
     "Collocation": ".fitting",
     "collocate": ".fitting",
     "MomentMatching": ".fitting",
-    "MaximumLikelihood": ".fitting.likelihood",
+    "MaximumLikelihood": ".fitting",
     "ELBO": ".fitting",
-    "Classification": ".fitting.supervised",
-    "Regression": ".fitting.supervised",
+    "Classification": ".fitting",
+    "Regression": ".fitting",
     "losses": ".fitting",
-    "compiler_options": "._compile",
+    "compiler_options": ".compilation",
     # files
-    "save": ".serialisation",
-    "load": ".serialisation",
+    "save": ".io",
+    "load": ".io",
     # compilation cache
-    "enable_compilation_cache": ".cache",
-    "default_cache_dir": ".cache",
+    "enable_compilation_cache": ".compilation",
+    "default_cache_dir": ".compilation",
 }
+
+#: public names that are modules under another name (`nde.solvers` is the solve layer)
+_MODULES = ("solvers",)
 
 __all__ = list(_PUBLIC)
 
@@ -95,7 +98,11 @@ def __getattr__(name: str) -> Any:
     if module_name is None:
         raise AttributeError(f"module 'neuraldiffeq' has no attribute {name!r}")
     module = importlib.import_module(module_name, __name__)
-    value = module if module_name.rsplit(".", 1)[-1] == name else getattr(module, name)
+    value = (
+        module
+        if module_name.rsplit(".", 1)[-1] == name or name in _MODULES
+        else getattr(module, name)
+    )
     globals()[name] = value  # later look-ups skip __getattr__
     return value
 
@@ -105,10 +112,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe reads these)
-    from . import datasets, solvers, transforms
-    from ._compile import compiler_options
-    from .cache import default_cache_dir, enable_compilation_cache
-    from .data import TimeSeries
+    from . import datasets
+    from . import solve as solvers
+    from .compilation.options import compiler_options
+    from .compilation.persistent import default_cache_dir, enable_compilation_cache
     from .fitting import (
         ELBO,
         PRESETS,
@@ -127,7 +134,8 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
     )
     from .fitting.likelihood import MaximumLikelihood
     from .fitting.supervised import Classification, Regression
-    from .interpolation import Interpolation, interpolation_coeffs
+    from .io.model_files import load, save
+    from .io.timeseries import TimeSeries
     from .models import (
         AugmentedNeuralODE,
         Autonomous,
@@ -138,6 +146,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
         NeuralSDE,
         ODEBlock,
         autonomous,
+        transforms,
     )
     from .models.cde import NeuralCDE
     from .models.cnf import FFJORD, CNFStats
@@ -151,7 +160,10 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
     from .models.odemm import NeuralODEMM
     from .models.second_order import SecondOrderNeuralODE
     from .models.vae import VAE, PlanarFlow
-    from .sensitivity import (
+    from .solve import DDESolution, solve_dde
+    from .solve.config import SolveConfig
+    from .solve.interpolation import Interpolation, interpolation_coeffs
+    from .solve.sensitivity import (
         AbstractSensitivity,
         Backsolve,
         Direct,
@@ -160,6 +172,3 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
         Quadrature,
         resolve_sensitivity,
     )
-    from .serialisation import load, save
-    from .solve_config import SolveConfig
-    from .solvers import DDESolution, solve_dde

@@ -91,11 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     from .fitting.fit import FitFailure
-    from .outputs import Interrupted, OutputError
+    from .io.outputs import Interrupted, OutputError
 
     try:
         if args.cache:
-            from .cache import enable_compilation_cache
+            from .compilation.persistent import enable_compilation_cache
 
             enable_compilation_cache()
         args.handler(args)

@@ -115,7 +115,7 @@ def parse_holdout(holdout: float | None, n_times: int) -> int:
 
 def read_csv(path: str, time_col: str, columns: Sequence[str] | None):
     """`TimeSeries.from_csv` with CLI-friendly messages."""
-    from ..data import TimeSeries
+    from ..io.timeseries import TimeSeries
 
     if not os.path.isfile(path):
         raise ValueError(f"data file {path!r} does not exist.")
@@ -145,8 +145,8 @@ def build_stages(strategy: str, steps: int, lbfgs_steps: int, group_size: int | 
     """The preset's stages, with `group_size` given to its multiple shooting."""
     import dataclasses
 
+    from ..fitting.presets import PRESETS
     from ..fitting.shooting import MultipleShooting
-    from ..fitting.strategies import PRESETS
 
     preset = STRATEGIES[strategy]
     extra = {} if preset == "collocation" else {"lbfgs_steps": lbfgs_steps}
@@ -169,8 +169,8 @@ def build_stages(strategy: str, steps: int, lbfgs_steps: int, group_size: int | 
 
 
 def run(args: argparse.Namespace) -> dict:
-    from ..outputs import Interrupted, prepare_out
-    from ..series import fit_series
+    from ..fitting.series import fit_series
+    from ..io.outputs import Interrupted, prepare_out
 
     if getattr(args, "devices", None) is not None and args.devices < 1:
         raise ValueError(f"--devices must be at least 1, got {args.devices}.")
@@ -222,7 +222,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _state_columns(path: str, time_col: str) -> list[str]:
-    from ..data import _read_csv
+    from ..io.timeseries import _read_csv
 
     header, _, _ = _read_csv(path)
     return [c for c in header if c != time_col]

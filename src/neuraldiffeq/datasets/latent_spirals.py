@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from ..data import TimeSeries
+from ..io.timeseries import TimeSeries
 
 
 class Spirals(NamedTuple):

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..data import TimeSeries
-from ..solve_config import SolveConfig
+from ..io.timeseries import TimeSeries
+from ..solve.config import SolveConfig
 
 #: Drift coefficients (sigma, rho, beta) and multiplicative noise scales of the paper's set.
 LORENZ_DRIFT = (10.0, 28.0, 8.0 / 3.0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from ..data import TimeSeries
+from ..io.timeseries import TimeSeries
 
 #: Hudson's Bay Company lynx and hare pelts (thousands), 1900-1920; see the file header.
 LYNX_HARE_CSV = str(resources.files(__package__) / "data" / "hudson_bay_lynx_hare.csv")

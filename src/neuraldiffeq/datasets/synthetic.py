@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..data import TimeSeries
-from ..solve_config import SolveConfig
+from ..io.timeseries import TimeSeries
+from ..solve.config import SolveConfig
 
 SPIRAL_MATRIX = np.array([[-0.1, 2.0], [-2.0, -0.1]])
 
@@ -46,9 +46,9 @@ def _reference_solve(
     field, ts, y0, args=None, *, solver="dopri8", rtol=1e-8, atol=1e-10
 ) -> np.ndarray:
     """A tight-tolerance (default dopri8, rtol 1e-8) solve in float64 where available; with the
-    compilation cache on, its result is kept on disk (`neuraldiffeq._exported.cached_array`),
+    compilation cache on, its result is kept on disk (`compilation.exported.cached_array`),
     since tracing the solve costs most of a dataset's construction in every new process."""
-    from .._exported import cached_array
+    from ..compilation.exported import cached_array
 
     kwargs = {"solver": solver, "rtol": rtol, "atol": atol}
     return cached_array(_solve_reference, field, ts, y0, args, **kwargs)

@@ -2,8 +2,8 @@
 
 To add a demo, write the module and register it here with its one-line summary (the CLI lists
 the demos from this table without importing them). Demos write their outputs through
-`neuraldiffeq.outputs` (model first, then metrics, then plots) and share nothing with
-`neuraldiffeq.commands`: what both need lives in the library (`neuraldiffeq.series`).
+`neuraldiffeq.io.outputs` (model first, then metrics, then plots) and share nothing with
+`neuraldiffeq.commands`: what both need lives in the library (`neuraldiffeq.fitting.series`).
 """
 
 #: name -> (module, one-line summary)

@@ -21,8 +21,8 @@ import optax
 
 import neuraldiffeq as nde
 
-from ..outputs import prepare_out, stop_if_interrupted, write_outputs
-from ..plotting import plot_losses, plt, save_figure, stage_spans
+from ..io.outputs import prepare_out, stop_if_interrupted, write_outputs
+from ..io.plotting import plot_losses, plt, save_figure, stage_spans
 
 
 def spiral_data(n: int = 128, n_times: int = 100, drop: float = 0.3, key: int = 0):

@@ -25,7 +25,7 @@ import numpy as np
 import neuraldiffeq as nde
 
 from ..datasets.synthetic import robertson_reactions
-from ..outputs import prepare_out, stop_if_interrupted, write_outputs
+from ..io.outputs import prepare_out, stop_if_interrupted, write_outputs
 from .stiff import (
     START_FACTORS,
     TRUE_RATES,

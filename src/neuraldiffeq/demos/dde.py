@@ -21,8 +21,8 @@ import optax
 import neuraldiffeq as nde
 
 from .._checks import count_params
-from ..outputs import prepare_out, stop_if_interrupted, write_outputs
-from ..plotting import plt, save_figure
+from ..io.outputs import prepare_out, stop_if_interrupted, write_outputs
+from ..io.plotting import plt, save_figure
 
 RATE, LAG, T1, N_POINTS = 1.8, 1.0, 15.0, 61
 

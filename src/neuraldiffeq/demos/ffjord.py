@@ -12,9 +12,9 @@ import optax
 
 import neuraldiffeq as nde
 
+from ..io.outputs import prepare_out, stop_if_interrupted, write_outputs
+from ..io.plotting import plt, save_figure
 from ..models.cnf import batched_log_prob, mean_nll
-from ..outputs import prepare_out, stop_if_interrupted, write_outputs
-from ..plotting import plt, save_figure
 
 #: FFJORD's plotting window for the toy densities.
 LOW, HIGH = -4.0, 4.0

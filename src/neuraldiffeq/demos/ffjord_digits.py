@@ -33,10 +33,10 @@ import optax
 
 import neuraldiffeq as nde
 
-from .._compile import compiler_options
+from ..compilation.options import compiler_options
+from ..io.outputs import prepare_out, stop_if_interrupted, write_outputs
+from ..io.plotting import plt, save_figure
 from ..models.cnf import mean_nll
-from ..outputs import prepare_out, stop_if_interrupted, write_outputs
-from ..plotting import plt, save_figure
 
 #: the logit transform's margin (RealNVP's value for natural images)
 ALPHA = 0.05

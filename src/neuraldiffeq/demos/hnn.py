@@ -21,7 +21,7 @@ import optax
 import neuraldiffeq as nde
 
 from .._checks import count_params
-from ..outputs import prepare_out, stop_if_interrupted, write_outputs
+from ..io.outputs import prepare_out, stop_if_interrupted, write_outputs
 
 #: The two systems of Greydanus et al. (m = l = k = 1, pendulum g = 3): their energy, the radius
 #: of the training initial states in the (q, p) plane, and the rollout's initial state.
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _plot(path, rollouts, datasets, metrics, args):
-    from ..plotting import plt, save_figure
+    from ..io.plotting import plt, save_figure
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     colors = {"hnn": "tab:blue", "plain": "tab:red"}

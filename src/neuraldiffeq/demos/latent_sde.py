@@ -21,8 +21,8 @@ import optax
 
 import neuraldiffeq as nde
 
-from ..outputs import prepare_out, stop_if_interrupted, write_outputs
-from ..plotting import plt, save_figure
+from ..io.outputs import prepare_out, stop_if_interrupted, write_outputs
+from ..io.plotting import plt, save_figure
 
 KL_WEIGHTS = (0.2, 0.6, 1.0)
 

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 
 import neuraldiffeq as nde
 
-from ..outputs import prepare_out, stop_if_interrupted, write_outputs
-from ..series import fit_series
+from ..fitting.series import fit_series
+from ..io.outputs import prepare_out, stop_if_interrupted, write_outputs
 
 
 class LotkaVolterraUDE(eqx.Module):

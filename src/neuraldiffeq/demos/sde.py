@@ -19,8 +19,8 @@ import optax
 
 import neuraldiffeq as nde
 
-from ..outputs import prepare_out, stop_if_interrupted, write_outputs
-from ..plotting import plot_losses, plt, save_figure, stage_spans
+from ..io.outputs import prepare_out, stop_if_interrupted, write_outputs
+from ..io.plotting import plot_losses, plt, save_figure, stage_spans
 
 TRUE_A = jnp.array([[-0.1, 2.0], [-2.0, -0.1]])
 U0 = jnp.array([2.0, 0.0])

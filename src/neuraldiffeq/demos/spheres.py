@@ -14,7 +14,7 @@ import neuraldiffeq as nde
 
 from .._checks import count_nfe
 from ..fitting.strategies import AbstractStrategy
-from ..outputs import prepare_out, stop_if_interrupted, write_outputs
+from ..io.outputs import prepare_out, stop_if_interrupted, write_outputs
 
 
 def concentric_spheres(
@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _plot(path, x, labels, models, results):
-    from ..plotting import plt, save_figure
+    from ..io.plotting import plt, save_figure
 
     colors = np.where(np.asarray(labels) > 0, "tab:orange", "tab:blue")
     sub = np.random.default_rng(0).permutation(len(x))[:1500]

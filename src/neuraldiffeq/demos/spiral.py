@@ -11,9 +11,9 @@ import optax
 
 import neuraldiffeq as nde
 
-from .._cacheable import cacheable_jit
-from ..outputs import prepare_out, stop_if_interrupted, write_outputs
-from ..plotting import plot_fit
+from ..compilation.cacheable import cacheable_jit
+from ..io.outputs import prepare_out, stop_if_interrupted, write_outputs
+from ..io.plotting import plot_fit
 
 cube = nde.transforms.cube  # a named function: the saved model loads safely
 

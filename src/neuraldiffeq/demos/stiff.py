@@ -39,8 +39,8 @@ import optax
 import neuraldiffeq as nde
 
 from ..datasets.synthetic import ROBERTSON_RATES, ROBERTSON_Y0, robertson_field
-from ..outputs import prepare_out, stop_if_interrupted, write_outputs
-from ..solvers.stiffness import estimate_stiffness
+from ..io.outputs import prepare_out, stop_if_interrupted, write_outputs
+from ..solve.stiffness import estimate_stiffness
 
 TRUE_RATES = ROBERTSON_RATES
 #: the wrong start: each true rate times these factors

@@ -6,14 +6,17 @@ from .elbo import ELBO
 from .fit import FitFailure, FitResult, fit
 from .likelihood import MaximumLikelihood
 from .moments import MomentMatching
+from .presets import PRESETS
 from .shooting import MultipleShooting, SegmentStates, segment_ranges
 from .stage import Stage
-from .strategies import PRESETS, AbstractStrategy, Trajectory
+from .strategies import AbstractStrategy, Trajectory
+from .supervised import Classification, Regression
 
 __all__ = [
     "KERNELS",
     "PRESETS",
     "AbstractStrategy",
+    "Classification",
     "Collocation",
     "ELBO",
     "FitFailure",
@@ -21,6 +24,7 @@ __all__ = [
     "MaximumLikelihood",
     "MomentMatching",
     "MultipleShooting",
+    "Regression",
     "SegmentStates",
     "Stage",
     "Trajectory",

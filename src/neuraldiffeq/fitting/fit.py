@@ -19,12 +19,12 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from .._cacheable import cacheable_jit
-from ..solvers.stiffness import resolve_for_fit
+from ..compilation.cacheable import cacheable_jit
 from . import checkpoint as _ckpt
 from .devices import as_mesh, per_device_value_and_grad, replicate, shard
 from .diagnostics import diagnose
 from .presets import PRESETS
+from .solver_choice import resolve_for_fit
 from .stage import Stage
 from .strategies import AbstractStrategy
 

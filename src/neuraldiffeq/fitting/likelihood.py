@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_batch_fits, check_batch_size, draw_minibatch, eval_shape_or_raise
-from .._compile import compiler_options as cpu_compiler_options
+from ..compilation.options import compiler_options as cpu_compiler_options
 from .strategies import AbstractStrategy
 
 

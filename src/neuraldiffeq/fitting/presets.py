@@ -33,6 +33,7 @@ The presets:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ import optax
 from .collocation import Collocation, collocate
 from .shooting import MultipleShooting
 from .stage import Stage
-from .strategies import PRESETS, Trajectory, as_timeseries
+from .strategies import Trajectory, as_timeseries
 
 logger = logging.getLogger(__name__)
 
@@ -238,12 +239,13 @@ def collocation(
     return [_collocation(optimizer, steps, steps_per_call)]
 
 
-PRESETS.update(
-    {
-        "auto": auto,
-        "mixed": mixed,
-        "trajectory": trajectory,
-        "shooting": shooting,
-        "collocation": collocation,
-    }
-)
+#: The preset registry, explicit: name -> function(optimizer=None, steps=None, data=None, ...)
+#: returning a list of `Stage`s (what `fit(model, data, "name")` runs). Add an entry to offer
+#: another preset by name.
+PRESETS: dict[str, Callable[..., list[Stage]]] = {
+    "auto": auto,
+    "mixed": mixed,
+    "trajectory": trajectory,
+    "shooting": shooting,
+    "collocation": collocation,
+}

@@ -33,11 +33,8 @@ from .._checks import (
     draw_minibatch,
     series_shapes,
 )
-from ..data import TimeSeries
+from ..io.timeseries import TimeSeries
 from .losses import l2, reduction_over_batch
-
-#: name -> function(optimizer, steps) returning a list of `Stage`s; see `fit`.
-PRESETS: dict[str, Callable[..., list]] = {}
 
 
 class AbstractStrategy(eqx.Module):

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 
 from .._checks import check_batch_fits, check_batch_size, draw_minibatch, eval_shape_or_raise
-from ..data import TimeSeries
+from ..io.timeseries import TimeSeries
 from .losses import mse
 from .strategies import AbstractStrategy
 

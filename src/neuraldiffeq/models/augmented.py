@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..sensitivity import AbstractSensitivity
-from ..solve_config import SolveConfig, build_config, shortcuts
+from ..solve.config import SolveConfig, build_config, shortcuts
+from ..solve.sensitivity import AbstractSensitivity
 from .ode import ODE_DEFAULTS, NeuralODE
 
 

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_sizes, count_params, strong_floats
-from ..interpolation import KINDS, Interpolation, interpolation_coeffs
-from ..sensitivity import AbstractSensitivity, Quadrature, resolve_sensitivity
-from ..solve_config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
+from ..solve.config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
+from ..solve.interpolation import KINDS, Interpolation, interpolation_coeffs
+from ..solve.sensitivity import AbstractSensitivity, Quadrature, resolve_sensitivity
 from .ode import ODE_DEFAULTS
 
 OUTPUTS = ("final", "sequence")

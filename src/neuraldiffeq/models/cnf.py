@@ -26,9 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_positive, count_nfe, is_concrete
-from .._compile import compiler_options
-from ..sensitivity import AbstractSensitivity, Direct
-from ..solve_config import (
+from ..compilation.options import compiler_options
+from ..solve.config import (
     FAILED,
     SHORTCUTS,
     HasSolveConfig,
@@ -37,6 +36,7 @@ from ..solve_config import (
     on_failure,
     shortcuts,
 )
+from ..solve.sensitivity import AbstractSensitivity, Direct
 
 #: FFJORD's solve defaults (the FFJORD paper's).
 FFJORD_DEFAULTS = dict(solver="dopri5", rtol=1e-5, atol=1e-5, max_steps=4096, sensitivity="direct")
@@ -155,7 +155,7 @@ class FFJORD(HasSolveConfig):
             (one VJP per evaluation with a probe fixed over the solve).
         probe: Hutchinson's probe, `"rademacher"` (lower variance) or `"gaussian"`.
         solver, rtol, atol, dt0, max_steps, sensitivity, config: the solve settings, as in
-            `nde.NeuralODE` (one `nde.SolveConfig`; see `neuraldiffeq.solve_config` for the
+            `nde.NeuralODE` (one `nde.SolveConfig`; see `neuraldiffeq.solve.config` for the
             step-size rule). Defaults (FFJORD's): `"dopri5"`, rtol = atol = 1e-5, max_steps 4096,
             `nde.Direct()`. With `train_t1=True` the solve runs in s = t / t1 over [0, 1], so
             `dt0` is a fraction of t1. Every sensitivity applies to the augmented state (samples
@@ -174,7 +174,7 @@ class FFJORD(HasSolveConfig):
 
     A failed solve (e.g. `max_steps` reached) gives a log-density of `-inf` (the loss, its
     negative, is `inf`, so `nde.fit` skips the step) and `inf` from `forward`, `inverse` and
-    `sample` (`neuraldiffeq.solve_config.on_failure`).
+    `sample` (`neuraldiffeq.solve.config.on_failure`).
 
     Example:
         >>> import jax, jax.numpy as jnp, neuraldiffeq as nde

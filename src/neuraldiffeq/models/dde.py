@@ -11,9 +11,9 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import solve_inputs
-from ..sensitivity import AbstractSensitivity
-from ..solve_config import HasSolveConfig, SolveConfig, shortcuts
-from ..solvers.dde import _check_lags, _dde_config, solve_dde
+from ..solve.config import HasSolveConfig, SolveConfig, shortcuts
+from ..solve.dde import _check_lags, _dde_config, solve_dde
+from ..solve.sensitivity import AbstractSensitivity
 
 #: NeuralDDE's solve defaults.
 NEURAL_DDE_DEFAULTS = dict(

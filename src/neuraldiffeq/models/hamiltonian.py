@@ -26,9 +26,9 @@ import jax.numpy as jnp
 from equinox.internal import ω
 
 from .._checks import count_params, solve_inputs
-from ..sensitivity import AbstractSensitivity, Direct, Forward, resolve_sensitivity
-from ..solve_config import SolveConfig, build_config, on_failure, shortcuts
-from ..solvers.names import ODE_SOLVERS
+from ..solve.config import SolveConfig, build_config, on_failure, shortcuts
+from ..solve.names import ODE_SOLVERS
+from ..solve.sensitivity import AbstractSensitivity, Direct, Forward, resolve_sensitivity
 from .ode import ODE_DEFAULTS, NeuralODE, WrapsNeuralODE
 
 __all__ = ["HamiltonianNN", "HamiltonianField", "Leapfrog", "SeparableHamiltonian"]

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_batch_series, check_positive, check_sizes, check_times, is_concrete
-from ..sensitivity import AbstractSensitivity, Direct
-from ..solve_config import SolveConfig, build_config, shortcuts
+from ..solve.config import SolveConfig, build_config, shortcuts
+from ..solve.sensitivity import AbstractSensitivity, Direct
 from .ode import ODE_DEFAULTS, NeuralODE
 
 ENCODERS = ("rnn", "ode-rnn")

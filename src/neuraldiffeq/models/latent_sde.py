@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_batch_series, check_positive, check_sizes, check_times, is_concrete
-from ..sensitivity import AbstractSensitivity
-from ..solve_config import HasSolveConfig, SolveConfig, on_failure, shortcuts
+from ..solve.config import HasSolveConfig, SolveConfig, on_failure, shortcuts
+from ..solve.sensitivity import AbstractSensitivity
 from .latent import gaussian_log_likelihood
 from .sde import _Diagonal, sde_config, sde_terms
 

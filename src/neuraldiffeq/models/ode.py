@@ -10,8 +10,8 @@ import equinox as eqx
 import jax
 
 from .._checks import count_params, solve_inputs
-from ..sensitivity import AbstractSensitivity, resolve_sensitivity
-from ..solve_config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
+from ..solve.config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
+from ..solve.sensitivity import AbstractSensitivity, resolve_sensitivity
 
 
 class Autonomous(eqx.Module):
@@ -53,7 +53,7 @@ class NeuralODE(HasSolveConfig):
     Arguments:
         field: `f(t, y, args) -> dy/dt`.
         solver, rtol, atol, dt0, max_steps, sensitivity: the solve settings, or all of them as
-            one `config=nde.SolveConfig(...)`; see `neuraldiffeq.solve_config` for the step-size
+            one `config=nde.SolveConfig(...)`; see `neuraldiffeq.solve.config` for the step-size
             rule. Defaults: `"tsit5"`, rtol 1e-3, atol 1e-6, max_steps 4096, `"auto"`
             (`nde.Forward()` when the field has at most 100 parameters, else `nde.Direct()`;
             the choice is `model.sensitivity`). Every sensitivity is accepted.

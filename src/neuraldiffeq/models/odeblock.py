@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import count_nfe, evals_per_step  # noqa: F401 (evals_per_step: re-exported)
-from ..sensitivity import AbstractSensitivity
-from ..solve_config import SolveConfig, build_config, shortcuts
+from ..solve.config import SolveConfig, build_config, shortcuts
+from ..solve.sensitivity import AbstractSensitivity
 from .ode import ODE_DEFAULTS, NeuralODE
 
 #: ODEBlock's solve defaults: NeuralODE's, with atol 1e-4 and the discrete adjoint.
@@ -24,7 +24,7 @@ class ODEBlock(eqx.Module):
     Drop it into any equinox model in place of a stack of residual blocks. The field sees arrays
     of the input's shape (e.g. `(C, H, W)` feature maps); call the block per example and `vmap`
     over a batch, as everywhere in equinox. Gradients use any sensitivity of
-    `neuraldiffeq.sensitivity` (`nde.Backsolve()` gives memory constant in the number of steps);
+    `nde.solvers` (`nde.Backsolve()` gives memory constant in the number of steps);
     `nfe(y)` reports the function evaluations the adaptive solver needs.
 
     Arguments:

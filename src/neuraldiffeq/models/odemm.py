@@ -12,9 +12,9 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import as_state, solve_inputs
-from ..sensitivity import AbstractSensitivity, Direct, Forward
-from ..solve_config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
-from ..solvers.dae import Radau5, _as_mass_matrix, check_consistent, consistent_initial_state
+from ..solve.config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
+from ..solve.dae import Radau5, _as_mass_matrix, check_consistent, consistent_initial_state
+from ..solve.sensitivity import AbstractSensitivity, Direct, Forward
 from .ode import check_field, solve_ode
 
 #: NeuralODEMM's solve defaults.
@@ -45,7 +45,7 @@ class NeuralODEMM(HasSolveConfig):
     f. M is a constant square matrix or its diagonal; where it is singular the system must be a
     DAE of index 1 (the algebraic equations determine the algebraic components).
 
-    Solved by `neuraldiffeq.solvers.dae.Radau5` (Radau IIA, order 5, stiffly accurate: every
+    Solved by `neuraldiffeq.solve.dae.Radau5` (Radau IIA, order 5, stiffly accurate: every
     saved state satisfies the algebraic equations to the Newton tolerance) inside
     `diffrax.diffeqsolve`. `model(ts, y0)` returns the solution at `ts`, shape (T, D), `inf` if
     the solve failed. `y0` must be consistent (the algebraic equations hold at `ts[0]`): a call
@@ -71,7 +71,7 @@ class NeuralODEMM(HasSolveConfig):
         >>> model(jnp.linspace(0, 1, 3), jnp.array([1.0, 0.5]))
         Traceback (most recent call last):
         ...
-        ValueError: y0 is not consistent: the algebraic equations (the rows of f where M is singular) have residual 0.5 at t0 (tolerance 1e-06). Start from a y0 that satisfies them, or compute one with model.consistent(y0) (neuraldiffeq.solvers.dae.consistent_initial_state).
+        ValueError: y0 is not consistent: the algebraic equations (the rows of f where M is singular) have residual 0.5 at t0 (tolerance 1e-06). Start from a y0 that satisfies them, or compute one with model.consistent(y0) (neuraldiffeq.solve.dae.consistent_initial_state).
     """  # noqa: E501
 
     field: Callable

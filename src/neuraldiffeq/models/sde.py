@@ -12,9 +12,9 @@ import lineax as lx
 import numpy as np
 
 from .._checks import solve_inputs
-from ..sensitivity import AbstractSensitivity, Backsolve, Direct, Forward
-from ..solve_config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
-from ..solvers.names import SDE_SOLVERS
+from ..solve.config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
+from ..solve.names import SDE_SOLVERS
+from ..solve.sensitivity import AbstractSensitivity, Backsolve, Direct, Forward
 
 #: NeuralSDE's solve defaults: Euler–Maruyama with constant steps of 0.01.
 SDE_DEFAULTS = dict(solver="euler", dt0=0.01, max_steps=None, sensitivity="direct")
@@ -31,7 +31,7 @@ class NeuralSDE(HasSolveConfig):
         - `noise="general"`: `diffusion` returns shape (D, m) for an m-dimensional Brownian motion
           (`brownian_dim=m`, inferred from the diffusion's output if not given).
 
-    Solvers (by name, see `neuraldiffeq.solvers.SDE_SOLVERS`): Itô `"euler"` (Euler–Maruyama,
+    Solvers (by name, see `neuraldiffeq.solve.SDE_SOLVERS`): Itô `"euler"` (Euler–Maruyama,
     the default), `"milstein"`; Stratonovich `"euler_heun"`, `"heun"`, `"midpoint"`,
     `"reversible_heun"`, `"stratonovich_milstein"`; stochastic Runge–Kutta `"srk"`
     (diffrax GeneralShARK), `"spark"`, `"slow_rk"`, and for additive noise `"shark"`, `"sra1"`,
@@ -40,7 +40,7 @@ class NeuralSDE(HasSolveConfig):
     needs), so the backward pass can re-query the same path.
 
     Solve settings: `solver`, `dt0`, `max_steps`, `sensitivity`, or one
-    `config=nde.SolveConfig(...)` (see `neuraldiffeq.solve_config`); defaults `"euler"`,
+    `config=nde.SolveConfig(...)` (see `neuraldiffeq.solve.config`); defaults `"euler"`,
     dt0 = 0.01, `max_steps=None` (exactly the constant steps the interval needs), `nde.Direct()`.
     Steps are constant, `dt0` long: adaptive steps (rtol/atol) are refused.
 

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import as_state
-from ..sensitivity import AbstractSensitivity
-from ..solve_config import SolveConfig, build_config, shortcuts
+from ..solve.config import SolveConfig, build_config, shortcuts
+from ..solve.sensitivity import AbstractSensitivity
 from .ode import ODE_DEFAULTS, NeuralODE, WrapsNeuralODE
 
 __all__ = ["SecondOrderField", "SecondOrderNeuralODE"]

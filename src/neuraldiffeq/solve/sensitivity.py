@@ -49,7 +49,7 @@ from typing import Any
 import diffrax
 import equinox as eqx
 
-from . import _continuous_adjoint as _ca
+from . import continuous_adjoint as _ca
 
 #: SciML's threshold (states + parameters) below which forward sensitivities are cheapest.
 FORWARD_MODE_THRESHOLD = 100

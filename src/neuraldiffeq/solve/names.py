@@ -82,7 +82,7 @@ def implicit_solver(
 
     Example:
         >>> import jax.numpy as jnp, neuraldiffeq as nde
-        >>> from neuraldiffeq.solvers import implicit_solver
+        >>> from neuraldiffeq.solve import implicit_solver
         >>> solver = implicit_solver("kvaerno5", newton_rtol=1e-8, newton_atol=1e-8)
         >>> solver.root_finder.rtol
         1e-08
@@ -121,7 +121,7 @@ def resolve_solver(
     """A diffrax solver instance from a name in `table` (case-insensitive) or an instance.
 
     Example:
-        >>> from neuraldiffeq.solvers import resolve_solver
+        >>> from neuraldiffeq.solve import resolve_solver
         >>> type(resolve_solver("tsit5")).__name__
         'Tsit5'
     """
@@ -149,7 +149,7 @@ def solver_name(solver: object) -> str | None:
 
     Example:
         >>> import diffrax
-        >>> from neuraldiffeq.solvers.names import solver_name
+        >>> from neuraldiffeq.solve.names import solver_name
         >>> solver_name(diffrax.Kvaerno5()), solver_name("auto")
         ('kvaerno5', 'auto')
     """

@@ -19,12 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .data import TimeSeries
-from .fitting.fit import FitFailure, FitResult, fit
-from .fitting.strategies import Trajectory
-from .outputs import prepare_out, write_outputs
-from .plotting import plot_fit
-from .solvers.names import solver_name
+from ..io.outputs import prepare_out, write_outputs
+from ..io.plotting import plot_fit
+from ..io.timeseries import TimeSeries
+from ..solve.names import solver_name
+from .fit import FitFailure, FitResult, fit
+from .strategies import Trajectory
 
 #: the median time step after normalisation
 TIME_STEP = 0.25
@@ -39,7 +39,7 @@ class Normaliser:
 
     Example:
         >>> import numpy as np, neuraldiffeq as nde
-        >>> from neuraldiffeq.series import Normaliser
+        >>> from neuraldiffeq.fitting.series import Normaliser
         >>> data = nde.TimeSeries(np.arange(4.0), 1e30 * np.array([[1.0], [2.0], [3.0], [4.0]]))
         >>> norm = Normaliser.from_data(data)
         >>> [round(float(y), 2) for y in norm.forward(data).ys.ravel()]
@@ -147,14 +147,14 @@ def fit_series(
 
     `stages` is what `nde.fit` accepts (a list of `nde.Stage` or a preset name). With `out`, the
     folder is checked for writability before fitting, then `model.eqx`, `metrics.json`, `fit.png`
-    (and `extrapolation.png` with a holdout) are written in that order; see `neuraldiffeq.outputs`.
+    (and `extrapolation.png` with a holdout) are written in that order; see `io.outputs`.
     `devices` is passed to `nde.fit` (data-parallel over the series; None: one device), and so
     are `checkpoint_dir`, `checkpoint_every` and `resume` (resumable fits). In a multi-process
     run (`jax.distributed`), only process 0 writes the outputs.
 
     Example:
         >>> import equinox as eqx, jax, jax.numpy as jnp, numpy as np, optax, neuraldiffeq as nde
-        >>> from neuraldiffeq.series import fit_series
+        >>> from neuraldiffeq.fitting.series import fit_series
         >>> ts = np.linspace(0.0, 3.0, 12)
         >>> data = nde.TimeSeries(ts, np.stack([np.cos(ts), np.sin(ts)], -1))
         >>> mlp = eqx.nn.MLP(2, 2, 8, 1, activation=jnp.tanh, key=jax.random.key(0))

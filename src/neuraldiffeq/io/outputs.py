@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from .files import umask, write_bytes_atomically
+from .model_files import save
+
 #: exit status of the CLI when an output could not be written (the fit itself succeeded)
 EXIT_OUTPUT = 1
 #: exit status after Ctrl-C (128 + SIGINT, as shells report it)
@@ -37,7 +40,7 @@ def prepare_out(out: str | os.PathLike) -> str:
 
     Example:
         >>> import tempfile, os
-        >>> from neuraldiffeq.outputs import prepare_out
+        >>> from neuraldiffeq.io.outputs import prepare_out
         >>> folder = prepare_out(os.path.join(tempfile.mkdtemp(), "fit"))
         >>> os.listdir(folder)
         []
@@ -67,7 +70,7 @@ def to_json(payload: Any) -> str:
 
     Example:
         >>> import numpy as np
-        >>> from neuraldiffeq.outputs import to_json
+        >>> from neuraldiffeq.io.outputs import to_json
         >>> to_json({"loss": float("nan"), "std": np.array([1.0, np.inf])})
         '{\\n  "loss": null,\\n  "std": [\\n    1.0,\\n    null\\n  ]\\n}'
     """
@@ -97,7 +100,7 @@ def write_json(path: str | os.PathLike, payload: Any) -> None:
 
     Example:
         >>> import json, os, tempfile
-        >>> from neuraldiffeq.outputs import write_json
+        >>> from neuraldiffeq.io.outputs import write_json
         >>> path = os.path.join(tempfile.mkdtemp(), "m.json")
         >>> write_json(path, {"x": float("inf")}); json.load(open(path))
         {'x': None}
@@ -105,57 +108,13 @@ def write_json(path: str | os.PathLike, payload: Any) -> None:
     write_bytes_atomically(os.fspath(path), (to_json(payload) + "\n").encode())
 
 
-def write_bytes_atomically(path: str, data: bytes) -> None:
-    """Write `data` to `path`: a temporary file renamed over it (`replace_atomically`)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    # mode 0o666 filtered by the umask, like any ordinary file (mkstemp would give 0600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    replace_atomically(path, tmp, fd, [data])
-
-
-def replace_atomically(
-    path: str, tmp: str, fd: int, parts: Sequence[bytes], *, mode: int | None = None
-) -> None:
-    """Write `parts` to the temporary file `tmp` (open as `fd`, which this closes), flush them
-    to disk and rename `tmp` over `path`: a reader sees the old file or the new one, never a
-    part. `mode`: permissions to give `tmp` first. On any failure `tmp` is removed."""
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if mode is not None:
-                os.fchmod(f.fileno(), mode)
-            for part in parts:
-                f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _umask() -> int:
-    try:  # Linux: read it without changing it (os.umask is process-wide, racy with threads)
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def save_model(path: str, model: Any) -> None:
     """`nde.save`, then the permissions the umask gives (nde.save's temp file is 0600)."""
-    from .serialisation import save
-
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):  # nde.save reports this as a ValueError; here it is I/O
         raise FileNotFoundError(2, "folder does not exist", folder)
     save(path, model)
-    os.chmod(path, 0o666 & ~_umask())
+    os.chmod(path, 0o666 & ~umask())
 
 
 def write_outputs(
@@ -172,7 +131,7 @@ def write_outputs(
 
     Example:
         >>> import os, tempfile, neuraldiffeq as nde
-        >>> from neuraldiffeq.outputs import write_outputs
+        >>> from neuraldiffeq.io.outputs import write_outputs
         >>> out = tempfile.mkdtemp()
         >>> paths = write_outputs(out, nde.NeuralODE(lambda t, y, args: -y), {"loss": 0.5})
         >>> [os.path.basename(p) for p in paths]
@@ -206,7 +165,7 @@ def _save_elsewhere(model: Any, metrics: dict | None) -> str:
     """Save the model (and metrics) in a new temporary folder; say where, in words."""
     try:
         folder = tempfile.mkdtemp(prefix="neuraldiffeq-")
-        os.chmod(folder, 0o777 & ~_umask())
+        os.chmod(folder, 0o777 & ~umask())
         save_model(os.path.join(folder, "model.eqx"), model)
         if metrics is not None:
             write_json(os.path.join(folder, "metrics.json"), metrics)
@@ -225,7 +184,7 @@ def stop_if_interrupted(results: Any, paths: Sequence[str]) -> None:
     `results` is one `nde.FitResult` or several; call it after the outputs are written.
 
     Example:
-        >>> from neuraldiffeq.outputs import stop_if_interrupted
+        >>> from neuraldiffeq.io.outputs import stop_if_interrupted
         >>> stop_if_interrupted([], ["out/model.eqx"])  # nothing was interrupted: no error
     """
     results = results if isinstance(results, list | tuple) else [results]

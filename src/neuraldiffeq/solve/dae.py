@@ -92,7 +92,7 @@ class CollocationInterpolation(diffrax.AbstractLocalInterpolation):
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from neuraldiffeq.solvers.dae import C, CollocationInterpolation
+        >>> from neuraldiffeq.solve.dae import C, CollocationInterpolation
         >>> ws = jnp.asarray(C)[:, None] * 2.0  # the increments of u(t) = 1 + 2t, h = 1
         >>> interp = CollocationInterpolation(t0=0.0, t1=1.0, y0=jnp.ones(1), ws=ws)
         >>> round(float(interp.evaluate(0.25)[0]), 6)
@@ -161,7 +161,7 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
 
     Example:
         >>> import diffrax, jax.numpy as jnp, neuraldiffeq as nde
-        >>> from neuraldiffeq.solvers.dae import Radau5
+        >>> from neuraldiffeq.solve.dae import Radau5
         >>> # y1' = -y1, 0 = y2 - 2·y1 (so y2 = 2·exp(-t))
         >>> field = lambda t, y, args: jnp.stack([-y[0], y[1] - 2 * y[0]])
         >>> config = nde.SolveConfig(Radau5([1.0, 0.0]), rtol=1e-6, atol=1e-6,
@@ -279,7 +279,7 @@ def algebraic_residual(field: Callable, mass_matrix, t0, y0, args: Any = None) -
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from neuraldiffeq.solvers.dae import algebraic_residual
+        >>> from neuraldiffeq.solve.dae import algebraic_residual
         >>> f = lambda t, y, args: jnp.stack([-y[0], y[0] + y[1] - 1.0])
         >>> r = algebraic_residual(f, [1.0, 0.0], 0.0, jnp.array([0.2, 0.5]))
         >>> round(abs(float(r[0])), 6)
@@ -299,12 +299,12 @@ def check_consistent(
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from neuraldiffeq.solvers.dae import check_consistent
+        >>> from neuraldiffeq.solve.dae import check_consistent
         >>> f = lambda t, y, args: jnp.stack([-y[0], y[0] + y[1] - 1.0])
         >>> check_consistent(f, [1.0, 0.0], 0.0, jnp.array([0.2, 0.5]))
         Traceback (most recent call last):
         ...
-        ValueError: y0 is not consistent: the algebraic equations (the rows of f where M is singular) have residual 0.3 at t0 (tolerance 1e-06). Start from a y0 that satisfies them, or compute one with model.consistent(y0) (neuraldiffeq.solvers.dae.consistent_initial_state).
+        ValueError: y0 is not consistent: the algebraic equations (the rows of f where M is singular) have residual 0.3 at t0 (tolerance 1e-06). Start from a y0 that satisfies them, or compute one with model.consistent(y0) (neuraldiffeq.solve.dae.consistent_initial_state).
     """  # noqa: E501
     if isinstance(y0, jax.core.Tracer) or isinstance(t0, jax.core.Tracer):
         return
@@ -320,7 +320,7 @@ def check_consistent(
             f"y0 is not consistent: the algebraic equations (the rows of f where M is singular) "
             f"have residual {worst:.3g} at t0 (tolerance {tol:.3g}). Start from a y0 that "
             "satisfies them, or compute one with model.consistent(y0) "
-            "(neuraldiffeq.solvers.dae.consistent_initial_state)."
+            "(neuraldiffeq.solve.dae.consistent_initial_state)."
         )
 
 
@@ -333,7 +333,7 @@ def consistent_initial_state(
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from neuraldiffeq.solvers.dae import consistent_initial_state
+        >>> from neuraldiffeq.solve.dae import consistent_initial_state
         >>> f = lambda t, y, args: jnp.stack([-y[0], y[0] + y[1] - 1.0])
         >>> y0 = consistent_initial_state(f, [1, 0], 0.0, jnp.array([0.2, 0.5]))
         >>> tuple(round(float(v), 6) for v in y0)

@@ -15,7 +15,7 @@ the checks on and raise their message, as it did before (see `fit`'s failure han
 
 With `export=True` and JAX's compilation cache on, the stripped program is also exported
 (`jax.export`) to a file next to that cache, under a key computed from what `f` is made of
-without tracing it (`neuraldiffeq._exported`); a later process calling the same step reads the
+without tracing it (`compilation.exported`); a later process calling the same step reads the
 program back instead of tracing and lowering it again.
 """
 
@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from . import _exported
+from . import exported as _exported
 
 logger = logging.getLogger(__name__)
 
@@ -138,12 +138,12 @@ class cacheable_jit:
     `export=True` (single-device programs only): with JAX's compilation cache on, programs
     whose output is the first argument's structure plus one array (a training step: carry in,
     carry and losses out), or one array, are kept on disk and read back by later processes
-    without tracing (`neuraldiffeq._exported`). `.traces` counts the traces of `f`; `.source`
+    without tracing (`compilation.exported`). `.traces` counts the traces of `f`; `.source`
     says where the last call's program came from ("traced" or "exported").
 
     Example:
         >>> import equinox as eqx, jax.numpy as jnp
-        >>> from neuraldiffeq._cacheable import cacheable_jit
+        >>> from neuraldiffeq.compilation.cacheable import cacheable_jit
         >>> f = cacheable_jit(lambda x: eqx.error_if(x, x < 0, "negative") + 1)
         >>> f(jnp.array(1.0)).item(), bool(jnp.isnan(f(jnp.array(-1.0))))
         (2.0, True)

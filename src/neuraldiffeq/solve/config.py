@@ -4,13 +4,13 @@ A solve is set by four things, the same for every model (`NeuralODE`, `NeuralSDE
 and `solve_dde`, `FFJORD`, `ODEBlock`, `LatentODE`, `AugmentedNeuralODE`):
 
 - `solver`: a diffrax solver, or its name (`"tsit5"`, `"dopri5"`, `"kvaerno5"`, `"euler"`,
-  `"milstein"`, ...; see `neuraldiffeq.solvers.ODE_SOLVERS` and `SDE_SOLVERS`), or `"auto"`
+  `"milstein"`, ...; see `neuraldiffeq.solve.ODE_SOLVERS` and `SDE_SOLVERS`), or `"auto"`
   (ODEs): `"tsit5"` or, for a stiff equation, `"kvaerno5"`, chosen from a stiffness estimate at
-  the initial state before solving (`neuraldiffeq.solvers.stiffness`; `model.resolve_solver(ts,
+  the initial state before solving (`neuraldiffeq.solve.stiffness`; `model.resolve_solver(ts,
   y0, args)` records the choice as `model.solver`, and `nde.fit` does that before compiling).
   Implicit solvers (`"kvaerno3/4/5"`, `"kencarp3/4/5"`, `"implicit_euler"`) solve each stage by
   a Newton (chord) iteration whose tolerances are by default the step-size rule's rtol/atol;
-  set them with `neuraldiffeq.solvers.implicit_solver("kvaerno5", newton_rtol=...,
+  set them with `neuraldiffeq.solve.implicit_solver("kvaerno5", newton_rtol=...,
   newton_atol=...)`;
 - the step-size rule, by ONE rule:
     * `rtol` and/or `atol` given: adaptive steps (diffrax `PIDController`); `dt0`, if also
@@ -22,7 +22,7 @@ and `solve_dde`, `FFJORD`, `ODEBlock`, `LatentODE`, `AugmentedNeuralODE`):
   A missing one of `rtol`/`atol` takes the model's default (standalone: 1e-3 / 1e-6);
 - `max_steps`: the most steps one solve may take before it counts as failed; `None` (constant
   steps only) takes exactly as many as the interval needs;
-- `sensitivity`: how gradients flow through the solve (`neuraldiffeq.sensitivity`: `Direct`,
+- `sensitivity`: how gradients flow through the solve (`neuraldiffeq.solve.sensitivity`: `Direct`,
   `Backsolve`, `Forward`, `Interpolating`, `Quadrature` or `"auto"`); each model resolves
   `"auto"` when it is built and refuses, with a `ValueError` naming the ones it accepts, a
   sensitivity it cannot honour.
@@ -55,9 +55,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import as_array, check_positive, is_concrete
+from .._checks import as_array, check_positive, is_concrete
+from .names import ODE_SOLVERS, SDE_SOLVERS, resolve_solver
 from .sensitivity import AbstractSensitivity, resolve_sensitivity
-from .solvers.names import ODE_SOLVERS, SDE_SOLVERS, resolve_solver
+from .stiffness import estimate_stiffness
 
 #: Standalone defaults of the adaptive tolerances (a model may have its own).
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-6
@@ -65,7 +66,7 @@ DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-6
 #: The value of a failed solve, in every model.
 FAILED = jnp.inf
 
-#: The solver name chosen per problem from a stiffness estimate (`neuraldiffeq.solvers.stiffness`).
+#: The solver name chosen per problem from a stiffness estimate (`neuraldiffeq.solve.stiffness`).
 AUTO = "auto"
 
 #: The keyword shortcuts every model constructor accepts.
@@ -79,7 +80,7 @@ def shortcuts(arguments: Mapping[str, Any]) -> dict[str, Any]:
     them) and hands them to `build_config` through this one function.
 
     Example:
-        >>> from neuraldiffeq.solve_config import shortcuts
+        >>> from neuraldiffeq.solve.config import shortcuts
         >>> shortcuts(dict(solver="tsit5", rtol=1e-6, atol=None, dt0=None, max_steps=None,
         ...                sensitivity=None, field=print))["rtol"]
         1e-06
@@ -90,10 +91,10 @@ def shortcuts(arguments: Mapping[str, Any]) -> dict[str, Any]:
 class SolveConfig(eqx.Module):
     """One solve configuration: a solver, a step-size rule, `max_steps` and a sensitivity.
 
-    See the module docstring (`neuraldiffeq.solve_config`) for the step-size rule.
+    See the module docstring (`neuraldiffeq.solve.config`) for the step-size rule.
 
     Arguments:
-        solver: a diffrax solver, a name from `neuraldiffeq.solvers` (ODE or SDE names), or
+        solver: a diffrax solver, a name from `neuraldiffeq.solve` (ODE or SDE names), or
             `"auto"` (ODE models: explicit or implicit by stiffness, see `resolve_solver`).
         rtol, atol: tolerances of adaptive steps.
         dt0: constant step (given alone), or the first adaptive step (given with tolerances).
@@ -290,8 +291,6 @@ class SolveConfig(eqx.Module):
         """
         if not isinstance(self.solver, str):
             return self
-        from .solvers.stiffness import estimate_stiffness
-
         if isinstance(terms, diffrax.ODETerm):
             field = terms.vector_field
         elif callable(terms) and not isinstance(terms, diffrax.AbstractTerm):
@@ -349,7 +348,7 @@ def build_config(
     not given) over the model's `defaults`, by the step-size rule of the module docstring.
 
     Example:
-        >>> from neuraldiffeq.solve_config import build_config
+        >>> from neuraldiffeq.solve.config import build_config
         >>> defaults = dict(solver="tsit5", rtol=1e-5, atol=1e-5)
         >>> build_config("FFJORD", None, dict(dt0=0.1), defaults).adaptive  # dt0 alone
         False
@@ -398,7 +397,7 @@ def on_failure(result: diffrax.RESULTS, tree: Any, value: float = FAILED) -> Any
 
     Example:
         >>> import diffrax, jax.numpy as jnp
-        >>> from neuraldiffeq.solve_config import on_failure
+        >>> from neuraldiffeq.solve.config import on_failure
         >>> on_failure(diffrax.RESULTS.max_steps_reached, jnp.zeros(2))
         Array([inf, inf], dtype=float32)
     """
@@ -421,7 +420,7 @@ class HasSolveConfig(eqx.Module):
     def resolve_solver(self, ts, y0, args: Any = None) -> HasSolveConfig:
         """This model with `solver="auto"` replaced by the solver chosen for solving from `y0`
         over `ts` (explicit `"tsit5"`, or implicit `"kvaerno5"` when the stiffness estimate of
-        `neuraldiffeq.solvers.stiffness` says so); the model itself if its solver is not
+        `neuraldiffeq.solve.stiffness` says so); the model itself if its solver is not
         `"auto"`. Call it outside `jax.jit` (`nde.fit` calls it before compiling).
 
         Example:

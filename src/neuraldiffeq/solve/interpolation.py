@@ -151,7 +151,7 @@ def interpolation_coeffs(
     """The path through observations `ys` at times `ts` that drives a neural CDE.
 
     Computed once, with NumPy in float64, outside compiled code (see the module docstring of
-    `neuraldiffeq.interpolation` for the kinds, the channel layout and missing values).
+    `neuraldiffeq.solve.interpolation` for the kinds, the channel layout and missing values).
 
     Arguments:
         ts: times, `(T,)` shared by every series, or `(B, T)` one row per series; strictly

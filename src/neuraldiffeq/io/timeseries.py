@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from jax import Array
 
-from ._checks import as_array
+from .._checks import as_array
 
 
 class TimeSeries(eqx.Module):

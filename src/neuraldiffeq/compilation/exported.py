@@ -3,7 +3,7 @@
 Why: with JAX's persistent compilation cache on, a second process still spends most of its first
 `fit` call in Python, tracing the step (the diffrax solve, its gradient, the optimizer) and
 lowering it, before the compilation cache is even asked: ~1.8 s of the spiral's 2.3 s. Here the
-lowered, callback-free program (`neuraldiffeq._cacheable`) is exported with `jax.export` and kept
+lowered, callback-free program (`compilation.cacheable`) is exported with `jax.export` and kept
 on disk; the next process with the same step reads it back, skips the tracing, and compiles the
 exported module, which the compilation cache then serves.
 
@@ -82,7 +82,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from .outputs import write_bytes_atomically
+from ..io.files import write_bytes_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ def fingerprint(obj: Any, abstract_arrays: bool = False) -> str:
 
     Example:
         >>> import jax.numpy as jnp, optax
-        >>> from neuraldiffeq._exported import fingerprint
+        >>> from neuraldiffeq.compilation.exported import fingerprint
         >>> fingerprint(optax.adam(0.05)) == fingerprint(optax.adam(0.05))
         True
         >>> fingerprint(optax.adam(0.05)) == fingerprint(optax.adam(0.01))

@@ -3,7 +3,7 @@
 Why: a small fit spends most of its first seconds compiling. With the cache on, a second process
 (a new notebook kernel, the next CLI run, the next test session) loads the compiled training
 step from disk instead. `fit` compiles its steps without host callbacks so that the cache can
-keep them (see `neuraldiffeq._cacheable`). The `neuraldiffeq` command turns it on by itself
+keep them (see `compilation.cacheable`). The `neuraldiffeq` command turns it on by itself
 (`--no-cache` turns it off).
 """
 

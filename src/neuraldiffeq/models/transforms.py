@@ -1,6 +1,6 @@
 """Named input transforms for `nde.autonomous(net, input_fn=...)`.
 
-A model file stores functions by name, never as code (see `neuraldiffeq.serialisation`): a field
+A model file stores functions by name, never as code (see `neuraldiffeq.io.model_files`): a field
 built with `input_fn=nde.transforms.cube` loads with a plain `nde.load(path)` anywhere, whereas
 `input_fn=lambda y: y**3` computes the same thing but needs `nde.load(path, like=model)` or
 `trusted=True`. Activations such as `jnp.tanh` or `jax.nn.softplus` are stored by name too.

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import as_array, is_concrete
+from .config import build_config, on_failure, shortcuts
+from .sensitivity import Direct
 
 #: at most this many propagated discontinuities are tracked (the earliest ones).
 MAX_DISCONTINUITIES = 256
@@ -172,7 +174,7 @@ def solve_dde(
         ts: output times in [t0, t1] (default `[t0, t1]`).
         y0: the state at t0, default `history(t0)`.
         solver, rtol, atol, dt0, max_steps, sensitivity, config: the solve settings, or one
-            `config=nde.SolveConfig(...)`, with the step-size rule of `neuraldiffeq.solve_config`
+            `config=nde.SolveConfig(...)`, with the step-size rule of `neuraldiffeq.solve.config`
             (rtol/atol: adaptive steps, dt0 the first one; dt0 alone: constant steps of dt0,
             at most the smallest lag, ideally dividing the lags). The solver must be an
             explicit diffrax Runge–Kutta solver (`"tsit5"`, `"dopri5"`, `"dopri8"`, `"bosh3"`,
@@ -195,8 +197,6 @@ def solve_dde(
             f"field must be callable as field(t, y, y_lagged, args), got {type(field).__name__}."
         )
     lags_np = _check_lags(lags)
-    from ..solve_config import shortcuts  # here: solve_config imports this package
-
     config = _dde_config("solve_dde", config, shortcuts(locals()), DDE_SOLVE_DEFAULTS)
     if not config.adaptive and config.dt0 > lags_np.min() * (1 + 1e-12):
         raise ValueError(
@@ -373,8 +373,6 @@ def _solve(field, history_fn, lags, t0, t1, ts, y0, args, config, max_steps, thr
             "solve_dde failed: too many steps (raise max_steps) or a non-finite state "
             "(check the field and history, or tighten/loosen rtol and atol).",
         )
-    from ..solve_config import on_failure  # solve_config imports this package's names
-
     ys = on_failure(result, ys)
     return DDESolution(
         ts=ts,
@@ -397,9 +395,6 @@ DDE_SOLVE_DEFAULTS = dict(
 def _dde_config(name, config, given, defaults):
     """The solve configuration of a DDE (`solve_dde`, `NeuralDDE`): explicit Runge–Kutta solvers
     and the discrete adjoint through the checkpointed loop only."""
-    from ..sensitivity import Direct
-    from ..solve_config import build_config
-
     config = build_config(name, config, given, defaults)
     solver = config.solver
     if not isinstance(solver, diffrax.AbstractRungeKutta) or solver.tableau.implicit:

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .outputs import _umask, replace_atomically
+from .files import replace_atomically, umask
 
 #: the format this version writes; it reads this one and the previous one (see `load`)
 FORMAT = 2
@@ -63,10 +63,10 @@ _CLASS_PACKAGES = ("neuraldiffeq", "equinox.nn", "diffrax", "optimistix", "linea
 #: modules whose functions (or named constants) may be referred to by name: pure numerics only;
 #: the application modules (CLI, demos, I/O) are deliberately not here
 _FUNCTION_PACKAGES = (
-    "neuraldiffeq.transforms",
+    "neuraldiffeq.models.transforms",
     "neuraldiffeq.models",
-    "neuraldiffeq.sensitivity",
-    "neuraldiffeq.solvers",
+    "neuraldiffeq.solve.sensitivity",
+    "neuraldiffeq.solve",
     "neuraldiffeq.fitting.losses",
     "neuraldiffeq._checks",
     "equinox.nn",
@@ -636,7 +636,7 @@ def save(path: str | os.PathLike, model: Any) -> None:
         )
     data = b"".join(writer.chunks)
     pickles = b"".join(writer.pickle_chunks)
-    from . import __version__
+    from .._version import __version__
 
     header = {
         "format": FORMAT,
@@ -658,7 +658,7 @@ def save(path: str | os.PathLike, model: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=".eqx")
     parts = [b"%s%d\n" % (_MAGIC, FORMAT), len(blob).to_bytes(8, "little"), blob, data, pickles]
     # mkstemp makes 0600; honour the umask
-    replace_atomically(path, tmp, fd, parts, mode=0o666 & ~_umask())
+    replace_atomically(path, tmp, fd, parts, mode=0o666 & ~umask())
     try:  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)
     except OSError:

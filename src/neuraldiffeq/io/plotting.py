@@ -35,7 +35,7 @@ def plot_fit(
 
     Example:
         >>> import numpy as np, tempfile, os
-        >>> from neuraldiffeq.plotting import plot_fit
+        >>> from neuraldiffeq.io.plotting import plot_fit
         >>> ts = np.linspace(0, 1, 10); ys = np.stack([ts, ts**2], -1)
         >>> plot_fit(os.path.join(tempfile.mkdtemp(), "fit.png"), ts, ys, ts, ys, losses=[1, 0.1])
     """
@@ -91,7 +91,7 @@ def stage_spans(
     """`(label, first step, end step)` per training stage, labelled with strategy and optimizer.
 
     Example:
-        >>> from neuraldiffeq.plotting import stage_spans
+        >>> from neuraldiffeq.io.plotting import stage_spans
         >>> stage_spans(5, [("Adam", 3), ("L-BFGS", 2)])
         [('Adam', 0, 3), ('L-BFGS', 3, 5)]
         >>> stage_spans(4)

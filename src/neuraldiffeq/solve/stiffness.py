@@ -33,7 +33,7 @@ it raises a `ValueError` asking to resolve first (there is no silent default).
 
 Example:
     >>> import jax.numpy as jnp
-    >>> from neuraldiffeq.solvers.stiffness import estimate_stiffness
+    >>> from neuraldiffeq.solve.stiffness import estimate_stiffness
     >>> est = estimate_stiffness(lambda t, y, a: -1e4 * y, 0.0, 10.0, jnp.ones(2))
     >>> est.solver, round(est.spectral_radius)
     ('kvaerno5', 10000)
@@ -94,7 +94,7 @@ def spectral_radius(field: Callable, t, y, args: Any = None) -> float:
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from neuraldiffeq.solvers.stiffness import spectral_radius
+        >>> from neuraldiffeq.solve.stiffness import spectral_radius
         >>> A = jnp.array([[-1.0, 0.0], [0.0, -300.0]])
         >>> round(spectral_radius(lambda t, y, a: A @ y, 0.0, jnp.ones(2)))
         300
@@ -145,11 +145,18 @@ def _jacobian_times(field, t, y, args, v) -> jax.Array:
 
 def _probe_states(field, t0, t1, y0, args, rtol, atol):
     """(t, y) at y0 and along a short explicit solve from t0 (PROBE_STEPS steps at most)."""
-    from ..solve_config import SolveConfig  # here: solve_config imports this package
-
-    probe = SolveConfig("tsit5", rtol=rtol, atol=atol, max_steps=PROBE_STEPS, sensitivity="direct")
-    sol = probe.diffeqsolve(
-        diffrax.ODETerm(field), t0, t1, y0, args=args, saveat=diffrax.SaveAt(steps=True)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(field),
+        diffrax.Tsit5(),
+        t0,
+        t1,
+        None,
+        y0,
+        args=args,
+        saveat=diffrax.SaveAt(steps=True),
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=PROBE_STEPS,
+        throw=False,  # a probe that stops early is still a probe: its states so far are used
     )
     ts, ys = np.asarray(sol.ts), np.asarray(sol.ys)
     flat = ys.reshape(ys.shape[0], -1)
@@ -176,7 +183,7 @@ def estimate_stiffness(
 
     Example:
         >>> import jax.numpy as jnp
-        >>> from neuraldiffeq.solvers.stiffness import estimate_stiffness
+        >>> from neuraldiffeq.solve.stiffness import estimate_stiffness
         >>> vdp = lambda t, y, mu: jnp.stack([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]])
         >>> est = estimate_stiffness(vdp, 0.0, 3000.0, jnp.array([2.0, 0.0]), 1000.0)
         >>> est.solver, est.ratio > 100
@@ -224,46 +231,3 @@ def check_concrete(**values: Any) -> None:
     for name, value in values.items():
         if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value)):
             raise ValueError(_TRACED.format(name=name))
-
-
-#: At most this many trajectories' first states are examined by `resolve_for_fit`.
-FIT_TRAJECTORIES = 8
-
-
-def resolve_for_fit(model: Any, data: Any, strategies: Any = ()) -> Any:
-    """`model` with `solver="auto"` resolved for fitting to `data` (what `nde.fit` calls before
-    compiling): implicit if the equation is stiff from the first state of any of the first
-    `FIT_TRAJECTORIES` trajectories, with the strategies' `args`. Any other model is returned
-    as it is.
-
-    Example:
-        >>> import jax.numpy as jnp, neuraldiffeq as nde
-        >>> from neuraldiffeq.solvers.stiffness import resolve_for_fit
-        >>> model = nde.NeuralODE(lambda t, y, a: -1e4 * y, solver="auto")
-        >>> data = (jnp.linspace(0.0, 1.0, 5), jnp.ones((5, 1)))
-        >>> type(resolve_for_fit(model, data).solver).__name__
-        'Kvaerno5'
-    """
-    if not (isinstance(getattr(model, "solver", None), str) and hasattr(model, "resolve_solver")):
-        return model
-    from ..fitting.strategies import as_timeseries
-
-    try:
-        batch = as_timeseries(data).as_batch()
-    except ValueError as error:
-        raise ValueError(
-            "solver='auto' is chosen from the data's first state, but fit's data is not a time "
-            f"series ({error}); call model = model.resolve_solver(ts, y0, args) before fit, or "
-            "pass a solver by name."
-        ) from error
-    args = next((s.args for s in strategies if getattr(s, "args", None) is not None), None)
-    ys = np.asarray(batch.ys)
-    starts = [y for y in ys[:, 0] if np.all(np.isfinite(y))][:FIT_TRAJECTORIES]
-    if not starts:
-        raise ValueError(
-            "solver='auto' is chosen from the data's first state, but no trajectory has a fully "
-            "observed first row; call model = model.resolve_solver(ts, y0, args) before fit."
-        )
-    resolved = [model.resolve_solver(batch.ts, jnp.asarray(y0), args) for y0 in starts]
-    stiff = [m for m in resolved if type(m.solver).__name__.lower() == IMPLICIT]
-    return stiff[0] if stiff else resolved[0]
