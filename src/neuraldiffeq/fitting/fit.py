@@ -67,7 +67,8 @@ def fit(
         key: PRNG key for strategies that sample (minibatches, SDE paths); default key 0.
         callback: `callback(step, loss, model)` after each compiled call; return True to stop.
             With `steps_per_call="auto"` that is after every step.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm progress bar per stage; it reads "compiling…" until the stage's
+            first compiled call is done, so that its rate counts steps, not compilation.
         steps_per_call: fuse this many steps into one compiled call. `"auto"` (default): as
             many as take about 50 ms (measured while fitting; one compiled program serves every
             count), one at a time when `callback` is given; a call ends early at a failed step,
@@ -77,8 +78,9 @@ def fit(
         max_failures: give up (raise `FitFailure`, holding the best model) after this many
             consecutive steps with a non-finite loss or gradient. A failed step's update is
             dropped, the parameters step back halfway towards the last ones that solved, the
-            optimiser state restarts there, and the
-            step is counted in `result.skipped`.
+            optimiser state restarts there, and the step is counted in `result.skipped`
+            (`nde.failure_policy` wraps the optimizer to do this; `nde.check_failures` is the
+            rule that raises).
         devices: data-parallel training. None (default): one device, as JAX places it. An int
             (the first that many of `jax.devices()`), a list of devices, or a
             `jax.sharding.Mesh`: the batch axis of the prepared data (series, paths, samples;
@@ -105,6 +107,8 @@ def fit(
             checkpoint is skipped with a warning, never loaded.
 
     Ctrl-C stops the fit and returns the best model so far (`result.interrupted` is True).
+    Each stage's start and end are logged (INFO) to the `logging` logger "neuraldiffeq.fit",
+    and each compiled call's loss (DEBUG).
 
     Example:
         >>> import equinox as eqx, jax, jax.numpy as jnp, optax, neuraldiffeq as nde
