@@ -41,7 +41,14 @@ MAX_CONSECUTIVE_FAILURES = 50
 
 
 class FailurePolicyState(NamedTuple):
-    """The state of `failure_policy`: the inner optimizer's state and the failure counters."""
+    """The state of `failure_policy`: the inner optimizer's state and the failure counters.
+
+    Example:
+        >>> import jax.numpy as jnp, optax, neuraldiffeq as nde
+        >>> state = nde.failure_policy(optax.adam(0.1)).init(jnp.zeros(2))
+        >>> int(state.notfinite_count), int(state.total_notfinite), bool(state.last_finite)
+        (0, 0, True)
+    """
 
     inner_state: Any  # the wrapped optimizer's state
     last_good: Any  # the parameters of the last step whose loss and gradient were finite

@@ -22,8 +22,6 @@ from .diagnostics import diagnose
 from .failure_policy import MAX_CONSECUTIVE_FAILURES, validate_max_failures
 from .hooks import CallbackHook, DevicesHook, FailureHook, LoggingHook
 from .loop import StageRun
-from .loop import StageRun as _StageRun  # noqa: F401 - tests/test_exported, benchmarks/startup
-from .loop import make_steps as _make_steps  # noqa: F401 - the same
 from .presets import PRESETS
 from .progress import ProgressHook
 from .results import FitFailure, FitLog, FitResult, StageReport
