@@ -178,3 +178,21 @@ def test_checkpoint_hook_saves_and_restores_a_stage_run(tmp_path):
     with pytest.raises(ValueError, match="need checkpoint_dir"):
         CheckpointHook.of(None, 2, False, model, stages, key)
     assert CheckpointHook.of(None, None, False, model, stages, key) is None
+
+
+def test_a_checkpoint_of_another_format_is_refused_not_deleted(tmp_path, monkeypatch):
+    from neuraldiffeq.fitting import checkpoint
+
+    stages = [nde.Stage(Quadratic(), optax.adam(0.1), 2, steps_per_call=2)]
+    model, key = Params(jnp.zeros(3)), jax.random.key(1)
+    monkeypatch.setattr(checkpoint, "_FORMAT", 1)  # as written by neuraldiffeq 0.1
+    hook, log = CheckpointHook(tmp_path, None, False, model, stages, key), FitLog()
+    run = StageRun(model, stages[0], TARGET, key, name="1/1 Quadratic")
+    for losses in run.calls():
+        log.record(losses)
+    hook.on_stage_end(log, run)
+    hook.on_end(log, None)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="another version of neuraldiffeq.*format 1"):
+        CheckpointHook(tmp_path, None, True, model, stages, key).on_start(FitLog())
+    assert (tmp_path / "2").is_dir()  # still there, for the version that wrote it
