@@ -15,10 +15,10 @@ import pytest
 import neuraldiffeq as nde
 from neuraldiffeq.compilation import exported as _exported
 from neuraldiffeq.compilation.cacheable import cacheable_jit
-from neuraldiffeq.fitting.fit import _make_steps
+from neuraldiffeq.fitting.loop import make_steps as _make_steps
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-fit_module = sys.modules["neuraldiffeq.fitting.fit"]  # `neuraldiffeq.fitting.fit` is the function
+fit_module = sys.modules["neuraldiffeq.fitting.loop"]  # where fit compiles its steps
 
 
 class Params(eqx.Module):
@@ -166,7 +166,7 @@ def test_the_key_tells_apart_what_changes_the_step(x64):
     mlps = {w: eqx.nn.MLP(2, 2, w, 1, activation=jnp.tanh, key=jax.random.key(0)) for w in (8, 9)}
 
     def key(width=8, activation=jnp.tanh, strategy=None, lr=0.05, dtype=jnp.float32, fn=None):
-        # what fit's _StageRun builds, without compiling its carry
+        # what fit's StageRun builds (before the failure policy wraps the optimizer)
         mlp = eqx.tree_at(lambda m: m.activation, mlps[width], activation)
         mlp = jax.tree_util.tree_map(lambda x: x.astype(dtype) if eqx.is_array(x) else x, mlp)
         model = nde.NeuralODE(nde.autonomous(mlp, input_fn=fn or nde.transforms.cube))
