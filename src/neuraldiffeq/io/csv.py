@@ -305,7 +305,7 @@ def _typed_numbers(cells, column: str, name: str) -> np.ndarray:
     if beyond.any():
         i = int(np.argmax(beyond))
         raise ValueError(
-            f"column {column!r} of {name!r}, row {i + 2}, holds {values[i]!r}; values must be "
+            f"column {column!r} of {name!r}, row {i + 2}, holds {float(values[i])!r}; values must be "
             f"finite and within the working precision {working_dtype()} (largest "
             f"{largest:.3g}). Rescale the column or enable float64 (jax_enable_x64)."
         )

@@ -259,7 +259,7 @@ def numbers(series, name, source: str) -> np.ndarray:
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(
-            f"column {name!r} of {source}, row {i} (counting from 0), holds {values[i]!r}; "
+            f"column {name!r} of {source}, row {i} (counting from 0), holds {float(values[i])!r}; "
             f"values must be finite and within the working precision {working_dtype()} "
             f"(largest {largest:.3g}). Use NaN or null for a missing value; rescale the column "
             "or enable float64 (jax_enable_x64) for large ones."
