@@ -56,7 +56,7 @@ class Table:
         >>> from neuraldiffeq.io.csv import read_table
         >>> table = read_table(nde.datasets.LYNX_HARE_CSV)
         >>> table.header, table.delimiter, table.n_rows
-        (['year', 'hare', 'lynx'], ',', 21)
+        (['year', 'lynx', 'hare'], ',', 21)
     """
 
     name: str
@@ -204,12 +204,18 @@ def _parse_irregular(text: str, delimiter: str, name: str):
 
 
 def _drop_blank_rows(cells):
+    """The rows with a cell that is not blank (rows of empty cells carry nothing)."""
     import polars as pl
 
-    blank = pl.all_horizontal(
-        pl.col(c).is_null() | (pl.col(c).str.strip_chars(_WHITESPACE) == "") for c in cells.columns
-    )
-    return cells.filter(~blank)
+    def blank(c):
+        return pl.col(c).is_null() | (pl.col(c).str.strip_chars(_WHITESPACE) == "")
+
+    # a blank row starts with a blank cell: look at the others only in rows that do
+    first = cells.columns[0]
+    candidates = cells.select(blank(first)).to_series()
+    if not candidates.any():
+        return cells
+    return cells.filter(~pl.all_horizontal(blank(c) for c in cells.columns))
 
 
 def _read_parquet(path, name: str) -> Table:
@@ -246,31 +252,24 @@ def numbers(table: Table, column: str) -> np.ndarray:
     name = table.name
     if cells.dtype != pl.String:
         return _typed_numbers(cells, column, name)
-    text = cells.str.strip_chars(_WHITESPACE)
-    if table.delimiter == ";":
-        comma = text.str.contains(",", literal=True) & ~text.str.contains(".", literal=True)
-        text = pl.select(
-            pl.when(comma).then(text.str.replace_all(",", ".", literal=True)).otherwise(text)
-        ).to_series()
-    values = text.cast(pl.Float64, strict=False).to_numpy().astype(np.float64, copy=True)
-    empty = (text.is_null() | (text == "")).to_numpy()
-    values[empty] = np.nan
-    unparsed = np.flatnonzero(np.isnan(values) & ~empty)
+    # polars reads the plain numbers; what it leaves (blanks around a number, a decimal comma,
+    # `nan`, `1_000`, text) goes cell by cell through Python's float, as every cell used to
+    values = cells.cast(pl.Float64, strict=False).to_numpy().astype(np.float64, copy=True)
+    rest = np.flatnonzero(np.isnan(values) & ~cells.is_null().to_numpy())
     bad_text = np.zeros(values.shape, bool)
-    if unparsed.size:  # NaN from "nan", or what polars does not parse: Python's float decides
-        texts = text.gather(unparsed).to_list()
-        for i, cell in zip(unparsed, texts, strict=True):
-            try:
-                values[i] = float(cell)
-            except ValueError:
-                bad_text[i] = True
+    for i, cell in zip(rest, cells.gather(rest).to_list(), strict=True):
+        cell = _cell_text(cell, table.delimiter)
+        try:
+            values[i] = float(cell) if cell else np.nan
+        except ValueError:
+            bad_text[i] = True
     largest = float(np.finfo(working_dtype()).max)
     with np.errstate(invalid="ignore"):
         beyond = np.isinf(values) | (np.abs(values) > largest)
     bad = np.flatnonzero(bad_text | beyond)
     if bad.size:
         i = int(bad[0])
-        cell = text[i]
+        cell = _cell_text(cells[i], table.delimiter)
         if bad_text[i]:
             raise ValueError(
                 f"column {column!r} of {name!r} is not numeric: row {i + 2} holds "
@@ -289,6 +288,14 @@ def numbers(table: Table, column: str) -> np.ndarray:
     return values
 
 
+def _cell_text(cell: str | None, delimiter: str | None) -> str:
+    """A cell as `float` reads it: stripped, a decimal comma made a point (delimiter `;`)."""
+    cell = "" if cell is None else cell.strip()
+    if delimiter == ";" and "," in cell and "." not in cell:
+        cell = cell.replace(",", ".")  # decimal comma
+    return cell
+
+
 def _typed_numbers(cells, column: str, name: str) -> np.ndarray:
     """A typed (Parquet) column as float64: numbers and booleans only."""
     import polars as pl
@@ -305,8 +312,8 @@ def _typed_numbers(cells, column: str, name: str) -> np.ndarray:
     if beyond.any():
         i = int(np.argmax(beyond))
         raise ValueError(
-            f"column {column!r} of {name!r}, row {i + 2}, holds {float(values[i])!r}; values must be "
-            f"finite and within the working precision {working_dtype()} (largest "
+            f"column {column!r} of {name!r}, row {i + 2}, holds {float(values[i])!r}; values "
+            f"must be finite and within the working precision {working_dtype()} (largest "
             f"{largest:.3g}). Rescale the column or enable float64 (jax_enable_x64)."
         )
     return values

@@ -156,7 +156,7 @@ class TimeSeries(eqx.Module):
             >>> import neuraldiffeq as nde
             >>> data = nde.TimeSeries.from_csv(nde.datasets.LYNX_HARE_CSV, time="year")
             >>> data.columns
-            ('hare', 'lynx')
+            ('lynx', 'hare')
         """
         table = csv_files.read_table(path)
         name, header = table.name, table.header
