@@ -280,3 +280,19 @@ def test_fit_id_fits_every_series_and_writes_predictions(tmp_path, capsys):
     assert sorted(predictions["site"].unique().to_list()) == ["a", "b", "c"]
     assert main([*argv[:4], "--id", "nope", *argv[6:], "--depth", "1"]) == 2
     assert "id column 'nope' not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("strategy", ["shooting", "collocation"])
+def test_batched_strategies_read_ragged_series(strategy):
+    data = nde.TimeSeries.from_frame(pd.DataFrame(ROWS), id="site")
+    mlp = eqx.nn.MLP(2, 2, 4, 1, activation=jax.nn.tanh, key=jax.random.key(0))
+    chosen = nde.MultipleShooting(group_size=3) if strategy == "shooting" else nde.Collocation()
+    result = nde.fit(
+        nde.NeuralODE(nde.autonomous(mlp)),
+        data,
+        chosen,
+        optimizer=optax.adam(1e-2),
+        steps=2,
+        progress=False,
+    )
+    assert np.all(np.isfinite(np.asarray(result.losses)))
