@@ -296,3 +296,9 @@ def test_batched_strategies_read_ragged_series(strategy):
         progress=False,
     )
     assert np.all(np.isfinite(np.asarray(result.losses)))
+
+
+def test_csv_strips_what_python_strips():
+    from neuraldiffeq.io.csv import _WHITESPACE
+
+    assert _WHITESPACE == "".join(c for c in map(chr, range(0x110000)) if c.isspace())

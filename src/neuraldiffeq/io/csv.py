@@ -29,8 +29,11 @@ from .precision import working_dtype
 
 #: delimiters a CSV file may use, in order of preference when the header is ambiguous
 DELIMITERS = (",", ";", "\t", "|")
-#: what Python's str.strip() removes; polars' own notion of whitespace differs slightly
-_WHITESPACE = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+#: what Python's str.strip() removes (every c with c.isspace()); polars' own notion differs
+_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004"
+    "\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
 #: a comment line (its first non-blank character is `#`), with its line end
 _COMMENT_LINE = re.compile(r"^[^\S\n]*#[^\n]*(?:\n|\Z)", re.MULTILINE)
 #: how many lines the delimiter is sniffed from
