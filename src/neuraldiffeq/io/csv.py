@@ -34,8 +34,6 @@ _WHITESPACE = (
     "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004"
     "\u2005\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
 )
-#: a comment line (its first non-blank character is `#`), with its line end
-_COMMENT_LINE = re.compile(r"^[^\S\n]*#[^\n]*(?:\n|\Z)", re.MULTILINE)
 #: how many lines the delimiter is sniffed from
 _SNIFF_LINES = 50
 #: file name endings read as Parquet
@@ -89,7 +87,7 @@ def read_table(path: str | os.PathLike) -> Table:
     if "\r" in text:  # old Mac line ends (a lone \r) end a line as they did for open()
         text = re.sub(r"\r(?!\n)", "\n", text)
     if "#" in text:
-        text = _COMMENT_LINE.sub("", text)
+        text = _drop_comment_lines(text)
     first, sniffed = _first_lines(text)
     if sniffed and "\x00" in sniffed[0]:
         raise ValueError(f"{name!r} is not a text CSV file (it holds NUL bytes).")
@@ -122,6 +120,25 @@ def _read_text(path, name: str) -> str:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise ValueError(f"cannot read CSV file {name!r}: {e}") from None
+
+
+def _drop_comment_lines(text: str) -> str:
+    """`text` without its comment lines (first non-blank character `#`), line ends included.
+
+    Visits each `#` rather than each line: comments are few, and a regular expression anchored
+    at every line start costs seconds on a large file.
+    """
+    kept, done = [], 0
+    i = text.find("#")
+    while i >= 0:
+        start = text.rfind("\n", 0, i) + 1
+        end = text.find("\n", i)
+        end = len(text) if end < 0 else end + 1
+        if not text[start:i].strip():  # only blanks before the `#`: a comment line
+            kept.append(text[done:start])
+            done = end
+        i = text.find("#", end)  # a later `#` on the same line starts nothing
+    return "".join(kept) + text[done:] if kept else text
 
 
 def _first_lines(text: str) -> tuple[int, list[str]]:
@@ -157,10 +174,22 @@ def _sniff_delimiter(lines: list[str]) -> str:
     return best
 
 
+def _irregular_quote(delimiter: str) -> re.Pattern:
+    """A quote that neither opens nor closes a field: text on both sides (`1"5`, `"a"b`), or
+    field boundaries on both sides (a lone `"`). polars and the standard library's reader split
+    such rows differently; the latter decides, as it always has."""
+    d = re.escape(delimiter)
+    return re.compile(
+        rf'"(?:(?<=[^{d}\n"]")(?=[^{d}\r\n"])|(?=[{d}\r\n]|\Z)(?:(?<=\A")|(?<=[{d}\n]")))'
+    )
+
+
 def _parse(text: str, delimiter: str, name: str):
     """Every row's cells as text (row 0 the header), blank rows included."""
     import polars as pl
 
+    if '"' in text and _irregular_quote(delimiter).search(text):
+        return _parse_irregular(text, delimiter, name)
     try:
         cells = pl.read_csv(
             io.BytesIO(text.encode("utf-8")),
