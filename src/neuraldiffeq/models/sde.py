@@ -240,7 +240,8 @@ class _Diagonal(eqx.Module):
 
 def _backsolve_ok(solver) -> bool:
     # diffrax: BacksolveAdjoint needs a Stratonovich solver taking one (non-Multi) term;
-    # ReversibleHeun passes that check but its backsolve gradients are wrong (they disagree with finite differences), so no.
+    # ReversibleHeun passes that check but its backsolve gradients are wrong (they disagree
+    # with finite differences), so no.
     return (
         isinstance(solver, diffrax.AbstractStratonovichSolver)
         and solver.term_structure is diffrax.AbstractTerm
