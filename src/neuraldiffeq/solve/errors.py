@@ -28,7 +28,7 @@ Example:
     >>> try:
     ...     model(jnp.linspace(0.0, 2.0, 3), jnp.ones(1))
     ... except nde.SolveError as e:
-    ...     print(str(e)[:61])
+    ...     print(str(e)[:62])
     NeuralODE: the solve failed: it reached max_steps=64 (the most
     >>> bool(jnp.isinf(jax.jit(model)(jnp.linspace(0.0, 2.0, 3), jnp.ones(1))[-1, 0]))
     True
@@ -128,7 +128,7 @@ def failure_message(
         >>> from neuraldiffeq.solve.errors import failure_message
         >>> print(failure_message(diffrax.RESULTS.max_steps_reached, model="NeuralODE",
         ...       config=nde.SolveConfig("tsit5", max_steps=100),
-        ...       stats=dict(num_accepted_steps=90, num_rejected_steps=10))[:70])
+        ...       stats=dict(num_accepted_steps=90, num_rejected_steps=10))[:69])
         NeuralODE: the solve failed: it reached max_steps=100 (the most steps
     """
     reason = reason_of(result)
