@@ -165,6 +165,9 @@ def _families():
             nde.ConcatSquashMLP(2, (4,), key=key), trace="exact", rtol=1e-12, atol=1e-12, **few
         ).log_prob(jnp.ones((3, 2))),
         "ODEBlock": lambda: nde.ODEBlock(_ode_field, **few)(y0),
+        "LatentSDE": lambda: nde.LatentSDE(
+            2, 3, context_size=4, hidden_size=4, key=key, dt0=0.01, **few
+        ).sample_prior(ts, key=key),
         "HamiltonianNN": lambda: nde.HamiltonianNN(lambda y: 5e3 * y @ y, **few)(ts, y0),
         "SecondOrderNeuralODE": lambda: nde.SecondOrderNeuralODE(lambda y: -1e8 * y[:1], **few)(
             ts, y0
@@ -179,7 +182,18 @@ def _cde(key, few):
     return model(model.control(np.linspace(0, 1, 12), xs))
 
 
-@pytest.mark.parametrize("family", sorted(_families()))
+#: Families with a solve path of their own run by default (DDE loop, Radau IIA, CDE, flow); the
+#: ones that solve through NeuralODE's path or diffrax directly run in the long tier.
+DEFAULT_TIER = {"NeuralDDE", "NeuralODEMM", "NeuralCDE", "FFJORD", "LatentSDE"}
+
+
+@pytest.mark.parametrize(
+    "family",
+    [
+        pytest.param(name, marks=() if name in DEFAULT_TIER else pytest.mark.long)
+        for name in sorted(_families())
+    ],
+)
 def test_every_model_raises_the_same_error(family):
     with pytest.raises(nde.SolveError, match=r": the solve failed: it reached max_steps=4 ") as e:
         _families()[family]()
