@@ -201,6 +201,19 @@ def test_every_model_raises_the_same_error(family):
     assert "Under jax.jit" in str(e.value)
 
 
+def test_a_batch_solved_per_series_raises_once_and_is_inf_per_series_compiled():
+    # Series with their own times are solved one by one under vmap; the error counts failures.
+    model = nde.NeuralCDE(1, 2, 1, key=jax.random.key(0), max_steps=16)
+    ts = np.stack([np.linspace(0, 1, 12), np.linspace(0, 2, 12)])
+    xs = np.stack([100 * np.sin(20 * ts[0]), np.zeros(12)])[..., None]  # the second: constant
+    control = model.control(ts, xs)
+    assert not control.shared_times
+    with pytest.raises(nde.SolveError, match="failed in 1 of 2 solves of the batch"):
+        model(control)
+    out = np.asarray(eqx.filter_jit(lambda m, c: m.hidden(c))(model, control))
+    assert np.all(np.isinf(out[0])) and np.all(np.isfinite(out[1]))
+
+
 def test_compiled_failure_is_inf_in_every_model_family():
     # The same failure under jit: inf (log-densities -inf), never an exception.
     key = jax.random.key(0)

@@ -240,13 +240,19 @@ class NeuralCDE(HasSolveConfig):
             (3, 6, 4)
         """
         self._check(control)
-        if not control.shared_times:  # each series its own times: one solve per series
-            return jax.vmap(lambda x: self.hidden(x, args))(control)
+        zs, result, stats = self._hidden(control, args)
+        return on_failure(result, zs, config=self.config, model="NeuralCDE", stats=stats)
+
+    def _hidden(self, control: Interpolation, args: Any):
+        # (hidden states, result codes, step counts); a batch with its own times per series is
+        # solved per series, and its codes checked together (one error for the batch eagerly)
+        if not control.shared_times:
+            return jax.vmap(lambda x: self._hidden(x, args))(control)
         sol = self.solve(control, args)
         zs = sol.ys  # (S, *batch, hidden)
         if self.output == "final" and zs.shape[0] != 1:
             zs = zs[-1:]
-        return jnp.moveaxis(on_failure(sol, zs, config=self.config, model="NeuralCDE"), 0, -2)
+        return jnp.moveaxis(zs, 0, -2), sol.result, sol.stats
 
     def solve(
         self,

@@ -458,7 +458,8 @@ def on_failure(
     Arguments:
         result: diffrax's result code, or a solution holding one (`.result`, and `.stats` with
             its step counts, e.g. a `diffrax.Solution`).
-        tree: the outputs of the solve.
+        tree: the outputs of the solve (with a batch of result codes, their leading axes are
+            the batch's).
         value: the value of a failed output inside compiled code.
         config, model, stats: what the error message reports (the solve configuration, the
             model's name, step counts); `stats` defaults to the solution's.
@@ -479,10 +480,21 @@ def on_failure(
         result = result.result
     ok = diffrax.is_okay(result)  # success, or a terminating event
     if not is_concrete(ok):
-        return jax.tree_util.tree_map(lambda x: jnp.where(ok, x, jnp.asarray(value, x.dtype)), tree)
+
+        def fill(x):  # a batch of result codes covers the leading axes of each output
+            ok_x = jnp.reshape(ok, jnp.shape(ok) + (1,) * (jnp.ndim(x) - jnp.ndim(ok)))
+            return jnp.where(ok_x, x, jnp.asarray(value, x.dtype))
+
+        return jax.tree_util.tree_map(fill, tree)
     ok = np.asarray(ok)
     if ok.all():  # called eagerly: no program to compile
         return tree
+    if ok.ndim and stats is not None:  # a batch: the step counts of its first failure
+        first = int(np.flatnonzero(~ok.reshape(-1))[0])
+        stats = {
+            key: np.asarray(v).reshape(-1)[first] if np.size(v) == ok.size else v
+            for key, v in stats.items()
+        }
     message = failure_message(
         result,
         model=model or "the solve",

@@ -136,7 +136,7 @@ def failure_message(
     solver = getattr(config, "solver", None)
     name = type(solver).__name__ if solver is not None and not isinstance(solver, str) else None
     implicit = isinstance(solver, diffrax.AbstractImplicitSolver)
-    batch = f" ({failed} of {total} solves of the batch failed; the first:)" if total > 1 else ""
+    batch = f" in {failed} of {total} solves of the batch (the first shown)" if total > 1 else ""
     if reason == "max_steps_reached":
         text = _max_steps_text(config, stats, name, implicit, stiff_max_steps)
     elif reason == "dt_min_reached":
