@@ -71,6 +71,7 @@ def test_auto_gives_the_implicit_solver_room_and_matches_radau(x64):
     )
     assert ref.success
     relative = np.abs(ys - ref.y.T) / np.abs(ref.y.T)
+    # the bound; the float64 solve at 1e-8 is deterministic and stays about 25% under it
     assert relative.max() <= 1e-6, relative.max()
 
 
