@@ -84,7 +84,7 @@ def test_auto_keeps_a_given_max_steps_and_says_so(x64):
     assert error.reason == "max_steps_reached" and error.stats["max_steps"] == 1000
     assert error.model == "NeuralODE"
     message = str(error)
-    assert "Kvaerno5" in message and "kept as given" in message
+    assert "Kvaerno5" in message and "a max_steps you set is kept as given" in message
     assert f"max_steps to {STIFF_MAX_STEPS}" in message
 
     # Compiled: the inf contract, and the result code through model.solve.

@@ -214,7 +214,7 @@ def _max_steps_text(
         if stiff_max_steps is not None and most is not None and most < stiff_max_steps:
             text += (
                 f". solver='auto' raises max_steps to {stiff_max_steps} for the implicit solver"
-                f" it picks only when max_steps is left out: max_steps={most} was kept as given"
+                " it picks only when max_steps is left out; a max_steps you set is kept as given"
             )
         elif stiff_max_steps is not None and most == stiff_max_steps:
             text += (
