@@ -25,6 +25,7 @@ _PUBLIC: dict[str, str] = {
     "transforms": ".models.transforms",
     # models and their solve configuration
     "SolveConfig": ".solve",
+    "SolveError": ".solve",
     "solvers": ".solve",
     "NeuralODE": ".models",
     "autonomous": ".models",
@@ -168,6 +169,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
     from .models.vae import VAE, PlanarFlow
     from .solve import DDESolution, solve_dde
     from .solve.config import SolveConfig
+    from .solve.errors import SolveError
     from .solve.interpolation import Interpolation, interpolation_coeffs
     from .solve.sensitivity import (
         AbstractSensitivity,
