@@ -19,6 +19,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from .._compat import JAX_CALLBACK_LOGGER
 from ..compilation.cacheable import cacheable_jit
 from . import checkpoint as _ckpt
 from .devices import as_mesh, per_device_value_and_grad, replicate, shard
@@ -600,7 +601,7 @@ def _save(checkpoints, index, run: _StageRun, step_offset, losses, times, report
 
 def _failed_check(checked, args) -> str | None:
     """Run the checked program; the message of the equinox check that fails, if one does."""
-    callbacks = logging.getLogger("jax._src.callback")  # it logs each failed check's traceback
+    callbacks = logging.getLogger(JAX_CALLBACK_LOGGER)  # it logs each failed check's traceback
     level = callbacks.level
     callbacks.setLevel(logging.CRITICAL)
     try:
