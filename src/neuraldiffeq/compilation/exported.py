@@ -301,6 +301,9 @@ class _Hasher:
                 self.add(getattr(obj, name, None))
         elif obj is _MISSING or obj is dataclasses.MISSING:
             self.put("missing")
+        elif callable(obj) and _named_library_object(obj):
+            # a library's function of its own C type (NumPy's `np.cumsum`): by its name
+            self.put("named", obj.__module__, obj.__qualname__)
         elif (state := _plain_state(obj)) is not None:
             # a library's own object (a sentinel, a small helper): its class and its attributes
             self.put("object")
@@ -325,12 +328,11 @@ class _Hasher:
             self.put(np.ascontiguousarray(np.asarray(x)).tobytes())
 
     def _jitted(self, obj) -> None:
-        """A `jax.jit`-wrapped function: its jit options are not visible, so only the library's
-        own jitted functions (the module attribute they are defined as, e.g. `jnp.tanh`)."""
-        module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", "")
-        if not (_trusted_module(module) and _resolve(module, name) is obj):
-            raise _user_code(obj, " a jitted function")
-        self.put("jitted", module, name)
+        """A `jax.jit`-wrapped function, by the function it wraps. Its jit options are not
+        visible, but they change placement, donation and static arguments, never the values the
+        traced program computes (a nested jit's compiler options do not reach the outer
+        program)."""
+        self.put("jitted")
         self.add(obj.__wrapped__)
 
     def _function(self, fn: types.FunctionType) -> None:
@@ -404,6 +406,14 @@ def _trusted_class(cls: type) -> bool:
             ):
                 return False
     return True
+
+
+def _named_library_object(obj) -> bool:
+    """Whether `obj` is the object a trusted module defines under its own qualified name."""
+    module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(name, str):
+        return False
+    return _trusted_module(module) and _resolve(module, name) is obj
 
 
 def _relative(filename: str) -> str:
