@@ -6,8 +6,9 @@ A model file (format 2) holds:
 2. the description, JSON: the model's structure as data. An equinox module (or dataclass) whose
    class lives in `neuraldiffeq`, `equinox.nn`, `diffrax`, `optimistix` or `lineax` is written as
    its shortest public class path (`diffrax:Tsit5`, `neuraldiffeq:NeuralODE`, not the private
-   module that defines it, which a library may move) and its fields; arrays as a reference into the arrays section with their name
-   (the path in the model, e.g. `.field.net.layers[0].weight`), dtype and shape; numbers, strings,
+   module that defines it, which a library may move) and its fields; arrays as a reference into
+   the arrays section with their name (the path in the model, e.g.
+   `.field.net.layers[0].weight`), dtype and shape; numbers, strings,
    `None`, tuples, lists, dicts and dtypes as JSON; functions by an allow-listed name (activations
    of `jax.nn`, elementwise `jax.numpy` functions such as `jnp.tanh`, `jax.lax.max`, the
    library's own functions such as `nde.transforms.cube`); any other part (a lambda, a user's
