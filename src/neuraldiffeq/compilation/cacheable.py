@@ -177,7 +177,9 @@ class cacheable_jit:
             except _exported.Unkeyable as reason:  # user code: traced, nothing kept
                 logger.info("not exporting %s: it holds %s", self._name(), reason)
             except Exception as error:  # noqa: BLE001 — a fault of the key itself: say so, trace
-                logger.warning("not exporting %s: computing its key failed: %r", self._name(), error)
+                logger.warning(
+                    "not exporting %s: computing its key failed: %r", self._name(), error
+                )
             if path is not None:
                 avals = [jax.typeof(x) for x in leaves]
                 entry = _exported.load(path, digest, avals)

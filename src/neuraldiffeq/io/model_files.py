@@ -165,7 +165,7 @@ def _function_names() -> dict[int, str]:
 def _public_module(obj: Any, module: str, packages: tuple[str, ...], lookup) -> str:
     """The shortest public module (no `_`-prefixed part) among `module` and its parents, inside
     `packages`, where `lookup(module object)` gives `obj`; else `module` itself. So a file names
-    `diffrax:Tsit5` rather than `diffrax._solver.tsit5:Tsit5`, and `neuraldiffeq:NeuralODE`:
+    `diffrax:Tsit5` rather than the private module defining it, and `neuraldiffeq:NeuralODE`:
     paths that survive a library moving its code between private modules."""
     parts = module.split(".")
     for i in range(1, len(parts) + 1):
