@@ -65,7 +65,7 @@ import time, statistics
 import equinox as eqx, jax, jax.numpy as jnp, numpy as np, optax
 import neuraldiffeq as nde
 from neuraldiffeq.compilation.cacheable import _strip_jaxpr
-from neuraldiffeq.fitting.fit import _make_steps, _StageRun
+from neuraldiffeq.fitting.loop import StageRun as _StageRun, make_steps as _make_steps
 from neuraldiffeq.fitting.stage import Stage
 data = nde.datasets.spiral()
 mlp = eqx.nn.MLP(2, 2, 50, 1, activation=jnp.tanh, key=jax.random.key(0))

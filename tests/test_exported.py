@@ -19,9 +19,9 @@ import pytest
 import neuraldiffeq as nde
 from neuraldiffeq.compilation import exported as _exported
 from neuraldiffeq.compilation.cacheable import cacheable_jit
-from neuraldiffeq.fitting.fit import _make_steps
+from neuraldiffeq.fitting.loop import make_steps as _make_steps
 
-fit_module = sys.modules["neuraldiffeq.fitting.fit"]  # `neuraldiffeq.fitting.fit` is the function
+fit_module = sys.modules["neuraldiffeq.fitting.loop"]  # where fit compiles its steps
 
 
 @pytest.fixture
@@ -285,7 +285,7 @@ def test_the_key_tells_apart_what_changes_the_step(x64):
     prepared = nde.Trajectory().prepare(nde.NeuralODE(nde.autonomous(mlps[8])), data)
 
     def key(width=8, activation=jnp.tanh, strategy=None, lr=0.05, dtype=jnp.float32, fn=None):
-        # what fit's _StageRun builds, without compiling its carry
+        # what fit's StageRun builds (before the failure policy wraps the optimizer)
         mlp = eqx.tree_at(lambda m: m.activation, mlps[width], activation)
         mlp = jax.tree_util.tree_map(lambda x: x.astype(dtype) if eqx.is_array(x) else x, mlp)
         model = nde.NeuralODE(nde.autonomous(mlp, input_fn=fn or nde.transforms.cube))
