@@ -21,6 +21,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .._compat import JAX_CALLBACK_LOGGER
 from ..compilation.cacheable import cacheable_jit
 from .devices import per_device_value_and_grad, replicate
 from .failure_policy import failure_policy
@@ -281,7 +282,7 @@ def _tree_where(pred, new, old):
 
 def _failed_check(checked, args) -> str | None:
     """Run the checked program; the message of the equinox check that fails, if one does."""
-    callbacks = logging.getLogger("jax._src.callback")  # it logs each failed check's traceback
+    callbacks = logging.getLogger(JAX_CALLBACK_LOGGER)  # it logs each failed check's traceback
     level = callbacks.level
     callbacks.setLevel(logging.CRITICAL)
     try:
