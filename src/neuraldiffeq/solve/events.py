@@ -302,6 +302,8 @@ def solve_hybrid(
     Example: see the module docstring.
     """
     events = tuple(events)
+    # where the steps stop is not differentiated (the field's own dependence on those times is)
+    jump_ts = None if jump_ts is None else jax.lax.stop_gradient(jump_ts)
     # the state's dtype is what the field makes of it (float32 data, float64 parameters)
     rate = jax.eval_shape(field, ts[0], y0, args)
     dtype = jnp.result_type(y0.dtype, rate.dtype)
@@ -411,7 +413,7 @@ def solve_hybrid(
             y_next = jnp.where(reached, dosed, y_next)
         if events:
             sign_after = _sign_after(events, which, t_e, y_next, args, field)
-            last = jnp.where(hit, which, last)
+            last = jnp.where(hit, which, -1)  # only the segment right after an event
             last_sign = jnp.where(hit, sign_after, last_sign)
         slot = jnp.minimum(n_ev, max_events - 1)
         record = hit & (n_ev < max_events)
@@ -443,6 +445,7 @@ def solve_hybrid(
     )
     carry, _ = jax.lax.scan(segment, carry, None, length=n_segments)
     _, _, _, n_ev, done, failed, out, event_ts, event_index, _, _ = carry
+    out = out.at[0].set(y0)  # the state at ts[0] is y0 by definition (no interpolation round-off)
     too_many = ~done | (n_ev > max_events)
     result = diffrax.RESULTS.where(
         failed,
