@@ -248,3 +248,18 @@ def test_per_series_schedules_fit():
         progress=False,
     )
     assert abs(float(result.model.field.k) - 0.4) < 0.02
+
+
+def test_demo_bouncing_ball_recovers_g_and_restitution(tmp_path):
+    import json
+
+    from neuraldiffeq.cli import main
+
+    out = tmp_path / "ball"
+    argv = ["demo", "bouncing-ball", "--points", "41", "--steps", "90", "--lbfgs-steps", "10"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    assert {"fit.png", "metrics.json", "model.eqx"} <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    # the 1% each (measured: 2e-3 and 1e-3 with the demo's defaults)
+    assert metrics["relative_errors"]["g"] < 0.01 and metrics["relative_errors"]["e"] < 0.01
+    assert len(metrics["bounce_times"]) == len(metrics["true_bounce_times"]) >= 4
