@@ -264,3 +264,11 @@ def test_demo_bouncing_ball_recovers_g_and_restitution(tmp_path):
     # the 1% each (measured: 2e-3 and 1e-3 with the demo's defaults)
     assert metrics["relative_errors"]["g"] < 0.01 and metrics["relative_errors"]["e"] < 0.01
     assert len(metrics["bounce_times"]) == len(metrics["true_bounce_times"]) >= 4
+
+
+def test_auto_preset_puts_no_collocation_stage_before_a_hybrid_model():
+    dense = nde.datasets.spiral(n_points=200)  # smooth enough for collocation to go first
+    plain = nde.PRESETS["auto"](data=dense, lbfgs_steps=0, model=nde.NeuralODE(lambda t, y, a: -y))
+    hybrid = nde.PRESETS["auto"](data=dense, lbfgs_steps=0, model=nde.HybridODE(lambda t, y, a: -y))
+    assert [type(s.strategy).__name__ for s in plain][0] == "Collocation"
+    assert [type(s.strategy).__name__ for s in hybrid] == ["MultipleShooting", "Trajectory"]

@@ -36,7 +36,7 @@ class Fall(eqx.Module):
     Example:
         >>> import jax.numpy as jnp
         >>> from neuraldiffeq.demos.bouncing_ball import Fall
-        >>> Fall(jnp.array(9.81))(0.0, jnp.array([1.0, 2.0]), None).tolist()
+        >>> [round(float(v), 4) for v in Fall(jnp.array(9.81))(0.0, jnp.array([1.0, 2.0]), None)]
         [2.0, -9.81]
     """
 

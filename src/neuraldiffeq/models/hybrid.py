@@ -87,8 +87,8 @@ class HybridODE(HasSolveConfig):
         >>> ball = nde.HybridODE(lambda t, y, args: jnp.array([y[1], -9.81]), events=bounce,
         ...                      rtol=1e-8, atol=1e-8)
         >>> sol = ball.solve(jnp.linspace(0.0, 4.0, 5), jnp.array([10.0, 0.0]))
-        >>> int(sol.n_events), round(float(sol.event_ts[1]), 4)  # first bounces
-        (2, 3.7122)
+        >>> int(sol.n_events), round(float(sol.event_ts[1]), 3)  # first bounces
+        (2, 3.712)
     """
 
     field: Callable
