@@ -272,3 +272,16 @@ def test_auto_preset_puts_no_collocation_stage_before_a_hybrid_model():
     hybrid = nde.PRESETS["auto"](data=dense, lbfgs_steps=0, model=nde.HybridODE(lambda t, y, a: -y))
     assert [type(s.strategy).__name__ for s in plain][0] == "Collocation"
     assert [type(s.strategy).__name__ for s in hybrid] == ["MultipleShooting", "Trajectory"]
+
+
+def test_demo_dosing_recovers_the_absorption_rate(tmp_path):
+    import json
+
+    from neuraldiffeq.cli import main
+
+    out = tmp_path / "dosing"
+    argv = ["demo", "dosing", "--steps", "150", "--lbfgs-steps", "30"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["ka_relative_error"] < 0.05  # the 5%
+    assert metrics["elimination_curve_error"] < 0.1

@@ -62,9 +62,19 @@ class Bounce(eqx.Module):
         return jnp.stack([y[0], -self.e * y[1]])
 
 
-def floor(t, y, args):
-    """The event condition: the height (crossed downwards at a bounce)."""
-    return y[0]
+class Floor(eqx.Module):
+    """The event condition: the height (crossed downwards at a bounce). A module rather than a
+    function, so that `model.eqx` holds no pickled code.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from neuraldiffeq.demos.bouncing_ball import Floor
+        >>> float(Floor()(0.0, jnp.array([2.0, -1.0]), None))
+        2.0
+    """
+
+    def __call__(self, t, y, args):
+        return y[0]
 
 
 def ball(g: float, e: float, max_events: int = 24) -> nde.HybridODE:
@@ -77,7 +87,7 @@ def ball(g: float, e: float, max_events: int = 24) -> nde.HybridODE:
         >>> round(float(sol.event_ts[0]), 6)  # sqrt(2 * 10 / 9.81)
         1.427843
     """
-    bounce = nde.Event(floor, direction="down", jump=Bounce(jnp.array(e)))
+    bounce = nde.Event(Floor(), direction="down", jump=Bounce(jnp.array(e)))
     return nde.HybridODE(Fall(jnp.array(g)), bounce, max_events=max_events, rtol=1e-8, atol=1e-8)
 
 
