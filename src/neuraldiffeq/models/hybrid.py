@@ -70,6 +70,9 @@ class HybridODE(HasSolveConfig):
     field to smoothed slopes, which a jumping solution does not have), so the model has no
     `vector_field`.
 
+    A `NeuralODE` gains events with the same field and settings: `nde.HybridODE(node.field,
+    events, config=node.config)`.
+
     Arguments:
         field: `f(t, y, args)`, or `f(t, y, u, args)` with `inputs`.
         events: an `nde.Event` or a list of them.
