@@ -53,6 +53,13 @@ _PUBLIC: dict[str, str] = {
     "LatentSDE": ".models",
     "VAE": ".models",
     "PlanarFlow": ".models",
+    # hybrid models: events, scheduled jumps, exogenous inputs
+    "HybridODE": ".models",
+    "Exogenous": ".models",
+    "Event": ".solve",
+    "Schedule": ".solve",
+    "HybridSolution": ".solve",
+    "PerSeries": ".fitting",
     # sensitivities
     "AbstractSensitivity": ".solve",
     "Direct": ".solve",
@@ -140,6 +147,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
         losses,
     )
     from .fitting.likelihood import MaximumLikelihood
+    from .fitting.strategies import PerSeries
     from .fitting.supervised import Classification, Regression
     from .io.model_files import load, save
     from .io.timeseries import TimeSeries
@@ -164,12 +172,14 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
         ConcatSquashMLP,
     )
     from .models.hamiltonian import HamiltonianNN, SeparableHamiltonian
+    from .models.hybrid import Exogenous, HybridODE
     from .models.odemm import NeuralODEMM
     from .models.second_order import SecondOrderNeuralODE
     from .models.vae import VAE, PlanarFlow
     from .solve import DDESolution, solve_dde
     from .solve.config import SolveConfig
     from .solve.errors import SolveError
+    from .solve.events import Event, HybridSolution, Schedule
     from .solve.interpolation import Interpolation, interpolation_coeffs
     from .solve.sensitivity import (
         AbstractSensitivity,

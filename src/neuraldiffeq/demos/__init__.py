@@ -52,6 +52,14 @@ DEMOS: dict[str, tuple[str, str]] = {
         "neuraldiffeq.demos.latent_sde",
         "A latent SDE on torchsde's stochastic Lorenz data: posterior and prior samples.",
     ),
+    "bouncing-ball": (
+        "neuraldiffeq.demos.bouncing_ball",
+        "A bouncing ball: recover gravity and restitution from noisy heights, through the events.",
+    ),
+    "dosing": (
+        "neuraldiffeq.demos.dosing",
+        "Repeated oral doses, six patients: absorption rate and a neural elimination curve.",
+    ),
     "ffjord-digits": (
         "neuraldiffeq.demos.ffjord_digits",
         "FFJORD image generation on the 8x8 digits: conv vs MLP flow vs Gaussian, in bits/dim.",

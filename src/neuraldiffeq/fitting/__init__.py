@@ -10,10 +10,11 @@ from .moments import MomentMatching
 from .presets import PRESETS
 from .shooting import MultipleShooting, SegmentStates, segment_ranges
 from .stage import Stage
-from .strategies import AbstractStrategy, Trajectory
+from .strategies import AbstractStrategy, PerSeries, Trajectory
 from .supervised import Classification, Regression
 
 __all__ = [
+    "PerSeries",
     "KERNELS",
     "PRESETS",
     "AbstractStrategy",

@@ -122,7 +122,7 @@ def fit(
         >>> bool(abs(sharded.losses[-1] - result.losses[-1]) <= 1e-5 * result.losses[-1])
         True
     """
-    stages = _as_stages(strategy, optimizer, steps, steps_per_call, data)
+    stages = _as_stages(strategy, optimizer, steps, steps_per_call, data, model)
     mesh = as_mesh(devices)
     validate_max_failures(max_failures)
     key = jax.random.key(0) if key is None else key
@@ -180,7 +180,7 @@ def fit(
     return result
 
 
-def _as_stages(strategy, optimizer, steps, steps_per_call, data) -> list[Stage]:
+def _as_stages(strategy, optimizer, steps, steps_per_call, data, model=None) -> list[Stage]:
     if steps_per_call is not None and not _valid_per_call(steps_per_call):
         raise ValueError(
             f"steps_per_call must be a positive integer or 'auto', got {steps_per_call!r}."
@@ -196,7 +196,7 @@ def _as_stages(strategy, optimizer, steps, steps_per_call, data) -> list[Stage]:
         # the preset sees the data (e.g. "auto" checks whether collocation can go first) and
         # honours or refuses fit's keywords itself
         stages = PRESETS[strategy](
-            optimizer=optimizer, steps=steps, steps_per_call=steps_per_call, data=data
+            optimizer=optimizer, steps=steps, steps_per_call=steps_per_call, data=data, model=model
         )
     elif isinstance(strategy, AbstractStrategy):
         if steps is None:

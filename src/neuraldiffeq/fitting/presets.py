@@ -140,13 +140,21 @@ def _collocation(optimizer, steps, steps_per_call) -> Stage:
 
 
 def auto(
-    optimizer=None, steps=None, *, steps_per_call=None, lbfgs_steps=None, data=None
+    optimizer=None,
+    steps=None,
+    *,
+    steps_per_call=None,
+    lbfgs_steps=None,
+    data=None,
+    model=None,
 ) -> list[Stage]:
     """[Collocation ->] multiple shooting -> trajectory -> L-BFGS: the robust default.
 
     With `data`, collocation goes first when `collocation_first(data)` says its derivatives
-    are good enough; the choice and its reason are logged (logger `neuraldiffeq.fitting.presets`,
-    level INFO) and visible in the returned stages. Without `data` there is no collocation.
+    are good enough and the `model` (if given) has the `vector_field` collocation fits (a hybrid
+    model with jumps, a delay model have none: no collocation stage for them); the choice and
+    its reason are logged (logger `neuraldiffeq.fitting.presets`, level INFO) and visible in the
+    returned stages. Without `data` there is no collocation.
 
     Example:
         >>> import neuraldiffeq as nde
@@ -162,6 +170,8 @@ def auto(
         logger.info('"auto": no data given, so no collocation stage')
         return stages
     first, reason = collocation_first(data)
+    if first and model is not None and not callable(getattr(model, "vector_field", None)):
+        first, reason = False, f"{type(model).__name__} has no vector_field to collocate"
     logger.info('"auto": %s collocation stage: %s', "with a" if first else "no", reason)
     if first:
         stages = [_collocation(None, COLLOCATION_STEPS, steps_per_call)] + stages
@@ -169,7 +179,13 @@ def auto(
 
 
 def mixed(
-    optimizer=None, steps=None, *, steps_per_call=None, lbfgs_steps=None, data=None
+    optimizer=None,
+    steps=None,
+    *,
+    steps_per_call=None,
+    lbfgs_steps=None,
+    data=None,
+    model=None,
 ) -> list[Stage]:
     """Collocation -> multiple shooting -> trajectory -> L-BFGS, whatever the data.
 
@@ -189,7 +205,13 @@ def mixed(
 
 
 def trajectory(
-    optimizer=None, steps=None, *, steps_per_call=None, lbfgs_steps=None, data=None
+    optimizer=None,
+    steps=None,
+    *,
+    steps_per_call=None,
+    lbfgs_steps=None,
+    data=None,
+    model=None,
 ) -> list[Stage]:
     """Adam on the whole trajectory, then L-BFGS.
 
@@ -206,7 +228,13 @@ def trajectory(
 
 
 def shooting(
-    optimizer=None, steps=None, *, steps_per_call=None, lbfgs_steps=None, data=None
+    optimizer=None,
+    steps=None,
+    *,
+    steps_per_call=None,
+    lbfgs_steps=None,
+    data=None,
+    model=None,
 ) -> list[Stage]:
     """Multiple shooting with Adam, then L-BFGS on the whole trajectory.
 
@@ -220,7 +248,13 @@ def shooting(
 
 
 def collocation(
-    optimizer=None, steps=None, *, steps_per_call=None, lbfgs_steps=None, data=None
+    optimizer=None,
+    steps=None,
+    *,
+    steps_per_call=None,
+    lbfgs_steps=None,
+    data=None,
+    model=None,
 ) -> list[Stage]:
     """Collocation alone (no ODE solve, so no L-BFGS polish: `lbfgs_steps` must be 0 or None).
 
@@ -239,7 +273,8 @@ def collocation(
     return [_collocation(optimizer, steps, steps_per_call)]
 
 
-#: The preset registry, explicit: name -> function(optimizer=None, steps=None, data=None, ...)
+#: The preset registry, explicit: name -> function(optimizer=None, steps=None, data=None,
+#: model=None, ...)
 #: returning a list of `Stage`s (what `fit(model, data, "name")` runs). Add an entry to offer
 #: another preset by name.
 PRESETS: dict[str, Callable[..., list[Stage]]] = {

@@ -27,7 +27,14 @@ from .._checks import (
 )
 from ..models.dde import ObservedPast
 from .losses import l2, reduction_over_batch
-from .strategies import AbstractStrategy, as_timeseries, call_model, segment_starts
+from .strategies import (
+    AbstractStrategy,
+    PerSeries,
+    as_timeseries,
+    call_model,
+    segment_starts,
+    series_args,
+)
 
 __all__ = ["MultipleShooting", "ObservedPast", "SegmentStates", "auto_group_size", "segment_ranges"]
 
@@ -192,9 +199,8 @@ class MultipleShooting(AbstractStrategy):
                 "so it needs fully observed data: impute the missing values first."
             )
         ts, y0_shape = series_shapes(batch.ys, group_size)
-        check_state_shapes(
-            model, ts, y0_shape, self.args, strategy="MultipleShooting", call=call_model
-        )
+        args = series_args(self.args, n_batch)
+        check_state_shapes(model, ts, y0_shape, args, strategy="MultipleShooting", call=call_model)
         return {
             "ts": batch.ts,
             "ys": batch.ys,
@@ -233,30 +239,39 @@ class MultipleShooting(AbstractStrategy):
             model = model.model
         else:
             y0 = prepared["y0"]  # (B, S, D)
+        args = self.args
         if self.batch_size is not None:
             chosen = draw_minibatch(key, n_batch, self.batch_size, "MultipleShooting")
             ys, y0, weight = ys[chosen], y0[chosen], weight[chosen]
+            args = args.take(chosen) if isinstance(args, PerSeries) else args
             n_batch = self.batch_size
+        per_series = isinstance(args, PerSeries)
         with_past = _with_past(model)
         if with_past is not None:  # each segment's history: its trajectory's observed past
 
-            def solve(seg, start, trajectory_ys):
-                return call_model(with_past(ts, trajectory_ys), seg, start, self.args)
+            def solve(seg, start, trajectory_ys, a):
+                return call_model(with_past(ts, trajectory_ys), seg, start, a)
 
         else:
 
-            def solve(seg, start, trajectory_ys):
+            def solve(seg, start, trajectory_ys, a):
                 del trajectory_ys
-                return call_model(model, seg, start, self.args)
+                return call_model(model, seg, start, a)
 
         if n_batch * n_seg == 1:  # single shooting: no vmap (see strategies.batch_solve)
-            preds = solve(seg_ts[0], y0[0, 0], ys[0])[None, None]
+            one = args.series(0) if per_series else args
+            preds = solve(seg_ts[0], y0[0, 0], ys[0], one)[None, None]
         else:
             flat_ts = jnp.broadcast_to(seg_ts, (n_batch, *seg_ts.shape)).reshape(
                 -1, seg_ts.shape[1]
             )
             flat_past = jnp.repeat(ys, n_seg, axis=0)  # row b * S + k: trajectory b
-            flat = jax.vmap(solve)(flat_ts, y0.reshape(-1, y0.shape[-1]), flat_past)
+            flat_y0 = y0.reshape(-1, y0.shape[-1])
+            if per_series:  # row b * S + k: trajectory b's args
+                flat_args = args.take(jnp.repeat(jnp.arange(n_batch), n_seg)).value
+                flat = jax.vmap(solve)(flat_ts, flat_y0, flat_past, flat_args)
+            else:
+                flat = jax.vmap(lambda a, b, c: solve(a, b, c, args))(flat_ts, flat_y0, flat_past)
             preds = flat.reshape(n_batch, n_seg, *flat.shape[1:])  # (B, S, g, D)
         misfit = self.loss_fn(preds, ys[:, index], weight)
         if n_seg == 1:

@@ -23,6 +23,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .._checks import (
@@ -34,6 +35,7 @@ from .._checks import (
     series_shapes,
 )
 from ..io.timeseries import TimeSeries
+from ..solve.interpolation import Interpolation
 from .losses import l2, reduction_over_batch
 
 
@@ -195,7 +197,8 @@ class Trajectory(AbstractStrategy):
         else:
             check_batch_fits(self.batch_size, n_batch, "trajectories")
         ts, y0 = series_shapes(batch.ys, times)
-        check_state_shapes(model, ts, y0, self.args, strategy="Trajectory", call=call_model)
+        args = series_args(self.args, n_batch)
+        check_state_shapes(model, ts, y0, args, strategy="Trajectory", call=call_model)
         return batch
 
     @property
@@ -212,13 +215,14 @@ class Trajectory(AbstractStrategy):
         return reduction_over_batch(self.loss_fn, masked=prepared.mask is not None)
 
     def loss(self, model, prepared: TimeSeries, key) -> jax.Array:
-        ts, ys, mask = prepared.ts, prepared.ys, prepared.mask
+        ts, ys, mask, args = prepared.ts, prepared.ys, prepared.mask, self.args
         if self.batch_time is None:
             if self.batch_size is not None:  # whole trajectories, without replacement
                 chosen = draw_minibatch(key, ys.shape[0], self.batch_size, "Trajectory")
                 ys = ys[chosen]
                 mask = None if mask is None else mask[chosen]
-            preds = batch_solve(model, ts, ys[:, 0], self.args)
+                args = args.take(chosen) if isinstance(args, PerSeries) else args
+            preds = batch_solve(model, ts, ys[:, 0], args)
             return self.loss_fn(preds, ys, mask)
         if key is None:
             raise ValueError("a minibatching Trajectory needs a PRNG key to sample with.")
@@ -234,8 +238,83 @@ class Trajectory(AbstractStrategy):
             return ts_w, ys_w
 
         ts_w, ys_w = jax.vmap(window)(which, starts)
-        preds = jax.vmap(lambda t, y0: call_model(model, t, y0, self.args))(ts_w, ys_w[:, 0])
+        if isinstance(args, PerSeries):  # each window with its own trajectory's args
+            preds = jax.vmap(lambda t, y0, a: call_model(model, t, y0, a))(
+                ts_w, ys_w[:, 0], args.take(which).value
+            )
+        else:
+            preds = jax.vmap(lambda t, y0: call_model(model, t, y0, args))(ts_w, ys_w[:, 0])
         return self.loss_fn(preds, ys_w, None)
+
+
+class PerSeries(eqx.Module):
+    """`args` that differ from series to series: every array in `value` has a leading series axis.
+
+    A strategy given `args=nde.PerSeries(value)` solves series i with `value[i]` (the arrays of
+    `value` indexed along their first axis), e.g. one dose schedule and one measured input per
+    patient: `nde.PerSeries(nde.Exogenous(schedule=nde.Schedule(times (B, K), amounts (B, K),
+    into=0), inputs=nde.interpolation_coeffs(ts, us (B, T, C), time_channel=False)))`. A batch
+    of interpolations on shared times is given its times per series here.
+
+    Example:
+        >>> import jax.numpy as jnp, neuraldiffeq as nde
+        >>> rates = nde.PerSeries(jnp.array([0.5, 2.0]))
+        >>> model = nde.NeuralODE(lambda t, y, k: -k * y)
+        >>> data = nde.TimeSeries(jnp.linspace(0, 1, 5), jnp.exp(-rates.value[:, None, None]
+        ...                       * jnp.linspace(0, 1, 5)[None, :, None]))
+        >>> strategy = nde.Trajectory(args=rates)
+        >>> float(strategy.loss(model, strategy.prepare(model, data), None)) < 1e-6
+        True
+    """
+
+    value: Any
+
+    def __init__(self, value: Any):
+        def per_series_times(x):
+            if isinstance(x, Interpolation) and x.batch_shape and x.shared_times:
+                ts = jnp.broadcast_to(x.ts, (*x.batch_shape, x.ts.shape[0]))
+                return Interpolation(ts, x.coeffs, x.kind)
+            return x
+
+        value = jax.tree_util.tree_map(
+            per_series_times, value, is_leaf=lambda x: isinstance(x, Interpolation)
+        )
+        sizes = {int(np.shape(x)[0]) for x in jax.tree_util.tree_leaves(value) if np.ndim(x)}
+        if len(sizes) != 1 or any(np.ndim(x) == 0 for x in jax.tree_util.tree_leaves(value)):
+            raise ValueError(
+                "PerSeries needs arrays that all have the same leading (series) axis, got leaves "
+                f"of shapes {[np.shape(x) for x in jax.tree_util.tree_leaves(value)]}."
+            )
+        self.value = value
+
+    @property
+    def n_series(self) -> int:
+        """The number of series."""
+        return int(np.shape(jax.tree_util.tree_leaves(self.value)[0])[0])
+
+    def take(self, index) -> PerSeries:
+        """The series at `index` (an array of indices), still per series."""
+        taken = jax.tree_util.tree_map(lambda x: x[index], self.value)
+        out = object.__new__(PerSeries)
+        object.__setattr__(out, "value", taken)
+        return out
+
+    def series(self, i: int) -> Any:
+        """The value of series `i` (no series axis)."""
+        return jax.tree_util.tree_map(lambda x: x[i], self.value)
+
+
+def series_args(args: Any, n_series: int | None = None) -> Any:
+    """`args` as one solve sees it, for shape checks: series 0 of a `PerSeries` (whose series
+    count must be `n_series` when given), else `args` itself."""
+    if not isinstance(args, PerSeries):
+        return args
+    if n_series is not None and args.n_series != n_series:
+        raise ValueError(
+            f"args=nde.PerSeries(...) holds {args.n_series} series but the data have {n_series}"
+            " trajectories: give one entry per trajectory."
+        )
+    return args.series(0)
 
 
 def call_model(model, ts: jax.Array, y0: jax.Array, args: Any) -> jax.Array:
@@ -247,11 +326,16 @@ def call_model(model, ts: jax.Array, y0: jax.Array, args: Any) -> jax.Array:
 
 
 def batch_solve(model, ts: jax.Array, y0s: jax.Array, args: Any = None) -> jax.Array:
-    """`model(ts, y0, args)` for each row of `y0s` -> (B, T, D).
+    """`model(ts, y0, args)` for each row of `y0s` -> (B, T, D) (`nde.PerSeries` args: row i
+    with series i's).
 
     A batch of one is solved without `vmap`: a vmapped adaptive solve turns the step loop's
     condition into a batched one, which costs compile time and run time for nothing.
     """
+    if isinstance(args, PerSeries):
+        if y0s.shape[0] == 1:
+            return call_model(model, ts, y0s[0], args.series(0))[None]
+        return jax.vmap(lambda y0, a: call_model(model, ts, y0, a))(y0s, args.value)
     if y0s.shape[0] == 1:
         return call_model(model, ts, y0s[0], args)[None]
     return jax.vmap(lambda y0: call_model(model, ts, y0, args))(y0s)

@@ -12,6 +12,7 @@ from .concat_squash import (
 )
 from .dde import NeuralDDE
 from .hamiltonian import HamiltonianNN, SeparableHamiltonian
+from .hybrid import Exogenous, HybridODE
 from .latent import LatentODE
 from .latent_sde import LatentSDE
 from .ode import Autonomous, NeuralODE, autonomous
@@ -22,6 +23,8 @@ from .second_order import SecondOrderNeuralODE
 from .vae import VAE, PlanarFlow
 
 __all__ = [
+    "Exogenous",
+    "HybridODE",
     "HamiltonianNN",
     "NeuralCDE",
     "NeuralODEMM",

@@ -9,6 +9,7 @@ built on it, and nothing here knows about training.
 from .config import SolveConfig
 from .dde import DDESolution, solve_dde
 from .errors import SolveError
+from .events import Event, HybridSolution, Schedule
 from .interpolation import Interpolation, interpolation_coeffs
 from .names import IMPLICIT_SOLVERS, ODE_SOLVERS, SDE_SOLVERS, implicit_solver, resolve_solver
 from .sensitivity import (
@@ -22,6 +23,9 @@ from .sensitivity import (
 )
 
 __all__ = [
+    "Event",
+    "HybridSolution",
+    "Schedule",
     "IMPLICIT_SOLVERS",
     "ODE_SOLVERS",
     "SDE_SOLVERS",
