@@ -55,6 +55,7 @@ import optimistix as optx
 
 from .._checks import is_concrete
 from .config import SolveConfig, on_failure
+from .errors import SolveError
 
 #: Crossing directions an event condition may watch, as diffrax's `Event(direction=...)` wants.
 DIRECTIONS = {"up": True, "down": False, "either": None, None: None}
@@ -455,20 +456,31 @@ def solve_hybrid(
         ),
     )
     if throw and is_concrete(failed) and is_concrete(too_many):
+        stats = {"max_steps": config.max_steps}
         if bool(too_many) and not bool(failed):
-            raise RuntimeError(
-                f"the hybrid solve needed more than max_events={max_events} events before "
-                f"t={float(t_end)} (a Zeno-like cascade, or a bound set too low): raise max_events."
+            raise SolveError(
+                f"HybridODE: the solve failed: it needed more than max_events={max_events} events "
+                f"before t={float(t_end)} (a Zeno-like cascade, or a bound set too low). Raise "
+                "max_events.",
+                model="HybridODE",
+                reason="max_events_reached",
+                stats=stats,
             )
         if bool(failed):
-            raise RuntimeError(
-                f"a segment of the hybrid solve failed (max_steps={config.max_steps} reached or a "
-                "non-finite state): raise max_steps or loosen rtol/atol."
+            raise SolveError(
+                f"HybridODE: the solve failed: a segment between events failed (max_steps="
+                f"{config.max_steps} reached or a non-finite state). Raise max_steps or loosen "
+                "rtol/atol.",
+                model="HybridODE",
+                reason="max_steps_reached",
+                stats=stats,
             )
     ok = result == diffrax.RESULTS.successful
+    # with throw=False the failure value is returned as under jit (the result code says why)
+    failed_value = jax.tree_util.tree_map(lambda x: jnp.where(ok, x, jnp.inf), out)
     return HybridSolution(
         ts=ts,
-        ys=on_failure(result, out),
+        ys=on_failure(result, out, model="HybridODE") if throw else failed_value,
         event_ts=event_ts,
         event_index=jnp.where(ok, event_index, -1),
         n_events=n_ev,
