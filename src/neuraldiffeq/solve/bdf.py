@@ -55,7 +55,13 @@ import jax.scipy.linalg as jsl
 import numpy as np
 import optimistix as optx
 
-from .jacobian import SparsityPattern, sparse_jacobian
+from .jacobian import (
+    SparsityPattern,
+    as_pattern,
+    check_pattern,
+    detect_pattern,
+    sparse_jacobian,
+)
 from .linear import check_linear_solve, choose_linear_solve, krylov_solve, sparse_solve
 
 #: The highest order.
@@ -184,13 +190,13 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
     interpolation_cls: ClassVar = BDFInterpolation
 
     def __check_init__(self):
-        if not (self.jacobian == "dense" or isinstance(self.jacobian, SparsityPattern)):
+        if not (self.jacobian in ("dense", "sparse") or isinstance(self.jacobian, SparsityPattern)):
             raise ValueError(
                 "BDF's jacobian must be 'dense' or a SparsityPattern (see "
                 "neuraldiffeq.solve.jacobian; SolveConfig(..., jacobian='sparse') detects one), "
                 f"got {self.jacobian!r}."
             )
-        if self.linear_solve == "sparse" and not isinstance(self.jacobian, SparsityPattern):
+        if self.linear_solve == "sparse" and self.jacobian == "dense":
             raise ValueError(
                 "linear_solve='sparse' factorises the sparse Jacobian, so it needs a sparsity "
                 "pattern: pass jacobian=<SparsityPattern> (or jacobian='sparse' to "
@@ -212,8 +218,19 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         return self.linear_solve
 
     def init(self, terms, t0, t1, y0, args) -> _State:
-        if jnp.ndim(y0) != 1:
-            raise ValueError(f"BDF solves states of shape (n,), got y0 of shape {jnp.shape(y0)}.")
+        if not isinstance(y0, jax.Array) or jnp.ndim(y0) != 1:
+            raise ValueError(
+                "BDF solves states of shape (n,), got "
+                + (f"shape {jnp.shape(y0)}" if isinstance(y0, jax.Array) else "a pytree")
+                + ". (The continuous adjoints, e.g. nde.Backsolve(), solve a pytree of state, "
+                "adjoint and parameters: with solver='bdf' use nde.Direct() or nde.Forward().)"
+            )
+        if self.jacobian == "sparse":
+            raise ValueError(
+                "BDF(jacobian='sparse') must have its pattern detected before solving: solve "
+                "through nde.SolveConfig(...).diffeqsolve or a model (they detect it), or pass "
+                "jacobian=neuraldiffeq.solve.jacobian.detect_pattern(field, t0, y0, args)."
+            )
         pattern = self._pattern()
         if pattern is not None and pattern.n != y0.shape[0]:
             raise ValueError(
@@ -382,3 +399,99 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
 
     def func(self, terms, t0, y0, args):
         return terms.vf(t0, y0, args)
+
+
+# -- the solve configuration's side: jacobian= and linear_solve= ---------------------------------
+
+
+def with_structure(solver: Any, jacobian: Any, linear_solve: str | None) -> Any:
+    """`solver` with the Jacobian and linear solve a `SolveConfig` was given (None: unchanged).
+
+    `jacobian`: `"dense"`, `"sparse"` (the pattern detected before the first solve, see
+    `resolve_pattern`), a `SparsityPattern`, or a square boolean matrix / SciPy sparse matrix
+    of the pattern. Only `BDF` takes a sparse Jacobian and a choice of linear solve; any other
+    solver is refused with a `ValueError` unless both are None or `"dense"`.
+
+    Example:
+        >>> import numpy as np
+        >>> from neuraldiffeq.solve.bdf import BDF, with_structure
+        >>> with_structure(BDF(), np.eye(3, dtype=bool), "sparse").jacobian
+        SparsityPattern(n=3, nnz=3, n_colours=1)
+    """
+    if jacobian is None and linear_solve is None:
+        return solver
+    if not isinstance(solver, BDF):
+        if jacobian in (None, "dense") and linear_solve in (None, "dense", "auto"):
+            return solver
+        raise ValueError(
+            f"jacobian={_describe(jacobian)} / linear_solve={linear_solve!r}: a sparse Jacobian "
+            f"and sparse or Krylov linear solves are used by solver='bdf'; {type(solver).__name__} "
+            "forms a dense Jacobian. Pass solver='bdf', or leave jacobian and linear_solve out."
+        )
+    if jacobian is None:
+        jacobian = solver.jacobian
+    elif isinstance(jacobian, str):
+        if jacobian.lower() not in ("dense", "sparse"):
+            raise ValueError(
+                f"jacobian must be 'dense', 'sparse' (detect the pattern), a SparsityPattern or "
+                f"an (n, n) boolean matrix of the pattern, got {jacobian!r}."
+            )
+        jacobian = jacobian.lower()
+    elif not isinstance(jacobian, SparsityPattern):
+        jacobian = as_pattern(jacobian, int(np.shape(jacobian)[0]))
+    return BDF(
+        root_finder=solver.root_finder,
+        jacobian=jacobian,
+        linear_solve=solver.linear_solve if linear_solve is None else linear_solve,
+    )
+
+
+def _describe(jacobian: Any) -> str:
+    return repr(jacobian) if isinstance(jacobian, str | SparsityPattern | None) else "<pattern>"
+
+
+def resolve_pattern(solver: Any, terms: Any, t0, y0, args: Any) -> Any:
+    """`solver` with `jacobian="sparse"` replaced by the pattern detected for the ODE `terms`
+    (a `diffrax.ODETerm` or a field f(t, y, args)) at y0; a pattern already given is checked
+    against the field on a random state (`check_pattern`). Needs concrete values: under
+    `jax.jit` a `ValueError` asks to resolve first. Any other solver is returned unchanged.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from neuraldiffeq.solve.bdf import BDF, resolve_pattern
+        >>> solver = resolve_pattern(BDF(jacobian="sparse"), lambda t, y, a: -y, 0.0,
+        ...                          jnp.ones(4), None)
+        >>> solver.jacobian.nnz
+        4
+    """
+    if not isinstance(solver, BDF) or solver.jacobian == "dense":
+        return solver
+    field = terms.vector_field if isinstance(terms, diffrax.ODETerm) else terms
+    if not callable(field) or isinstance(field, diffrax.AbstractTerm):
+        raise ValueError(
+            f"jacobian patterns are for ODE terms; got {type(terms).__name__}: use "
+            "jacobian='dense'."
+        )
+    leaves = jax.tree_util.tree_leaves((field, t0, y0, args))
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        if solver.jacobian == "sparse":
+            raise ValueError(
+                "jacobian='sparse' detects the Jacobian's sparsity pattern from concrete values, "
+                "but the solve is traced (inside jax.jit, grad or vmap). Detect it first, "
+                "outside: model = model.resolve_solver(ts, y0, args) (nde.fit does this), or "
+                "pass the pattern: jacobian=neuraldiffeq.solve.jacobian.detect_pattern(field, "
+                "t0, y0, args)."
+            )
+        return solver  # a given pattern was checked when it could be (eagerly)
+    y0 = jnp.asarray(y0)
+    if solver.jacobian == "sparse":
+        pattern = detect_pattern(field, t0, y0, args)
+    else:
+        pattern = solver.jacobian
+        if pattern.n != y0.size:
+            raise ValueError(
+                f"jacobian pattern is {pattern.n}x{pattern.n} but the state has {y0.size} "
+                f"components; give an (n, n) pattern with n = {y0.size}."
+            )
+        check_pattern(field, t0, y0, args, pattern)
+    return BDF(root_finder=solver.root_finder, jacobian=pattern, linear_solve=solver.linear_solve)

@@ -5,7 +5,8 @@ and `solve_dde`, `FFJORD`, `ODEBlock`, `LatentODE`, `AugmentedNeuralODE`):
 
 - `solver`: a diffrax solver, or its name (`"tsit5"`, `"dopri5"`, `"kvaerno5"`, `"euler"`,
   `"milstein"`, ...; see `neuraldiffeq.solve.ODE_SOLVERS` and `SDE_SOLVERS`), or `"auto"`
-  (ODEs): `"tsit5"` or, for a stiff equation, `"kvaerno5"`, chosen from a stiffness estimate at
+  (ODEs): `"tsit5"` or, for a stiff equation, `"kvaerno5"`, `"radau5"` or `"bdf"` (by size and
+  rtol, `neuraldiffeq.solve.stiffness.implicit_for`), chosen from a stiffness estimate at
   the initial state before solving (`neuraldiffeq.solve.stiffness`; `model.resolve_solver(ts,
   y0, args)` records the choice as `model.solver`, and `nde.fit` does that before compiling).
   Implicit solvers (`"kvaerno3/4/5"`, `"kencarp3/4/5"`, `"implicit_euler"`) solve each stage by
@@ -56,6 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import as_array, check_positive, is_concrete
+from .bdf import resolve_pattern, with_structure
 from .names import ODE_SOLVERS, SDE_SOLVERS, resolve_solver
 from .sensitivity import AbstractSensitivity, resolve_sensitivity
 from .stiffness import estimate_stiffness
@@ -100,6 +102,12 @@ class SolveConfig(eqx.Module):
         dt0: constant step (given alone), or the first adaptive step (given with tolerances).
         max_steps: a positive integer, or `None` with constant steps (as many as needed).
         sensitivity: an `nde.Direct()`, ... instance, a lower-case name, or `"auto"`.
+        jacobian: for `solver="bdf"`: `"dense"`, `"sparse"` (the sparsity pattern detected
+            before the first solve) or the pattern (a `neuraldiffeq.solve.jacobian.
+            SparsityPattern`, an (n, n) boolean matrix or a SciPy sparse matrix, checked against
+            the field on a random state). See docs/howto/stiff-problems.md.
+        linear_solve: for `solver="bdf"`: `"dense"`, `"sparse"` (SuperLU), `"krylov"` (GMRES)
+            or `"auto"` (by size); see `neuraldiffeq.solve.linear`.
 
     Example:
         >>> import neuraldiffeq as nde
@@ -117,6 +125,8 @@ class SolveConfig(eqx.Module):
     atol: float | None = eqx.field(static=True)
     dt0: float | None = eqx.field(static=True)
     max_steps: int | None = eqx.field(static=True)
+    jacobian: Any = eqx.field(static=True, default=None)
+    linear_solve: str | None = eqx.field(static=True, default=None)
 
     def __init__(
         self,
@@ -127,6 +137,8 @@ class SolveConfig(eqx.Module):
         dt0: float | None = None,
         max_steps: int | None = 4096,
         sensitivity: AbstractSensitivity | str = "auto",
+        jacobian: Any = None,
+        linear_solve: str | None = None,
     ):
         auto = isinstance(solver, str) and solver.lower() == AUTO
         if auto:  # chosen per problem (solvers.stiffness), both candidates adaptive
@@ -135,6 +147,8 @@ class SolveConfig(eqx.Module):
             solver = resolve_solver(solver, {**SDE_SOLVERS, **ODE_SOLVERS})
         else:
             solver = resolve_solver(solver)
+        if not auto:  # "auto": applied to the solver it chooses (resolve_solver)
+            solver = with_structure(solver, jacobian, linear_solve)
         for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0)):
             if value is not None:
                 check_positive(value, name)
@@ -170,6 +184,8 @@ class SolveConfig(eqx.Module):
         self.atol = None if atol is None else float(atol)
         self.dt0 = None if dt0 is None else float(dt0)
         self.max_steps = None if max_steps is None else int(max_steps)
+        self.jacobian = jacobian
+        self.linear_solve = linear_solve
 
     # -- the rule -------------------------------------------------------------------------------
 
@@ -218,7 +234,7 @@ class SolveConfig(eqx.Module):
         unknown = set(changes) - set(SHORTCUTS)
         if unknown:
             raise ValueError(f"SolveConfig has no {sorted(unknown)}; it holds {list(SHORTCUTS)}.")
-        settings = {name: getattr(self, name) for name in SHORTCUTS}
+        settings = {name: getattr(self, name) for name in (*SHORTCUTS, "jacobian", "linear_solve")}
         settings.update(changes)
         solver = settings.pop("solver")
         return SolveConfig(solver, **settings)
@@ -259,6 +275,7 @@ class SolveConfig(eqx.Module):
         solver = self.solver
         if isinstance(solver, str):  # "auto", not resolved by the model: choose for this call
             solver = self.resolve_solver(terms, t0, t1, y0, args).solver
+        solver = resolve_pattern(solver, terms, t0, y0, args)  # jacobian="sparse": detect
         dt0 = None if self.dt0 is None else (-self.dt0 if backwards else self.dt0)
         return diffrax.diffeqsolve(
             terms,
@@ -286,8 +303,8 @@ class SolveConfig(eqx.Module):
             >>> config.solver
             'auto'
             >>> stiff = config.resolve_solver(lambda t, y, a: -1e5 * y, 0.0, 1.0, jnp.ones(1))
-            >>> type(stiff.solver).__name__
-            'Kvaerno5'
+            >>> type(stiff.solver).__name__  # small, stiff, tight rtol: Radau IIA
+            'Radau5'
         """
         if not isinstance(self.solver, str):
             return self
@@ -303,6 +320,10 @@ class SolveConfig(eqx.Module):
         rtol = DEFAULT_RTOL if self.rtol is None else self.rtol
         atol = DEFAULT_ATOL if self.atol is None else self.atol
         chosen = estimate_stiffness(field, t0, t1, y0, args, rtol=rtol, atol=atol).solver
+        if self.jacobian not in (None, "dense") or self.linear_solve not in (None, "dense"):
+            if chosen == "tsit5":  # an explicit solver forms no Jacobian
+                return self.replace(solver=chosen, jacobian=None, linear_solve=None)
+            chosen = "bdf"  # the only solver with sparse Jacobians and linear solves
         return self.replace(solver=chosen)
 
     # -- models' side ---------------------------------------------------------------------------
@@ -432,7 +453,8 @@ class HasSolveConfig(eqx.Module):
             >>> type(model.resolve_solver(ts, jnp.ones(2), 1.0).solver).__name__
             'Tsit5'
         """
-        if not isinstance(self.config.solver, str):
+        sparse = getattr(self.config.solver, "jacobian", None) == "sparse"
+        if not isinstance(self.config.solver, str) and not sparse:
             return self
         field = getattr(self, "vector_field", None)
         if field is None:
@@ -442,6 +464,8 @@ class HasSolveConfig(eqx.Module):
             )
         ts = np.asarray(ts) if is_concrete(ts) else ts  # end points without compiled slices
         config = self.config.resolve_solver(field, ts[0], ts[-1], as_array(y0), args)
+        solver = resolve_pattern(config.solver, field, ts[0], as_array(y0), args)
+        config = eqx.tree_at(lambda c: c.solver, config, solver)
         return eqx.tree_at(lambda m: m.config, self, config)
 
     @property
