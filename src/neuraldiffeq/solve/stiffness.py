@@ -18,7 +18,8 @@ rtol <= `TIGHT_RTOL` and `"kvaerno5"`, an L-stable ESDIRK, at looser ones) when
 is blind to a decayed fast mode (for dy/dt = -k·y the solution always moves at rate k relative
 to itself), so a second sign counts too, the one an explicit solver shows itself (Hairer &
 Wanner's stiffness detection): its accepted steps are held at the stability limit (h·ρ >=
-`PINNED` · 3.5) rather than by the tolerance, while that limit would force more than `STIFF_FACTOR` · `PROBE_STEPS` steps.
+`PINNED` · 3.5) rather than by the tolerance, while that limit would force more than
+`STIFF_FACTOR` · `PROBE_STEPS` steps.
 
 Stiffness often appears only after a transient (Robertson's kinetics: ∂f/∂y at y0 = (1, 0, 0)
 has spectral radius 0.04, a few milliseconds later ~2000), so the estimate is taken at y0 and
