@@ -253,12 +253,15 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         linear = self._linear(n)
         pattern = self._pattern()
         if pattern is None:
-            jac = jax.jacfwd(hf)(y)
             if linear == "dense":
+                jac = jax.jacfwd(hf)(y)
                 lu = jsl.lu_factor(jnp.eye(n, dtype=y.dtype) - jac / alpha)
                 return lambda r: jsl.lu_solve(lu, r)
-            diag = 1.0 - jnp.diagonal(jac) / alpha
-            matvec = lambda v: v - jac @ v / alpha  # noqa: E731
+            # matrix-free: products by JVPs; without a pattern the diagonal is unknown, so GMRES
+            # runs unpreconditioned
+            _, jvp = jax.linearize(hf, y)
+            diag = jnp.ones_like(y)
+            matvec = lambda v: v - jvp(v) / alpha  # noqa: E731
         else:
             values = sparse_jacobian(lambda t, v, a: hf(v), None, y, None, pattern)
             is_diag = jnp.asarray(pattern.rows == pattern.cols)
@@ -420,6 +423,8 @@ def with_structure(solver: Any, jacobian: Any, linear_solve: str | None) -> Any:
     """
     if jacobian is None and linear_solve is None:
         return solver
+    jacobian = as_jacobian(jacobian)
+    linear_solve = None if linear_solve is None else check_linear_solve(linear_solve)
     if not isinstance(solver, BDF):
         if jacobian in (None, "dense") and linear_solve in (None, "dense", "auto"):
             return solver
@@ -428,22 +433,34 @@ def with_structure(solver: Any, jacobian: Any, linear_solve: str | None) -> Any:
             f"and sparse or Krylov linear solves are used by solver='bdf'; {type(solver).__name__} "
             "forms a dense Jacobian. Pass solver='bdf', or leave jacobian and linear_solve out."
         )
-    if jacobian is None:
-        jacobian = solver.jacobian
-    elif isinstance(jacobian, str):
-        if jacobian.lower() not in ("dense", "sparse"):
-            raise ValueError(
-                f"jacobian must be 'dense', 'sparse' (detect the pattern), a SparsityPattern or "
-                f"an (n, n) boolean matrix of the pattern, got {jacobian!r}."
-            )
-        jacobian = jacobian.lower()
-    elif not isinstance(jacobian, SparsityPattern):
-        jacobian = as_pattern(jacobian, int(np.shape(jacobian)[0]))
+    jacobian = solver.jacobian if jacobian is None else as_jacobian(jacobian)
     return BDF(
         root_finder=solver.root_finder,
         jacobian=jacobian,
         linear_solve=solver.linear_solve if linear_solve is None else linear_solve,
     )
+
+
+def as_jacobian(jacobian: Any) -> Any:
+    """A `jacobian=` setting in its stored form: None, `"dense"`, `"sparse"` or a
+    `SparsityPattern` (a boolean matrix or a SciPy sparse matrix becomes one).
+
+    Example:
+        >>> import numpy as np
+        >>> from neuraldiffeq.solve.bdf import as_jacobian
+        >>> as_jacobian(np.eye(2, dtype=bool))
+        SparsityPattern(n=2, nnz=2, n_colours=1)
+    """
+    if jacobian is None or isinstance(jacobian, SparsityPattern):
+        return jacobian
+    if isinstance(jacobian, str):
+        if jacobian.lower() not in ("dense", "sparse"):
+            raise ValueError(
+                f"jacobian must be 'dense', 'sparse' (detect the pattern), a SparsityPattern or "
+                f"an (n, n) boolean matrix of the pattern, got {jacobian!r}."
+            )
+        return jacobian.lower()
+    return as_pattern(jacobian, int(np.shape(jacobian)[0]))
 
 
 def _describe(jacobian: Any) -> str:

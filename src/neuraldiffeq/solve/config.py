@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import as_array, check_positive, is_concrete
-from .bdf import resolve_pattern, with_structure
+from .bdf import as_jacobian, resolve_pattern, with_structure
 from .names import ODE_SOLVERS, SDE_SOLVERS, resolve_solver
 from .sensitivity import AbstractSensitivity, resolve_sensitivity
 from .stiffness import estimate_stiffness
@@ -184,7 +184,7 @@ class SolveConfig(eqx.Module):
         self.atol = None if atol is None else float(atol)
         self.dt0 = None if dt0 is None else float(dt0)
         self.max_steps = None if max_steps is None else int(max_steps)
-        self.jacobian = jacobian
+        self.jacobian = as_jacobian(jacobian)
         self.linear_solve = linear_solve
 
     # -- the rule -------------------------------------------------------------------------------
