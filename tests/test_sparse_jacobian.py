@@ -16,7 +16,13 @@ from neuraldiffeq.solve.jacobian import (
     detect_pattern,
     sparse_jacobian,
 )
-from neuraldiffeq.solve.linear import dense_solve, krylov_solve, sparse_solve
+from neuraldiffeq.solve.linear import (
+    block_solver,
+    choose_linear_solve,
+    dense_solve,
+    krylov_solve,
+    sparse_solve,
+)
 
 jax.config.update("jax_enable_x64", True)
 
@@ -124,7 +130,7 @@ def test_krylov_that_does_not_converge_gives_nan():
     assert np.all(np.isnan(np.asarray(x)))
 
 
-@pytest.mark.parametrize("linear_solve", ["dense", "sparse", "krylov"])
+@pytest.mark.parametrize("linear_solve", ["dense", "blocks", "sparse", "krylov"])
 def test_bdf_with_a_sparse_jacobian_solves_like_the_dense_one(linear_solve):
     n = 20
     y0 = jnp.linspace(0.5, 1.5, n)
@@ -140,3 +146,24 @@ def test_bdf_with_a_sparse_jacobian_solves_like_the_dense_one(linear_solve):
     sparse = jax.jit(resolved)(ts, y0, 50.0)
     np.testing.assert_allclose(sparse, dense, rtol=1e-6, atol=1e-9)
     assert isinstance(resolved.solver, BDF)
+
+
+def test_block_solve_agrees_with_dense_on_independent_blocks_of_unequal_size():
+    rng = np.random.default_rng(3)
+    n = 12
+    labels = rng.permutation(np.repeat(np.arange(4), [1, 2, 4, 5]))  # blocks of 1, 2, 4, 5
+    mask = labels[:, None] == labels[None, :]
+    a = np.where(mask, rng.normal(size=(n, n)), 0.0)
+    a[0, 0] = 1e-8  # a tiny leading entry: partial pivoting must swap rows in its block
+    pattern = SparsityPattern.from_dense(mask)
+    assert pattern.blocks[0].shape == (4, 5)
+    values = jnp.asarray(a[pattern.rows, pattern.cols])
+    b = jnp.asarray(rng.normal(size=n))
+    np.testing.assert_allclose(block_solver(pattern, values)(b), np.linalg.solve(a, b),
+                               rtol=1e-9, atol=1e-12)  # fmt: skip
+    # chosen by size: dense when small, blocks for many small independent blocks
+    assert choose_linear_solve(n, pattern) == "dense"
+    many = SparsityPattern.from_dense(np.kron(np.eye(100), np.ones((3, 3))))
+    assert choose_linear_solve(300, many) == "blocks"
+    band = np.eye(300, dtype=bool) | np.eye(300, k=1, dtype=bool) | np.eye(300, k=-1, dtype=bool)
+    assert choose_linear_solve(300, SparsityPattern.from_dense(band)) == "sparse"

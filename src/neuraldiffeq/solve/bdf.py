@@ -62,7 +62,13 @@ from .jacobian import (
     detect_pattern,
     sparse_jacobian,
 )
-from .linear import check_linear_solve, choose_linear_solve, krylov_solve, sparse_solve
+from .linear import (
+    block_solver,
+    check_linear_solve,
+    choose_linear_solve,
+    krylov_solve,
+    sparse_solve,
+)
 
 #: The highest order.
 MAX_ORDER = 5
@@ -165,9 +171,10 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         jacobian: `"dense"` (every entry, by `jax.jacfwd`) or a `SparsityPattern` (the entries
             that may be non-zero; see `neuraldiffeq.solve.jacobian`). `nde.SolveConfig(...,
             jacobian="sparse")` detects the pattern for you.
-        linear_solve: `"dense"`, `"sparse"` (SuperLU; needs a pattern), `"krylov"` (GMRES) or
-            `"auto"` (dense up to `neuraldiffeq.solve.linear.DENSE_MAX` states, else sparse
-            with a pattern, Krylov without).
+        linear_solve: `"dense"`, `"blocks"` (the pattern's independent blocks, batched dense
+            LUs), `"sparse"` (SuperLU; both need a pattern), `"krylov"` (GMRES) or `"auto"`
+            (`neuraldiffeq.solve.linear.choose_linear_solve`: dense up to 200 states, else
+            blocks or sparse with a pattern, Krylov without).
 
     Example:
         >>> import diffrax, jax.numpy as jnp
@@ -196,10 +203,10 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
                 "neuraldiffeq.solve.jacobian; SolveConfig(..., jacobian='sparse') detects one), "
                 f"got {self.jacobian!r}."
             )
-        if self.linear_solve == "sparse" and self.jacobian == "dense":
+        if self.linear_solve in ("sparse", "blocks") and self.jacobian == "dense":
             raise ValueError(
-                "linear_solve='sparse' factorises the sparse Jacobian, so it needs a sparsity "
-                "pattern: pass jacobian=<SparsityPattern> (or jacobian='sparse' to "
+                f"linear_solve={self.linear_solve!r} factorises the sparse Jacobian, so it needs a "
+                "sparsity pattern: pass jacobian=<SparsityPattern> (or jacobian='sparse' to "
                 "SolveConfig), or choose linear_solve='dense' or 'krylov'."
             )
 
@@ -272,6 +279,8 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
                 return lambda r: jsl.lu_solve(lu, r)
             if linear == "sparse":
                 return lambda r: sparse_solve(pattern, a_values, r)
+            if linear == "blocks":
+                return block_solver(pattern, a_values)
             diag = jax.ops.segment_sum(jnp.where(is_diag, a_values, 0.0), pattern.rows, n)
             matvec = lambda v: jax.ops.segment_sum(  # noqa: E731
                 a_values * v[pattern.cols], pattern.rows, n
