@@ -222,3 +222,22 @@ def test_demo_stiff_explicit_fails_implicit_recovers_the_rates(tmp_path):
     assert metrics["implicit"]["max_relative_error"] < 0.01  # the 2%, margin 2x
     start_error = np.abs(np.array(metrics["start_rates"]) / metrics["true_rates"] - 1).min()
     assert start_error > 0.5  # a wrong start indeed
+
+
+def test_auto_picks_by_size_and_tolerance_among_the_stiff_solvers():
+    from neuraldiffeq.solve.bdf import BDF
+    from neuraldiffeq.solve.jacobian import SparsityPattern
+
+    rates = jnp.linspace(1e3, 1e5, 300)  # 300 states, stiff: above LARGE_SYSTEM
+    field = lambda t, y, a: -rates * y  # noqa: E731
+    assert estimate_stiffness(field, 0.0, 1.0, jnp.ones(300), rtol=1e-3).solver == "bdf"
+    small = lambda t, y, a: -1e4 * y  # noqa: E731
+    assert estimate_stiffness(small, 0.0, 1.0, jnp.ones(2), rtol=1e-3).solver == IMPLICIT
+    assert estimate_stiffness(small, 0.0, 1.0, jnp.ones(2), rtol=1e-6).solver == "radau5"
+    # a sparse Jacobian asked for: "auto" resolves to the solver that uses it
+    config = nde.SolveConfig("auto", rtol=1e-6, jacobian="sparse")
+    resolved = config.resolve_solver(small, 0.0, 1.0, jnp.ones(2))
+    assert isinstance(resolved.solver, BDF) and resolved.solver.jacobian == "sparse"
+    model = nde.NeuralODE(small, config=config.replace(sensitivity=nde.Direct()))
+    model = model.resolve_solver(jnp.array([0.0, 1.0]), jnp.ones(2))
+    assert isinstance(model.solver.jacobian, SparsityPattern)
