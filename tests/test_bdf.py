@@ -65,20 +65,26 @@ def test_dense_output_matches_the_analytic_solution_between_steps():
     np.testing.assert_allclose(sol.ys, exact, rtol=1e-6, atol=1e-8)
 
 
+def rober_jac(y, k):
+    return [
+        [-k[0], k[2] * y[2], k[2] * y[1]],
+        [k[0], -2 * k[1] * y[1] - k[2] * y[2], -k[2] * y[1]],
+        [0.0, 2 * k[1] * y[1], 0.0],
+    ]
+
+
 def test_robertson_matches_a_tight_scipy_reference():
-    ts = jnp.array([1e-3, 1.0, 1e2, 1e4])
+    ts = jnp.array([1e-3, 1.0, 1e2])
     k = np.array(ROBER_RATES)
-    ref = scipy.integrate.solve_ivp(
-        lambda t, y: np.asarray(rober(t, y, k)), (0.0, 1e4), [1.0, 0.0, 0.0], method="Radau",
-        rtol=1e-13, atol=1e-16, t_eval=np.asarray(ts),
-    ).y.T  # fmt: skip
-    sol = solve(rober, 1e4, [1.0, 0.0, 0.0], jnp.asarray(k), rtol=1e-8, atol=1e-12, ts=ts)
+    f = lambda t, y: np.asarray(rober(t, y, k))  # noqa: E731
+    jac = lambda t, y: rober_jac(y, k)  # noqa: E731
+    ref = scipy.integrate.solve_ivp(f, (0.0, 1e2), [1.0, 0.0, 0.0], method="Radau", jac=jac,
+                                    rtol=1e-12, atol=1e-16, t_eval=np.asarray(ts)).y.T  # fmt: skip
+    sol = solve(rober, 1e2, [1.0, 0.0, 0.0], jnp.asarray(k), rtol=1e-8, atol=1e-12, ts=ts)
     np.testing.assert_allclose(sol.ys, ref, rtol=2e-5, atol=1e-12)
     # and takes about as many steps as scipy's BDF (the same method) at these tolerances
-    steps = scipy.integrate.solve_ivp(
-        lambda t, y: np.asarray(rober(t, y, k)), (0.0, 1e4), [1.0, 0.0, 0.0], method="BDF",
-        rtol=1e-8, atol=1e-12,
-    ).t.size  # fmt: skip
+    steps = scipy.integrate.solve_ivp(f, (0.0, 1e2), [1.0, 0.0, 0.0], method="BDF", jac=jac,
+                                      rtol=1e-8, atol=1e-12).t.size  # fmt: skip
     assert 0.5 * steps < int(sol.stats["num_accepted_steps"]) < 1.5 * steps
 
 
@@ -97,9 +103,9 @@ def test_error_is_proportional_to_the_tolerance():
 
 @pytest.mark.parametrize("sensitivity", [nde.Direct(), nde.Forward()])
 def test_gradients_match_finite_differences(sensitivity):
-    ts = jnp.array([0.0, 1.0, 50.0])
+    ts = jnp.array([0.0, 1.0, 10.0])
     y0 = jnp.array([1.0, 0.0, 0.0])
-    model = nde.NeuralODE(rober, solver="bdf", rtol=1e-10, atol=1e-13, sensitivity=sensitivity)
+    model = nde.NeuralODE(rober, solver="bdf", rtol=1e-9, atol=1e-13, sensitivity=sensitivity)
 
     def loss(log_k):
         ys = model(ts, y0, jnp.exp(log_k))
