@@ -73,6 +73,7 @@ def rober_jac(y, k):
     ]
 
 
+@pytest.mark.long
 def test_robertson_matches_a_tight_scipy_reference():
     ts = jnp.array([1e-3, 1.0, 1e2])
     k = np.array(ROBER_RATES)
@@ -88,6 +89,7 @@ def test_robertson_matches_a_tight_scipy_reference():
     assert 0.5 * steps < int(sol.stats["num_accepted_steps"]) < 1.5 * steps
 
 
+@pytest.mark.long
 def test_error_is_proportional_to_the_tolerance():
     # variable order: the global error falls in proportion to rtol (slope ~1 in log-log)
     exact = scipy.linalg.expm(A * 3.0) @ Y0
@@ -101,7 +103,9 @@ def test_error_is_proportional_to_the_tolerance():
     assert errors[-1] < 1e-7
 
 
-@pytest.mark.parametrize("sensitivity", [nde.Direct(), nde.Forward()])
+@pytest.mark.parametrize(
+    "sensitivity", [pytest.param(nde.Direct(), marks=pytest.mark.long), nde.Forward()]
+)
 def test_gradients_match_finite_differences(sensitivity):
     ts = jnp.array([0.0, 1.0, 10.0])
     y0 = jnp.array([1.0, 0.0, 0.0])

@@ -130,7 +130,13 @@ def test_krylov_that_does_not_converge_gives_nan():
     assert np.all(np.isnan(np.asarray(x)))
 
 
-@pytest.mark.parametrize("linear_solve", ["dense", "blocks", "sparse", "krylov"])
+@pytest.mark.parametrize(
+    "linear_solve",
+    [
+        "blocks",
+        *(pytest.param(name, marks=pytest.mark.long) for name in ("dense", "sparse", "krylov")),
+    ],
+)
 def test_bdf_with_a_sparse_jacobian_solves_like_the_dense_one(linear_solve):
     n = 20
     y0 = jnp.linspace(0.5, 1.5, n)
