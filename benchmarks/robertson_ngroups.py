@@ -219,7 +219,7 @@ def run_size(ng, args) -> dict:
     )
     row["ours_steps"] = int(steps)
     y_ours = np.asarray(y_ours)
-    if 3 * ng > DENSE_MAX:  # the general sparse path too: SuperLU through a callback
+    if 3 * ng > DENSE_MAX and not args.skip_superlu:  # the general sparse path: SuperLU
         _, solve_lu = ours(ng, linear_solve="sparse")
         row["ours_superlu_s"], _ = timed(
             lambda: jax.block_until_ready(solve_lu(y0, log_k)), args.repeats
@@ -313,6 +313,7 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=None, help="(child) peak memory run")
     parser.add_argument("--skip-gradient", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-superlu", action="store_true")
     args = parser.parse_args()
 
     import jax
