@@ -7,15 +7,19 @@
 3. The first `nde.fit` call on the spiral (30 points, MLP 2 -> 50 -> 2 on u**3, Tsit5, Adam
    0.05, one step: trace + compile + one step), timed inside the process after the imports and
    the data and model are built: cold (empty cache) and warm (the cache of a previous process).
+   `fit` uses `nde.transforms.cube` for u**3 (neuraldiffeq's code only: a warm process reads the
+   traced step back); `fit-user` the same model with `lambda y: y**3`, user code, which is
+   traced in every process (only its compile comes from the cache).
 
 4. (`--only trace`) Where the first call's time goes, in one process, cache off: the model
    check in `prepare` (a shape-only trace of the solve), tracing the loss alone (the diffrax
    solve), the loss and its gradient (equinox/JAX autodiff), the whole fused step (the optimizer
    and fit's bookkeeping), the callback stripping, lowering and XLA compilation.
 
-With the cache on, `fit` also keeps its traced step (jax.export) and its model checks next to
-the compiled programs (`compilation.exported`), so a warm first call skips tracing as well as
-compiling; the demo also reads back its dataset's reference solve and its final evaluations.
+With the cache on, `fit` also keeps the traced step (jax.export) of a model made only of
+neuraldiffeq's and its dependencies' code next to the compiled programs (`compilation.exported`),
+so a warm first call skips tracing as well as compiling; the demo also reads back its dataset's
+reference solve and its final evaluations.
 
 Every repeat uses a new, empty cache directory for its cold run. The first call with the cache
 switched off is measured once, as a reference.
@@ -47,8 +51,8 @@ if sys.argv[1] != "off":
     nde.enable_compilation_cache(sys.argv[1])
 data = nde.datasets.spiral()
 mlp = eqx.nn.MLP(2, 2, 50, 1, activation=jnp.tanh, key=jax.random.key(0))
-model = nde.NeuralODE(nde.autonomous(mlp, input_fn=nde.transforms.cube), "tsit5", rtol=1e-3,
-                      atol=1e-6)
+input_fn = (lambda y: y**3) if sys.argv[2] == "user" else nde.transforms.cube
+model = nde.NeuralODE(nde.autonomous(mlp, input_fn=input_fn), "tsit5", rtol=1e-3, atol=1e-6)
 jax.block_until_ready(data.ys)
 t = time.perf_counter()
 result = nde.fit(model, data, nde.Trajectory(), optimizer=optax.adam(0.05), steps=1,
@@ -61,7 +65,7 @@ import time, statistics
 import equinox as eqx, jax, jax.numpy as jnp, numpy as np, optax
 import neuraldiffeq as nde
 from neuraldiffeq.compilation.cacheable import _strip_jaxpr
-from neuraldiffeq.fitting.fit import _make_steps, _StageRun
+from neuraldiffeq.fitting.loop import StageRun as _StageRun, make_steps as _make_steps
 from neuraldiffeq.fitting.stage import Stage
 data = nde.datasets.spiral()
 mlp = eqx.nn.MLP(2, 2, 50, 1, activation=jnp.tanh, key=jax.random.key(0))
@@ -130,7 +134,7 @@ def median(xs: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--only", nargs="*", default=["import", "fit", "demo", "trace"])
+    parser.add_argument("--only", nargs="*", default=["import", "fit", "fit-user", "demo", "trace"])
     args = parser.parse_args()
     print(f"python {platform.python_version()}, {os.cpu_count()} cores, repeats {args.repeats}")
     results = {}
@@ -139,16 +143,20 @@ def main() -> None:
         results["import"] = [process_seconds("import neuraldiffeq") for _ in range(args.repeats)]
         print(f"python -c pass: {median(floor)}")
         print(f"python -c 'import neuraldiffeq': {median(results['import'])}")
-    if "fit" in args.only:
+    for variant in ("fit", "fit-user"):
+        if variant not in args.only:
+            continue
+        code = "user" if variant == "fit-user" else "library"
         cold, warm, off = [], [], []
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as cache:
-                cold.append(python_seconds(FIRST_FIT, cache))
-                warm.append(python_seconds(FIRST_FIT, cache))
-        off.append(python_seconds(FIRST_FIT, "off"))
-        print(f"first fit call, no cache: {median(off)}")
-        print(f"first fit call, cold cache: {median(cold)}")
-        print(f"first fit call, warm cache: {median(warm)}")
+                cold.append(python_seconds(FIRST_FIT, cache, code))
+                warm.append(python_seconds(FIRST_FIT, cache, code))
+        off.append(python_seconds(FIRST_FIT, "off", code))
+        label = "first fit call" + (" (user code: lambda y: y**3)" if code == "user" else "")
+        print(f"{label}, no cache: {median(off)}")
+        print(f"{label}, cold cache: {median(cold)}")
+        print(f"{label}, warm cache: {median(warm)}")
     if "trace" in args.only:
         out = subprocess.run(
             [sys.executable, "-c", TRACE], capture_output=True, text=True, env=env_with(None)

@@ -30,8 +30,8 @@ FAST_COMPILE = (
 
 #: Python's cyclic garbage collector runs every 700 new objects by default; tracing a diffrax
 #: solve allocates millions of short-lived objects (each collection also walks everything that
-#: survived), so collecting every 100k cuts ~9% of the CPU time (measured side by side:
-#: tests/test_sensitivity_matrix.py + test_shooting.py, 218 -> 199 CPU s) at the same peak memory.
+#: survived), so collecting every 100k objects saves CPU time at the same peak memory (figures:
+#: benchmarks/RESULTS.md).
 GC_THRESHOLD = (100_000, 50, 1000)
 
 
@@ -54,8 +54,8 @@ def pytest_configure(config):
         os.environ[CACHE_DIR_VARIABLE] = str(folder)
     enable_compilation_cache(os.environ[CACHE_DIR_VARIABLE])
     # ...but fit's exported-step cache (`compilation.exported`) stays off in this process:
-    # exporting every distinct step cost 12% more CPU on a cold run (test_fit + test_shooting:
-    # 51.6 vs 58.5 s) and the suite rarely fits the same step twice. test_exported.py turns it
+    # exporting every distinct step costs CPU time on a cold run and the suite rarely fits the
+    # same step twice. test_exported.py turns it
     # on per test; subprocesses (test_startup's two-process run, the CLI tests) use it as users do.
     import neuraldiffeq.compilation.exported
 
@@ -102,8 +102,8 @@ def free_compiled_programs() -> None:
         _malloc_trim(0)
 
 
-#: A worker frees its compiled programs once it holds more than this much memory (the default
-#: run `pytest -n 2`: peak 2.92 GiB for pytest and both workers, against 2.70 freeing always).
+#: A worker frees its compiled programs once it holds more than this much memory: freeing
+#: always costs recompilation, never freeing lets two workers outgrow a small machine.
 FREE_ABOVE_BYTES = 1 << 30
 
 
@@ -120,8 +120,8 @@ def free_compiled_programs_if_large() -> None:
 
     Freeing after every module costs time too: the next module traces and compiles again what
     they share (JAX's random-number and array-creation programs, diffrax's solver internals; the
-    persistent cache then saves only the XLA step). test_docstrings.py's 70 modules: 137 CPU s
-    freeing after each, 115 CPU s never freeing, but then 3 GB instead of 0.65 GB.
+    persistent cache then saves only the XLA step), while never freeing lets memory pile up;
+    so this frees only above a threshold.
     """
     resident = _resident_bytes()
     if resident is None or resident > FREE_ABOVE_BYTES:
@@ -144,7 +144,7 @@ def pytest_xdist_make_scheduler(config, log):
     return LoadFileScheduling(config, log)
 
 
-# The modules that take longest (measured with --durations), longest first. Each module runs
+# The modules that take longest (by `pytest --durations`), longest first. Each module runs
 # whole on one worker (`pytest_xdist_make_scheduler`), so its module
 # fixtures (a 4-device subprocess, the docs site, finite-difference references) are built once;
 # starting the long modules first keeps both workers busy until the end instead of leaving one

@@ -14,7 +14,8 @@ import neuraldiffeq as nde
 from neuraldiffeq.solve.bdf import BDF, MAX_ORDER
 from neuraldiffeq.solve.dae import Radau5
 
-jax.config.update("jax_enable_x64", True)
+# float64 for the whole module (references and finite differences), restored after it
+pytestmark = pytest.mark.usefixtures("x64_module")
 
 ROBER_RATES = (0.04, 3e7, 1e4)
 

@@ -74,7 +74,10 @@ def test_site_builds_strict(site):
     assert 'id="neuraldiffeq.NeuralODE"' in (site / "api" / "models" / "index.html").read_text()
 
 
-@pytest.mark.parametrize("page", ["index.html", "tutorials/collocation/index.html"])
+@pytest.mark.parametrize(
+    "page",
+    ["index.html", "tutorials/collocation/index.html", "tutorials/neural-cde/index.html"],
+)
 def test_pages_render_in_headless_chromium(site, page, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
@@ -105,6 +108,37 @@ def test_pages_render_in_headless_chromium(site, page, tmp_path):
     assert ink[:40].mean() > 0.5, f"{page}: no header bar"
     body = ink[60:].mean()
     assert body > 0.02, f"{page} rendered nearly blank below the header ({body:.1%} ink)"
+
+
+def test_formulas_render_offline_with_the_vendored_katex(site):
+    """The neural-CDE page's formulas are typeset by the KaTeX copy in docs/javascripts/katex
+    (no network: the page is opened from disk), not left as raw `$$ ... $$` source."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip(
+            "headless rendering needs Debian's `chromium` package (apt-get install chromium)"
+        )
+    page = site / "tutorials" / "neural-cde" / "index.html"
+    assert not re.search(r"<script[^>]+src=\"https?://[^\"]*katex", page.read_text())
+    dom = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    # KaTeX replaces each \[ ... \] of arithmatex with its own markup
+    assert 'class="katex-display"' in dom and 'class="katex-html"' in dom
+    visible = re.sub(r"<annotation.*?</annotation>", "", dom, flags=re.S)
+    assert "\\mathrm{d}z" not in visible and "$$" not in visible
 
 
 @pytest.mark.parametrize("page, code", list(_python_blocks()))

@@ -402,15 +402,22 @@ def test_controller_built_in_one_place():
 
 
 def test_one_failure_value():
+    # Inside compiled code (every fit step) a failed solve is inf in every model; called
+    # directly it raises nde.SolveError instead (tests/test_solve_failures.py).
     ts = jnp.linspace(0.0, 1.0, 3)
     fast = Tanh(2)
+    compiled = eqx.filter_jit(lambda f, *a: f(*a))
     ode = nde.NeuralODE(fast, max_steps=1)
-    assert np.all(np.isinf(np.asarray(ode(ts, jnp.ones(2)))))
+    assert np.all(np.isinf(np.asarray(compiled(ode, ts, jnp.ones(2)))))
     sde = nde.NeuralSDE(fast, Diffusion(jnp.ones(2)), dt0=0.1, max_steps=2)
-    assert np.all(np.asarray(sde(ts, jnp.ones(2), jax.random.key(0))) == np.inf)
+    assert np.all(np.asarray(compiled(sde, ts, jnp.ones(2), jax.random.key(0))) == np.inf)
     dde = nde.NeuralDDE(Delay(jnp.ones(2)), [0.5], autonomous=False, max_steps=1)
-    assert np.all(np.asarray(dde(ts, jnp.ones(1))) == np.inf)
+    assert np.all(np.asarray(compiled(dde, ts, jnp.ones(1))) == np.inf)
     flow = nde.FFJORD(fast, trace="exact", max_steps=1, dim=2)
-    assert np.all(np.asarray(flow.log_prob(jnp.ones((2, 2)))) == -np.inf)  # loss -logp = inf
-    assert np.all(np.asarray(flow.forward(jnp.ones((2, 2)))) == np.inf)
-    assert np.all(np.asarray(flow.sample(jax.random.key(0), 2)) == np.inf)
+    x = jnp.ones((2, 2))
+    assert np.all(np.asarray(compiled(lambda f: f.log_prob(x), flow)) == -np.inf)  # -logp = inf
+    assert np.all(np.asarray(compiled(lambda f: f.forward(x), flow)) == np.inf)
+    samples = compiled(lambda f: f.sample(jax.random.key(0), 2), flow)
+    assert np.all(np.asarray(samples) == np.inf)
+    with pytest.raises(nde.SolveError, match="max_steps=1 "):
+        ode(ts, jnp.ones(2))

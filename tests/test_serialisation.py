@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import diffrax
 import equinox as eqx
@@ -408,3 +409,66 @@ def test_equinox_layers_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded["gru"](x, h), layers["gru"](x, h))
     q = jnp.ones((3, 4))
     np.testing.assert_array_equal(loaded["attention"](q, q, q), layers["attention"](q, q, q))
+
+
+def _refs(description) -> set[str]:
+    """Every class or function path a model file's description names."""
+    found = set()
+    if isinstance(description, dict):
+        for key in ("class", "ref"):
+            if isinstance(description.get(key), str):
+                found.add(description[key])
+        for value in description.values():
+            found |= _refs(value)
+    elif isinstance(description, list):
+        for value in description:
+            found |= _refs(value)
+    return found
+
+
+def test_model_files_name_public_paths(tmp_path):
+    path = tmp_path / "model.eqx"
+    nde.save(path, {"ode": make_model(), "solver": diffrax.Tsit5(), "dde": nde.Quadrature()})
+    refs = _refs(_header(path)[1]["model"])
+    assert {"neuraldiffeq:NeuralODE", "diffrax:Tsit5", "diffrax:Dopri5", "equinox.nn:MLP"} <= refs
+    assert {"neuraldiffeq:Backsolve", "neuraldiffeq:Quadrature", "neuraldiffeq:SolveConfig"} <= refs
+    assert "neuraldiffeq.models.transforms:cube" in refs
+    # a private module only where nothing public names the object (equinox's `_identity`)
+    private = {r for r in refs if any(p.startswith("_") for p in r.split(":")[0].split("."))}
+    assert private <= {"equinox.nn._mlp:_identity"}, private
+    loaded = nde.load(path)
+    np.testing.assert_array_equal(loaded["ode"](TS, Y0), make_model()(TS, Y0))
+
+
+def test_files_written_by_0_1_still_load():
+    # tests/data/models_v0.1.eqx was written by neuraldiffeq 0.1 (commit 705e617, before the
+    # re-layering) with tests/data/write_models_v0.1.py: it names 0.1's module paths
+    # (`neuraldiffeq.solve_config:SolveConfig`, `neuraldiffeq.sensitivity:Interpolating`,
+    # `neuraldiffeq.transforms:cube`, `diffrax._solver.tsit5:Tsit5`, ...)
+    path = Path(__file__).parent / "data" / "models_v0.1.eqx"
+    description = _header(path)[1]["model"]
+    assert "neuraldiffeq.solve_config:SolveConfig" in _refs(description)
+    models = nde.load(path)
+    assert isinstance(models["ode"], nde.NeuralODE)
+    assert isinstance(models["ode"].sensitivity, nde.Interpolating)
+    assert models["ode"].field.input_fn is nde.transforms.cube
+    ts = jnp.linspace(0.0, 1.0, 5)
+    y0 = jnp.array([1.0, 0.5])
+    # what 0.1 computed with the same file (float32, same solver and steps)
+    ode_01 = [
+        [1.0, 0.5],
+        [0.9722403287887573, 0.4571232795715332],
+        [0.9414650797843933, 0.4168212413787842],
+        [0.9074316024780273, 0.37907135486602783],
+        [0.8699662089347839, 0.3438291847705841],
+    ]
+    sde_01 = [
+        [1.0, 0.5],
+        [0.975321352481842, 0.5017021894454956],
+        [0.6139016151428223, 0.47298693656921387],
+        [0.6863284111022949, 0.4622177481651306],
+        [0.5387619137763977, 0.45761391520500183],
+    ]
+    np.testing.assert_allclose(models["ode"](ts, y0), ode_01, rtol=1e-5)
+    sample = models["sde"].sample(ts, y0, jax.random.key(1), 1)[0]
+    np.testing.assert_allclose(sample, sde_01, rtol=1e-5)

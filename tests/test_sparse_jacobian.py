@@ -24,7 +24,8 @@ from neuraldiffeq.solve.linear import (
     sparse_solve,
 )
 
-jax.config.update("jax_enable_x64", True)
+# float64 for the whole module (references and finite differences), restored after it
+pytestmark = pytest.mark.usefixtures("x64_module")
 
 
 def banded(t, y, args):

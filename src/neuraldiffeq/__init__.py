@@ -25,6 +25,7 @@ _PUBLIC: dict[str, str] = {
     "transforms": ".models.transforms",
     # models and their solve configuration
     "SolveConfig": ".solve",
+    "SolveError": ".solve",
     "solvers": ".solve",
     "NeuralODE": ".models",
     "autonomous": ".models",
@@ -65,6 +66,9 @@ _PUBLIC: dict[str, str] = {
     "Stage": ".fitting",
     "FitResult": ".fitting",
     "FitFailure": ".fitting",
+    "failure_policy": ".fitting",
+    "FailurePolicyState": ".fitting",
+    "check_failures": ".fitting",
     "PRESETS": ".fitting",
     "AbstractStrategy": ".fitting",
     "Trajectory": ".fitting",
@@ -121,6 +125,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
         PRESETS,
         AbstractStrategy,
         Collocation,
+        FailurePolicyState,
         FitFailure,
         FitResult,
         MomentMatching,
@@ -128,7 +133,9 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
         SegmentStates,
         Stage,
         Trajectory,
+        check_failures,
         collocate,
+        failure_policy,
         fit,
         losses,
     )
@@ -162,6 +169,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
     from .models.vae import VAE, PlanarFlow
     from .solve import DDESolution, solve_dde
     from .solve.config import SolveConfig
+    from .solve.errors import SolveError
     from .solve.interpolation import Interpolation, interpolation_coeffs
     from .solve.sensitivity import (
         AbstractSensitivity,

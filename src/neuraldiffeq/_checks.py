@@ -135,7 +135,7 @@ def draw_minibatch(key: jax.Array | None, n: int, size: int, owner: str) -> jax.
     The minibatch rule of every strategy: within one step no example counts twice, so a batch as
     large as the data is exactly the full loss, in some order. Up to `SORT_LIMIT` examples this
     is `jax.random.choice(..., replace=False)` (a random permutation: a sort of n keys); beyond,
-    where that sort would cost more than the step (~0.1 s for 100,000 samples on a CPU), Floyd's
+    where sorting all n keys in every step would cost more than the step itself, Floyd's
     algorithm draws the same uniform subsets in O(size²) without touching all n.
 
     Example:

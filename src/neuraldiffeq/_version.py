@@ -1,3 +1,3 @@
-"""The package version, defined once (pyproject.toml reads it)."""
+"""The package version, defined once (pyproject.toml reads it: [tool.setuptools.dynamic])."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from .fitting.fit import FitFailure
     from .io.outputs import Interrupted, OutputError
+    from .solve.errors import SolveError
 
     try:
         if args.cache:
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as e:
         print(f"neuraldiffeq: {e}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (OutputError, FitFailure) as e:
+    except (OutputError, FitFailure, SolveError) as e:  # a solve after the fit failed: why
         print(f"neuraldiffeq: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_OUTPUT
     except ValueError as e:

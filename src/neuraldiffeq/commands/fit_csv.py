@@ -1,5 +1,9 @@
 """`neuraldiffeq fit DATA.csv --time COL`: fit a neural ODE to the columns of a CSV file.
 
+With `--id COLUMN` the file is a long table of several series (one per value of that column,
+each with its own times); they are fitted together, and `predictions.csv` holds the fitted
+model's prediction for each series at each of its observed times.
+
 The data are normalised before fitting (time shifted to 0 and scaled so that the median step is
 0.25; each state standardised to mean 0 and standard deviation 1), so that a network with the
 default initialisation sees O(1) inputs and O(1) slopes whatever the units. Everything written
@@ -27,8 +31,30 @@ SHOOTING_STRATEGIES = ("auto", "mixed", "shooting")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", help="CSV file with a header row (delimiter , ; tab or |)")
+    parser.add_argument(
+        "data",
+        help="CSV file with a header row (delimiter , ; tab or |; also .csv.gz), or Parquet",
+    )
     parser.add_argument("--time", required=True, help="name of the time column")
+    parser.add_argument(
+        "--id",
+        default=None,
+        metavar="COLUMN",
+        help="column naming the series of each row (a long table of several series, e.g. one "
+        "per patient, each with its own times): fit them all at once",
+    )
+    parser.add_argument(
+        "--time-unit",
+        default=None,
+        choices=["D", "h", "min", "s", "ms", "us", "ns"],
+        help="the time column holds dates/times: one time unit of the model is this long "
+        "(with --time-origin)",
+    )
+    parser.add_argument(
+        "--time-origin",
+        default=None,
+        help="the date/time that is time 0 (ISO 8601, e.g. 2024-01-01; with --time-unit)",
+    )
     parser.add_argument(
         "--columns",
         nargs="+",
@@ -113,14 +139,28 @@ def parse_holdout(holdout: float | None, n_times: int) -> int:
     return count
 
 
-def read_csv(path: str, time_col: str, columns: Sequence[str] | None):
+def read_csv(
+    path: str,
+    time_col: str,
+    columns: Sequence[str] | None,
+    id: str | None = None,
+    time_unit: str | None = None,
+    time_origin: str | None = None,
+):
     """`TimeSeries.from_csv` with CLI-friendly messages."""
     from ..io.timeseries import TimeSeries
 
     if not os.path.isfile(path):
         raise ValueError(f"data file {path!r} does not exist.")
     try:
-        return TimeSeries.from_csv(path, time=time_col, columns=columns)
+        return TimeSeries.from_csv(
+            path,
+            time=time_col,
+            columns=columns,
+            id=id,
+            time_unit=time_unit,
+            time_origin=time_origin,
+        )
     except ValueError as e:
         if "strictly increasing" in str(e):
             raise ValueError(
@@ -184,14 +224,21 @@ def run(args: argparse.Namespace) -> dict:
             flag = name.replace("_", "-")
             raise ValueError(f"--{flag} must be at least {low}, got {getattr(args, name)}.")
     stages = build_stages(args.strategy, args.steps, args.lbfgs_steps, args.group_size)
-    data = read_csv(args.data, args.time, args.columns)
+    data = read_csv(
+        args.data,
+        args.time,
+        args.columns,
+        getattr(args, "id", None),
+        getattr(args, "time_unit", None),
+        getattr(args, "time_origin", None),
+    )
     holdout = parse_holdout(args.holdout, data.ts.shape[0])
     if args.group_size is not None and args.group_size > data.ts.shape[0] - holdout:
         raise ValueError(
             f"--group-size {args.group_size} exceeds the {data.ts.shape[0] - holdout} time "
             "points fitted; use a smaller --group-size."
         )
-    labels = args.columns or _state_columns(args.data, args.time)
+    labels = list(data.columns)
     prepare_out(args.out)  # before fitting: a fit is never lost to an unwritable folder
     fitted = fit_series(
         data,
@@ -213,6 +260,8 @@ def run(args: argparse.Namespace) -> dict:
         f"solver: {metrics['solver']}; train MSE (original units): {metrics['train_mse']:.5g}"
         + (f", held-out MSE: {metrics['holdout_mse']:.5g}" if holdout else "")
     )
+    if data.ids is not None and fitted.paths and not fitted.interrupted:
+        fitted.paths.append(write_predictions(args.out, data, fitted, args.id, args.time))
     print("wrote " + ", ".join(fitted.paths))
     if fitted.interrupted:
         raise Interrupted(
@@ -221,8 +270,23 @@ def run(args: argparse.Namespace) -> dict:
     return metrics
 
 
-def _state_columns(path: str, time_col: str) -> list[str]:
-    from ..io.timeseries import _read_csv
+def write_predictions(out: str, data, fitted, id_name: str, time_name: str) -> str:
+    """`predictions.csv`: each series' prediction (original units) at each time it was seen."""
+    import jax
+    import jax.numpy as jnp
 
-    header, _, _ = _read_csv(path)
-    return [c for c in header if c != time_col]
+    from ..fitting.series import start_states
+    from ..io.outputs import write_bytes_atomically
+    from ..io.timeseries import TimeSeries
+
+    norm, model = fitted.normaliser, fitted.model
+    y0 = jnp.asarray(start_states(norm.forward(data)))
+    ts_n = jnp.asarray(norm.times(data.ts))
+    preds = norm.states_back(jax.vmap(lambda y: model(ts_n, y))(y0))
+    # as the data: the times each series was observed at (in the long table's units)
+    frame = TimeSeries(data.ts, preds, data.mask, ids=data.ids, columns=data.columns).to_frame(
+        time=time_name, id=id_name
+    )
+    path = os.path.join(out, "predictions.csv")
+    write_bytes_atomically(path, frame.write_csv().encode("utf-8"))
+    return path

@@ -11,12 +11,13 @@ times that do not increase), so in the step these checks can only ever pass.
 `EQX_ON_ERROR=nan` would give (NaN-like values: the step's loss turns non-finite, so the step is
 skipped and counted like a failed solve) and compiles the result; nothing else changes. The
 original, checked `f` stays available as `.checked`, so that `fit` can replay a failed call with
-the checks on and raise their message, as it did before (see `fit`'s failure handling).
+the checks on and raise their message.
 
-With `export=True` and JAX's compilation cache on, the stripped program is also exported
-(`jax.export`) to a file next to that cache, under a key computed from what `f` is made of
-without tracing it (`compilation.exported`); a later process calling the same step reads the
-program back instead of tracing and lowering it again.
+With `export=True` and JAX's compilation cache on, a step made only of neuraldiffeq's and its
+pinned dependencies' code is also exported (`jax.export`) to a file next to that cache, and a
+later process calling the same step reads the program back instead of tracing it
+(`compilation.exported`). A step holding any user code is traced in every process; JAX's
+compilation cache still serves its compile.
 """
 
 from __future__ import annotations
@@ -29,16 +30,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
+from .._compat import is_equinox_error_callback
 from . import exported as _exported
 
 logger = logging.getLogger(__name__)
-
-
-def _is_error_callback(eqn) -> bool:
-    if eqn.primitive.name != "pure_callback":
-        return False
-    callback = getattr(eqn.params.get("callback"), "callback_func", None)
-    return getattr(callback, "__module__", "") == "equinox._errors"
 
 
 def _nan_like(outvar) -> tuple[list, Any]:
@@ -74,7 +69,7 @@ def _strip_jaxpr(jaxpr) -> tuple[Any, int]:
         return v if isinstance(v, jcore.Literal) else subst.get(v, v)
 
     for eqn in jaxpr.eqns:
-        if _is_error_callback(eqn):
+        if is_equinox_error_callback(eqn):
             for outvar in eqn.outvars:
                 new_eqns, value = _nan_like(outvar)
                 eqns.extend(new_eqns)
@@ -136,10 +131,12 @@ class cacheable_jit:
     shapes. `.checked` is the plain `jax.jit(f, **jit_kwargs)`.
 
     `export=True` (single-device programs only): with JAX's compilation cache on, programs
-    whose output is the first argument's structure plus one array (a training step: carry in,
-    carry and losses out), or one array, are kept on disk and read back by later processes
-    without tracing (`compilation.exported`). `.traces` counts the traces of `f`; `.source`
-    says where the last call's program came from ("traced" or "exported").
+    made only of trusted code (neuraldiffeq and its pinned dependencies; see
+    `compilation.exported`) whose output is the first argument's structure plus one array (a
+    training step: carry in, carry and losses out), or one array, are kept on disk and read
+    back by later processes without tracing. A program holding user code is traced every time.
+    `.traces` counts the traces of `f`; `.source` says where the last call's program came from
+    ("traced" or "exported").
 
     Example:
         >>> import equinox as eqx, jax.numpy as jnp
@@ -177,8 +174,12 @@ class cacheable_jit:
             try:
                 digest = _exported.key_of(self.f, treedef, leaves, self.jit_kwargs)
                 path = folder / f"{digest}.step"
-            except Exception as reason:  # noqa: BLE001 — unkeyable: traced, nothing kept
+            except _exported.Unkeyable as reason:  # user code: traced, nothing kept
                 logger.info("not exporting %s: it holds %s", self._name(), reason)
+            except Exception as error:  # noqa: BLE001 — a fault of the key itself: say so, trace
+                logger.warning(
+                    "not exporting %s: computing its key failed: %r", self._name(), error
+                )
             if path is not None:
                 avals = [jax.typeof(x) for x in leaves]
                 entry = _exported.load(path, digest, avals)
@@ -186,7 +187,6 @@ class cacheable_jit:
             exported, header = entry
             out_tree = _out_trees(args)[header.get("out", "carry")]
             flat = jax.jit(self._named(exported.call), **self.jit_kwargs)
-            _exported.lower_ahead(flat, exported, leaves)
             return flat, out_tree, header["stripped"], "exported"
         self.traces += 1
         closed, out_shape = jax.make_jaxpr(self.f, return_shape=True)(*args)
@@ -216,7 +216,6 @@ class cacheable_jit:
                     # the same numbers)
                     exported = entry[0]
                     flat = jax.jit(self._named(exported.call), **self.jit_kwargs)
-                    _exported.lower_ahead(flat, exported, leaves)
             except Exception as error:  # noqa: BLE001 — e.g. a host callback: not exportable
                 logger.info("not exporting %s: %s", self._name(), error)
         elif path is not None:

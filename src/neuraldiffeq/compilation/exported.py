@@ -1,64 +1,51 @@
-"""A disk cache of `fit`'s traced training steps (jax.export), next to JAX's compilation cache.
+"""A disk cache of traced programs (`jax.export`), for steps made only of trusted code.
 
-Why: with JAX's persistent compilation cache on, a second process still spends most of its first
-`fit` call in Python, tracing the step (the diffrax solve, its gradient, the optimizer) and
-lowering it, before the compilation cache is even asked: ~1.8 s of the spiral's 2.3 s. Here the
-lowered, callback-free program (`compilation.cacheable`) is exported with `jax.export` and kept
-on disk; the next process with the same step reads it back, skips the tracing, and compiles the
-exported module, which the compilation cache then serves.
+What: with JAX's persistent compilation cache on, a later process still traces and lowers a
+training step before that cache is even asked; most of a small fit's start-up is spent there.
+Here the lowered, callback-free program (`compilation.cacheable`) is exported with
+`jax.export.serialize` and kept on disk, and a later process with the same step reads it back
+(`jax.export.deserialize`) instead of tracing it. JAX's compilation cache then serves the compile.
 
-The key. A cached program may only be used for the very function it was traced from. The
-function `fit` compiles, `_make_steps(static, strategy, optimizer, n)`, is fixed by
+Why only trusted code. Reusing a program without tracing is sound only when the key fixes
+everything tracing would read. A key made from Python objects (bytecode, closures, the globals a
+function reads) is a guess as soon as user code is involved: a function reaches other functions
+through modules, attributes, class hierarchies and mutable state that no walk of objects can
+follow completely, and a wrong guess silently trains the wrong equation. So the rule is:
 
-1. the code: `fit.py` and the rest of neuraldiffeq (a hash of every source file of the installed
-   package, so an edited checkout never reuses a stale program), the versions of jax, jaxlib,
-   equinox, diffrax, lineax, optimistix, optax and numpy, and Python's;
-2. the objects it closes over: the model's static part (everything but its float arrays), the
-   strategy and the optimizer; and the compiler options;
-3. its arguments' structure, shapes, dtypes, weak types and placements (the values are inputs of
-   the program, not part of it);
-4. process-wide settings read while tracing: every `jax.config` option (x64, default precision,
-   PRNG implementation, ...), the `EQX_*` environment variables, the backend and device kind.
+- a step is *keyable* only when every function, class and module it is made of belongs to
+  neuraldiffeq or to a pinned dependency (jax, jaxlib, equinox, diffrax, lineax, optimistix,
+  optax, numpy, jaxtyping, ml_dtypes), or is one of the standard library's pure functions
+  (`functools`, `operator`, `math`, ...). A function belongs there when its code object comes from
+  a file inside that installed package; a class when it is the object its module defines under
+  its name (or all its own methods come from such files); a module when it is the installed one;
+- any user function, lambda, class, method, closure cell holding one, or module (whatever name it
+  was imported under) makes the step unkeyable: it is traced as usual, in every process, and
+  only JAX's compilation cache (keyed on the lowered program itself) serves the compile.
 
-Part 2 is the hard one: it holds Python objects, including user code. `fingerprint` hashes an
-object by what it is made of, never by its address or `repr`:
+The key of a keyable step is made of (see `key_of`):
 
-- numbers, strings, None, tuples, lists, dicts: by value; NumPy and JAX arrays by dtype, shape and
-  bytes (part 3 hashes only the shape and dtype); dataclasses (equinox modules, diffrax solvers,
-  optax states) and named tuples (optax transformations) by class and fields, recursively;
-- functions: by module, qualified name, defaults and the contents of their closures (optax's
-  `adam(0.05)` is a closure holding 0.05; a lambda capturing an array holds that array). The
-  code of a function from one of the libraries of part 1 is fixed by the library's version; any
-  other function (a user's, `__main__`'s) is also hashed by its bytecode, constants, names and
-  the values of the module globals it reads, recursively, so an edited function or a changed
-  global misses. Classes likewise: a library class by name, a user's class by its methods;
-- anything else (an object of an unknown type, a tracer, an array of Python objects) cannot be
-  keyed: `fingerprint` raises `Unkeyable`, and that fit traces as usual and caches nothing.
+1. the code: a hash of every source file of the installed neuraldiffeq package (so an edited
+   checkout never reuses a program traced from the old code), the versions of the dependencies
+   above, and Python's;
+2. what the step closes over: the model's static part, the strategy, the optimizer and their
+   numbers, by value; functions by their code object and closure contents, classes by name;
+3. the arguments' structure, shapes, dtypes, weak types and placements;
+4. process-wide settings read while tracing: every `jax.config` option, the `EQX_*` environment
+   variables, the backend and device kind.
 
-What this cannot see is state that code reads while tracing without holding it: a user function
-that calls `np.random.rand()` or reads a file to build a constant at trace time, or an attribute
-of a library module that a user mutates. Those are outside the contract of a traced program
-anyway (JAX's own caches assume that a function's trace is fixed by its identity and inputs).
+What it assumes: neuraldiffeq's and the dependencies' code does what its installed source says
+(nobody assigns to a library's attributes at run time, and an edited dependency changes its
+version); and trusted code reads no state besides its arguments, its closures and the settings
+of part 4 while it is traced.
 
-The forward loss's jaxpr (`jax.make_jaxpr`) was measured as the alternative key: tracing it is
-cheap after `prepare` (~0.01 s on the spiral), but printing it costs 0.06-0.2 s, and it does not
-fix the gradient: custom_vjp/custom_jvp rules (diffrax's adjoints, neuraldiffeq's continuous
-adjoint with its own backward tolerances) are Python callables outside the forward jaxpr, which
-need the same structural hashing anyway.
+The same rule serves two smaller caches in the same folder: `eval_shape` (an abstract
+evaluation's result shape) and `cached_array` (deterministic results such as the datasets'
+reference solves, kept by value with a hash).
 
-The same key serves two smaller caches in the same folder, for work every process repeats
-before and after training: `eval_shape` (the strategies' model checks in `prepare` trace the
-whole solve abstractly; only the resulting shape is kept, so a failing check still runs and
-raises its message) and `cached_array` (deterministic results such as the datasets' reference
-solves; kept by value with a hash, recomputed if damaged).
-
-What it saves is measured by `benchmarks/startup.py` (results in `benchmarks/RESULTS.md`).
-
-A cache entry is one file: a header (format, the key, the flat input and output avals, the
-output structure, and a hash of the module) followed by the serialised StableHLO module. Any
-entry that cannot be read back exactly (truncated, edited, another format) is ignored and
-replaced. Files are written to a temporary name and renamed, so concurrent processes never see
-half an entry.
+An entry is one file: a header (format, key, input and output avals, a hash of the payload) and
+the serialised `Exported`. An entry that cannot be read back exactly (truncated, edited, another
+format or JAX version) is ignored and rewritten. Files are written under a temporary name and
+renamed, so concurrent processes never see half an entry.
 """
 
 from __future__ import annotations
@@ -68,7 +55,6 @@ import dataclasses
 import enum
 import functools
 import hashlib
-import inspect
 import io
 import json
 import logging
@@ -87,9 +73,9 @@ from ..io.files import write_bytes_atomically
 logger = logging.getLogger(__name__)
 
 #: bumped whenever the entry layout or the key's recipe changes
-FORMAT = 1
+FORMAT = 2
 _MAGIC = b"NDEXPORT"
-#: the libraries whose functions and classes are keyed by version rather than by their code
+#: the installed packages whose code is trusted; their versions are part of every key
 _LIBRARIES = (
     "jax",
     "jaxlib",
@@ -99,46 +85,120 @@ _LIBRARIES = (
     "optimistix",
     "optax",
     "numpy",
-    "neuraldiffeq",
+    "jaxtyping",
+    "ml_dtypes",
 )
-#: standard-library modules, fixed by Python's version
-_STDLIB = ("builtins", "math", "operator", "functools", "typing", "abc", "enum", "dataclasses")
-_TRUSTED = _LIBRARIES + _STDLIB + ("jaxtyping", "ml_dtypes", "_operator", "_functools")
-#: attributes of a user's class that do not run while a step is traced (or are keyed otherwise)
-_CLASS_SKIP = frozenset(
-    {
-        "__module__",
-        "__qualname__",
-        "__doc__",
-        "__dict__",
-        "__weakref__",
-        "__annotations__",
-        "__abstractmethods__",
-        "_abc_impl",
-        "__abstractvars__",
-        "__abstractclassvars__",
-        "__dataclass_params__",
-        "__dataclass_fields__",  # keyed on its own, see _Hasher._class
-        "__match_args__",
-        "__parameters__",
-        "__orig_bases__",
-        "__firstlineno__",
-        "__static_attributes__",
-        "__slots__",
-        "__repr__",
-        "__hash__",
-        "__eq__",
-    }
+#: standard-library modules whose functions and classes are pure (no state read at trace time
+#: besides their arguments); fixed by Python's version
+_STDLIB = (
+    "builtins",
+    "math",
+    "cmath",
+    "operator",
+    "_operator",
+    "functools",
+    "_functools",
+    "typing",
+    "abc",
+    "_abc",
+    "enum",
+    "dataclasses",
+    "collections",
+    "collections.abc",
+    "_collections",
+    "_collections_abc",
+    "itertools",
+    "types",
+    "numbers",
+    "contextlib",
 )
 
 
 class Unkeyable(Exception):
-    """An object `fingerprint` cannot hash by content: the step is not cached."""
+    """A step that cannot be keyed (it holds user code, or an object of an unknown kind): it is
+    traced as usual and nothing is kept."""
 
 
-def _trusted(module: str | None) -> bool:
-    root = (module or "").partition(".")[0]
-    return root in _TRUSTED
+# -- what is trusted ---------------------------------------------------------------------------
+
+
+@functools.cache
+def _package_root() -> Path:
+    return Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def _trusted_roots() -> tuple[Path, ...]:
+    roots = [_package_root()]
+    for name in _LIBRARIES:
+        try:
+            module = sys.modules.get(name) or __import__(name)
+        except ImportError:
+            continue
+        for location in getattr(module, "__path__", None) or ():
+            roots.append(Path(location).resolve())
+    return tuple(roots)
+
+
+@functools.cache
+def _stdlib_files() -> frozenset[Path]:
+    files = set()
+    for name in _STDLIB:
+        module = sys.modules.get(name)
+        if module is None:
+            with contextlib.suppress(ImportError):
+                module = __import__(name)
+        path = getattr(module, "__file__", None)
+        if path:
+            files.add(Path(path).resolve())
+    return frozenset(files)
+
+
+@functools.lru_cache(maxsize=4096)
+def _trusted_file(filename: str) -> bool:
+    """Whether code compiled from `filename` belongs to neuraldiffeq, a pinned dependency or a
+    pure standard-library module."""
+    if not filename or filename.startswith("<"):
+        return False  # exec'd or generated code: nothing to tie it to an installed file
+    path = Path(filename).resolve()
+    if path in _stdlib_files():
+        return True
+    return any(path.is_relative_to(root) for root in _trusted_roots())
+
+
+def _trusted_module(name: str | None) -> bool:
+    """Whether the module called `name` is the installed one of a trusted package."""
+    if not name:
+        return False
+    module = sys.modules.get(name)
+    if module is None:
+        return False
+    path = getattr(module, "__file__", None)
+    if path is None:  # built into the interpreter (builtins, _operator, ...)
+        return name in _STDLIB
+    return _trusted_file(path)
+
+
+def _resolve(module: str, qualname: str) -> Any:
+    obj = sys.modules.get(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _describe(obj: Any) -> str:
+    module = getattr(obj, "__module__", None) or type(obj).__module__
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{module}.{name}"
+
+
+def _user_code(obj: Any, where: str = "") -> Unkeyable:
+    return Unkeyable(f"user code ({_describe(obj)}{where})")
+
+
+# -- the walk ----------------------------------------------------------------------------------
 
 
 class _Hasher:
@@ -172,6 +232,8 @@ class _Hasher:
         elif isinstance(obj, np.dtype):
             self.put("dtype", str(obj))
         elif isinstance(obj, types.ModuleType):
+            if not (_trusted_module(obj.__name__) and sys.modules.get(obj.__name__) is obj):
+                raise Unkeyable(f"user code (the module {obj.__name__!r})")
             self.put("module", obj.__name__)
         elif isinstance(obj, type):
             self._class(obj)
@@ -198,14 +260,17 @@ class _Hasher:
             self.put("method")
             self.add(obj.__func__)
             self.add(obj.__self__)
+        elif isinstance(obj, staticmethod | classmethod):
+            self.put(type(obj).__name__)
+            self.add(obj.__func__)
         elif isinstance(obj, types.BuiltinFunctionType | np.ufunc):
-            module = (
-                getattr(obj, "__module__", None) or type(getattr(obj, "__self__", None)).__module__
-            )
-            if not _trusted(module):
-                raise Unkeyable(f"the built-in {obj!r}")
+            owner = getattr(obj, "__self__", None)
+            module = getattr(obj, "__module__", None) or type(owner).__module__
+            if not _trusted_module(module):
+                raise _user_code(obj, " a compiled function")
             self.put("builtin", module, getattr(obj, "__qualname__", obj.__name__))
-            self.add(getattr(obj, "__self__", None))  # a bound method's object (`d.get`)
+            if not isinstance(owner, types.ModuleType):
+                self.add(owner)  # a bound method's object (`d.get`)
         elif isinstance(obj, functools.partial):
             self.put("partial")
             self.add(obj.func)
@@ -227,15 +292,23 @@ class _Hasher:
             self._class(type(obj))
             for item in obj:
                 self.add(item)
-        elif type(obj).__name__ in ("PjitFunction", "custom_jvp", "custom_vjp"):
-            self._wrapped(obj)
+        elif type(obj).__name__ == "PjitFunction":
+            self._jitted(obj)
+        elif type(obj).__name__ in ("custom_jvp", "custom_vjp"):
+            self.put(type(obj).__name__)
+            self._class(type(obj))
+            for name in ("fun", "jvp", "fwd", "bwd", "nondiff_argnums", "symbolic_zeros"):
+                self.add(getattr(obj, name, None))
         elif obj is _MISSING or obj is dataclasses.MISSING:
             self.put("missing")
-        elif _trusted(type(obj).__module__) and _plain_state(obj) is not None:
+        elif callable(obj) and _named_library_object(obj):
+            # a library's function of its own C type (NumPy's `np.cumsum`): by its name
+            self.put("named", obj.__module__, obj.__qualname__)
+        elif (state := _plain_state(obj)) is not None:
             # a library's own object (a sentinel, a small helper): its class and its attributes
             self.put("object")
             self._class(type(obj))
-            self.add(_plain_state(obj))
+            self.add(state)
         else:
             raise Unkeyable(f"an object of type {type(obj).__module__}.{type(obj).__qualname__}")
 
@@ -254,17 +327,26 @@ class _Hasher:
         if not self.abstract:
             self.put(np.ascontiguousarray(np.asarray(x)).tobytes())
 
-    def _wrapped(self, obj) -> None:
-        """`jax.jit`-wrapped functions and `jax.custom_jvp`/`custom_vjp` objects."""
-        self.put(type(obj).__name__)
-        if type(obj).__name__ == "PjitFunction":
-            self.add(obj.__wrapped__)
-            return
-        for name in ("fun", "jvp", "fwd", "bwd", "nondiff_argnums", "symbolic_zeros"):
-            self.add(getattr(obj, name, None))
+    def _jitted(self, obj) -> None:
+        """A `jax.jit`-wrapped function, by the function it wraps. Its jit options are not
+        visible, but they change placement, donation and static arguments, never the values the
+        traced program computes (a nested jit's compiler options do not reach the outer
+        program)."""
+        self.put("jitted")
+        self.add(obj.__wrapped__)
 
     def _function(self, fn: types.FunctionType) -> None:
-        self.put("function", fn.__module__, fn.__qualname__)
+        code = fn.__code__
+        if not _trusted_file(code.co_filename):
+            raise _user_code(fn, f" in {code.co_filename}")
+        module_file = fn.__globals__.get("__file__")
+        if module_file is None or Path(module_file).resolve() != Path(code.co_filename).resolve():
+            raise _user_code(fn, ": its code and its module differ")
+        # the code is fixed by the package's source hash or version; its object tells apart the
+        # functions of one source (two lambdas in one function share a qualified name)
+        relative = _relative(code.co_filename)
+        self.put("function", fn.__module__, fn.__qualname__, relative, code.co_firstlineno)
+        self._code(code)
         self.add(fn.__defaults__)
         self.add(fn.__kwdefaults__)
         self.put("closure")
@@ -274,15 +356,6 @@ class _Hasher:
             except ValueError:  # an empty cell (a name assigned later)
                 contents = _MISSING
             self.add(contents)
-        if _trusted(fn.__module__) and not fn.__code__.co_filename.startswith("<"):
-            return  # library code: fixed by the library's version
-        code = fn.__code__
-        self._code(code)
-        self.put("globals")
-        for name in sorted(_global_names(code)):
-            if name in fn.__globals__:
-                self.put(name)
-                self.add(fn.__globals__[name])
 
     def _code(self, code: types.CodeType) -> None:
         self.put("code", code.co_code, code.co_names, code.co_varnames, code.co_freevars)
@@ -290,37 +363,16 @@ class _Hasher:
         for const in code.co_consts:
             if isinstance(const, types.CodeType):
                 self._code(const)
+            elif type(const) in (tuple, frozenset):  # constant containers of literals
+                self.put(type(const).__name__, repr(const))
             else:
                 self.add(const)
 
     def _class(self, cls: type) -> None:
         self.put("class", cls.__module__, cls.__qualname__)
-        if _trusted(cls.__module__):
-            return
         for base in cls.__mro__:
-            if base is object or _trusted(base.__module__):
-                self.put("base", base.__module__, base.__qualname__)
-                continue
-            self.put("own", base.__module__, base.__qualname__)
-            fields = base.__dict__.get("__dataclass_fields__")
-            for name, value in base.__dict__.items():
-                if name in _CLASS_SKIP:
-                    continue
-                if fields is not None and name == "__init__" and _generated(value):
-                    # a dataclass's own __init__ (generated from its fields' declarations)
-                    self.put("fields")
-                    for field in fields.values():
-                        self.put(field.name, field.init, field.kw_only)
-                        self.add(field.default)
-                        self.add(field.default_factory)
-                        self.add(dict(field.metadata))
-                    continue
-                self.put(name)
-                if isinstance(value, staticmethod | classmethod):
-                    value = value.__func__
-                elif isinstance(value, property):
-                    value = (value.fget, value.fset, value.fdel)
-                self.add(value)
+            if base is not object and not _trusted_class(base):
+                raise _user_code(base, " a class")
 
     def _treedef(self, treedef) -> None:
         node = treedef.node_data()
@@ -330,6 +382,46 @@ class _Hasher:
             self.add(node[1])
         for child in treedef.children():
             self.add(child)
+
+
+@functools.lru_cache(maxsize=4096)
+def _trusted_class(cls: type) -> bool:
+    """Whether `cls` is the class its (trusted) module defines under its name, or a class made
+    by trusted code whose own methods all come from trusted files (or are generated from its
+    fields, as a dataclass's `__init__`)."""
+    if not _trusted_module(cls.__module__):
+        return False
+    if _resolve(cls.__module__, cls.__qualname__) is cls:
+        return True
+    for value in vars(cls).values():
+        if isinstance(value, staticmethod | classmethod):
+            value = value.__func__
+        functions = (
+            (value.fget, value.fset, value.fdel) if isinstance(value, property) else (value,)
+        )
+        for fn in functions:
+            code = getattr(fn, "__code__", None)
+            if isinstance(fn, types.FunctionType) and not (
+                _trusted_file(code.co_filename) or code.co_filename.startswith("<")
+            ):
+                return False
+    return True
+
+
+def _named_library_object(obj) -> bool:
+    """Whether `obj` is the object a trusted module defines under its own qualified name."""
+    module, name = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(name, str):
+        return False
+    return _trusted_module(module) and _resolve(module, name) is obj
+
+
+def _relative(filename: str) -> str:
+    path = Path(filename).resolve()
+    for root in _trusted_roots():
+        if path.is_relative_to(root):
+            return f"{root.name}/{path.relative_to(root).as_posix()}"
+    return path.name  # a standard-library file
 
 
 class _Missing:
@@ -351,33 +443,26 @@ def _plain_state(obj) -> dict | None:
     return dict(vars(obj)) if hasattr(obj, "__dict__") else {}
 
 
-def _generated(fn) -> bool:
-    code = getattr(fn, "__code__", None)
-    return code is not None and code.co_filename.startswith("<")
-
-
-def _global_names(code: types.CodeType) -> set[str]:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return names
-
-
 def fingerprint(obj: Any, abstract_arrays: bool = False) -> str:
-    """A hash of what `obj` is made of (see the module docstring); `Unkeyable` if it cannot be.
+    """A hash of what `obj` is made of (see the module docstring); `Unkeyable` if it holds user
+    code or an object of an unknown kind.
 
     With `abstract_arrays`, arrays count by dtype, shape, weak type and placement only.
 
     Example:
         >>> import jax.numpy as jnp, optax
-        >>> from neuraldiffeq.compilation.exported import fingerprint
+        >>> from neuraldiffeq.compilation.exported import Unkeyable, fingerprint
         >>> fingerprint(optax.adam(0.05)) == fingerprint(optax.adam(0.05))
         True
         >>> fingerprint(optax.adam(0.05)) == fingerprint(optax.adam(0.01))
         False
         >>> fingerprint(jnp.ones(2), True) == fingerprint(jnp.zeros(2), True)
         True
+        >>> try:
+        ...     fingerprint(lambda y: y**3)  # user code: never keyed
+        ... except Unkeyable as e:
+        ...     print("unkeyable")
+        unkeyable
     """
     hasher = _Hasher(abstract_arrays)
     try:
@@ -387,10 +472,26 @@ def fingerprint(obj: Any, abstract_arrays: bool = False) -> str:
     return hasher.h.hexdigest()
 
 
+def keyable(obj: Any) -> bool:
+    """Whether `obj` is made only of trusted code (see the module docstring).
+
+    Example:
+        >>> import jax.numpy as jnp, neuraldiffeq as nde
+        >>> from neuraldiffeq.compilation.exported import keyable
+        >>> keyable(nde.transforms.cube), keyable(lambda y: y**3)
+        (True, False)
+    """
+    try:
+        fingerprint(obj, abstract_arrays=True)
+    except Unkeyable:
+        return False
+    return True
+
+
 @functools.cache
 def _source_hash() -> str:
     """A hash of every source file of the installed neuraldiffeq package."""
-    root = Path(__file__).resolve().parent
+    root = _package_root()
     h = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         h.update(str(path.relative_to(root)).encode())
@@ -430,7 +531,7 @@ def _environment() -> list:
 def key_of(f: Any, treedef: Any, leaves: list, jit_kwargs: dict) -> str:
     """The cache key of `jax.jit(f, **jit_kwargs)` called on `leaves` arranged as `treedef`:
     `f` with everything it closes over, the argument structure (its static parts by value),
-    the leaves' avals and the environment. Raises `Unkeyable`."""
+    the leaves' avals and the environment. Raises `Unkeyable` (user code, unknown objects)."""
     return fingerprint(
         [
             fingerprint(f),
@@ -451,47 +552,33 @@ def directory() -> Path | None:
     return Path(folder) / "neuraldiffeq-exported"
 
 
-def _unplaced(sharding) -> bool:
-    """No sharding, or one over no mesh axes (what a single device's arrays may carry)."""
-    if sharding is None:
-        return True
-    mesh, spec = getattr(sharding, "mesh", None), getattr(sharding, "spec", None)
-    return bool(getattr(mesh, "empty", False)) and spec is not None and all(p is None for p in spec)
-
-
 def _aval_record(aval) -> list:
     return [list(aval.shape), str(aval.dtype), bool(getattr(aval, "weak_type", False))]
 
 
 def save(path: Path, key: str, exported: jax.export.Exported, extra: dict) -> bool:
-    """Write an entry; False (and nothing written) for a program this format cannot hold."""
+    """Write an entry; False (and nothing written) for a program this cache does not keep
+    (effects, several devices, placed inputs or outputs)."""
     if (
         exported.ordered_effects
         or exported.unordered_effects
         or exported.nr_devices != 1
-        or exported.uses_global_constants
         or any(s is not None for s in exported.in_shardings_hlo + exported.out_shardings_hlo)
-        or not all(map(_unplaced, exported._in_named_shardings))
-        or not all(map(_unplaced, exported._out_named_shardings))
         or exported.disabled_safety_checks
-    ):  # (its `_get_vjp`, for differentiating the program, is never used: not kept)
+    ):
         logger.info("not exporting %s: effects or shardings", exported.fun_name)
         return False
-    module = exported.mlir_module_serialized
+    payload = bytes(exported.serialize())
     header = {
         "format": FORMAT,
         "key": key,
-        "fun_name": exported.fun_name,
         "in_avals": [_aval_record(a) for a in exported.in_avals],
         "out_avals": [_aval_record(a) for a in exported.out_avals],
-        "platforms": list(exported.platforms),
-        "calling_convention_version": exported.calling_convention_version,
-        "module_kept_var_idx": list(exported.module_kept_var_idx),
-        "module_sha256": hashlib.sha256(module).hexdigest(),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
         **extra,
     }
     blob = json.dumps(header).encode()
-    _write(path, _MAGIC + struct.pack("<Q", len(blob)) + blob + module)
+    _write(path, _MAGIC + struct.pack("<Q", len(blob)) + blob + payload)
     return True
 
 
@@ -507,49 +594,19 @@ def load(path: Path, key: str, in_avals: list) -> tuple[jax.export.Exported, dic
         (size,) = struct.unpack("<Q", raw[len(_MAGIC) : len(_MAGIC) + 8])
         start = len(_MAGIC) + 8
         header = json.loads(raw[start : start + size])
-        module = raw[start + size :]
+        payload = raw[start + size :]
         if header["format"] != FORMAT or header["key"] != key:
             raise ValueError("another key or format")
-        if hashlib.sha256(module).hexdigest() != header["module_sha256"]:
-            raise ValueError("the module does not match its hash")
-        if header["in_avals"] != [_aval_record(a) for a in in_avals]:
+        if hashlib.sha256(payload).hexdigest() != header["payload_sha256"]:
+            raise ValueError("the payload does not match its hash")
+        expected = [_aval_record(a) for a in in_avals]
+        if header["in_avals"] != expected:
             raise ValueError("other inputs")
-
-        dtypes = {str(a.dtype): a.dtype for a in in_avals}  # PRNG key types have no np.dtype
-
-        def aval(record):
-            shape, dtype, weak = record
-            dtype = dtypes[dtype] if dtype in dtypes else np.dtype(dtype)
-            return jax.core.ShapedArray(tuple(shape), dtype, weak_type=weak)
-
-        n_in, n_out = len(header["in_avals"]), len(header["out_avals"])
-        fields = dict(
-            fun_name=header["fun_name"],
-            in_tree=jax.tree_util.tree_structure(((0,) * n_in, {})),
-            in_avals=tuple(in_avals),
-            out_tree=jax.tree_util.tree_structure([0] * n_out),
-            out_avals=tuple(aval(r) for r in header["out_avals"]),
-            _has_named_shardings=False,
-            _in_named_shardings=(None,) * n_in,
-            _out_named_shardings=(None,) * n_out,
-            in_shardings_hlo=(None,) * n_in,
-            out_shardings_hlo=(None,) * n_out,
-            nr_devices=1,
-            platforms=tuple(header["platforms"]),
-            ordered_effects=(),
-            unordered_effects=(),
-            disabled_safety_checks=(),
-            mlir_module_serialized=bytes(module),
-            calling_convention_version=header["calling_convention_version"],
-            module_kept_var_idx=tuple(header["module_kept_var_idx"]),
-            uses_global_constants=False,
-            _get_vjp=None,
-        )
-        # `Exported`'s private fields differ between jax versions (0.11 has no
-        # `_has_named_shardings`): pass those this version takes; one it needs and we lack
-        # raises here, and the entry is ignored (the step is traced)
-        accepted = inspect.signature(jax.export.Exported).parameters
-        exported = jax.export.Exported(**{k: v for k, v in fields.items() if k in accepted})
+        exported = jax.export.deserialize(bytearray(payload))
+        if [_aval_record(a) for a in exported.in_avals] != expected:
+            raise ValueError("the program takes other inputs than its header says")
+        if [_aval_record(a) for a in exported.out_avals] != header["out_avals"]:
+            raise ValueError("the program gives other outputs than its header says")
     except Exception as error:  # noqa: BLE001 — a damaged entry is ignored and rewritten
         logger.info("ignoring the exported step %s: %s", path, error)
         return None
@@ -557,13 +614,19 @@ def load(path: Path, key: str, in_avals: list) -> tuple[jax.export.Exported, dic
 
 
 def eval_shape(fn, *inputs):
-    """`jax.eval_shape(fn, *inputs)`, read from disk when the same check passed before.
+    """`jax.eval_shape(fn, *inputs)`, read from disk when the same evaluation ran before.
 
-    The model checks of the strategies' `prepare` trace the whole solve abstractly, every time,
-    in every process. With JAX's compilation cache on, the result of a
-    check whose output is one array is kept next to the exported steps, under the key of
-    `fn` (arrays it captures by value: Python code may branch on them) and the inputs' avals.
-    Only results are kept: a check that fails runs again, and raises its own error.
+    Only for `fn` made of trusted code (see the module docstring); anything else is evaluated
+    every time. With JAX's compilation cache on, a result that is one array's shape is kept
+    next to the exported steps, under the key of `fn` (arrays it captures by value: Python code
+    may branch on them), the inputs' avals and the environment. Only results are kept: an
+    evaluation that fails runs again, and raises its own error.
+
+    Example:
+        >>> import jax.numpy as jnp, neuraldiffeq as nde
+        >>> from neuraldiffeq.compilation.exported import eval_shape
+        >>> eval_shape(nde.transforms.cube, jnp.ones(3)).shape
+        (3,)
     """
     folder = directory()
     path = digest = None
@@ -573,8 +636,8 @@ def eval_shape(fn, *inputs):
                 ["eval_shape", fingerprint(fn), fingerprint(inputs, True), _environment()]
             )
             path = folder / "shapes" / f"{digest}.json"
-        except Exception:  # noqa: BLE001 — unkeyable (or a surprise): just trace
-            path = None
+        except Unkeyable as reason:  # user code: evaluated as usual
+            logger.info("not keeping eval_shape of %s: it holds %s", _describe(fn), reason)
     if path is not None:
         try:
             record = json.loads(path.read_text())
@@ -595,36 +658,21 @@ def eval_shape(fn, *inputs):
     return out
 
 
-def lower_ahead(flat, exported: jax.export.Exported, leaves: list) -> None:
-    """Lower `flat` (a `jax.jit` of `exported.call`) now, so that its first call reuses it.
-
-    Why: lowering a call of an exported module first initialises the CPU's LAPACK handlers,
-    which imports SciPy, in case the module calls LAPACK. A module without
-    any custom call (an explicit solver's step) needs none of it, so then it is skipped.
-    JAX's lowering cache keeps the result for the call that follows.
-    """
-    if b"custom_call" in exported.mlir_module_serialized:
-        return  # lowered by the first call, with the usual initialisation
-    from jax._src.export import _export as export_impl  # a private hook: guarded
-
-    original = getattr(export_impl, "_ensure_backends_initialized", None)
-    if original is None:
-        return
-    with contextlib.suppress(Exception):  # any trouble: the first call lowers as usual
-        export_impl._ensure_backends_initialized = lambda platforms: None
-        try:
-            flat.trace(*leaves).lower()
-        finally:
-            export_impl._ensure_backends_initialized = original
-
-
 def cached_array(fn, *args, **kwargs) -> np.ndarray:
     """`np.asarray(fn(*args, **kwargs))`, read from disk when it was computed before.
 
     For deterministic reference computations run in every process (a dataset's tight-tolerance
     solve): with JAX's compilation cache on, the result is kept next to the exported steps
     under the key of `fn` and its arguments (by value) and the environment, as the steps are.
-    A failing computation raises as always and keeps nothing; a damaged entry is recomputed.
+    Only for `fn` and arguments made of trusted code (see the module docstring): a user's field
+    is solved every time. A failing computation raises as always and keeps nothing; a damaged
+    entry is recomputed.
+
+    Example:
+        >>> import numpy as np
+        >>> from neuraldiffeq.compilation.exported import cached_array
+        >>> cached_array(np.cumsum, np.arange(4)).tolist()
+        [0, 1, 3, 6]
     """
     folder = directory()
     path = None
@@ -633,8 +681,8 @@ def cached_array(fn, *args, **kwargs) -> np.ndarray:
             digest = fingerprint(["array", fingerprint(fn), fingerprint([args, kwargs])])
             digest = fingerprint([digest, _environment()])
             path = folder / "arrays" / f"{digest}.npy"
-        except Exception:  # noqa: BLE001 — unkeyable (or a surprise): just compute
-            path = None
+        except Unkeyable as reason:  # user code: computed as usual
+            logger.info("not keeping the result of %s: it holds %s", _describe(fn), reason)
     if path is not None:
         try:
             raw = path.read_bytes()

@@ -1,15 +1,15 @@
 """XLA options for programs that push one wide batch through a model (flows' log-likelihoods).
 
 Why: on the CPU, jaxlib 0.10 hands XLA fusions to the YNNPACK library, whose reductions over a
-leading axis are slow — a (100, 64) -> (64,) sum takes ~50-90 µs instead of ~1 µs. The backward
-pass of any batched model is full of them (the gradient of every weight shared across a batch is
-such a sum), so a FFJORD training step on a batch of 100 spent most of its time there. Letting
-YNNPACK handle single matrix products only, and XLA's own code generator everything else, made
-that step 1.2-3.7x faster (benchmarks/RESULTS.md, "FFJORD speed"). The price is ~20% more compile
-time (XLA generates the code YNNPACK would have run), which is not worth paying for small unbatched
-problems, so they are opt-in: `nde.MaximumLikelihood` asks `fit` for them (a strategy's
-`compiler_options`), and so does `batched_log_prob`. Elsewhere (GPU, or a jaxlib that does not
-know the option) no options are passed.
+leading axis are slow. The backward pass of any batched model is full of them (the gradient of
+every weight shared across a batch is such a sum), so a FFJORD training step on a wide batch
+spends most of its time there. Letting YNNPACK handle single matrix products only, and XLA's own
+code generator everything else, makes such steps markedly faster (measured in
+`benchmarks/RESULTS.md`, "FFJORD speed"). The price is more compile time (XLA generates the code
+YNNPACK would have run), which is not worth paying for small unbatched problems, so the options
+are opt-in: `nde.MaximumLikelihood` asks `fit` for them (a strategy's `compiler_options`), and so
+does `batched_log_prob`. Elsewhere (GPU, or a jaxlib that does not know the option) no options
+are passed.
 """
 
 from __future__ import annotations

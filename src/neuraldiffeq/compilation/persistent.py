@@ -2,9 +2,10 @@
 
 Why: a small fit spends most of its first seconds compiling. With the cache on, a second process
 (a new notebook kernel, the next CLI run, the next test session) loads the compiled training
-step from disk instead. `fit` compiles its steps without host callbacks so that the cache can
-keep them (see `compilation.cacheable`). The `neuraldiffeq` command turns it on by itself
-(`--no-cache` turns it off).
+step from disk instead. JAX keys that cache on the lowered program itself, so it can never serve
+a program other than the one tracing produced. `fit` compiles its steps without host callbacks so
+that the cache can keep them (see `compilation.cacheable`). The `neuraldiffeq` command turns it
+on by itself (`--no-cache` turns it off).
 """
 
 from __future__ import annotations
@@ -47,15 +48,20 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> Path:
     program this process compiles from now on, however small or quick to compile: the many
     small programs of a fit add up. Returns the directory, created if missing.
 
-    With the cache on, `fit` also keeps its traced training step (exported with `jax.export`)
-    in the `neuraldiffeq-exported` folder inside it, so a later process running the same step
-    skips tracing it too, not only compiling it. "The same step" is decided without tracing,
-    from what the step is made of: the model's structure and non-trained parts (functions by
-    their code, closures and the globals they read), the strategy, the optimizer and its
-    hyperparameters, the data's shapes and dtypes, JAX's settings and the versions of
-    neuraldiffeq and its dependencies. A step holding something that cannot be keyed that way
-    (an object of an unknown type) is traced as usual and not kept; a damaged entry is ignored
-    and rewritten. Multi-device fits (`devices=`) are not kept.
+    With the cache on, `fit` may also skip *tracing* a step in a later process, but only a step
+    made entirely of neuraldiffeq's and its pinned dependencies' code (jax, equinox, diffrax,
+    optax, lineax, optimistix, numpy): the command line, the demos, a model built from
+    `eqx.nn` layers and `nde.transforms`, with a built-in strategy and an optax optimizer. Such a
+    step is exported (`jax.export`) to the `neuraldiffeq-exported` folder inside the cache and
+    read back by the next process that runs it, keyed on the installed neuraldiffeq source, the
+    dependencies' versions, JAX's settings and the step's structure, numbers and shapes.
+
+    A step that holds any of your own code (a function, lambda, class, method or module of
+    yours, anywhere in the model, strategy or optimizer) is traced in every process, as without
+    this cache: no key made from Python objects can prove that your code has not changed since.
+    Its compile is still served by JAX's cache. Multi-device fits (`devices=`) are traced every
+    time too. A damaged entry is ignored and rewritten. In short: steps with user code are
+    traced in every process; steps made only of neuraldiffeq may be read back.
 
     Arguments:
         path: the cache directory; None for `default_cache_dir()`.

@@ -3,6 +3,7 @@
 from . import losses, presets
 from .collocation import KERNELS, Collocation, collocate
 from .elbo import ELBO
+from .failure_policy import FailurePolicyState, check_failures, failure_policy
 from .fit import FitFailure, FitResult, fit
 from .likelihood import MaximumLikelihood
 from .moments import MomentMatching
@@ -19,6 +20,7 @@ __all__ = [
     "Classification",
     "Collocation",
     "ELBO",
+    "FailurePolicyState",
     "FitFailure",
     "FitResult",
     "MaximumLikelihood",
@@ -28,7 +30,9 @@ __all__ = [
     "SegmentStates",
     "Stage",
     "Trajectory",
+    "check_failures",
     "collocate",
+    "failure_policy",
     "fit",
     "losses",
     "presets",

@@ -8,6 +8,9 @@ library: it writes into a temporary folder and renames it when complete, and in 
 every process takes part while replicated arrays are written by process 0 only); the rest is a
 JSON item of the same checkpoint.
 
+`CheckpointHook` is what `fit` calls: it opens the folder, restores the newest checkpoint into
+the fit's record on resume, and writes one every `checkpoint_every` steps and at each stage end.
+
 Each checkpoint also records a SHA-256 digest of its arrays and metadata. On `resume=True` the
 newest checkpoint whose digest matches is loaded; one that is incomplete, unreadable or damaged is
 skipped with a warning (and deleted, so that the fit can write that step again), never loaded.
@@ -21,17 +24,23 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 import warnings
 from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["Checkpoints", "Saved", "fingerprint"]
+from .diagnostics import describe_optimizer
+from .hooks import FitHook
+from .results import StageReport
+
+__all__ = ["CheckpointHook", "Checkpoints", "Saved", "fit_identity"]
 
 #: checkpoints kept in the folder: the newest, and older ones to fall back to if it is damaged.
 KEEP = 3
-_FORMAT = 1
+#: 2: the carry holds the failure policy's state (`failure_policy.FailurePolicyState`)
+_FORMAT = 2
 
 
 @dataclasses.dataclass
@@ -49,9 +58,18 @@ class Saved:
     leaves: list[np.ndarray]
 
 
-def fingerprint(model: Any, stages: list, key: jax.Array) -> dict:
-    """What must not change between a fit and its resumption (JSON-serialisable)."""
-    from .diagnostics import describe_optimizer
+def fit_identity(model: Any, stages: list, key: jax.Array) -> dict:
+    """What identifies a fit: what must not change between a fit and its resumption
+    (JSON-serialisable; the model's type, each stage's settings, the key).
+
+    Example:
+        >>> import jax, optax, neuraldiffeq as nde
+        >>> from neuraldiffeq.fitting.checkpoint import fit_identity
+        >>> stages = [nde.Stage(nde.Trajectory(), optax.adam(0.05), 10)]
+        >>> model = nde.NeuralODE(lambda t, y, args: -y)
+        >>> fit_identity(model, stages, jax.random.key(0))["stages"][0]["optimizer"]
+        'Adam(lr=0.05)'
+    """
 
     def simple_fields(strategy) -> dict:
         out = {}
@@ -106,13 +124,13 @@ class Checkpoints:
         True
     """
 
-    def __init__(self, directory: str | os.PathLike, every: int | None, resume: bool, print_):
+    def __init__(self, directory: str | os.PathLike, every: int | None, resume: bool, identity):
         import orbax.checkpoint as ocp
 
         self._ocp = ocp
         self.directory = os.path.abspath(os.fspath(directory))
         self.every = every
-        self.fingerprint = print_
+        self.identity = identity  # fit_identity(...) of the fit writing or resuming
         self.manager = ocp.CheckpointManager(
             self.directory,
             # cleanup: the temporary folder of a save that was killed is removed, so that the
@@ -143,7 +161,7 @@ class Checkpoints:
             return
         leaves = [_key_data(x) if _is_key(x) else x for x in jax.tree_util.tree_leaves(carry)]
         meta = {
-            "fingerprint": self.fingerprint,
+            "fingerprint": self.identity,  # the name on disk since format 1
             "step": int(step),
             "stage": int(stage),
             "counters": counters,
@@ -180,7 +198,7 @@ class Checkpoints:
                 meta = self.manager.restore(
                     step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
                 )["meta"]
-                self._check_fingerprint(meta)
+                self._check_identity(meta)
                 n = len(meta["carry"]["leaves"])
                 restore_args = {
                     name: ocp.RestoreArgs(restore_type=np.ndarray) for name in _names(n)
@@ -220,13 +238,20 @@ class Checkpoints:
             )
         return None
 
-    def _check_fingerprint(self, meta: dict) -> None:
+    def _check_identity(self, meta: dict) -> None:
         if not isinstance(meta, dict) or "fingerprint" not in meta:
             raise _Damaged("no fit metadata")
-        saved, now = meta["fingerprint"], self.fingerprint
+        saved, now = meta["fingerprint"], self.identity
         if saved == now:
             return
-        for what in ("format", "model", "key"):
+        if saved.get("format") != now["format"]:
+            raise ValueError(
+                f"checkpoint_dir {self.directory!r} holds a checkpoint written by another "
+                f"version of neuraldiffeq (checkpoint format {saved.get('format')!r}, this "
+                f"version reads format {now['format']!r}); finish that fit with the version "
+                "that started it, or start afresh in another checkpoint_dir."
+            )
+        for what in ("model", "key"):
             if saved.get(what) != now[what]:
                 raise ValueError(
                     f"checkpoint_dir {self.directory!r} holds a fit with another {what} "
@@ -275,6 +300,93 @@ def restore_carry(saved: Saved, like: Any, directory: str, place=None) -> Any:
         for x, value in zip(flat, placed, strict=True)
     ]
     return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+class CheckpointHook(FitHook):
+    """`fit`'s checkpoints: the folder opened at the start (refused if it already holds
+    checkpoints and `resume` is False), the newest intact checkpoint restored into the fit's
+    record and its stage's run on resume, one written after the call that completes each
+    multiple of `every` steps and at the end of each finished stage.
+
+    Example:
+        >>> import tempfile, jax, optax, neuraldiffeq as nde
+        >>> from neuraldiffeq.fitting.checkpoint import CheckpointHook
+        >>> from neuraldiffeq.fitting.results import FitLog
+        >>> stages = [nde.Stage(nde.Trajectory(), optax.adam(0.05), 10)]
+        >>> model = nde.NeuralODE(lambda t, y, args: -y)
+        >>> hook = CheckpointHook(tempfile.mkdtemp(), 5, True, model, stages, jax.random.key(0))
+        >>> log = FitLog()
+        >>> hook.on_start(log)  # an empty folder: nothing to resume
+        >>> log.first_stage, hook.saved
+        (0, None)
+        >>> hook.on_end(log, None)
+    """
+
+    def __init__(self, directory, every, resume, model, stages, key):
+        if every is not None and not (
+            isinstance(every, int | np.integer) and not isinstance(every, bool) and every > 0
+        ):
+            raise ValueError(f"checkpoint_every must be a positive integer, got {every!r}.")
+        if not isinstance(resume, bool):
+            raise ValueError(f"resume must be True or False, got {resume!r}.")
+        self.resume = resume
+        self.checkpoints = Checkpoints(directory, every, resume, fit_identity(model, stages, key))
+        self.saved: Saved | None = None
+
+    @classmethod
+    def of(cls, directory, every, resume, model, stages, key) -> CheckpointHook | None:
+        """The hook for `fit`'s checkpoint arguments; None without a `checkpoint_dir`."""
+        if directory is None:
+            if every is not None or resume:
+                raise ValueError(
+                    "checkpoint_every= and resume=True need checkpoint_dir= (the folder that "
+                    "holds the checkpoints)."
+                )
+            return None
+        return cls(directory, every, resume, model, stages, key)
+
+    def on_start(self, log):
+        self.saved = self.checkpoints.newest() if self.resume else None
+        if self.saved is not None:  # continue the fit where its newest intact checkpoint left it
+            saved = self.saved
+            log.losses, log.times = [saved.losses], [saved.times]
+            log.reports = [StageReport(**r) for r in saved.reports]
+            log.step_offset = saved.step - saved.counters["steps_done"]
+            log.first_stage = saved.stage
+            log.start -= saved.elapsed
+
+    def on_stage_start(self, log, run):
+        if self.checkpoints.every is not None:  # "auto" calls end on checkpoint steps
+            run.call_boundary = (log.step_offset, self.checkpoints.every)
+        if self.saved is not None and run.index == self.saved.stage:
+            place = None  # host arrays straight to every device (multi-host too) when sharded
+            if run.out_shardings is not None:
+                place = lambda host: jax.device_put(host, run.out_shardings)  # noqa: E731
+            carry = restore_carry(self.saved, run.carry, self.checkpoints.directory, place)
+            run.restore(carry, self.saved.counters)
+
+    def on_step(self, log, run, losses):
+        if self.checkpoints.due(log.step_offset + run.steps_done):
+            self._save(log, run)
+
+    def on_stage_end(self, log, run):
+        if run.steps_done == run.stage.steps:  # a finished stage
+            self._save(log, run)
+
+    def on_end(self, log, result):
+        self.checkpoints.close()
+
+    def _save(self, log, run) -> None:
+        self.checkpoints.save(
+            log.step_offset + run.steps_done,
+            run.index,
+            run.counters(),
+            run.carry,
+            log.losses,
+            log.times,
+            log.reports,
+            time.perf_counter() - log.start,
+        )
 
 
 class _Damaged(Exception):

@@ -15,7 +15,6 @@ Two ways to compute a step's loss and gradient over a sharded batch:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from .._compat import closure_conversion_ignores_manual_sharding
 from .strategies import AbstractStrategy
 
 
@@ -193,7 +193,7 @@ def per_device_value_and_grad(
             arrays, static = eqx.partition(prepared, eqx.is_array)
 
             def local(params, arrays, key):
-                with _closure_conversion_ignores_manual_sharding():
+                with closure_conversion_ignores_manual_sharding():  # see _compat
                     return combine(f(params, eqx.combine(arrays, static), key), names)
 
             return jax.shard_map(
@@ -209,47 +209,3 @@ def per_device_value_and_grad(
         return call
 
     return sharded(jax.value_and_grad(loss)), sharded(loss)
-
-
-@contextlib.contextmanager
-def _closure_conversion_ignores_manual_sharding():
-    """Inside `shard_map`, let equinox's closure-converted functions accept arguments whose
-    only difference from the example arguments is the manual mesh in their sharding.
-
-    Why: equinox compares the shapes, dtypes *and shardings* of a closure-converted function's
-    arguments with those it was converted with. Inside `shard_map`, an array computed in the
-    body carries the manual mesh while a constant does not, so the backward pass of diffrax's
-    checkpointed step loop fails with "Closure-converted function called with different dynamic
-    arguments" (diffrax issue #765; equinox pull request #1261 fixes it the same way). Only
-    calls that the original check refuses are re-checked, on shapes and dtypes alone; the
-    patch is in place only while a sharded step is traced.
-    """
-    from equinox import _ad
-
-    original = _ad._check_closure_convert_input
-
-    def check(self, args, kwargs):
-        try:
-            return original(self, args, kwargs)
-        except ValueError:
-            expected = _ad._unflatten(self.in_dynamic_struct)
-            dynamic, static = eqx.partition((args, kwargs), eqx.is_array)
-            if not _same_shapes(jax.eval_shape(lambda: dynamic), expected):
-                raise
-            if _ad.tree_equal(static, _ad._unflatten(self.in_static)) is not True:
-                raise
-            return dynamic
-
-    _ad._check_closure_convert_input = check
-    try:
-        yield
-    finally:
-        _ad._check_closure_convert_input = original
-
-
-def _same_shapes(a, b) -> bool:
-    leaves_a, tree_a = jax.tree_util.tree_flatten(a)
-    leaves_b, tree_b = jax.tree_util.tree_flatten(b)
-    return tree_a == tree_b and all(
-        x.shape == y.shape and x.dtype == y.dtype for x, y in zip(leaves_a, leaves_b, strict=True)
-    )

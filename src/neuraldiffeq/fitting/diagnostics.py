@@ -1,8 +1,9 @@
 """Diagnostics of a finished stage: what optimizer ran, and whether the loss diverged.
 
-`fit` calls `diagnose(report, stage)` once per stage; it fills in the optimizer's description and,
-when the stage went uphill, a warning that is both emitted (`UserWarning`) and kept in the
-`StageReport` (so it reaches `FitResult.stages` and `metrics.json`).
+`fit` calls `diagnose(report, stage, check_message)` once per stage; it fills in the optimizer's
+description and, when the stage went uphill, a warning that is both emitted (`UserWarning`) and
+kept in the `StageReport` (so it reaches `FitResult.stages` and `metrics.json`). A stage that
+skipped steps (non-finite loss or gradient) is warned about too.
 """
 
 from __future__ import annotations
@@ -136,12 +137,14 @@ def divergence_warning(
     )
 
 
-def diagnose(report: Any, stage: Any) -> Any:
-    """`report` (a `StageReport`) with its optimizer described and any divergence warned about.
+def diagnose(report: Any, stage: Any, check_message: str | None = None) -> Any:
+    """`report` (a `StageReport`) with its optimizer described and any divergence warned about;
+    skipped steps are warned about too, with `check_message` (what a check that failed inside
+    the step said), if any.
 
     Example:
         >>> import optax, neuraldiffeq as nde
-        >>> from neuraldiffeq.fitting.fit import StageReport
+        >>> from neuraldiffeq.fitting.results import StageReport
         >>> from neuraldiffeq.fitting.diagnostics import diagnose
         >>> report = StageReport("1/1 Trajectory", 10, 1.0, 0.5, 0.5, 0, 0.0, 0.0)
         >>> diagnose(report, nde.Stage(nde.Trajectory(), optax.adam(0.01), 10)).optimizer
@@ -157,6 +160,13 @@ def diagnose(report: Any, stage: Any) -> Any:
     )
     if message is not None:
         warnings.warn(message, stacklevel=3)
+    if report.skipped:
+        warnings.warn(
+            f"stage {report.name}: {report.skipped} of {report.steps} steps had a non-finite "
+            "loss or gradient (solver failure) and were skipped."
+            + (f" A check inside the step said: {check_message}" if check_message else ""),
+            stacklevel=3,
+        )
     return dataclasses.replace(
         report, optimizer=describe_optimizer(stage.optimizer), warning=message
     )

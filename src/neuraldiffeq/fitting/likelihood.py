@@ -104,7 +104,7 @@ class MaximumLikelihood(AbstractStrategy):
     @property
     def compiler_options(self) -> dict[str, str] | None:
         # A batch of samples through the flow: the backward pass is full of sums over the batch,
-        # which these options make 1.2-3.7x faster on the CPU (see neuraldiffeq/_compile.py).
+        # which these options make faster on the CPU (see neuraldiffeq.compilation.options).
         return cpu_compiler_options()
 
     def batch_axes(self, prepared: jax.Array) -> int:

@@ -7,8 +7,8 @@ the same keywords, and honours each of them or raises a `ValueError`:
 - `steps`: Adam steps of each solving stage (default 300), or of the collocation stage in
   `"collocation"` (default 2000);
 - `steps_per_call`: fuse this many steps into one compiled call in every stage, or `"auto"`
-  (default: 100 for collocation, whose steps are ~100x cheaper than solving ones, "auto"
-  elsewhere: as many as take ~50 ms, see `fit`);
+  (default: 100 for collocation, whose steps solve no equation and so are far cheaper than
+  solving ones, "auto" elsewhere: as many as fill `fit`'s time budget per call, see `fit`);
 - `lbfgs_steps`: the final L-BFGS polish on the full trajectory (default 100, 0 for none;
   `"collocation"` has none and refuses a positive value);
 - `data`: the series to be fitted; `"auto"` looks at it to decide whether collocation goes
@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 #: Adam steps of each solving stage when `steps` is not given.
 DEFAULT_STEPS = 300
-#: Collocation steps are ~100x cheaper than solving ones; fused 100 per compiled call.
+#: Collocation steps solve no equation, so they are cheap; fused 100 per compiled call.
 COLLOCATION_STEPS = 2000
 COLLOCATION_STEPS_PER_CALL = 100
 LBFGS_STEPS = 100

@@ -24,7 +24,7 @@ from ..io.plotting import plot_fit
 from ..io.timeseries import TimeSeries
 from ..solve.names import solver_name
 from .fit import FitFailure, FitResult, fit
-from .strategies import Trajectory
+from .strategies import Trajectory, segment_starts
 
 #: the median time step after normalisation
 TIME_STEP = 0.25
@@ -93,6 +93,24 @@ class Normaliser:
             "mean": self.mean.tolist(),
             "std": self.std.tolist(),
         }
+
+
+def start_states(data: TimeSeries) -> np.ndarray:
+    """Each trajectory's state at the first time, `(B, D)`, as `nde.Trajectory` starts it: a
+    state not observed then (a series of a long table that starts later) is interpolated.
+
+    Example:
+        >>> import numpy as np, neuraldiffeq as nde
+        >>> from neuraldiffeq.fitting.series import start_states
+        >>> ys = np.array([[[0.0], [2.0], [4.0]], [[9.0], [5.0], [6.0]]])
+        >>> mask = np.array([[[True], [True], [True]], [[False], [True], [True]]])
+        >>> start_states(nde.TimeSeries([0.0, 1.0, 2.0], ys, mask)).ravel().tolist()
+        [0.0, 5.0]
+    """
+    batch = data.as_batch()
+    if batch.mask is None:
+        return np.asarray(batch.ys[:, 0])
+    return segment_starts(batch.ts, batch.ys, batch.mask, [0])[:, 0]
 
 
 def _spread(x: np.ndarray) -> float:
@@ -199,7 +217,7 @@ def fit_series(
     wall = time.perf_counter() - started
     model = result.model
 
-    y0 = train_n.as_batch().ys[:, 0]
+    y0 = start_states(train_n)
     dense_ts = np.linspace(float(data.ts[0]), float(data.ts[-1]), 400)
     pred_dense = norm.states_back(
         jax.vmap(lambda y: model(jnp.asarray(norm.times(dense_ts)), y))(y0)

@@ -77,7 +77,7 @@ class AbstractStrategy(eqx.Module):
         """XLA options for `fit`'s compiled step (None: XLA's defaults).
 
         A strategy whose loss runs one wide batch through the model (a flow's log-likelihood)
-        returns `nde.compiler_options()`: faster steps on the CPU for ~20% more compile time.
+        returns `nde.compiler_options()`: faster steps on the CPU for a longer compile.
         """
         return None
 

@@ -5,8 +5,10 @@ A model file (format 2) holds:
 1. a header line, `NEURALDIFFEQ-MODEL-2`, and the length of the description;
 2. the description, JSON: the model's structure as data. An equinox module (or dataclass) whose
    class lives in `neuraldiffeq`, `equinox.nn`, `diffrax`, `optimistix` or `lineax` is written as
-   its class path and its fields; arrays as a reference into the arrays section with their name
-   (the path in the model, e.g. `.field.net.layers[0].weight`), dtype and shape; numbers, strings,
+   its shortest public class path (`diffrax:Tsit5`, `neuraldiffeq:NeuralODE`, not the private
+   module that defines it, which a library may move) and its fields; arrays as a reference into
+   the arrays section with their name (the path in the model, e.g.
+   `.field.net.layers[0].weight`), dtype and shape; numbers, strings,
    `None`, tuples, lists, dicts and dtypes as JSON; functions by an allow-listed name (activations
    of `jax.nn`, elementwise `jax.numpy` functions such as `jnp.tanh`, `jax.lax.max`, the
    library's own functions such as `nde.transforms.cube`); any other part (a lambda, a user's
@@ -22,6 +24,9 @@ size and dtype, and never unpickles anything; a file with pickled parts is refus
 `ValueError` that names them and the two ways out: `load(path, like=model)` (arrays into a model
 you build with your own code) or `load(path, trusted=True)` (unpickles them: runs code from the
 file). Saves are atomic: a temporary file in the same folder, flushed to disk, then renamed.
+Files written by neuraldiffeq 0.1 name module paths that moved when the package was re-layered
+(`neuraldiffeq.solve_config`, `neuraldiffeq.transforms`, ...); `load` reads them as today's
+(`_LEGACY_MODULES`), in descriptions and in trusted pickles alike.
 """
 
 from __future__ import annotations
@@ -74,6 +79,29 @@ _FUNCTION_PACKAGES = (
     "optimistix",
     "lineax",
 )
+#: where the modules of neuraldiffeq 0.1 live now (the package was re-layered after 0.1): files
+#: written by 0.1 name these old paths, which `load` reads as the new ones
+_LEGACY_MODULES = {
+    "neuraldiffeq._cacheable": "neuraldiffeq.compilation.cacheable",
+    "neuraldiffeq._compile": "neuraldiffeq.compilation.options",
+    "neuraldiffeq._continuous_adjoint": "neuraldiffeq.solve.continuous_adjoint",
+    "neuraldiffeq._exported": "neuraldiffeq.compilation.exported",
+    "neuraldiffeq.cache": "neuraldiffeq.compilation.persistent",
+    "neuraldiffeq.data": "neuraldiffeq.io.timeseries",
+    "neuraldiffeq.interpolation": "neuraldiffeq.solve.interpolation",
+    "neuraldiffeq.outputs": "neuraldiffeq.io.outputs",
+    "neuraldiffeq.plotting": "neuraldiffeq.io.plotting",
+    "neuraldiffeq.sensitivity": "neuraldiffeq.solve.sensitivity",
+    "neuraldiffeq.serialisation": "neuraldiffeq.io.model_files",
+    "neuraldiffeq.series": "neuraldiffeq.fitting.series",
+    "neuraldiffeq.solve_config": "neuraldiffeq.solve.config",
+    "neuraldiffeq.solvers": "neuraldiffeq.solve",
+    "neuraldiffeq.solvers.dae": "neuraldiffeq.solve.dae",
+    "neuraldiffeq.solvers.dde": "neuraldiffeq.solve.dde",
+    "neuraldiffeq.solvers.names": "neuraldiffeq.solve.names",
+    "neuraldiffeq.solvers.stiffness": "neuraldiffeq.solve.stiffness",
+    "neuraldiffeq.transforms": "neuraldiffeq.models.transforms",
+}
 #: never imported whatever the file says (importing `neuraldiffeq.__main__` runs the CLI)
 _NEVER_IMPORT = ("neuraldiffeq.__main__", "neuraldiffeq.cli")
 #: elementwise `jax.numpy` functions accepted as activations / transforms (all of `jax.nn` is)
@@ -134,14 +162,33 @@ def _function_names() -> dict[int, str]:
     return names
 
 
+def _public_module(obj: Any, module: str, packages: tuple[str, ...], lookup) -> str:
+    """The shortest public module (no `_`-prefixed part) among `module` and its parents, inside
+    `packages`, where `lookup(module object)` gives `obj`; else `module` itself. So a file names
+    `diffrax:Tsit5` rather than the private module defining it, and `neuraldiffeq:NeuralODE`:
+    paths that survive a library moving its code between private modules."""
+    parts = module.split(".")
+    for i in range(1, len(parts) + 1):
+        if parts[i - 1].startswith("_"):
+            break  # below a private module everything is private
+        candidate = ".".join(parts[:i])
+        if not _in_packages(candidate, packages) or _in_packages(candidate, _NEVER_IMPORT):
+            continue
+        namespace = sys.modules.get(candidate)
+        if namespace is not None and lookup(namespace) is obj:
+            return candidate
+    return module
+
+
 def _class_ref(cls: type) -> str | None:
-    """`module:qualname` of a class the loader may rebuild, or None."""
+    """`module:qualname` of a class the loader may rebuild (its shortest public path), or None."""
     module, qualname = cls.__module__, cls.__qualname__
     if not _in_packages(module, _CLASS_PACKAGES) or _in_packages(module, _NEVER_IMPORT):
         return None
     if "<" in qualname or _resolve_attr(sys.modules.get(module), qualname) is not cls:
         return None
-    return f"{module}:{qualname}"
+    lookup = functools.partial(_resolve_attr, qualname=qualname)
+    return f"{_public_module(cls, module, _CLASS_PACKAGES, lookup)}:{qualname}"
 
 
 def _global_ref(obj: Any, module: str | None, packages: tuple[str, ...]) -> str | None:
@@ -152,12 +199,15 @@ def _global_ref(obj: Any, module: str | None, packages: tuple[str, ...]) -> str 
         return None
     namespace = vars(sys.modules[module]) if module in sys.modules else {}
     guess = getattr(obj, "__name__", None)
+    found = None
     if isinstance(guess, str) and namespace.get(guess) is obj:
-        return f"{module}:{guess}"
-    for name, value in namespace.items():
-        if value is obj:
-            return f"{module}:{name}"
-    return None
+        found = guess
+    else:
+        found = next((name for name, value in namespace.items() if value is obj), None)
+    if found is None:
+        return None
+    public = _public_module(obj, module, packages, lambda m: vars(m).get(found))
+    return f"{public}:{found}"
 
 
 def _resolve_attr(root: Any, qualname: str) -> Any:
@@ -168,7 +218,9 @@ def _resolve_attr(root: Any, qualname: str) -> Any:
 
 
 def _import_allowed(module: str, packages: tuple[str, ...], where: str) -> types.ModuleType:
-    """Import a module named by the file, only inside the allowed packages."""
+    """Import a module named by the file (a 0.1 path read as today's), only inside the allowed
+    packages."""
+    module = _LEGACY_MODULES.get(module, module)
     if not _NAME.match(module) or not _in_packages(module, packages):
         raise _Refused(where, f"refers to module {module!r}, outside the allowed packages")
     if _in_packages(module, _NEVER_IMPORT) or "__main__" in module.split("."):
@@ -453,8 +505,15 @@ class _Reader:
         cls = _resolve_attr(mod, qualname)
         if cls is None:
             raise _Refused(where, f"names class {module}.{qualname}, absent from this version")
-        if not isinstance(cls, type) or cls.__module__ != module or cls.__qualname__ != qualname:
-            raise _Refused(where, f"names {module}.{qualname}, which is not a class defined there")
+        # a class defined in the allowed packages, under its own name: at its defining module
+        # or re-exported by a public one (`diffrax:Tsit5`, `neuraldiffeq:NeuralODE`)
+        if (
+            not isinstance(cls, type)
+            or cls.__name__ != qualname.rsplit(".", 1)[-1]
+            or not _in_packages(cls.__module__, _CLASS_PACKAGES)
+            or _in_packages(cls.__module__, _NEVER_IMPORT)
+        ):
+            raise _Refused(where, f"names {module}.{qualname}, which is not an allowed class")
         return cls
 
     def _function(self, ref: Any, where: str) -> Any:
@@ -466,7 +525,8 @@ class _Reader:
         obj = vars(mod).get(name)
         if not isinstance(obj, types.FunctionType | types.BuiltinFunctionType):
             raise _Refused(where, f"names {module}.{name}, which is not an allowed function")
-        if obj.__module__ != module:
+        defined = obj.__module__
+        if not _in_packages(defined, _FUNCTION_PACKAGES) or _in_packages(defined, _NEVER_IMPORT):
             raise _Refused(where, f"names {module}.{name}, which is defined elsewhere")
         return obj
 
@@ -503,13 +563,24 @@ class _Reader:
             raise _Refused(where, "needs trusted=True")  # collected before building; see load
         if entry.get("data") is None:
             raise _Refused(where, f"could not be saved ({entry.get('error')}); use like=")
-        import cloudpickle
-
         try:
-            return cloudpickle.loads(entry["data"])
+            return _unpickle(entry["data"])
         except Exception as e:  # noqa: BLE001 - unpickling raises anything (e.g. a missing module)
             where = where or str(entry.get("path", ""))
             raise _Damaged(where, f"could not be unpickled ({type(e).__name__}: {e})") from None
+
+
+def _unpickle(data: bytes) -> Any:
+    """`cloudpickle.loads(data)` (trusted files only), reading 0.1's module paths as today's."""
+    import pickle
+
+    import cloudpickle  # noqa: F401 — what its pickles refer to is registered on import
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            return super().find_class(_LEGACY_MODULES.get(module, module), name)
+
+    return Unpickler(io.BytesIO(data)).load()
 
 
 def _str(d: dict, key: str, where: str) -> str:
@@ -897,10 +968,8 @@ def _load_format1(path: str, blob: bytes, like: Any, trusted: bool) -> Any:
                 "model you build: nde.load(path, like=model); or, only if you trust the file, "
                 "nde.load(path, trusted=True); then nde.save(path, model) writes the safe format."
             )
-        import cloudpickle
-
         try:
-            skeleton = cloudpickle.loads(blob[offset + 8 : offset + 8 + size])
+            skeleton = _unpickle(blob[offset + 8 : offset + 8 + size])
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"{path!r} is damaged or from an incompatible version: {e}") from None
         like = jax.tree_util.tree_map(

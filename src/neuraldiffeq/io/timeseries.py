@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import equinox as eqx
-import jax
 import numpy as np
 from jax import Array
 
 from .._checks import as_array
+from . import csv as csv_files
+from . import frames
+from .precision import to_working_precision as _to_working_precision
+from .precision import working_dtype
+
+__all__ = ["TimeSeries", "working_dtype"]
 
 
 class TimeSeries(eqx.Module):
@@ -20,6 +25,10 @@ class TimeSeries(eqx.Module):
     `ys` has shape `(T, D)` for one trajectory or `(B, T, D)` for `B` trajectories sampled on the
     same grid. Missing observations are allowed only through an explicit boolean `mask` of the same
     shape as `ys` (True = observed); masked-out entries of `ys` may hold anything, NaN included.
+
+    Optionally the series carry names: `ids`, one per trajectory of a batch (the patient,
+    reactor or site each came from), and `columns`, one per state. `from_frame` and `from_csv`
+    set them, `to_frame` writes them back; nothing numerical reads them.
 
     Example:
         >>> import numpy as np, neuraldiffeq as nde
@@ -31,8 +40,18 @@ class TimeSeries(eqx.Module):
     ts: Array
     ys: Array
     mask: Array | None = None
+    ids: tuple | None = eqx.field(static=True, default=None)
+    columns: tuple | None = eqx.field(static=True, default=None)
 
-    def __init__(self, ts, ys, mask=None):
+    def __init__(
+        self,
+        ts,
+        ys,
+        mask=None,
+        *,
+        ids: Sequence[Hashable] | None = None,
+        columns: Sequence[str] | None = None,
+    ):
         ts_np = _as_float_array(ts, "ts")
         ys_np = _as_float_array(ys, "ys")
         if ts_np.ndim != 1:
@@ -86,6 +105,8 @@ class TimeSeries(eqx.Module):
         self.ts = as_array(ts_np)
         self.ys = as_array(_to_working_precision(ys_np, "ys"))
         self.mask = mask_j
+        self.ids = None if ids is None else _check_ids(ids, ys_np.shape)
+        self.columns = None if columns is None else _check_names(columns, ys_np.shape[-1])
 
     @property
     def batched(self) -> bool:
@@ -105,86 +126,273 @@ class TimeSeries(eqx.Module):
             return self
         # in NumPy: an eager `ys[None]` would compile a program for every new shape
         mask = None if self.mask is None else np.asarray(self.mask)[None]
-        return TimeSeries(self.ts, np.asarray(self.ys)[None], mask)
+        return TimeSeries(self.ts, np.asarray(self.ys)[None], mask, columns=self.columns)
 
     @classmethod
     def from_csv(
-        cls, path: str | os.PathLike, time: str = "t", columns: Sequence[str] | None = None
+        cls,
+        path: str | os.PathLike,
+        time: str = "t",
+        columns: Sequence[str] | None = None,
+        *,
+        id: str | None = None,
+        time_unit: str | None = None,
+        time_origin: Any = None,
     ) -> TimeSeries:
-        """Read a CSV with a header row: one time column and one column per state variable.
+        """Read a CSV (or `.csv.gz`, or Parquet) file: a time column and one column per state.
 
-        Empty cells (and `nan`) are missing observations (masked). The delimiter is detected
-        (`,` `;` tab or `|`); with `;` a decimal comma (`1,5`) is read as a decimal point, as
-        spreadsheets in such locales write it. A UTF-8 byte-order mark (Excel) is ignored, and
-        lines starting with `#` are comments. Values beyond the working precision (float32 unless
-        x64 is on) are refused, naming the cell. Example:
+        The file is read through polars. Empty cells (and `nan`) are missing observations
+        (masked). The delimiter is detected (`,` `;` tab or `|`); with `;` a decimal comma
+        (`1,5`) is read as a decimal point, as spreadsheets in such locales write it. A UTF-8
+        byte-order mark (Excel) is ignored, and lines starting with `#` are comments. Values
+        beyond the working precision (float32 unless x64 is on) are refused, naming the cell.
+
+        With `id`, the file is a long table of several series, one per value of the `id` column
+        (its rows in any order), aligned onto the union of their times as `from_frame` does.
+        With `time_unit` (and `time_origin`), the time column holds dates/times (ISO 8601, e.g.
+        `2024-03-01` or `2024-03-01T12:30`), turned into numbers as `from_frame` describes.
+
+        Example:
             >>> import neuraldiffeq as nde
             >>> data = nde.TimeSeries.from_csv(nde.datasets.LYNX_HARE_CSV, time="year")
+            >>> data.columns
+            ('lynx', 'hare')
         """
-        name = os.fspath(path)
-        header, rows, delimiter = _read_csv(path)
+        table = csv_files.read_table(path)
+        name, header = table.name, table.header
         if time not in header:
             raise ValueError(
                 f"time column {time!r} not found in {name!r}; its columns are {header}. "
                 "Pass time=<name of the time column>."
             )
+        if id is not None and id not in header:
+            raise ValueError(
+                f"id column {id!r} not found in {name!r}; its columns are {header}. "
+                "Pass id=<name of the column naming each row's series>."
+            )
         if columns is None:
-            columns = [c for c in header if c != time]
+            columns = [c for c in header if c not in (time, id)]
         missing = [c for c in columns if c not in header]
         if missing:
             raise ValueError(f"columns {missing} not found in {name!r}; it has {header}.")
         if not columns:
             raise ValueError(f"{name!r} has no state columns besides {time!r}.")
-        repeated = sorted({c for c in [time, *columns] if header.count(c) > 1})
+        named = [time, *columns, *([id] if id is not None else [])]
+        repeated = sorted({c for c in named if header.count(c) > 1})
         if repeated:
             raise ValueError(f"{name!r} has more than one column named {repeated}; rename them.")
         if time in columns:
             raise ValueError(f"the time column {time!r} cannot also be a state column.")
-        largest = float(np.finfo(working_dtype()).max)
-
-        def column(col):
-            j = header.index(col)
-            out = []
-            for i, row in enumerate(rows):
-                cell = row[j].strip() if j < len(row) else ""
-                if delimiter == ";" and "," in cell and "." not in cell:
-                    cell = cell.replace(",", ".")  # decimal comma
-                try:
-                    value = float(cell) if cell else np.nan
-                except ValueError:
-                    raise ValueError(
-                        f"column {col!r} of {name!r} is not numeric: row {i + 2} holds "
-                        f"{cell!r}. Drop the column (columns=[...]) or clean the file."
-                    ) from None
-                if np.isinf(value) and cell.lower().lstrip("+-") in ("inf", "infinity"):
-                    raise ValueError(
-                        f"column {col!r} of {name!r}, row {i + 2}, holds {cell!r}; values must be "
-                        "finite (leave a cell empty for a missing value)."
-                    )
-                if np.isinf(value) or abs(value) > largest:
-                    raise ValueError(
-                        f"column {col!r} of {name!r}, row {i + 2}, holds {cell!r}, beyond the "
-                        f"working precision {working_dtype()} (largest {largest:.3g}). Rescale "
-                        "the column or enable float64 (jax_enable_x64)."
-                    )
-                out.append(value)
-            return np.asarray(out)
-
-        if len(rows) < 2:
-            raise ValueError(f"{name!r} has {len(rows)} data row; a time series needs at least 2.")
-        ts = column(time)
+        if id is not None and (id in columns or id == time):
+            raise ValueError(f"the id column {id!r} cannot also be the time or a state column.")
+        if table.n_rows < 2:
+            raise ValueError(
+                f"{name!r} has {table.n_rows} data row; a time series needs at least 2."
+            )
+        ts = _csv_times(table, time, time_unit, time_origin)
         if np.any(np.isnan(ts)):
             row = int(np.argmax(np.isnan(ts))) + 2
             raise ValueError(
                 f"time column {time!r} of {name!r} has an empty cell (row {row}); every row needs "
                 "a time."
             )
-        ys = np.stack([column(c) for c in columns], axis=-1)
+        ys = np.stack([csv_files.numbers(table, c) for c in columns], axis=-1)
+        if id is not None:
+            aligned = frames.align_wide(
+                _csv_ids(table, id), ts, ys, list(columns), time, repr(name)
+            )
+            return cls._of(aligned)
         mask = ~np.isnan(ys)
         empty = [c for c, seen in zip(columns, mask.any(axis=0), strict=True) if not seen]
         if empty:
             raise ValueError(f"columns {empty} of {name!r} have no values at all; drop them.")
-        return cls(ts, ys, None if mask.all() else mask)
+        return cls(ts, ys, None if mask.all() else mask, columns=columns)
+
+    @classmethod
+    def from_frame(
+        cls,
+        frame: Any,
+        time: str = "t",
+        columns: Sequence[str] | None = None,
+        *,
+        id: str | None = None,
+        variable: str | None = None,
+        value: str | None = None,
+        time_unit: str | None = None,
+        time_origin: Any = None,
+    ) -> TimeSeries:
+        """Series from a pandas or polars data frame (neither is imported unless given).
+
+        Wide layout (the default): one row per time, a `time` column and one column per state
+        (`columns`, default every other column). Long layout: one row per observed value, with
+        `variable=` naming the column that holds the state's name and `value=` the one that
+        holds its value (`columns` then picks and orders the states).
+
+        With `id`, the frame holds several series, one per distinct value of that column
+        (patient, reactor, site; ids keep their order of first appearance, in `.ids`). Each
+        series keeps its own irregular times: all are aligned onto the union of their times,
+        with a mask that is False where a series has no observation. NaN and null cells are
+        missing values. Rows may come in any order; two rows for the same series and time are
+        refused. A pandas frame whose index is named `time` reads its index as the time.
+
+        A date/time column becomes numbers `(t - time_origin) / time_unit`, with `time_unit`
+        one of `D`, `h`, `min`, `s`, `ms`, `us`, `ns` and `time_origin` a date/time (ISO
+        string, `datetime`, NumPy or pandas time; time zone aware columns are taken in UTC).
+        Both must be given: the library does not guess the unit or where time 0 is. A duration
+        column needs only `time_unit`. States must be numbers or booleans: text and categorical
+        columns are refused.
+
+        Example:
+            >>> import pandas as pd, neuraldiffeq as nde
+            >>> df = pd.DataFrame({"patient": ["a", "a", "b", "b"], "day": [0, 2, 0, 1],
+            ...                    "hr": [70.0, 72.0, 80.0, None]})
+            >>> data = nde.TimeSeries.from_frame(df, time="day", id="patient")
+            >>> data.ys.shape, data.ids, data.mask[1, :, 0].tolist()
+            ((2, 3, 1), ('a', 'b'), [True, False, False])
+        """
+        aligned = frames.align_frame(
+            frame,
+            time,
+            columns,
+            id=id,
+            variable=variable,
+            value=value,
+            time_unit=time_unit,
+            time_origin=time_origin,
+        )
+        return cls._of(aligned)
+
+    @classmethod
+    def _of(cls, aligned: frames.Aligned) -> TimeSeries:
+        return cls(aligned.ts, aligned.ys, aligned.mask, ids=aligned.ids, columns=aligned.columns)
+
+    def to_frame(
+        self,
+        *,
+        time: str = "t",
+        id: str = "id",
+        layout: str = "wide",
+        library: str = "polars",
+        time_unit: str | None = None,
+        time_origin: Any = None,
+    ) -> Any:
+        """The series as a polars (default) or pandas data frame, for plotting and export.
+
+        Wide layout: one row per series and time with at least one observed state, columns
+        `id` (batches only), `time` and one per state (named by `.columns`, else `y0, y1, ...`),
+        NaN where a state is not observed. Long layout: one row per observed value, columns
+        `id`, `time`, `variable`, `value`. With `time_unit` (and `time_origin`) the times are
+        turned back into durations (dates/times), undoing `from_frame`'s conversion. To export
+        predictions, wrap them first: `nde.TimeSeries(ts, preds, ids=data.ids,
+        columns=data.columns).to_frame()`.
+
+        Example:
+            >>> import numpy as np, neuraldiffeq as nde
+            >>> data = nde.TimeSeries([0.0, 1.0], np.zeros((3, 2, 1)), ids=["a", "b", "c"])
+            >>> data.to_frame().columns
+            ['id', 't', 'y0']
+        """
+        return frames.to_frame(
+            self.ts,
+            self.ys,
+            self.mask,
+            ids=self.ids,
+            columns=self.columns,
+            time=time,
+            id=id,
+            layout=layout,
+            library=library,
+            time_unit=time_unit,
+            time_origin=time_origin,
+        )
+
+    def class_labels(self, frame: Any, column: str, *, id: str) -> tuple[np.ndarray, tuple]:
+        """One class label per series (in `.ids` order) from `column` of `frame`, as 0..K-1.
+
+        For `nde.Classification`: `labels, classes = data.class_labels(df, "outcome",
+        id="patient")`, then fit on `(data, labels)`; label `k` stands for `classes[k]` (the
+        distinct labels, sorted). Each series must carry one label on all its rows.
+
+        Example:
+            >>> import polars as pl, neuraldiffeq as nde
+            >>> df = pl.DataFrame({"id": ["a", "a", "b", "b"], "t": [0.0, 1.0, 0.0, 1.0],
+            ...                    "x": [1.0, 2.0, 3.0, 4.0], "outcome": ["y", "y", "n", "n"]})
+            >>> data = nde.TimeSeries.from_frame(df, columns=["x"], id="id")
+            >>> data.class_labels(df, "outcome", id="id")
+            (array([1, 0], dtype=int32), ('n', 'y'))
+        """
+        if self.ids is None:
+            raise ValueError(
+                "class_labels matches labels to series by id, and these series have no ids; "
+                "load them with from_frame(..., id=...) or pass ids= to nde.TimeSeries."
+            )
+        return frames.class_labels(frame, column, id=id, ids=self.ids)
+
+
+def _check_ids(ids, shape) -> tuple:
+    ids = tuple(v.item() if isinstance(v, np.generic) else v for v in ids)
+    if len(shape) != 3 or len(ids) != shape[0]:
+        raise ValueError(
+            f"ids must name each series of a batch (B, T, D), one id per series; got {len(ids)} "
+            f"ids for ys of shape {shape}."
+        )
+    if len(set(ids)) != len(ids):
+        raise ValueError("ids must be distinct: each names one series.")
+    return ids
+
+
+def _check_names(columns, dim: int) -> tuple:
+    columns = tuple(columns)
+    if len(columns) != dim:
+        raise ValueError(f"columns must name each of the {dim} states, got {len(columns)} names.")
+    return columns
+
+
+def _csv_times(table, time: str, time_unit, time_origin) -> np.ndarray:
+    """The time column of a CSV/Parquet table as float64 numbers (NaN where empty)."""
+    import polars as pl
+
+    cells = table.cells_of(time)
+    if cells.dtype != pl.String:  # Parquet: typed
+        if cells.null_count():
+            return np.where(cells.is_null().to_numpy(), np.nan, 0.0)
+        if cells.dtype.is_numeric() and time_unit is None and time_origin is None:
+            return csv_files.numbers(table, time)
+        return frames.time_numbers(cells, time, time_unit, time_origin, repr(table.name))
+    if time_unit is None and time_origin is None:
+        return csv_files.numbers(table, time)
+    text = cells.str.strip_chars()
+    stamps = text.str.to_datetime(strict=False)
+    bad = (stamps.is_null() & text.is_not_null() & (text != "")).to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"time column {time!r} of {table.name!r}, row {i + 2}, holds {text[i]!r}, which is "
+            "not a date/time like the rows before it (ISO 8601, e.g. 2024-03-01 or "
+            "2024-03-01T12:30)."
+        )
+    empty = stamps.is_null().to_numpy()
+    if empty.any():
+        return np.where(empty, np.nan, 0.0)
+    return frames.time_numbers(stamps, time, time_unit, time_origin, repr(table.name))
+
+
+def _csv_ids(table, id: str) -> Any:
+    """The id column of a CSV/Parquet table (text stripped); an empty cell is refused."""
+    import polars as pl
+
+    cells = table.cells_of(id)
+    if cells.dtype == pl.String:
+        cells = cells.str.strip_chars()
+        empty = (cells.is_null() | (cells == "")).to_numpy()
+    else:
+        empty = cells.is_null().to_numpy()
+    if empty.any():
+        raise ValueError(
+            f"id column {id!r} of {table.name!r} has an empty cell (row "
+            f"{int(np.argmax(empty)) + 2}); every row needs an id."
+        )
+    return cells.alias(id)
 
 
 def _as_float_array(x, name: str) -> np.ndarray:
@@ -210,74 +418,3 @@ def _as_float_array(x, name: str) -> np.ndarray:
             f"{name} must be an array of real numbers, got {type(x).__name__} holding "
             "something else."
         ) from None
-
-
-def working_dtype() -> np.dtype:
-    """The float type arrays get in JAX: float32, or float64 with `jax_enable_x64`."""
-    return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
-
-
-def _to_working_precision(arr: np.ndarray, name: str) -> np.ndarray:
-    """Cast to the working precision; refuse finite values that overflow it."""
-    dtype = working_dtype()
-    with np.errstate(over="ignore"):
-        cast = arr.astype(dtype)
-    overflow = np.isfinite(arr) & ~np.isfinite(cast)
-    if overflow.any():
-        where = tuple(int(i) for i in np.argwhere(overflow)[0])
-        raise ValueError(
-            f"{name}{list(where)} = {arr[where]:.3g} overflows {dtype} (largest "
-            f"{np.finfo(dtype).max:.3g}). Rescale {name} (e.g. divide by a power of ten) or "
-            "enable float64 with jax.config.update('jax_enable_x64', True)."
-        )
-    return cast
-
-
-#: delimiters `from_csv` recognises, in order of preference
-DELIMITERS = (",", ";", "\t", "|")
-
-
-def _read_csv(path) -> tuple[list[str], list[list[str]], str]:
-    """Header, data rows and delimiter of a CSV file (comments and blank lines skipped)."""
-    name = os.fspath(path)
-    try:
-        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") is not part of the first name
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            lines = [line for line in f if line.strip() and not line.lstrip().startswith("#")]
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot read CSV file {name!r}: {e}") from None
-    if "\x00" in "".join(lines[:1]):
-        raise ValueError(f"{name!r} is not a text CSV file (it holds NUL bytes).")
-    delimiter = _sniff_delimiter(lines[:50])
-    try:
-        rows = list(csv.reader(lines, delimiter=delimiter))
-    except csv.Error as e:
-        raise ValueError(f"cannot parse CSV file {name!r}: {e}") from None
-    rows = [r for r in rows if any(cell.strip() for cell in r)]
-    if len(rows) < 2:
-        raise ValueError(f"{name!r} needs a header row and at least one data row.")
-    header = [h.strip() for h in rows[0]]
-    for i, row in enumerate(rows[1:]):
-        if len(row) > len(header) and any(cell.strip() for cell in row[len(header) :]):
-            raise ValueError(
-                f"row {i + 2} of {name!r} has {len(row)} cells but the header has "
-                f"{len(header)} names (delimiter {delimiter!r}); fix the row or the header."
-            )
-    return header, rows[1:], delimiter
-
-
-def _sniff_delimiter(lines: list[str]) -> str:
-    """The delimiter that splits the header into the most columns, consistently in the rows.
-
-    A delimiter is consistent when no data row has more of it than the header (rows may be
-    short: trailing empty cells). `,` wins ties, and is the answer for a one-column file.
-    """
-    best, best_count = ",", 0
-    if not lines:
-        return best
-    header = lines[0]
-    for d in DELIMITERS:
-        count = header.count(d)
-        if count > best_count and all(line.count(d) <= count for line in lines[1:]):
-            best, best_count = d, count
-    return best

@@ -240,24 +240,35 @@ class NeuralCDE(HasSolveConfig):
             (3, 6, 4)
         """
         self._check(control)
-        if not control.shared_times:  # each series its own times: one solve per series
-            return jax.vmap(lambda x: self.hidden(x, args))(control)
-        sol = self.solve(control, args, throw=False)
+        zs, result, stats = self._hidden(control, args)
+        return on_failure(result, zs, config=self.config, model="NeuralCDE", stats=stats)
+
+    def _hidden(self, control: Interpolation, args: Any):
+        # (hidden states, result codes, step counts); a batch with its own times per series is
+        # solved per series, and its codes checked together (one error for the batch eagerly)
+        if not control.shared_times:
+            return jax.vmap(lambda x: self._hidden(x, args))(control)
+        sol = self.solve(control, args)
         zs = sol.ys  # (S, *batch, hidden)
         if self.output == "final" and zs.shape[0] != 1:
             zs = zs[-1:]
-        return jnp.moveaxis(on_failure(sol.result, zs), 0, -2)
+        return jnp.moveaxis(zs, 0, -2), sol.result, sol.stats
 
     def solve(
         self,
         control: Interpolation,
         args: Any = None,
         *,
-        throw: bool = True,
+        throw: bool = False,
         saveat: diffrax.SaveAt | None = None,
     ) -> diffrax.Solution:
         """The diffrax `Solution` of the hidden state (by default saved at T, or at every knot
         for `output="sequence"` or a `Quadrature` sensitivity), time axis first.
+
+        Never raises for a failed solve (unless `throw=True`), and works under `jax.jit`: where
+        the model itself would raise `nde.SolveError` or return `inf`, `sol.result` says why
+        (e.g. `diffrax.RESULTS.max_steps_reached`) and `sol.stats` counts the steps. `throw=True`
+        raises `nde.SolveError` instead (diffrax's run-time error inside compiled code).
 
         A batch with shared times is solved as one system of shape `(B, hidden)` (one step
         size for all series, as torchcde does), which is much faster than a solve per series.
@@ -296,6 +307,7 @@ class NeuralCDE(HasSolveConfig):
             saveat=saveat,
             throw=throw,
             jump_ts=control.jump_ts,
+            model="NeuralCDE",
         )
 
     def _check(self, control) -> None:

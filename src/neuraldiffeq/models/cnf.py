@@ -288,7 +288,8 @@ class FFJORD(HasSolveConfig):
         context = self._check_context(context, x)
         sol, _ = self._augmented_solve(x, key, context, regularise=False)
         z, logdet = jax.tree_util.tree_map(lambda leaf: leaf[0], sol.ys)
-        return on_failure(sol.result, z), on_failure(sol.result, logdet)
+        why = dict(config=self.config, model="FFJORD")
+        return on_failure(sol, z, **why), on_failure(sol, logdet, **why)
 
     def log_prob_and_stats(
         self, x: jax.Array, key: jax.Array | None = None, *, context: jax.Array | None = None
@@ -447,7 +448,7 @@ class FFJORD(HasSolveConfig):
 
     def _transport(self, z, context, *, backwards: bool):
         sol = self._solve(_Field(self.field, self._scale()), z, context, backwards=backwards)
-        return on_failure(sol.result, sol.ys[0])
+        return on_failure(sol, sol.ys[0], config=self.config, model="FFJORD")
 
     def _log_prob(self, x, key, context, *, regularise: bool):
         x = self._check(x, "x")
@@ -457,7 +458,8 @@ class FFJORD(HasSolveConfig):
         zeros = jnp.zeros((n,), x.dtype)
         final = jax.tree_util.tree_map(lambda leaf: leaf[0], sol.ys)
         logp = self.base.log_prob(final[0]) + final[1]
-        logp = on_failure(sol.result, logp, -FAILED)  # the loss, -log p, is then inf
+        # -inf under jit: the loss, -log p, is then inf
+        logp = on_failure(sol, logp, -FAILED, config=self.config, model="FFJORD")
         num_steps = sol.stats["num_steps"]
         kinetic, jacobian = (final[2], final[3]) if regularise else (zeros, zeros)
         stats = CNFStats(kinetic, jacobian, num_steps, count_nfe(self.solver, num_steps))

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from .._checks import solve_inputs
-from ..solve.config import HasSolveConfig, SolveConfig, shortcuts
+from ..solve.config import HasSolveConfig, SolveConfig, on_failure, shortcuts
 from ..solve.dde import _check_lags, _dde_config, solve_dde
 from ..solve.sensitivity import AbstractSensitivity
 
@@ -106,10 +106,14 @@ class NeuralDDE(HasSolveConfig):
         self.config = _dde_config("NeuralDDE", config, given, NEURAL_DDE_DEFAULTS)
 
     def __call__(self, ts, y0, args: Any = None) -> jax.Array:
-        return self.solve(ts, y0, args, throw=False).ys
+        sol = self.solve(ts, y0, args)
+        return on_failure(sol, sol.ys, config=self.config, model="NeuralDDE")
 
-    def solve(self, ts, y0, args: Any = None, *, throw: bool = True):
+    def solve(self, ts, y0, args: Any = None, *, throw: bool = False):
         """The `DDESolution` (values, step counts, result, dense `evaluate(t)`).
+
+        Never raises for a failed solve (unless `throw=True`), and works under `jax.jit`:
+        `sol.result` says why it failed and its `ys` are `inf`.
 
         Example:
             >>> import jax.numpy as jnp, neuraldiffeq as nde

@@ -251,11 +251,16 @@ class HamiltonianNN(WrapsNeuralODE):
     def __call__(self, ts, y0, args: Any = None) -> jax.Array:
         if not self.symplectic:
             return self.node(ts, y0, args)
-        sol = self.solve(ts, y0, args, throw=False)
-        return on_failure(sol.result, sol.ys)
+        sol = self.solve(ts, y0, args)
+        return on_failure(sol, sol.ys, config=self.config, model="HamiltonianNN")
 
-    def solve(self, ts, y0, args: Any = None, *, throw: bool = True) -> diffrax.Solution:
+    def solve(self, ts, y0, args: Any = None, *, throw: bool = False) -> diffrax.Solution:
         """The diffrax `Solution` (`ys` of shape `(T, 2n)`, `stats`, `result`).
+
+        Never raises for a failed solve (unless `throw=True`), and works under `jax.jit`: where
+        the model itself would raise `nde.SolveError` or return `inf`, `sol.result` says why
+        (e.g. `diffrax.RESULTS.max_steps_reached`) and `sol.stats` counts the steps. `throw=True`
+        raises `nde.SolveError` instead (diffrax's run-time error inside compiled code).
 
         Example:
             >>> import jax.numpy as jnp, neuraldiffeq as nde
@@ -275,6 +280,7 @@ class HamiltonianNN(WrapsNeuralODE):
             args=args,
             saveat=diffrax.SaveAt(ts=ts),
             throw=throw,
+            model="HamiltonianNN",
         )
         return eqx.tree_at(lambda s: s.ys, sol, jnp.concatenate(sol.ys, axis=-1))
 

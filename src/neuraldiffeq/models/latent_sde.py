@@ -227,7 +227,9 @@ class LatentSDE(HasSolveConfig):
         pred = jax.vmap(jax.vmap(self.projector))(zs)
         loglik = gaussian_log_likelihood(pred, ys, mask, self.obs_std)
         kl0 = _normal_kl(mean, logstd, self.pz0_mean, self.pz0_logstd)
-        loglik, kl_path = on_failure(result, loglik, -jnp.inf), on_failure(result, kl_path)
+        why = dict(config=self.config, model="LatentSDE")
+        loglik = on_failure(result, loglik, -jnp.inf, **why)
+        kl_path = on_failure(result, kl_path, **why)
         out = (loglik, kl0, kl_path)
         return tuple(x[0] for x in out) if single else out
 
@@ -247,7 +249,8 @@ class LatentSDE(HasSolveConfig):
         drift = _BatchDrift(self.prior_drift, shape[0])
         diffusion = _BatchDiffusion(self.diffusion, shape[0], False)
         sol = self._sde_solve(drift, diffusion, ts, z0.reshape(-1), k_bm, None)
-        zs = on_failure(sol.result, jnp.swapaxes(sol.ys.reshape(ts.shape[0], *shape), 0, 1))
+        zs = jnp.swapaxes(sol.ys.reshape(ts.shape[0], *shape), 0, 1)
+        zs = on_failure(sol, zs, config=self.config, model="LatentSDE")
         return zs if latent else jax.vmap(jax.vmap(self.projector))(zs)
 
     def sample_posterior(
@@ -288,7 +291,8 @@ class LatentSDE(HasSolveConfig):
             -1, *context.shape[1:]
         )
         zs, _, result = self._solve_posterior(ts, context, z0, ts_out, k_bm, logqp=False)
-        zs = on_failure(result, zs).reshape(int(n), ys.shape[0], ts_out.shape[0], -1)
+        zs = on_failure(result, zs, config=self.config, model="LatentSDE")
+        zs = zs.reshape(int(n), ys.shape[0], ts_out.shape[0], -1)
         out = zs if latent else jax.vmap(jax.vmap(jax.vmap(self.projector)))(zs)
         return out[:, 0] if single else out
 

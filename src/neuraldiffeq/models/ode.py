@@ -47,8 +47,10 @@ class NeuralODE(HasSolveConfig):
     The field can be a network, a mechanistic model, or a mix of both (a universal differential
     equation is just a field that adds a network to known terms). `model(ts, y0)` returns the
     solution at `ts`, shape `(T, *y0.shape)`; vmap over `y0` for batches. If the solver fails (too
-    many steps, a non-finite state) the returned values are `inf` rather than an exception, so a
-    training step can detect and skip it; use `model.solve(..., throw=True)` to raise instead.
+    many steps, a collapsed step size, a Newton failure) the model raises `nde.SolveError`
+    naming the cause and the fix when called directly; under `jax.jit`, `jax.grad` or `jax.vmap`
+    (every training step) its values are `inf` instead, so the step can be detected and skipped.
+    `model.solve(...)` returns the solution with its result code, without raising.
 
     Arguments:
         field: `f(t, y, args) -> dy/dt`.
@@ -95,23 +97,35 @@ class NeuralODE(HasSolveConfig):
     # -- public -----------------------------------------------------------------------------
 
     def __call__(self, ts, y0, args: Any = None) -> jax.Array:
-        sol = self.solve(ts, y0, args, throw=False)
-        return on_failure(sol.result, sol.ys)
+        model = self.resolve_solver(ts, y0, args)  # solver="auto": chosen here, named in errors
+        sol = model.solve(ts, y0, args)
+        return on_failure(sol, sol.ys, config=model.config, model=type(self).__name__)
 
     def solve(
-        self, ts, y0, args: Any = None, *, throw: bool = True, saveat: diffrax.SaveAt | None = None
+        self, ts, y0, args: Any = None, *, throw: bool = False, saveat: diffrax.SaveAt | None = None
     ) -> diffrax.Solution:
         """The full diffrax `Solution` (values, `stats` such as `num_steps`, `result`).
 
+        Never raises for a failed solve (unless `throw=True`), and works under `jax.jit`: where
+        the model itself would raise `nde.SolveError` or return `inf`, `sol.result` says why
+        (e.g. `diffrax.RESULTS.max_steps_reached`) and `sol.stats` counts the steps. `throw=True`
+        raises `nde.SolveError` instead (diffrax's run-time error inside compiled code).
+
         Example:
-            >>> import jax.numpy as jnp, neuraldiffeq as nde
+            >>> import diffrax, jax, jax.numpy as jnp, neuraldiffeq as nde
             >>> model = nde.NeuralODE(lambda t, y, args: -y)
             >>> sol = model.solve(jnp.linspace(0, 1, 5), jnp.ones(1))
             >>> int(sol.stats["num_steps"]) > 0
             True
+            >>> stiff = nde.NeuralODE(lambda t, y, args: -1e4 * y, max_steps=16)
+            >>> sol = jax.jit(stiff.solve)(jnp.linspace(0, 1, 5), jnp.ones(1))
+            >>> sol.result == diffrax.RESULTS.max_steps_reached
+            Array(True, dtype=bool)
         """
         ts, y0, args = solve_inputs(ts, y0, args)
-        return solve_ode(self.config, self.field, ts, y0, args, throw=throw, saveat=saveat)
+        return solve_ode(
+            self.config, self.field, ts, y0, args, throw=throw, saveat=saveat, model="NeuralODE"
+        )
 
     def vector_field(self, t, y, args: Any = None) -> jax.Array:
         """dy/dt = field(t, y, args): what `nde.Collocation` fits to smoothed slopes.
@@ -142,9 +156,11 @@ def solve_ode(
     *,
     throw: bool,
     saveat: diffrax.SaveAt | None = None,
+    model: str = "NeuralODE",
 ) -> diffrax.Solution:
     """dy/dt = field(t, y, args) solved through `config` from `ts[0]` to `ts[-1]`, saved at `ts`
-    (or `saveat`): the solve of every ODE model. The inputs as `solve_inputs` returns them.
+    (or `saveat`): the solve of every ODE model. The inputs as `solve_inputs` returns them;
+    `throw` and `model` (the name a `SolveError` gives) as `SolveConfig.diffeqsolve`.
 
     Example:
         >>> import jax.numpy as jnp, neuraldiffeq as nde
@@ -157,7 +173,14 @@ def solve_ode(
     """
     saveat = saveat if saveat is not None else diffrax.SaveAt(ts=ts)
     return config.diffeqsolve(
-        diffrax.ODETerm(field), ts[0], ts[-1], y0, args=args, saveat=saveat, throw=throw
+        diffrax.ODETerm(field),
+        ts[0],
+        ts[-1],
+        y0,
+        args=args,
+        saveat=saveat,
+        throw=throw,
+        model=model,
     )
 
 

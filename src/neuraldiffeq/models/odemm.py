@@ -125,11 +125,16 @@ class NeuralODEMM(HasSolveConfig):
         return jnp.asarray(self.config.solver.mass_matrix)
 
     def __call__(self, ts, y0, args: Any = None) -> jax.Array:
-        sol = self.solve(ts, y0, args, throw=False)
-        return on_failure(sol.result, sol.ys)
+        sol = self.solve(ts, y0, args)
+        return on_failure(sol, sol.ys, config=self.config, model="NeuralODEMM")
 
-    def solve(self, ts, y0, args: Any = None, *, throw: bool = True) -> diffrax.Solution:
+    def solve(self, ts, y0, args: Any = None, *, throw: bool = False) -> diffrax.Solution:
         """The diffrax `Solution` (values at `ts`, `stats`, `result`); checks `y0` outside jit.
+
+        Never raises for a failed solve (unless `throw=True`), and works under `jax.jit`: where
+        the model itself would raise `nde.SolveError` or return `inf`, `sol.result` says why
+        (e.g. `diffrax.RESULTS.max_steps_reached`) and `sol.stats` counts the steps. `throw=True`
+        raises `nde.SolveError` instead (diffrax's run-time error inside compiled code).
 
         Example:
             >>> import jax.numpy as jnp, neuraldiffeq as nde
@@ -140,7 +145,7 @@ class NeuralODEMM(HasSolveConfig):
         ts, y0, args = solve_inputs(ts, y0, args, vector=True)
         self._check_shape(y0)
         check_consistent(self.field, self.config.solver.mass_matrix, ts[0], y0, args)
-        return solve_ode(self.config, self.field, ts, y0, args, throw=throw)
+        return solve_ode(self.config, self.field, ts, y0, args, throw=throw, model="NeuralODEMM")
 
     def consistent(self, y0, t0=0.0, args: Any = None) -> jax.Array:
         """`y0` with its algebraic components solved for (the differential ones kept), so that

@@ -106,7 +106,7 @@ class NeuralSDE(HasSolveConfig):
     def __call__(self, ts, y0, key: jax.Array, args: Any = None) -> jax.Array:
         ts, y0 = self._prepare(ts, y0)
         sol = self._solve(ts, y0, key, args, throw=False)
-        return on_failure(sol.result, sol.ys)
+        return on_failure(sol, sol.ys, config=self.config, model="NeuralSDE")
 
     def sample(self, ts, y0, key: jax.Array, n: int, args: Any = None) -> jax.Array:
         """`n` independent paths at `ts`, shape (n, T, D) (vmap over `jax.random.split(key, n)`).
@@ -122,8 +122,13 @@ class NeuralSDE(HasSolveConfig):
         ts, y0 = self._prepare(ts, y0)
         return jax.vmap(lambda k: self(ts, y0, k, args))(jax.random.split(key, int(n)))
 
-    def solve(self, ts, y0, key: jax.Array, args: Any = None, *, throw: bool = True):
+    def solve(self, ts, y0, key: jax.Array, args: Any = None, *, throw: bool = False):
         """The full diffrax `Solution` of one path (stats, result).
+
+        Never raises for a failed solve (unless `throw=True`), and works under `jax.jit`: where
+        the model itself would raise `nde.SolveError` or return `inf`, `sol.result` says why
+        (e.g. `diffrax.RESULTS.max_steps_reached`) and `sol.stats` counts the steps. `throw=True`
+        raises `nde.SolveError` instead (diffrax's run-time error inside compiled code).
 
         Example:
             >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
@@ -185,7 +190,14 @@ class NeuralSDE(HasSolveConfig):
         # With max_steps=None and concrete ts the constant-step count is known, which keeps the
         # loop bound (and the reverse pass's checkpoints) small.
         return self.config.diffeqsolve(
-            terms, ts[0], ts[-1], y0, args=args, saveat=diffrax.SaveAt(ts=ts), throw=throw
+            terms,
+            ts[0],
+            ts[-1],
+            y0,
+            args=args,
+            saveat=diffrax.SaveAt(ts=ts),
+            throw=throw,
+            model="NeuralSDE",
         )
 
 
@@ -228,7 +240,8 @@ class _Diagonal(eqx.Module):
 
 def _backsolve_ok(solver) -> bool:
     # diffrax: BacksolveAdjoint needs a Stratonovich solver taking one (non-Multi) term;
-    # ReversibleHeun passes that check but its backsolve gradients are wrong (measured), so no.
+    # ReversibleHeun passes that check but its backsolve gradients are wrong (they disagree
+    # with finite differences), so no.
     return (
         isinstance(solver, diffrax.AbstractStratonovichSolver)
         and solver.term_structure is diffrax.AbstractTerm

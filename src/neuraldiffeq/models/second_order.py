@@ -173,8 +173,9 @@ class SecondOrderNeuralODE(WrapsNeuralODE):
             return ys[:, : ys.shape[-1] // 2]
         return ys
 
-    def solve(self, ts, y0, args: Any = None, *, throw: bool = True) -> diffrax.Solution:
-        """The diffrax `Solution` of the full state `(q, v)`, shape `(T, 2n)`, in both modes."""
+    def solve(self, ts, y0, args: Any = None, *, throw: bool = False) -> diffrax.Solution:
+        """The diffrax `Solution` of the full state `(q, v)`, shape `(T, 2n)`, in both modes;
+        its `result` says whether the solve failed (see `nde.NeuralODE.solve`)."""
         return self.node.solve(ts, self.initial_state(y0), args, throw=throw)
 
     @property

@@ -8,6 +8,7 @@ built on it, and nothing here knows about training.
 
 from .config import SolveConfig
 from .dde import DDESolution, solve_dde
+from .errors import SolveError
 from .interpolation import Interpolation, interpolation_coeffs
 from .names import IMPLICIT_SOLVERS, ODE_SOLVERS, SDE_SOLVERS, implicit_solver, resolve_solver
 from .sensitivity import (
@@ -33,6 +34,7 @@ __all__ = [
     "Interpolation",
     "Quadrature",
     "SolveConfig",
+    "SolveError",
     "implicit_solver",
     "interpolation_coeffs",
     "resolve_sensitivity",

@@ -22,16 +22,26 @@ and `solve_dde`, `FFJORD`, `ODEBlock`, `LatentODE`, `AugmentedNeuralODE`):
       `dt0`.
   A missing one of `rtol`/`atol` takes the model's default (standalone: 1e-3 / 1e-6);
 - `max_steps`: the most steps one solve may take before it counts as failed; `None` (constant
-  steps only) takes exactly as many as the interval needs;
+  steps only) takes exactly as many as the interval needs. Left out, it is the model's default
+  (4096 for most), except that `solver="auto"` gives the implicit solver it picks for a stiff
+  problem `STIFF_MAX_STEPS` (65536): tight tolerances on a stiff problem take many small,
+  often rejected steps (the Oregonator at rtol = atol = 1e-8 takes about 20 000 Kvaerno5 steps,
+  half of them rejected; tests/test_solve_failures.py checks it finishes). A `max_steps` given
+  by hand is kept as given;
 - `sensitivity`: how gradients flow through the solve (`neuraldiffeq.solve.sensitivity`: `Direct`,
   `Backsolve`, `Forward`, `Interpolating`, `Quadrature` or `"auto"`); each model resolves
   `"auto"` when it is built and refuses, with a `ValueError` naming the ones it accepts, a
   sensitivity it cannot honour.
 
 Every constructor takes either the keyword shortcuts (`solver=`, `rtol=`, `atol=`, `dt0=`,
-`max_steps=`, `sensitivity=`) or one `config=nde.SolveConfig(...)`, not both. A solve that
-fails (too many steps, a non-finite state) is not an exception inside a training step: its
-values are `FAILED` (`inf`), so the loss is `inf` and `nde.fit` skips the step (see `on_failure`).
+`max_steps=`, `sensitivity=`) or one `config=nde.SolveConfig(...)`, not both.
+
+A solve that fails (too many steps, a collapsed step size, a Newton iteration that diverged)
+raises `nde.SolveError`, naming the cause and the fix, when it runs outside compiled code; inside
+`jax.jit`, `jax.grad` or `jax.vmap` (so inside every training step) there is nothing to raise
+in, and its values are `FAILED` (`inf`), so the loss is `inf` and `nde.fit` skips the step (see
+`on_failure` and `neuraldiffeq.solve.errors`). `model.solve(...)` returns the diffrax
+`Solution`, whose `result` says what happened, without raising, under `jax.jit` too.
 
 Example:
     >>> import jax.numpy as jnp, neuraldiffeq as nde
@@ -58,6 +68,7 @@ import numpy as np
 
 from .._checks import as_array, check_positive, is_concrete
 from .bdf import as_jacobian, resolve_pattern, with_structure
+from .errors import SolveError, failure_message, reason_of, step_counts
 from .names import ODE_SOLVERS, SDE_SOLVERS, resolve_solver
 from .sensitivity import AbstractSensitivity, resolve_sensitivity
 from .stiffness import estimate_stiffness
@@ -67,6 +78,16 @@ DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-6
 
 #: The value of a failed solve, in every model.
 FAILED = jnp.inf
+
+#: The `max_steps` of a model that is not given one (most models; `NeuralDDE` has its own).
+DEFAULT_MAX_STEPS = 4096
+
+#: The `max_steps` that `solver="auto"` gives the implicit solver it picks for a stiff problem
+#: when `max_steps` was left out. Stiff problems at tight tolerances take many small steps, about
+#: half of them rejected: the Oregonator over [0, 360] at rtol = atol = 1e-8 takes about 20 000
+#: Kvaerno5 steps. 2**16 leaves three times that, and costs nothing while unused except with the
+#: dense-output sensitivities (Interpolating, Quadrature), whose buffers grow with max_steps.
+STIFF_MAX_STEPS = 65_536
 
 #: The solver name chosen per problem from a stiffness estimate (`neuraldiffeq.solve.stiffness`).
 AUTO = "auto"
@@ -100,7 +121,9 @@ class SolveConfig(eqx.Module):
             `"auto"` (ODE models: explicit or implicit by stiffness, see `resolve_solver`).
         rtol, atol: tolerances of adaptive steps.
         dt0: constant step (given alone), or the first adaptive step (given with tolerances).
-        max_steps: a positive integer, or `None` with constant steps (as many as needed).
+        max_steps: a positive integer, `None` with constant steps (as many as needed), or
+            `"auto"` (the default): `DEFAULT_MAX_STEPS`, or `STIFF_MAX_STEPS` for the implicit
+            solver that `solver="auto"` picks for a stiff problem.
         sensitivity: an `nde.Direct()`, ... instance, a lower-case name, or `"auto"`.
         jacobian: for `solver="bdf"`: `"dense"`, `"sparse"` (the sparsity pattern detected
             before the first solve) or the pattern (a `neuraldiffeq.solve.jacobian.
@@ -124,7 +147,7 @@ class SolveConfig(eqx.Module):
     rtol: float | None = eqx.field(static=True)
     atol: float | None = eqx.field(static=True)
     dt0: float | None = eqx.field(static=True)
-    max_steps: int | None = eqx.field(static=True)
+    max_steps: int | None | str = eqx.field(static=True)  # str: "auto", while solver is too
     jacobian: Any = eqx.field(static=True, default=None)
     linear_solve: str | None = eqx.field(static=True, default=None)
 
@@ -135,7 +158,7 @@ class SolveConfig(eqx.Module):
         rtol: float | None = None,
         atol: float | None = None,
         dt0: float | None = None,
-        max_steps: int | None = 4096,
+        max_steps: int | None | str = AUTO,
         sensitivity: AbstractSensitivity | str = "auto",
         jacobian: Any = None,
         linear_solve: str | None = None,
@@ -168,14 +191,20 @@ class SolveConfig(eqx.Module):
                     "be honoured: pass dt0 alone for constant steps, or choose an adaptive "
                     "solver such as 'tsit5'."
                 )
-        if max_steps is None:
+        if isinstance(max_steps, str) and max_steps.lower() == AUTO:
+            # Only solver="auto" decides later (resolve_solver); any named solver: the default.
+            max_steps = AUTO if auto else DEFAULT_MAX_STEPS
+        elif max_steps is None:
             if adaptive:
                 raise ValueError(
                     "max_steps=None (as many steps as the interval needs) is for constant steps "
                     "(dt0 alone); adaptive steps need a positive integer max_steps."
                 )
         elif not (isinstance(max_steps, int | np.integer) and max_steps > 0):
-            raise ValueError(f"max_steps must be a positive integer, got {max_steps!r}.")
+            raise ValueError(
+                f"max_steps must be a positive integer (or 'auto', or None with constant steps), "
+                f"got {max_steps!r}."
+            )
         if not (isinstance(sensitivity, str) and sensitivity.lower() == "auto"):
             sensitivity = resolve_sensitivity(sensitivity, 0, 0)
         self.solver = solver
@@ -183,7 +212,7 @@ class SolveConfig(eqx.Module):
         self.rtol = None if rtol is None else float(rtol)
         self.atol = None if atol is None else float(atol)
         self.dt0 = None if dt0 is None else float(dt0)
-        self.max_steps = None if max_steps is None else int(max_steps)
+        self.max_steps = max_steps if max_steps is None or max_steps == AUTO else int(max_steps)
         self.jacobian = as_jacobian(jacobian)
         self.linear_solve = linear_solve
 
@@ -216,6 +245,8 @@ class SolveConfig(eqx.Module):
 
     def steps_for(self, t0, t1) -> int:
         """`max_steps`, or with `max_steps=None` the constant steps [t0, t1] needs (+2 spare)."""
+        if self.max_steps == AUTO:  # solver="auto" not resolved yet: see resolve_solver
+            return DEFAULT_MAX_STEPS
         if self.max_steps is not None:
             return self.max_steps
         if is_concrete(t0) and is_concrete(t1):
@@ -231,10 +262,11 @@ class SolveConfig(eqx.Module):
             >>> nde.SolveConfig(rtol=1e-3).replace(rtol=1e-6).rtol
             1e-06
         """
-        unknown = set(changes) - set(SHORTCUTS)
+        held = (*SHORTCUTS, "jacobian", "linear_solve")
+        unknown = set(changes) - set(held)
         if unknown:
-            raise ValueError(f"SolveConfig has no {sorted(unknown)}; it holds {list(SHORTCUTS)}.")
-        settings = {name: getattr(self, name) for name in (*SHORTCUTS, "jacobian", "linear_solve")}
+            raise ValueError(f"SolveConfig has no {sorted(unknown)}; it holds {list(held)}.")
+        settings = {name: getattr(self, name) for name in held}
         settings.update(changes)
         solver = settings.pop("solver")
         return SolveConfig(solver, **settings)
@@ -253,11 +285,16 @@ class SolveConfig(eqx.Module):
         throw: bool = False,
         backwards: bool = False,
         jump_ts=None,
+        model: str = "SolveConfig.diffeqsolve",
     ) -> diffrax.Solution:
         """`diffrax.diffeqsolve` with this configuration (`backwards`: t1 < t0, dt0 negated;
         `jump_ts`: see `stepsize_controller`).
 
         The sensitivity is the diffrax adjoint; "auto" must have been resolved by the model.
+        `throw=True`: a failed solve raises `nde.SolveError` (with its cause and fix) when the
+        result is concrete, or diffrax's run-time error inside compiled code; `throw=False`
+        (the default): the `Solution` says what happened in its `result`. `model`: the name
+        the error message gives the solve.
 
         Example:
             >>> import diffrax, jax.numpy as jnp, neuraldiffeq as nde
@@ -272,12 +309,12 @@ class SolveConfig(eqx.Module):
                 "sensitivity='auto' is resolved by a model when it is built; pass a concrete "
                 "sensitivity (e.g. nde.Direct()) to SolveConfig.diffeqsolve."
             )
-        solver = self.solver
-        if isinstance(solver, str):  # "auto", not resolved by the model: choose for this call
-            solver = self.resolve_solver(terms, t0, t1, y0, args).solver
-        solver = resolve_pattern(solver, terms, t0, y0, args)  # jacobian="sparse": detect
-        dt0 = None if self.dt0 is None else (-self.dt0 if backwards else self.dt0)
-        return diffrax.diffeqsolve(
+        config = self
+        if isinstance(self.solver, str):  # "auto", not resolved by the model: choose for this call
+            config = self.resolve_solver(terms, t0, t1, y0, args)
+        solver = resolve_pattern(config.solver, terms, t0, y0, args)  # jacobian="sparse": detect
+        dt0 = None if config.dt0 is None else (-config.dt0 if backwards else config.dt0)
+        sol = diffrax.diffeqsolve(
             terms,
             solver,
             t0,
@@ -286,11 +323,17 @@ class SolveConfig(eqx.Module):
             y0,
             args=args,
             saveat=saveat,
-            stepsize_controller=self.stepsize_controller(jump_ts=jump_ts),
-            adjoint=self.sensitivity,
-            max_steps=self.steps_for(t0, t1),
-            throw=throw,
+            stepsize_controller=config.stepsize_controller(jump_ts=jump_ts),
+            adjoint=config.sensitivity,
+            max_steps=config.steps_for(t0, t1),
+            throw=False,  # decided below: our error where the result is concrete
         )
+        if throw:
+            if is_concrete(diffrax.is_okay(sol.result)):  # the code is an enumeration item
+                on_failure(sol, None, config=config, model=model)
+            else:  # compiled: diffrax's own run-time check, as diffeqsolve(throw=True) does
+                sol = sol.result.error_if(sol, jnp.invert(diffrax.is_okay(sol.result)))
+        return sol
 
     def resolve_solver(self, terms: Any, t0, t1, y0, args: Any = None) -> SolveConfig:
         """This configuration with `solver="auto"` replaced by the solver chosen for the ODE
@@ -303,8 +346,8 @@ class SolveConfig(eqx.Module):
             >>> config.solver
             'auto'
             >>> stiff = config.resolve_solver(lambda t, y, a: -1e5 * y, 0.0, 1.0, jnp.ones(1))
-            >>> type(stiff.solver).__name__  # small, stiff, tight rtol: Radau IIA
-            'Radau5'
+            >>> type(stiff.solver).__name__, stiff.max_steps  # small, stiff, tight rtol: Radau IIA
+            ('Radau5', 65536)
         """
         if not isinstance(self.solver, str):
             return self
@@ -320,11 +363,17 @@ class SolveConfig(eqx.Module):
         rtol = DEFAULT_RTOL if self.rtol is None else self.rtol
         atol = DEFAULT_ATOL if self.atol is None else self.atol
         chosen = estimate_stiffness(field, t0, t1, y0, args, rtol=rtol, atol=atol).solver
+        extra = {}
         if self.jacobian not in (None, "dense") or self.linear_solve not in (None, "dense"):
             if chosen == "tsit5":  # an explicit solver forms no Jacobian
-                return self.replace(solver=chosen, jacobian=None, linear_solve=None)
-            chosen = "bdf"  # the only solver with sparse Jacobians and linear solves
-        return self.replace(solver=chosen)
+                extra = dict(jacobian=None, linear_solve=None)
+            else:
+                chosen = "bdf"  # the only solver with sparse Jacobians and linear solves
+        max_steps = self.max_steps
+        if max_steps == AUTO:  # left out: room for the many small steps of a stiff problem
+            implicit = isinstance(resolve_solver(chosen), diffrax.AbstractImplicitSolver)
+            max_steps = STIFF_MAX_STEPS if implicit else DEFAULT_MAX_STEPS
+        return self.replace(solver=chosen, max_steps=max_steps, **extra)
 
     # -- models' side ---------------------------------------------------------------------------
 
@@ -404,30 +453,84 @@ def build_config(
                 f"{model}: solver='auto' chooses between the ODE solvers 'tsit5' and "
                 f"'kvaerno5'; pass one of {', '.join(sorted(solvers))} instead."
             )
+        if "max_steps" not in given:  # the model's default, or room for a stiff problem
+            settings["max_steps"] = AUTO
     elif isinstance(solver, str):  # names are looked up in the model's own table
         solver = resolve_solver(solver, solvers)
     return SolveConfig(solver, **settings)
 
 
-def on_failure(result: diffrax.RESULTS, tree: Any, value: float = FAILED) -> Any:
-    """`tree` where the solve succeeded, `value` (default `FAILED` = inf) where it failed.
+def on_failure(
+    result: Any,
+    tree: Any,
+    value: float = FAILED,
+    *,
+    config: SolveConfig | None = None,
+    model: str | None = None,
+    stats: Mapping[str, Any] | None = None,
+) -> Any:
+    """`tree` where the solve succeeded; where it failed, `value` (default `FAILED` = inf) inside
+    compiled code, and a `SolveError` naming the cause and the fix outside it.
 
-    Every model passes its outputs through this one helper, so a failed solve has the same value
-    everywhere: states are `inf`, and quantities whose loss is their negative (log-densities,
-    ELBOs) are `-inf`, so every loss is `inf` and `nde.fit` skips the step.
+    Every model passes its outputs through this one helper, so a failed solve behaves the same
+    everywhere. Inside `jax.jit`, `jax.grad` or `jax.vmap` (every step of `nde.fit`) the result
+    code is traced and no Python error can be raised: states are `inf`, and quantities whose
+    loss is their negative (log-densities, ELBOs) are `-inf`, so every loss is `inf` and
+    `nde.fit` skips the step. Called directly, the result code is concrete, and a failure raises
+    `nde.SolveError` (`neuraldiffeq.solve.errors`) instead of returning `inf` without a word.
+
+    Arguments:
+        result: diffrax's result code, or a solution holding one (`.result`, and `.stats` with
+            its step counts, e.g. a `diffrax.Solution`).
+        tree: the outputs of the solve (with a batch of result codes, their leading axes are
+            the batch's).
+        value: the value of a failed output inside compiled code.
+        config, model, stats: what the error message reports (the solve configuration, the
+            model's name, step counts); `stats` defaults to the solution's.
 
     Example:
-        >>> import diffrax, jax.numpy as jnp
+        >>> import diffrax, jax, jax.numpy as jnp, neuraldiffeq as nde
         >>> from neuraldiffeq.solve.config import on_failure
-        >>> on_failure(diffrax.RESULTS.max_steps_reached, jnp.zeros(2))
+        >>> jax.jit(on_failure)(diffrax.RESULTS.max_steps_reached, jnp.zeros(2))
         Array([inf, inf], dtype=float32)
+        >>> try:
+        ...     on_failure(diffrax.RESULTS.max_steps_reached, jnp.zeros(2), model="NeuralODE")
+        ... except nde.SolveError as e:
+        ...     print(str(e)[:73])
+        NeuralODE: the solve failed: it reached its max_steps (the most steps one
     """
-    ok = result == diffrax.RESULTS.successful
-    if is_concrete(ok) and jnp.ndim(ok) == 0:  # called eagerly: no program to compile
-        if bool(ok):
-            return tree
-        return jax.tree_util.tree_map(lambda x: jnp.full_like(x, value), tree)
-    return jax.tree_util.tree_map(lambda x: jnp.where(ok, x, jnp.asarray(value, x.dtype)), tree)
+    if hasattr(result, "result"):  # a solution
+        stats = getattr(result, "stats", None) if stats is None else stats
+        result = result.result
+    ok = diffrax.is_okay(result)  # success, or a terminating event
+    if not is_concrete(ok):
+
+        def fill(x):  # a batch of result codes covers the leading axes of each output
+            ok_x = jnp.reshape(ok, jnp.shape(ok) + (1,) * (jnp.ndim(x) - jnp.ndim(ok)))
+            return jnp.where(ok_x, x, jnp.asarray(value, x.dtype))
+
+        return jax.tree_util.tree_map(fill, tree)
+    ok = np.asarray(ok)
+    if ok.all():  # called eagerly: no program to compile
+        return tree
+    if ok.ndim and stats is not None:  # a batch: the step counts of its first failure
+        first = int(np.flatnonzero(~ok.reshape(-1))[0])
+        stats = {
+            key: np.asarray(v).reshape(-1)[first] if np.size(v) == ok.size else v
+            for key, v in stats.items()
+        }
+    message = failure_message(
+        result,
+        model=model or "the solve",
+        config=config,
+        stats=stats,
+        failed=int((~ok).sum()),
+        total=int(ok.size),
+        stiff_max_steps=STIFF_MAX_STEPS,
+    )
+    raise SolveError(
+        message, model=model or "the solve", reason=reason_of(result), stats=step_counts(stats)
+    )
 
 
 class HasSolveConfig(eqx.Module):

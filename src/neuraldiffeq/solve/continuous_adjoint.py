@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from .._compat import saved_states
+
 # -- pieces of diffrax's loop protocol ----------------------------------------------------------
 
 
@@ -44,12 +46,14 @@ def _lax_loops():
 
 def _saved_ys(final_state) -> list:
     """The saved values (what a `Solution.ys` is made of) of a loop's final state."""
-    from diffrax._integrate import SaveState  # the loop protocol's own type
+    return [s.ys for s in saved_states(final_state.save_state)]
 
-    leaves = jax.tree_util.tree_leaves(
-        final_state.save_state, is_leaf=lambda x: isinstance(x, SaveState)
-    )
-    return [s.ys for s in leaves]
+
+def _is_sde(terms) -> bool:
+    """Whether `terms` is driven by Brownian motion (as diffrax decides it, from public types)."""
+    is_brownian = lambda x: isinstance(x, diffrax.AbstractBrownianPath)  # noqa: E731
+    leaves = jax.tree_util.tree_leaves(terms, is_leaf=is_brownian)
+    return any(is_brownian(leaf) for leaf in leaves)
 
 
 def _saved_ts(final_state):
@@ -76,13 +80,9 @@ def check_saveat(name: str, saveat, *, dense_ok: bool = False) -> None:
 def _only_ys_differentiable(out):
     """Only the saved values carry gradients out of our loops (as in diffrax's adjoints)."""
     final_state, aux = out
-    from diffrax._integrate import SaveState
 
     def getter(state):
-        leaves = jax.tree_util.tree_leaves(
-            state.save_state, is_leaf=lambda x: isinstance(x, SaveState)
-        )
-        return [s.ys for s in leaves]
+        return [s.ys for s in saved_states(state.save_state)]
 
     ys = getter(final_state)
     stopped = jax.tree_util.tree_map(
@@ -288,7 +288,7 @@ def dense_loop(
     check_saveat(label, kw["saveat"])
     if kw["max_steps"] is None:
         raise ValueError(f"sensitivity={label}() keeps the dense output: max_steps must be set.")
-    if diffrax._heuristics.is_sde(terms):  # the models refuse this pair earlier
+    if _is_sde(terms):  # the models refuse this pair earlier
         raise NotImplementedError(f"sensitivity={label}() is for ODEs, not SDEs.")
     y, init_state = _split_y(_stop_state_gradients(init_state))
     out = _dense(((y, args, terms),), name=name, init_state=init_state, kw=kw)

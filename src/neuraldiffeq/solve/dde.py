@@ -63,6 +63,15 @@ class DDESolution(eqx.Module):
     t1: jax.Array
     _past: Any
 
+    @property
+    def stats(self) -> dict[str, jax.Array]:
+        """The step counts, named as in `diffrax.Solution.stats`."""
+        return {
+            "num_steps": self.num_steps,
+            "num_accepted_steps": self.num_accepted_steps,
+            "num_rejected_steps": self.num_steps - self.num_accepted_steps,
+        }
+
     def evaluate(self, t) -> jax.Array:
         """The dense solution at a scalar time `t` (history for t < t0), shape (D,)."""
         return self._past(jnp.asarray(t, self.ts.dtype))
@@ -183,7 +192,9 @@ def solve_dde(
             bound of the loop), `nde.Direct()`, the only sensitivity a DDE accepts
             (`nde.Direct(checkpoints=n)`: checkpoints of the reverse pass, default
             O(sqrt(max_steps)) as equinox).
-        throw: raise if the solve fails (too many steps); else `result` says so and `ys` is inf.
+        throw: raise if the solve fails (too many steps): `nde.SolveError` with the cause and
+            the fix where the result is concrete, a run-time error inside compiled code; else
+            `result` says so and `ys` is inf.
 
     Example:
         >>> import jax.numpy as jnp, neuraldiffeq as nde
@@ -218,11 +229,23 @@ def solve_dde(
     _check_field_shape(field, t0, y0, lags_np.size, args)
     lags = tuple(float(lag) for lag in lags_np)
     max_steps = config.steps_for(t0, t1)  # from the span while t0 and t1 are concrete
-    return _solve(field, history_fn, lags, t0, t1, ts, y0, args, config, max_steps, throw)
+    sol = _solve(field, history_fn, lags, t0, t1, ts, y0, args, config, max_steps)
+    if throw and is_concrete(diffrax.is_okay(sol.result)):  # the code is an enumeration item
+        stats = {**sol.stats, "max_steps": max_steps}
+        on_failure(sol, None, config=config, model="solve_dde", stats=stats)
+    elif throw:  # compiled: no Python error to raise, a run-time check instead
+        ys = eqx.error_if(
+            sol.ys,
+            jnp.invert(diffrax.is_okay(sol.result)),
+            "solve_dde failed: too many steps (raise max_steps) or a non-finite state "
+            "(check the field and history, or tighten/loosen rtol and atol).",
+        )
+        sol = eqx.tree_at(lambda s: s.ys, sol, ys)
+    return sol
 
 
 @eqx.filter_jit
-def _solve(field, history_fn, lags, t0, t1, ts, y0, args, config, max_steps, throw) -> DDESolution:
+def _solve(field, history_fn, lags, t0, t1, ts, y0, args, config, max_steps) -> DDESolution:
     """The solve itself, as one compiled program (like `diffrax.diffeqsolve`): called eagerly,
     its set-up is not run operation by operation, each compiled on its own."""
     lags_np = np.asarray(lags)
@@ -365,15 +388,7 @@ def _solve(field, history_fn, lags, t0, t1, ts, y0, args, config, max_steps, thr
     )
     final_past = _Past(history_fn, solver, t0, final.buffer)
     ys = jax.vmap(final_past)(ts)
-    ok = result == diffrax.RESULTS.successful
-    if throw:
-        ys = eqx.error_if(
-            ys,
-            ~ok,
-            "solve_dde failed: too many steps (raise max_steps) or a non-finite state "
-            "(check the field and history, or tighten/loosen rtol and atol).",
-        )
-    ys = on_failure(result, ys)
+    ys = on_failure(result, ys)  # traced here: inf where the solve failed
     return DDESolution(
         ts=ts,
         ys=ys,
