@@ -15,6 +15,7 @@ import neuraldiffeq as nde
 from neuraldiffeq.datasets.synthetic import spiral_field
 from neuraldiffeq.fitting.solver_choice import resolve_for_fit
 from neuraldiffeq.solve import implicit_solver
+from neuraldiffeq.solve.dae import Radau5
 from neuraldiffeq.solve.stiffness import (
     EXPLICIT,
     IMPLICIT,
@@ -63,11 +64,11 @@ def test_auto_picks_implicit_for_rober():
     # at y0 itself the Jacobian is mild (radius k1 = 0.04): stiffness appears after microseconds
     assert spectral_radius(rober, 0.0, y0, k) == pytest.approx(0.04, rel=1e-5)
     est = estimate_stiffness(rober, 0.0, 1e5, y0, k)
-    assert est.solver == IMPLICIT
+    assert est.solver == IMPLICIT  # at the default rtol 1e-3
     assert est.spectral_radius > 1e3 and est.ratio > 2 * STIFF_FACTOR
     model = nde.NeuralODE(rober, solver="auto", rtol=1e-6, atol=1e-10)
     resolved = model.resolve_solver(jnp.array([0.0, 1e5]), y0, k)
-    assert isinstance(resolved.solver, diffrax.Kvaerno5)
+    assert isinstance(resolved.solver, Radau5)  # small and rtol <= 1e-5: Radau IIA
     assert (resolved.rtol, resolved.atol) == (1e-6, 1e-10)  # the rest of the config is kept
 
 
@@ -217,7 +218,26 @@ def test_demo_stiff_explicit_fails_implicit_recovers_the_rates(tmp_path):
     assert explicit["fit"] == "FitFailure" and explicit["skipped"] == explicit["steps"] == 3
     assert explicit["first_solve"]["max_steps_reached"]
     assert explicit["first_solve"]["observations_reached"] < 40
-    assert metrics["auto"]["choice"] == "kvaerno5"
+    assert metrics["auto"]["choice"] == "radau5"  # small, stiff, rtol 1e-6
     assert metrics["implicit"]["max_relative_error"] < 0.01  # the 2%, margin 2x
     start_error = np.abs(np.array(metrics["start_rates"]) / metrics["true_rates"] - 1).min()
     assert start_error > 0.5  # a wrong start indeed
+
+
+def test_auto_picks_by_size_and_tolerance_among_the_stiff_solvers():
+    from neuraldiffeq.solve.bdf import BDF
+    from neuraldiffeq.solve.jacobian import SparsityPattern
+
+    rates = jnp.linspace(1e3, 1e5, 300)  # 300 states, stiff: above LARGE_SYSTEM
+    field = lambda t, y, a: -rates * y  # noqa: E731
+    assert estimate_stiffness(field, 0.0, 1.0, jnp.ones(300), rtol=1e-3).solver == "bdf"
+    small = lambda t, y, a: -1e4 * y  # noqa: E731
+    assert estimate_stiffness(small, 0.0, 1.0, jnp.ones(2), rtol=1e-3).solver == IMPLICIT
+    assert estimate_stiffness(small, 0.0, 1.0, jnp.ones(2), rtol=1e-6).solver == "radau5"
+    # a sparse Jacobian asked for: "auto" resolves to the solver that uses it
+    config = nde.SolveConfig("auto", rtol=1e-6, jacobian="sparse")
+    resolved = config.resolve_solver(small, 0.0, 1.0, jnp.ones(2))
+    assert isinstance(resolved.solver, BDF) and resolved.solver.jacobian == "sparse"
+    model = nde.NeuralODE(small, config=config.replace(sensitivity=nde.Direct()))
+    model = model.resolve_solver(jnp.array([0.0, 1.0]), jnp.ones(2))
+    assert isinstance(model.solver.jacobian, SparsityPattern)

@@ -11,7 +11,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from ..solve.stiffness import IMPLICIT
+from ..solve.stiffness import EXPLICIT
 from .strategies import as_timeseries
 
 #: At most this many trajectories' first states are examined by `resolve_for_fit`.
@@ -51,5 +51,5 @@ def resolve_for_fit(model: Any, data: Any, strategies: Any = ()) -> Any:
             "observed first row; call model = model.resolve_solver(ts, y0, args) before fit."
         )
     resolved = [model.resolve_solver(batch.ts, jnp.asarray(y0), args) for y0 in starts]
-    stiff = [m for m in resolved if type(m.solver).__name__.lower() == IMPLICIT]
+    stiff = [m for m in resolved if type(m.solver).__name__.lower() != EXPLICIT]
     return stiff[0] if stiff else resolved[0]

@@ -5,7 +5,8 @@ and `solve_dde`, `FFJORD`, `ODEBlock`, `LatentODE`, `AugmentedNeuralODE`):
 
 - `solver`: a diffrax solver, or its name (`"tsit5"`, `"dopri5"`, `"kvaerno5"`, `"euler"`,
   `"milstein"`, ...; see `neuraldiffeq.solve.ODE_SOLVERS` and `SDE_SOLVERS`), or `"auto"`
-  (ODEs): `"tsit5"` or, for a stiff equation, `"kvaerno5"`, chosen from a stiffness estimate at
+  (ODEs): `"tsit5"` or, for a stiff equation, `"kvaerno5"`, `"radau5"` or `"bdf"` (by size and
+  rtol, `neuraldiffeq.solve.stiffness.implicit_for`), chosen from a stiffness estimate at
   the initial state before solving (`neuraldiffeq.solve.stiffness`; `model.resolve_solver(ts,
   y0, args)` records the choice as `model.solver`, and `nde.fit` does that before compiling).
   Implicit solvers (`"kvaerno3/4/5"`, `"kencarp3/4/5"`, `"implicit_euler"`) solve each stage by
@@ -66,6 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import as_array, check_positive, is_concrete
+from .bdf import as_jacobian, resolve_pattern, with_structure
 from .errors import SolveError, failure_message, reason_of, step_counts
 from .names import ODE_SOLVERS, SDE_SOLVERS, resolve_solver
 from .sensitivity import AbstractSensitivity, resolve_sensitivity
@@ -123,6 +125,12 @@ class SolveConfig(eqx.Module):
             `"auto"` (the default): `DEFAULT_MAX_STEPS`, or `STIFF_MAX_STEPS` for the implicit
             solver that `solver="auto"` picks for a stiff problem.
         sensitivity: an `nde.Direct()`, ... instance, a lower-case name, or `"auto"`.
+        jacobian: for `solver="bdf"`: `"dense"`, `"sparse"` (the sparsity pattern detected
+            before the first solve) or the pattern (a `neuraldiffeq.solve.jacobian.
+            SparsityPattern`, an (n, n) boolean matrix or a SciPy sparse matrix, checked against
+            the field on a random state). See docs/howto/stiff-problems.md.
+        linear_solve: for `solver="bdf"`: `"dense"`, `"sparse"` (SuperLU), `"krylov"` (GMRES)
+            or `"auto"` (by size); see `neuraldiffeq.solve.linear`.
 
     Example:
         >>> import neuraldiffeq as nde
@@ -140,6 +148,8 @@ class SolveConfig(eqx.Module):
     atol: float | None = eqx.field(static=True)
     dt0: float | None = eqx.field(static=True)
     max_steps: int | None | str = eqx.field(static=True)  # str: "auto", while solver is too
+    jacobian: Any = eqx.field(static=True, default=None)
+    linear_solve: str | None = eqx.field(static=True, default=None)
 
     def __init__(
         self,
@@ -150,6 +160,8 @@ class SolveConfig(eqx.Module):
         dt0: float | None = None,
         max_steps: int | None | str = AUTO,
         sensitivity: AbstractSensitivity | str = "auto",
+        jacobian: Any = None,
+        linear_solve: str | None = None,
     ):
         auto = isinstance(solver, str) and solver.lower() == AUTO
         if auto:  # chosen per problem (solvers.stiffness), both candidates adaptive
@@ -158,6 +170,8 @@ class SolveConfig(eqx.Module):
             solver = resolve_solver(solver, {**SDE_SOLVERS, **ODE_SOLVERS})
         else:
             solver = resolve_solver(solver)
+        if not auto:  # "auto": applied to the solver it chooses (resolve_solver)
+            solver = with_structure(solver, jacobian, linear_solve)
         for name, value in (("rtol", rtol), ("atol", atol), ("dt0", dt0)):
             if value is not None:
                 check_positive(value, name)
@@ -199,6 +213,8 @@ class SolveConfig(eqx.Module):
         self.atol = None if atol is None else float(atol)
         self.dt0 = None if dt0 is None else float(dt0)
         self.max_steps = max_steps if max_steps is None or max_steps == AUTO else int(max_steps)
+        self.jacobian = as_jacobian(jacobian)
+        self.linear_solve = linear_solve
 
     # -- the rule -------------------------------------------------------------------------------
 
@@ -246,10 +262,11 @@ class SolveConfig(eqx.Module):
             >>> nde.SolveConfig(rtol=1e-3).replace(rtol=1e-6).rtol
             1e-06
         """
-        unknown = set(changes) - set(SHORTCUTS)
+        held = (*SHORTCUTS, "jacobian", "linear_solve")
+        unknown = set(changes) - set(held)
         if unknown:
-            raise ValueError(f"SolveConfig has no {sorted(unknown)}; it holds {list(SHORTCUTS)}.")
-        settings = {name: getattr(self, name) for name in SHORTCUTS}
+            raise ValueError(f"SolveConfig has no {sorted(unknown)}; it holds {list(held)}.")
+        settings = {name: getattr(self, name) for name in held}
         settings.update(changes)
         solver = settings.pop("solver")
         return SolveConfig(solver, **settings)
@@ -295,10 +312,11 @@ class SolveConfig(eqx.Module):
         config = self
         if isinstance(self.solver, str):  # "auto", not resolved by the model: choose for this call
             config = self.resolve_solver(terms, t0, t1, y0, args)
+        solver = resolve_pattern(config.solver, terms, t0, y0, args)  # jacobian="sparse": detect
         dt0 = None if config.dt0 is None else (-config.dt0 if backwards else config.dt0)
         sol = diffrax.diffeqsolve(
             terms,
-            config.solver,
+            solver,
             t0,
             t1,
             dt0,
@@ -328,8 +346,8 @@ class SolveConfig(eqx.Module):
             >>> config.solver
             'auto'
             >>> stiff = config.resolve_solver(lambda t, y, a: -1e5 * y, 0.0, 1.0, jnp.ones(1))
-            >>> type(stiff.solver).__name__, stiff.max_steps  # max_steps left out: stiff room
-            ('Kvaerno5', 65536)
+            >>> type(stiff.solver).__name__, stiff.max_steps  # small, stiff, tight rtol: Radau IIA
+            ('Radau5', 65536)
         """
         if not isinstance(self.solver, str):
             return self
@@ -345,11 +363,17 @@ class SolveConfig(eqx.Module):
         rtol = DEFAULT_RTOL if self.rtol is None else self.rtol
         atol = DEFAULT_ATOL if self.atol is None else self.atol
         chosen = estimate_stiffness(field, t0, t1, y0, args, rtol=rtol, atol=atol).solver
+        extra = {}
+        if self.jacobian not in (None, "dense") or self.linear_solve not in (None, "dense"):
+            if chosen == "tsit5":  # an explicit solver forms no Jacobian
+                extra = dict(jacobian=None, linear_solve=None)
+            else:
+                chosen = "bdf"  # the only solver with sparse Jacobians and linear solves
         max_steps = self.max_steps
         if max_steps == AUTO:  # left out: room for the many small steps of a stiff problem
             implicit = isinstance(resolve_solver(chosen), diffrax.AbstractImplicitSolver)
             max_steps = STIFF_MAX_STEPS if implicit else DEFAULT_MAX_STEPS
-        return self.replace(solver=chosen, max_steps=max_steps)
+        return self.replace(solver=chosen, max_steps=max_steps, **extra)
 
     # -- models' side ---------------------------------------------------------------------------
 
@@ -532,7 +556,8 @@ class HasSolveConfig(eqx.Module):
             >>> type(model.resolve_solver(ts, jnp.ones(2), 1.0).solver).__name__
             'Tsit5'
         """
-        if not isinstance(self.config.solver, str):
+        sparse = getattr(self.config.solver, "jacobian", None) == "sparse"
+        if not isinstance(self.config.solver, str) and not sparse:
             return self
         field = getattr(self, "vector_field", None)
         if field is None:
@@ -542,6 +567,8 @@ class HasSolveConfig(eqx.Module):
             )
         ts = np.asarray(ts) if is_concrete(ts) else ts  # end points without compiled slices
         config = self.config.resolve_solver(field, ts[0], ts[-1], as_array(y0), args)
+        solver = resolve_pattern(config.solver, field, ts[0], as_array(y0), args)
+        config = eqx.tree_at(lambda c: c.solver, config, solver)
         return eqx.tree_at(lambda m: m.config, self, config)
 
     @property

@@ -7,6 +7,9 @@ from collections.abc import Callable, Mapping
 
 import diffrax
 
+from .bdf import BDF
+from .dae import Radau5
+
 #: ODE solvers by their usual (DifferentialEquations.jl / torchdiffeq) names.
 ODE_SOLVERS: Mapping[str, Callable[[], diffrax.AbstractSolver]] = {
     "tsit5": diffrax.Tsit5,
@@ -24,6 +27,10 @@ ODE_SOLVERS: Mapping[str, Callable[[], diffrax.AbstractSolver]] = {
     "kencarp3": diffrax.KenCarp3,
     "kencarp4": diffrax.KenCarp4,
     "kencarp5": diffrax.KenCarp5,
+    # ours (diffrax has neither): Radau IIA (order 5, `neuraldiffeq.solve.dae`) and the
+    # variable-order BDF/NDF for large stiff systems (`neuraldiffeq.solve.bdf`)
+    "radau5": Radau5,
+    "bdf": BDF,
 }
 
 

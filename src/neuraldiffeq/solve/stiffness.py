@@ -12,12 +12,14 @@ moves: with its relative rate r = ‖f(y)‖ / ‖y‖ (floored at 1/T), an orde
     accuracy_steps = max(r · T, 1) · rtol^(-1/5)
 
 steps. A problem is stiff when the first exceeds the second by a large factor: `"auto"` picks
-`IMPLICIT` (`"kvaerno5"`, an L-stable ESDIRK) when `stability_steps > STIFF_FACTOR (= 10) ·
-accuracy_steps`, else `EXPLICIT` (`"tsit5"`). The rate is blind to a decayed fast mode (for
-dy/dt = -k·y the solution always moves at rate k relative to itself), so a second sign counts
-too, the one an explicit solver shows itself (Hairer & Wanner's stiffness detection): its
-accepted steps are held at the stability limit (h·ρ >= `PINNED` · 3.5) rather than by the
-tolerance, while that limit would force more than `STIFF_FACTOR` · `PROBE_STEPS` steps.
+an implicit solver (`implicit_for`: `"bdf"` above `LARGE_SYSTEM` states, else `"radau5"` at
+rtol <= `TIGHT_RTOL` and `"kvaerno5"`, an L-stable ESDIRK, at looser ones) when
+`stability_steps > STIFF_FACTOR (= 10) · accuracy_steps`, else `EXPLICIT` (`"tsit5"`). The rate
+is blind to a decayed fast mode (for dy/dt = -k·y the solution always moves at rate k relative
+to itself), so a second sign counts too, the one an explicit solver shows itself (Hairer &
+Wanner's stiffness detection): its accepted steps are held at the stability limit (h·ρ >=
+`PINNED` · 3.5) rather than by the tolerance, while that limit would force more than
+`STIFF_FACTOR` · `PROBE_STEPS` steps.
 
 Stiffness often appears only after a transient (Robertson's kinetics: ∂f/∂y at y0 = (1, 0, 0)
 has spectral radius 0.04, a few milliseconds later ~2000), so the estimate is taken at y0 and
@@ -55,8 +57,17 @@ import numpy as np
 
 from .._checks import as_array
 
-#: The two methods `"auto"` chooses between.
+#: The explicit method `"auto"` picks, and its implicit choice for small stiff systems at loose
+#: tolerances.
 EXPLICIT, IMPLICIT = "tsit5", "kvaerno5"
+#: Every implicit choice of `"auto"` (see `implicit_for`).
+STIFF_SOLVERS = ("kvaerno5", "radau5", "bdf")
+#: Above this many states a stiff system gets `"bdf"` (its Jacobian sparse or matrix-free; the
+#: one-step methods factorise a dense (s·n)×(s·n) matrix every step).
+LARGE_SYSTEM = 200
+#: At or below this rtol a small stiff system gets `"radau5"` (order 5, stiffly accurate, 3
+#: stages solved together), above it `"kvaerno5"`.
+TIGHT_RTOL = 1e-5
 #: Tsit5's stability bound along the negative real axis (h·|λ| per step).
 STABILITY_BOUND = 3.5
 #: Implicit when the stability limit forces this many times the steps the tolerance needs.
@@ -71,11 +82,29 @@ EXACT_JACOBIAN_MAX = 64
 POWER_ITERATIONS = 30
 
 
+def implicit_for(n: int, rtol: float) -> str:
+    """The implicit solver `"auto"` picks for a stiff system of n states at tolerance rtol.
+
+    Large systems (n > `LARGE_SYSTEM`): `"bdf"`, whose Newton matrix is n×n and may be sparse
+    or matrix-free, and which takes one implicit stage per step. Small ones: `"radau5"` at
+    rtol <= `TIGHT_RTOL` (on Robertson's kinetics it needs fewer steps and Newton iterations
+    than Kvaerno5 there; benchmarks/results), else `"kvaerno5"`.
+
+    Example:
+        >>> from neuraldiffeq.solve.stiffness import implicit_for
+        >>> implicit_for(3, 1e-3), implicit_for(3, 1e-8), implicit_for(3000, 1e-8)
+        ('kvaerno5', 'radau5', 'bdf')
+    """
+    if n > LARGE_SYSTEM:
+        return "bdf"
+    return "radau5" if rtol <= TIGHT_RTOL else IMPLICIT
+
+
 class StiffnessEstimate(NamedTuple):
     """What `estimate_stiffness` measured, at the probe state that decided (stiff first, then
     the largest ratio)."""
 
-    solver: str  # the choice: EXPLICIT or IMPLICIT
+    solver: str  # the choice: EXPLICIT or one of STIFF_SOLVERS (`implicit_for`)
     spectral_radius: float  # ρ of ∂f/∂y
     rate: float  # ‖f(y)‖ / ‖y‖, the solution's own relative rate
     stability_steps: float  # ρ·T / STABILITY_BOUND
@@ -205,7 +234,7 @@ def estimate_stiffness(
         pinned = h * rho >= PINNED * STABILITY_BOUND and stability > STIFF_FACTOR * PROBE_STEPS
         stiff = pinned or not stability <= STIFF_FACTOR * accuracy  # nan/inf counts as stiff
         est = StiffnessEstimate(
-            IMPLICIT if stiff else EXPLICIT,
+            implicit_for(int(y0.size), rtol) if stiff else EXPLICIT,
             rho,
             rate,
             stability,
@@ -213,7 +242,7 @@ def estimate_stiffness(
             float(h * rho),
             float(t),
         )
-        if best is None or (stiff, est.ratio) > (best.solver == IMPLICIT, best.ratio):
+        if best is None or (stiff, est.ratio) > (best.solver != EXPLICIT, best.ratio):
             best = est
     return best
 

@@ -1,0 +1,523 @@
+"""A variable-order BDF/NDF solver (orders 1–5) for large stiff ODEs, as a diffrax solver.
+
+The method of CVODE, scipy's `BDF` and Julia's `FBDF`: the numerical differentiation formulas
+(NDF) of Shampine & Reichelt ("The MATLAB ODE Suite", 1997), a backward differentiation formula
+with a small modification of the leading coefficient (κ) that enlarges the step for the same
+accuracy. The solution's history is kept as the modified divided differences D (D[0] = y_n,
+D[j] ≈ h^j·y^(j)/j! scaled for the current step h); a step of order k
+
+- predicts y_pred = Σ_{j≤k} D[j] and solves (1/α_k)·h·f(t_{n+1}, y_pred + d) - ψ - d = 0 for the
+  correction d by a chord Newton iteration on A = I - h·J/α_k (J = ∂f/∂y at the prediction;
+  ψ = Σ γ_j D[j] / α_k), at most `NEWTON_MAXITER` iterations, stopped by the contraction test of
+  Shampine & Reichelt;
+- estimates its local error as C_k·d (C_k the error constant), accepts it when that error's
+  norm (diffrax's: RMS of error / (atol + rtol·max(|y_n|, |y_{n+1}|))) is below 1;
+- after k+1 steps of equal size, compares the error estimates of orders k-1, k, k+1 and moves to
+  the order that allows the largest next step (at most `MAX_ORDER`).
+
+Everything else is diffrax's: `diffeqsolve`'s loop, `SaveAt`, the discrete adjoint
+(`nde.Direct`), forward mode (`nde.Forward`). The step size is the solver's own choice passed
+through diffrax's `PIDController`: the solver reports as its error the scaled norm that makes
+the controller (an integral controller with `error_order` 1) pick exactly the step factor the
+method wants (held at 1 for k+1 steps after a change, as BDF needs; 0.5 after a failed Newton
+iteration), and accepts exactly the steps whose true error norm is below 1. So use it with the
+default `PIDController` coefficients (what `nde.SolveConfig` builds).
+
+Jacobian and linear solve (`jacobian=`, `linear_solve=`): `"dense"` (jax.jacfwd, LU) for small
+systems; a `SparsityPattern` (`neuraldiffeq.solve.jacobian`) gives the Jacobian from as many
+JVPs as the pattern has colours, solved by SciPy's SuperLU (`"sparse"`) or by preconditioned
+GMRES (`"krylov"`, matrix-free; see `neuraldiffeq.solve.linear`).
+
+Gradients: the Newton iteration runs without derivatives; one more chord step from its result
+carries them (y = y* + A⁻¹·R(y*), R the residual), which is the implicit function theorem with
+the chord matrix: exact to the Newton tolerance times ‖h·ΔJ‖, so gradients agree with finite
+differences at tight tolerances (tests/test_bdf.py).
+
+Example:
+    >>> import diffrax, jax.numpy as jnp, neuraldiffeq as nde
+    >>> from neuraldiffeq.solve.bdf import BDF
+    >>> config = nde.SolveConfig(BDF(), rtol=1e-6, atol=1e-9, sensitivity=nde.Direct())
+    >>> sol = config.diffeqsolve(diffrax.ODETerm(lambda t, y, a: -1e3 * (y - jnp.cos(t))),
+    ...                          0.0, 1.0, jnp.zeros(1), saveat=diffrax.SaveAt(t1=True))
+    >>> abs(float(sol.ys[0, 0]) - float(jnp.cos(1.0))) < 1e-3
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+import numpy as np
+import optimistix as optx
+
+from .jacobian import (
+    SparsityPattern,
+    as_pattern,
+    check_pattern,
+    detect_pattern,
+    sparse_jacobian,
+)
+from .linear import (
+    block_solver,
+    check_linear_solve,
+    choose_linear_solve,
+    krylov_solve,
+    sparse_solve,
+)
+
+#: The highest order.
+MAX_ORDER = 5
+#: Chord iterations per step before the step is retried at half the size.
+NEWTON_MAXITER = 4
+#: Step factor after a failed Newton iteration.
+NEWTON_FAIL_FACTOR = 0.5
+#: The step-size controller's safety factor (diffrax's PIDController default).
+SAFETY = 0.9
+
+# -- the NDF coefficients (Shampine & Reichelt 1997, table 1) --------------------------------------
+_KAPPA = np.array([0.0, -0.1850, -1 / 9, -0.0823, -0.0415, 0.0])
+_GAMMA = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, MAX_ORDER + 1))])
+_ALPHA = (1.0 - _KAPPA) * _GAMMA
+#: error constants C_k, k = 0..MAX_ORDER+1 (C_0 and C_{MAX+1} unused: infinite)
+_ERROR_CONST = np.concatenate(
+    [_KAPPA * _GAMMA + 1.0 / np.arange(1, MAX_ORDER + 2), [np.inf]]
+)  # fmt: skip
+_ROWS = MAX_ORDER + 3  # D holds differences up to order k+2
+
+
+def _rescale_matrix(order, factor, dtype):
+    """The (MAX_ORDER+1)² matrix that rescales D[:k+1] from step h to factor·h (identity beyond
+    the order): Rᵀ with R = R(k, factor)·R(k, 1), R(k, f)[i, j] = Π_{m≤i} (m-1-f·j)/m."""
+    i = jnp.arange(1, MAX_ORDER + 1, dtype=dtype)[:, None]
+    j = jnp.arange(1, MAX_ORDER + 1, dtype=dtype)[None, :]
+    inside = (jnp.arange(MAX_ORDER + 1)[:, None] <= order) & (
+        jnp.arange(MAX_ORDER + 1)[None, :] <= order
+    )
+    eye = jnp.eye(MAX_ORDER + 1, dtype=dtype)
+
+    def r(f):
+        m = jnp.zeros((MAX_ORDER + 1, MAX_ORDER + 1), dtype).at[0].set(1.0)
+        m = m.at[1:, 1:].set((i - 1 - f * j) / i)
+        return jnp.where(inside, jnp.cumprod(m, axis=0), eye)
+
+    return (r(factor) @ r(jnp.ones((), dtype))).T
+
+
+def _rescale(d, order, factor):
+    head = _rescale_matrix(order, factor, d.dtype) @ d[: MAX_ORDER + 1]
+    return d.at[: MAX_ORDER + 1].set(head)
+
+
+class BDFInterpolation(diffrax.AbstractLocalInterpolation):
+    """Dense output of one `BDF` step: the interpolating polynomial of order k through the step's
+    end and the k previous (equally spaced, after rescaling) points, from the differences D.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from neuraldiffeq.solve.bdf import BDFInterpolation
+        >>> d = jnp.zeros((8, 1)).at[0].set(3.0).at[1].set(2.0)  # y = 3 at t1, slope 2 per step
+        >>> interp = BDFInterpolation(t0=0.0, t1=1.0, d=d, order=jnp.array(1))
+        >>> round(float(interp.evaluate(0.5)[0]), 6)
+        2.0
+    """
+
+    t0: Any
+    t1: Any
+    d: jax.Array  # (MAX_ORDER + 3, n): the differences after the step
+    order: jax.Array
+
+    def evaluate(self, t0, t1=None, left: bool = True):
+        del left
+        if t1 is not None:
+            return self.evaluate(t1) - self.evaluate(t0)
+        h = self.t1 - self.t0
+        h = jnp.where(h == 0, 1.0, h)
+        m = jnp.arange(MAX_ORDER, dtype=self.d.dtype)
+        # Π_{m<j} (t - (t1 - m·h)) / ((m+1)·h), j = 1..MAX_ORDER, zero beyond the order
+        p = jnp.cumprod((t0 - (self.t1 - m * h)) / ((m + 1) * h))
+        p = jnp.where(jnp.arange(1, MAX_ORDER + 1) <= self.order, p, 0.0).astype(self.d.dtype)
+        return self.d[0] + p @ self.d[1 : MAX_ORDER + 1]
+
+
+class _State(eqx.Module):
+    d: jax.Array  # (MAX_ORDER + 3, n) differences, scaled for step h
+    order: jax.Array  # int
+    h: jax.Array  # the step D is scaled for
+    n_equal: jax.Array  # accepted steps of size h since the last change
+    valid: jax.Array  # False before the first step
+
+
+def _rms(x):
+    return jnp.sqrt(jnp.mean(jnp.square(x)))
+
+
+def _no_gradient(tree):
+    dynamic, static = eqx.partition(tree, eqx.is_inexact_array)
+    return eqx.combine(jax.lax.stop_gradient(dynamic), static)
+
+
+class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
+    """Variable-order (1–5) BDF/NDF for stiff ODEs dy/dt = f(t, y, args), y of shape (n,).
+
+    See the module docstring (`neuraldiffeq.solve.bdf`) for the method. Adaptive steps only; the
+    tolerances are the step-size controller's (diffrax fills them into `root_finder`).
+
+    Arguments:
+        jacobian: `"dense"` (every entry, by `jax.jacfwd`) or a `SparsityPattern` (the entries
+            that may be non-zero; see `neuraldiffeq.solve.jacobian`). `nde.SolveConfig(...,
+            jacobian="sparse")` detects the pattern for you.
+        linear_solve: `"dense"`, `"blocks"` (the pattern's independent blocks, batched dense
+            LUs), `"sparse"` (SuperLU; both need a pattern), `"krylov"` (GMRES) or `"auto"`
+            (`neuraldiffeq.solve.linear.choose_linear_solve`: dense up to 200 states, else
+            blocks or sparse with a pattern, Krylov without).
+
+    Example:
+        >>> import diffrax, jax.numpy as jnp
+        >>> from neuraldiffeq.solve.bdf import BDF
+        >>> sol = diffrax.diffeqsolve(diffrax.ODETerm(lambda t, y, a: -y), BDF(), 0.0, 1.0,
+        ...     None, jnp.ones(1), stepsize_controller=diffrax.PIDController(rtol=1e-6,
+        ...     atol=1e-9))
+        >>> round(float(sol.ys[-1, 0]), 5)
+        0.36788
+    """
+
+    root_finder: optx.AbstractRootFinder = diffrax.with_stepsize_controller_tols(
+        diffrax.VeryChord
+    )()
+    root_find_max_steps: int = eqx.field(static=True, default=NEWTON_MAXITER)  # fixed: unused
+    jacobian: Any = eqx.field(static=True, default="dense")
+    linear_solve: str = eqx.field(static=True, default="auto", converter=check_linear_solve)
+
+    term_structure: ClassVar = diffrax.AbstractTerm
+    interpolation_cls: ClassVar = BDFInterpolation
+
+    def __check_init__(self):
+        if not (self.jacobian in ("dense", "sparse") or isinstance(self.jacobian, SparsityPattern)):
+            raise ValueError(
+                "BDF's jacobian must be 'dense' or a SparsityPattern (see "
+                "neuraldiffeq.solve.jacobian; SolveConfig(..., jacobian='sparse') detects one), "
+                f"got {self.jacobian!r}."
+            )
+        if self.linear_solve in ("sparse", "blocks") and self.jacobian == "dense":
+            raise ValueError(
+                f"linear_solve={self.linear_solve!r} factorises the sparse Jacobian, so it needs a "
+                "sparsity pattern: pass jacobian=<SparsityPattern> (or jacobian='sparse' to "
+                "SolveConfig), or choose linear_solve='dense' or 'krylov'."
+            )
+
+    def order(self, terms) -> int:
+        return 1  # the lowest order it may use (variable order: 1 to MAX_ORDER)
+
+    def error_order(self, terms) -> float:
+        return 1.0  # see the module docstring: the reported error sets the factor directly
+
+    def _pattern(self) -> SparsityPattern | None:
+        return self.jacobian if isinstance(self.jacobian, SparsityPattern) else None
+
+    def _linear(self, n: int) -> str:
+        if self.linear_solve == "auto":
+            return choose_linear_solve(n, self._pattern())
+        return self.linear_solve
+
+    def init(self, terms, t0, t1, y0, args) -> _State:
+        if not isinstance(y0, jax.Array) or jnp.ndim(y0) != 1:
+            raise ValueError(
+                "BDF solves states of shape (n,), got "
+                + (f"shape {jnp.shape(y0)}" if isinstance(y0, jax.Array) else "a pytree")
+                + ". (The continuous adjoints, e.g. nde.Backsolve(), solve a pytree of state, "
+                "adjoint and parameters: with solver='bdf' use nde.Direct() or nde.Forward().)"
+            )
+        if self.jacobian == "sparse":
+            raise ValueError(
+                "BDF(jacobian='sparse') must have its pattern detected before solving: solve "
+                "through nde.SolveConfig(...).diffeqsolve or a model (they detect it), or pass "
+                "jacobian=neuraldiffeq.solve.jacobian.detect_pattern(field, t0, y0, args)."
+            )
+        pattern = self._pattern()
+        if pattern is not None and pattern.n != y0.shape[0]:
+            raise ValueError(
+                f"BDF's jacobian pattern is {pattern.n}x{pattern.n} but the state has "
+                f"{y0.shape[0]} components."
+            )
+        return _State(
+            d=jnp.zeros((_ROWS, *y0.shape), y0.dtype),
+            order=jnp.array(1),
+            h=jnp.ones((), y0.dtype),
+            n_equal=jnp.array(0),
+            valid=jnp.array(False),
+        )
+
+    # -- the Newton matrix A = I - J_h/α and its solves -------------------------------------------
+
+    def _matrix(self, hf, y, alpha):
+        """(solve(r) -> A⁻¹r) for A = I - ∂(h·f)/∂y / α at y, built without derivatives."""
+        n = y.shape[0]
+        linear = self._linear(n)
+        pattern = self._pattern()
+        if pattern is None:
+            if linear == "dense":
+                jac = jax.jacfwd(hf)(y)
+                lu = jsl.lu_factor(jnp.eye(n, dtype=y.dtype) - jac / alpha)
+                return lambda r: jsl.lu_solve(lu, r)
+            # matrix-free: products by JVPs; without a pattern the diagonal is unknown, so GMRES
+            # runs unpreconditioned
+            _, jvp = jax.linearize(hf, y)
+            diag = jnp.ones_like(y)
+            matvec = lambda v: v - jvp(v) / alpha  # noqa: E731
+        else:
+            values = sparse_jacobian(lambda t, v, a: hf(v), None, y, None, pattern)
+            is_diag = jnp.asarray(pattern.rows == pattern.cols)
+            a_values = jnp.where(is_diag, 1.0, 0.0).astype(y.dtype) - values / alpha
+            if linear == "dense":
+                dense = jnp.zeros((n, n), y.dtype).at[pattern.rows, pattern.cols].set(a_values)
+                lu = jsl.lu_factor(dense)
+                return lambda r: jsl.lu_solve(lu, r)
+            if linear == "sparse":
+                return lambda r: sparse_solve(pattern, a_values, r)
+            if linear == "blocks":
+                return block_solver(pattern, a_values)
+            diag = jax.ops.segment_sum(jnp.where(is_diag, a_values, 0.0), pattern.rows, n)
+            matvec = lambda v: jax.ops.segment_sum(  # noqa: E731
+                a_values * v[pattern.cols], pattern.rows, n
+            )
+        rtol, atol = self.root_finder.rtol, self.root_finder.atol
+        # the linear solve only needs to be well below the Newton tolerance
+        return lambda r: krylov_solve(matvec, r, diag, rtol=1e-2 * rtol, atol=1e-2 * atol)
+
+    # -- one step ---------------------------------------------------------------------------------
+
+    def step(self, terms, t0, t1, y0, args, solver_state: _State, made_jump):
+        rtol, atol = self.root_finder.rtol, self.root_finder.atol
+        dtype = y0.dtype
+        h = jnp.asarray(terms.contr(t0, t1), dtype)
+        state = solver_state
+        fresh = jnp.logical_not(state.valid) | made_jump
+
+        # D for this step: from scratch (order 1, D[1] = h·f) or rescaled from the last step
+        ratio = h / jnp.where(state.valid, state.h, h)
+
+        def start():
+            first = jnp.zeros_like(state.d).at[0].set(y0)
+            return first.at[1].set(terms.vf_prod(t0, y0, args, h))
+
+        d = jax.lax.cond(fresh, start, lambda: _rescale(state.d, state.order, ratio))
+        order = jnp.where(fresh, 1, state.order)
+        changed = jnp.abs(ratio - 1) > 1e-8
+        n_equal = jnp.where(fresh | changed, 0, state.n_equal)
+
+        k_mask = (jnp.arange(_ROWS) <= order).astype(dtype)
+        gamma = jnp.asarray(np.r_[_GAMMA, 0.0, 0.0], dtype)
+        alpha = jnp.asarray(_ALPHA, dtype)[order]
+        y_pred = k_mask @ d
+        psi = (jnp.where(jnp.arange(_ROWS) >= 1, k_mask * gamma, 0.0) @ d) / alpha
+        t_new = t1
+
+        def residual(corr):
+            return terms.vf_prod(t_new, y_pred + corr, args, h) / alpha - psi - corr
+
+        # -- the chord Newton iteration, without derivatives ---------------------------------------
+        terms_ng, args_ng, y_pred_ng, psi_ng = _no_gradient((terms, args, y_pred, psi))
+
+        def hf_ng(y):
+            return terms_ng.vf_prod(t_new, y, args_ng, h)
+
+        solve = self._matrix(hf_ng, y_pred_ng, alpha)
+        scale = atol + rtol * jnp.abs(y_pred_ng)
+        eps = float(jnp.finfo(dtype).eps)
+        newton_tol = max(10 * eps / rtol, min(0.03, rtol**0.5))
+
+        def cond(carry):
+            it, _, _, converged, failed = carry
+            return (it < NEWTON_MAXITER) & jnp.logical_not(converged | failed)
+
+        def body(carry):
+            it, corr, dy_norm_old, _, _ = carry
+            f = hf_ng(y_pred_ng + corr) / alpha
+            dy = solve(f - psi_ng - corr)
+            finite = jnp.all(jnp.isfinite(dy))
+            dy_norm = _rms(dy / scale)
+            rate = dy_norm / jnp.where((it > 0) & (dy_norm_old > 0), dy_norm_old, 1.0)
+            slow = (it > 0) & (
+                (rate >= 1) | (rate ** (NEWTON_MAXITER - it) / (1 - rate) * dy_norm > newton_tol)
+            )
+            failed = jnp.logical_not(finite) | slow
+            corr = jnp.where(failed, corr, corr + dy)
+            converged = jnp.logical_not(failed) & (
+                (dy_norm == 0) | ((it > 0) & (rate / (1 - rate) * dy_norm < newton_tol))
+            )
+            return it + 1, corr, dy_norm, converged, failed
+
+        zero = jnp.zeros((), dtype)
+        init = (jnp.array(0), jnp.zeros_like(y0), zero, jnp.array(False), jnp.array(False))
+        _, corr_ng, _, converged, _ = jax.lax.while_loop(cond, body, init)
+        corr_ng = jax.lax.stop_gradient(corr_ng)
+
+        # -- one more chord step, differentiable: the implicit function theorem -----------------
+        corr = corr_ng + solve(residual(corr_ng))
+        y1 = y_pred + corr
+
+        # -- error estimate, acceptance and the next order (no derivatives) ---------------------
+        corr_e, y0_e, y1_e = jax.lax.stop_gradient((corr, y0, y1))
+        y1_e = jnp.where(jnp.all(jnp.isfinite(y1_e)), y1_e, y0_e)  # as diffrax's controller
+        ctrl_scale = atol + rtol * jnp.maximum(jnp.abs(y0_e), jnp.abs(y1_e))
+        err_const = jnp.asarray(_ERROR_CONST, dtype)
+        error = _rms(err_const[order] * corr_e / ctrl_scale)
+        ok = converged & jnp.isfinite(error) & jnp.all(jnp.isfinite(y1))
+        accepted = ok & (error < 1)
+
+        # D after an accepted step: D[k+2] = d - D[k+1], D[k+1] = d, D[i] += D[i+1] for i ≤ k
+        d_new = d.at[order + 2].set(corr - d[order + 1]).at[order + 1].set(corr)
+        for i in reversed(range(MAX_ORDER + 1)):
+            d_new = d_new.at[i].add(jnp.where(i <= order, d_new[i + 1], 0.0))
+        n_equal_new = n_equal + 1
+
+        # order selection after k+1 equal steps: the order allowing the largest step
+        d_e = jax.lax.stop_gradient(d_new)
+        norm_at = lambda k, row: _rms(err_const[k] * row / ctrl_scale)  # noqa: E731
+        err_m = jnp.where(order > 1, norm_at(jnp.maximum(order - 1, 0), d_e[order]), jnp.inf)
+        err_p = jnp.where(
+            order < MAX_ORDER,
+            norm_at(jnp.minimum(order + 1, MAX_ORDER + 1), d_e[jnp.minimum(order + 2, _ROWS - 1)]),
+            jnp.inf,
+        )
+        orders = jnp.stack([order - 1, order, order + 1])
+        factors = jnp.stack([err_m, error, err_p]) ** (-1.0 / (orders + 1).astype(dtype))
+        factors = jnp.where(jnp.isnan(factors), 0.0, factors)
+        best = jnp.argmax(factors)
+        hold = n_equal_new < order + 1
+        new_order = jnp.where(hold, order, orders[best])
+        max_factor = jnp.where(hold, 1.0 / SAFETY, factors[best])
+        n_equal_new = jnp.where(hold | (new_order == order), n_equal_new, 0)
+
+        # the scaled error the controller should see: accepted -> factor SAFETY·max_factor
+        # (≥ SAFETY·error^(-1/(k+1)) > SAFETY, so still below 1); rejected -> error^(1/(k+1))
+        # (≥ 1, factor SAFETY·error^(-1/(k+1))); Newton failed -> factor NEWTON_FAIL_FACTOR
+        reported = jnp.where(
+            accepted,
+            1.0 / max_factor,
+            jnp.where(ok, error ** (1.0 / (order + 1)), SAFETY / NEWTON_FAIL_FACTOR),
+        )
+        y_error = jax.lax.stop_gradient(reported * ctrl_scale)
+        new_state = _State(
+            d=d_new, order=new_order, h=h, n_equal=n_equal_new, valid=jnp.array(True)
+        )
+        dense_info = dict(d=d_new, order=order)
+        return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
+
+    def func(self, terms, t0, y0, args):
+        return terms.vf(t0, y0, args)
+
+
+# -- the solve configuration's side: jacobian= and linear_solve= ---------------------------------
+
+
+def with_structure(solver: Any, jacobian: Any, linear_solve: str | None) -> Any:
+    """`solver` with the Jacobian and linear solve a `SolveConfig` was given (None: unchanged).
+
+    `jacobian`: `"dense"`, `"sparse"` (the pattern detected before the first solve, see
+    `resolve_pattern`), a `SparsityPattern`, or a square boolean matrix / SciPy sparse matrix
+    of the pattern. Only `BDF` takes a sparse Jacobian and a choice of linear solve; any other
+    solver is refused with a `ValueError` unless both are None or `"dense"`.
+
+    Example:
+        >>> import numpy as np
+        >>> from neuraldiffeq.solve.bdf import BDF, with_structure
+        >>> with_structure(BDF(), np.eye(3, dtype=bool), "sparse").jacobian
+        SparsityPattern(n=3, nnz=3, n_colours=1)
+    """
+    if jacobian is None and linear_solve is None:
+        return solver
+    jacobian = as_jacobian(jacobian)
+    linear_solve = None if linear_solve is None else check_linear_solve(linear_solve)
+    if not isinstance(solver, BDF):
+        if jacobian in (None, "dense") and linear_solve in (None, "dense", "auto"):
+            return solver
+        raise ValueError(
+            f"jacobian={_describe(jacobian)} / linear_solve={linear_solve!r}: a sparse Jacobian "
+            f"and sparse or Krylov linear solves are used by solver='bdf'; {type(solver).__name__} "
+            "forms a dense Jacobian. Pass solver='bdf', or leave jacobian and linear_solve out."
+        )
+    jacobian = solver.jacobian if jacobian is None else as_jacobian(jacobian)
+    return BDF(
+        root_finder=solver.root_finder,
+        jacobian=jacobian,
+        linear_solve=solver.linear_solve if linear_solve is None else linear_solve,
+    )
+
+
+def as_jacobian(jacobian: Any) -> Any:
+    """A `jacobian=` setting in its stored form: None, `"dense"`, `"sparse"` or a
+    `SparsityPattern` (a boolean matrix or a SciPy sparse matrix becomes one).
+
+    Example:
+        >>> import numpy as np
+        >>> from neuraldiffeq.solve.bdf import as_jacobian
+        >>> as_jacobian(np.eye(2, dtype=bool))
+        SparsityPattern(n=2, nnz=2, n_colours=1)
+    """
+    if jacobian is None or isinstance(jacobian, SparsityPattern):
+        return jacobian
+    if isinstance(jacobian, str):
+        if jacobian.lower() not in ("dense", "sparse"):
+            raise ValueError(
+                f"jacobian must be 'dense', 'sparse' (detect the pattern), a SparsityPattern or "
+                f"an (n, n) boolean matrix of the pattern, got {jacobian!r}."
+            )
+        return jacobian.lower()
+    return as_pattern(jacobian, int(np.shape(jacobian)[0]))
+
+
+def _describe(jacobian: Any) -> str:
+    return repr(jacobian) if isinstance(jacobian, str | SparsityPattern | None) else "<pattern>"
+
+
+def resolve_pattern(solver: Any, terms: Any, t0, y0, args: Any) -> Any:
+    """`solver` with `jacobian="sparse"` replaced by the pattern detected for the ODE `terms`
+    (a `diffrax.ODETerm` or a field f(t, y, args)) at y0; a pattern already given is checked
+    against the field on a random state (`check_pattern`). Needs concrete values: under
+    `jax.jit` a `ValueError` asks to resolve first. Any other solver is returned unchanged.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from neuraldiffeq.solve.bdf import BDF, resolve_pattern
+        >>> solver = resolve_pattern(BDF(jacobian="sparse"), lambda t, y, a: -y, 0.0,
+        ...                          jnp.ones(4), None)
+        >>> solver.jacobian.nnz
+        4
+    """
+    if not isinstance(solver, BDF) or solver.jacobian == "dense":
+        return solver
+    field = terms.vector_field if isinstance(terms, diffrax.ODETerm) else terms
+    if not callable(field) or isinstance(field, diffrax.AbstractTerm):
+        raise ValueError(
+            f"jacobian patterns are for ODE terms; got {type(terms).__name__}: use "
+            "jacobian='dense'."
+        )
+    leaves = jax.tree_util.tree_leaves((field, t0, y0, args))
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+        if solver.jacobian == "sparse":
+            raise ValueError(
+                "jacobian='sparse' detects the Jacobian's sparsity pattern from concrete values, "
+                "but the solve is traced (inside jax.jit, grad or vmap). Detect it first, "
+                "outside: model = model.resolve_solver(ts, y0, args) (nde.fit does this), or "
+                "pass the pattern: jacobian=neuraldiffeq.solve.jacobian.detect_pattern(field, "
+                "t0, y0, args)."
+            )
+        return solver  # a given pattern was checked when it could be (eagerly)
+    y0 = jnp.asarray(y0)
+    if solver.jacobian == "sparse":
+        pattern = detect_pattern(field, t0, y0, args)
+    else:
+        pattern = solver.jacobian
+        if pattern.n != y0.size:
+            raise ValueError(
+                f"jacobian pattern is {pattern.n}x{pattern.n} but the state has {y0.size} "
+                f"components; give an (n, n) pattern with n = {y0.size}."
+            )
+        check_pattern(field, t0, y0, args, pattern)
+    return BDF(root_finder=solver.root_finder, jacobian=pattern, linear_solve=solver.linear_solve)
