@@ -178,6 +178,21 @@ class SparseTerm(eqx.Module):
             lines.append(f"{out} = {text}")
         return "\n".join(lines)
 
+    def prune(self, threshold: float) -> SparseTerm:
+        """A copy without the kept terms whose coefficient is now below `threshold` in size.
+
+        After `nde.fit` has refined the coefficients against the data, a term the regression
+        kept only to absorb the network's error often shrinks towards zero; pruning it (and
+        fitting again) is sequential thresholding on the trajectory, as STLSQ does on the
+        network's output.
+        """
+        if not threshold >= 0:
+            raise ValueError(f"threshold must be a number >= 0, got {threshold!r}.")
+        keep = np.asarray(self.mask) & (np.abs(np.asarray(self.coefficients)) >= threshold)
+        return SparseTerm(
+            self.library, self.coefficients, self.state_names, self.output_names, mask=keep
+        )
+
     def n_terms(self) -> int:
         """How many terms were kept, over all outputs."""
         return int(sum(sum(row) for row in self.mask))
@@ -192,11 +207,10 @@ class Discovery:
     `"cv"`, the criterion for `"aic"`/`"bic"`); `threshold` is the one chosen.
 
     Example:
-        >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
+        >>> import equinox as eqx, jax, jax.numpy as jnp, neuraldiffeq as nde
         >>> class Field(eqx.Module):
         ...     net: nde.SparseTerm
         ...     def __call__(self, t, y, args): return self.net(y)
-        >>> import equinox as eqx
         >>> truth = nde.SparseTerm(nde.Library(2), jnp.zeros((2, 6)).at[0, 4].set(-0.5), "xy")
         >>> states = jax.random.normal(jax.random.key(0), (100, 2))
         >>> found = nde.discover(Field(truth), truth, states, names=["x", "y"])
