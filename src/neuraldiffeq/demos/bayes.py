@@ -2,9 +2,11 @@
 
 DiffEqFlux/Turing's Bayesian ODE tutorial on the discovery demo's system: the data are 30
 observations of dx/dt = a x - b x y, dy/dt = c x y - d y (a, b, c, d = 1.3, 0.9, 0.8, 1.8,
-from the known initial state) on t in [0, 10] with Gaussian noise of sd 0.25. The model samples
-the four rates (LogNormal(0, 0.5) priors) and the noise scale (HalfNormal(1)) with NUTS
-(BlackJAX: 4 chains, window adaptation), starting from the prior median (all rates 1).
+from the known initial state) on t in [0, 5] (one cycle, as in the discovery demo) with Gaussian
+noise of sd 0.25. The model samples the four rates (LogNormal(0, 0.5) priors) and the noise scale
+(HalfNormal(1)) with NUTS (BlackJAX: 4 chains, window adaptation). The chains start from a point
+fit (L-BFGS on the trajectory from the prior median, all rates 1): started at the prior median
+itself, chains can stay in a poor local mode (flat trajectory, large noise), which R-hat flags.
 
 Outputs: `metrics.json` (posterior means, 90% intervals, R-hat, ESS, divergences, whether each
 interval covers the truth), `predictive.png` (posterior-predictive bands over the data),
@@ -20,6 +22,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import neuraldiffeq as nde
 
@@ -57,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="out/bayes", help="output folder")
 
 
-def make_data(seed: int, n: int = 30, t_end: float = 10.0, sigma: float = 0.25):
+def make_data(seed: int, n: int = 30, t_end: float = 5.0, sigma: float = 0.25):
     """30 noisy observations of the true system; the first is the known initial state."""
     truth = nde.NeuralODE(LotkaVolterra(jnp.array(TRUE_RATES)), rtol=1e-9, atol=1e-9)
     ts = jnp.linspace(0.0, t_end, n)
@@ -74,6 +77,14 @@ def model_and_priors(rtol: float = 1e-6):
     return model, priors
 
 
+def fitted_start(model: nde.NeuralODE, data, progress: bool = False) -> nde.NeuralODE:
+    """The chains' start: the rates fitted by L-BFGS on the whole trajectory."""
+    fitted = nde.fit(
+        model, data, nde.Trajectory(), optimizer=optax.lbfgs(), steps=100, progress=progress
+    )
+    return fitted.model
+
+
 def run(args: argparse.Namespace) -> dict:
     if args.chains < 2 or args.warmup < 1 or args.samples < 1:
         raise ValueError("--chains must be >= 2 and --warmup, --samples >= 1.")
@@ -81,6 +92,7 @@ def run(args: argparse.Namespace) -> dict:
     data, _ = make_data(args.seed)
     model, priors = model_and_priors()
     start = time.perf_counter()
+    model = fitted_start(model, data, args.progress)
     post = nde.sample_posterior(
         model,
         data,
@@ -109,7 +121,7 @@ def run(args: argparse.Namespace) -> dict:
         "ess": {k: np.ravel(v).tolist() for k, v in post.ess.items()},
         "divergences": post.divergences,
         "acceptance": post.acceptance,
-        "sampling_seconds_with_compilation": seconds,
+        "fit_and_sampling_seconds_with_compilation": seconds,
     }
     print(post.summary())
     ts_truth = np.linspace(0.0, float(data.ts[-1]), 300)

@@ -47,15 +47,9 @@ def plot_discovery(
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for j, out in enumerate(output_names):
         for label, values in terms.items():
-            colour, style = _STYLES.get(label, (colours[j % len(colours)], "-"))
-            ax.plot(
-                ts,
-                np.asarray(values)[:, j],
-                color=colour,
-                ls=style,
-                lw=1.8 if style == "-" else 1.4,
-                label=f"{out}: {label}",
-            )
+            style = _STYLES.get(label, "-")
+            colour = "k" if label == "truth" else colours[j % len(colours)]
+            ax.plot(ts, np.asarray(values)[:, j], color=colour, ls=style, label=f"{out}: {label}")
     ax.set_xlabel("t")
     ax.set_title("the missing terms along the fitted trajectory")
     ax.legend(fontsize=7, ncol=len(output_names))
@@ -64,17 +58,11 @@ def plot_discovery(
         names = state_names or [
             f"x{i}" for i in range(next(iter(trajectories.values()))[1].shape[1])
         ]
-        for k, (label, (tt, ys)) in enumerate(trajectories.items()):
-            colour, style = _STYLES.get(label, (colours[(k + 2) % len(colours)], "-"))
+        for label, (tt, ys) in trajectories.items():
+            style = _STYLES.get(label, "-")
             for j, name in enumerate(names):
-                ax.plot(
-                    tt,
-                    np.asarray(ys)[:, j],
-                    color=colour,
-                    ls=style,
-                    alpha=1.0 if j == 0 else 0.6,
-                    label=f"{name}: {label}",
-                )
+                colour = colours[j % len(colours)]
+                ax.plot(tt, np.asarray(ys)[:, j], color=colour, ls=style, label=f"{name}: {label}")
         if data is not None:
             for j in range(len(names)):
                 colour = colours[j % len(colours)]
