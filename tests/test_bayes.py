@@ -115,3 +115,47 @@ def test_bijections_have_the_right_jacobian(prior):
     slope = jax.vmap(jax.grad(lambda v: prior.forward(v)[0]))(u)
     np.testing.assert_allclose(float(logdet), float(jnp.sum(jnp.log(jnp.abs(slope)))), rtol=1e-5)
     np.testing.assert_allclose(prior.inverse(x), u, atol=1e-5)
+
+
+def test_poor_diagnostics_warn_with_the_parameter():
+    x = np.random.default_rng(0).normal(size=(2, 20))
+    x[1] += 3.0  # two chains in different places: R-hat far above 1.01
+    from blackjax.diagnostics import effective_sample_size, potential_scale_reduction
+
+    from neuraldiffeq.inference.posterior import _warn_if_poor
+
+    post = nde.Posterior(
+        models=None,
+        y0=jnp.ones((40, 1)),
+        noise=jnp.ones(40),
+        samples={"field.k": x},
+        rhat={"field.k": np.asarray(potential_scale_reduction(x))},
+        ess={"field.k": np.asarray(effective_sample_size(x))},
+        divergences=3,
+        step_sizes=np.ones(2),
+        acceptance=0.8,
+    )
+    with pytest.warns(nde.PosteriorWarning, match=r"field.k: R-hat .*3 divergent"):
+        _warn_if_poor(post)
+
+
+def test_network_prior_names_every_array_of_the_network():
+    class UDE(eqx.Module):
+        net: eqx.nn.MLP
+
+        def __call__(self, t, y, args):
+            return self.net(y)
+
+    net = eqx.nn.MLP(1, 1, 3, 1, key=jax.random.key(0))
+    model = nde.NeuralODE(UDE(net))
+    with pytest.raises(
+        ValueError, match=r"field.net.layers\[0\].weight.*field.net.layers\[1\].bias"
+    ):
+        nde.sample_posterior(model, _decay_data(), {"field.nett": nde.priors.Normal()}, noise=0.1)
+    with pytest.raises(ValueError, match="has two priors"):
+        nde.sample_posterior(
+            model,
+            _decay_data(),
+            {"field.net": nde.priors.Normal(), "field.net.layers[0]": nde.priors.Normal()},
+            noise=0.1,
+        )
