@@ -9,8 +9,8 @@ coefficients trainable so that `nde.fit` refines them against the data.
 The sparse regression is PySINDy's (`STLSQ`, `SR3`, or any PySINDy optimizer you pass); the
 library is evaluated here in JAX so that the discovered term is a differentiable equinox module.
 The sparsity (the threshold) is chosen by K-fold cross-validation with the one-standard-error
-rule (the sparsest model whose held-out error is within one standard error of the best), or by
-AIC/BIC.
+rule (the sparsest model whose held-out error exceeds the best one's by at most one standard error
+of the fold-by-fold difference), or by AIC/BIC.
 """
 
 from __future__ import annotations
@@ -330,10 +330,16 @@ def discover(
         )
         if grid.size == 0 or np.any(grid < 0):
             raise ValueError("thresholds must be a non-empty list of non-negative numbers.")
-        scores, spread, counts = _sweep(optimizer, grid, features, targets, selection, folds)
+        scores, fold_errors, counts = _sweep(optimizer, grid, features, targets, selection, folds)
         best = int(np.argmin(scores))
-        if selection == "cv":  # the sparsest within one standard error of the best
-            ok = np.nonzero(scores <= scores[best] + spread[best])[0]
+        if selection == "cv":
+            # the sparsest model within one standard error of the best, the error being that of
+            # the fold-by-fold difference to the best: folds along one trajectory differ a lot
+            # (a fold at a peak has large errors for every model), which would make a plain
+            # standard error so wide that the empty model passed
+            diff = fold_errors - fold_errors[best]
+            se = diff.std(axis=1, ddof=1) / np.sqrt(folds)
+            ok = np.nonzero(diff.mean(axis=1) <= se)[0]
             best = int(ok[np.argmin(counts[ok])]) if ok.size else best
         chosen = float(grid[best])
         coef = _regress(_make(optimizer, chosen), features, targets)
@@ -381,14 +387,14 @@ def _sweep(optimizer, grid, features, targets, selection, folds):
                 c = _regress(_make(optimizer, threshold), features[train], targets[train])
                 errors.append(np.mean((features[idx] @ c.T - targets[idx]) ** 2))
             scores.append(float(np.mean(errors)))
-            spread.append(float(np.std(errors) / np.sqrt(folds)))
+            spread.append(errors)
         else:
             m = targets.size
             rss = float(np.sum((features @ coef.T - targets) ** 2))
             fit = m * np.log(max(rss, 1e-300) / m)
             penalty = 2 * k if selection == "aic" else k * np.log(m)
             scores.append(fit + penalty)
-            spread.append(0.0)
+            spread.append([0.0] * folds)
     return np.asarray(scores), np.asarray(spread), np.asarray(counts)
 
 
