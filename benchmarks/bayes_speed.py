@@ -99,7 +99,7 @@ def numpyro_by_hand(data, args, start, sigma0):
             progress_bar=False,
         )
         t0 = time.perf_counter()
-        mcmc.run(jax.random.key(repeat), ts, ys)
+        mcmc.run(jax.random.PRNGKey(repeat), ts, ys)  # NumPyro splits raw keys per chain
         rates = mcmc.get_samples()["rates"]
         jax.block_until_ready(rates)
         times.append(time.perf_counter() - t0)

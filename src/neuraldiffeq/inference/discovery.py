@@ -264,7 +264,8 @@ def discover(
         selection: `"cv"` (K-fold cross-validation, one-standard-error rule), `"aic"` or `"bic"`.
         thresholds: the sparsity thresholds to try; default 30 values, log-spaced from 1e-3 to
             1 times the largest least-squares coefficient.
-        folds: the number of contiguous folds for `"cv"`.
+        folds: the number of folds for `"cv"`, interleaved (every `folds`-th point), so that
+            held-out points lie between training points along the trajectory.
         names: the states' names (default `x0, x1, ...`); output_names: the network outputs'.
 
     Example:
@@ -334,9 +335,7 @@ def discover(
         best = int(np.argmin(scores))
         if selection == "cv":
             # the sparsest model within one standard error of the best, the error being that of
-            # the fold-by-fold difference to the best: folds along one trajectory differ a lot
-            # (a fold at a peak has large errors for every model), which would make a plain
-            # standard error so wide that the empty model passed
+            # the fold-by-fold difference to the best (folds differ a lot in scale)
             diff = fold_errors - fold_errors[best]
             se = diff.std(axis=1, ddof=1) / np.sqrt(folds)
             ok = np.nonzero(diff.mean(axis=1) <= se)[0]
@@ -381,7 +380,8 @@ def _sweep(optimizer, grid, features, targets, selection, folds):
         counts.append(k)
         if selection == "cv":
             errors = []
-            for idx in np.array_split(np.arange(n), folds):
+            for k in range(folds):  # interleaved folds: held-out points lie between kept ones
+                idx = np.arange(k, n, folds)
                 train = np.ones(n, bool)
                 train[idx] = False
                 c = _regress(_make(optimizer, threshold), features[train], targets[train])
