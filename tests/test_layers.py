@@ -2,7 +2,7 @@
 and no module imports itself back through another (no cycle anywhere).
 
 Layers, bottom to top (docs/architecture.md draws them):
-base helpers -> io -> compilation -> solve -> models -> fitting -> datasets -> demos,
+base helpers -> io -> compilation -> solve -> models -> fitting -> inference -> datasets -> demos,
 commands -> cli.
 """
 
@@ -25,6 +25,7 @@ RANKS = {
     "solve": 3,
     "models": 4,
     "fitting": 5,
+    "inference": 5.5,
     "datasets": 6,
     "demos": 7,
     "commands": 7,

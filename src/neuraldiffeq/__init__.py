@@ -90,6 +90,17 @@ _PUBLIC: dict[str, str] = {
     "Regression": ".fitting",
     "losses": ".fitting",
     "compiler_options": ".compilation",
+    # inference: equation discovery and Bayesian posteriors
+    "Library": ".inference",
+    "SparseTerm": ".inference",
+    "Discovery": ".inference",
+    "discover": ".inference",
+    "priors": ".inference.priors",
+    "Prior": ".inference",
+    "sample_posterior": ".inference",
+    "Posterior": ".inference",
+    "PosteriorWarning": ".inference",
+    "posterior_predictive": ".inference",
     # files
     "save": ".io",
     "load": ".io",
@@ -149,6 +160,18 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
     from .fitting.likelihood import MaximumLikelihood
     from .fitting.strategies import PerSeries
     from .fitting.supervised import Classification, Regression
+    from .inference import (
+        Discovery,
+        Library,
+        Posterior,
+        PosteriorWarning,
+        Prior,
+        SparseTerm,
+        discover,
+        posterior_predictive,
+        priors,
+        sample_posterior,
+    )
     from .io.model_files import load, save
     from .io.timeseries import TimeSeries
     from .models import (

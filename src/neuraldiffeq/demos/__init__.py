@@ -64,4 +64,12 @@ DEMOS: dict[str, tuple[str, str]] = {
         "neuraldiffeq.demos.ffjord_digits",
         "FFJORD image generation on the 8x8 digits: conv vs MLP flow vs Gaussian, in bits/dim.",
     ),
+    "discover": (
+        "neuraldiffeq.demos.discover",
+        "Lotka-Volterra missing physics: a UDE's network becomes a formula (SINDy) and refits.",
+    ),
+    "bayes": (
+        "neuraldiffeq.demos.bayes",
+        "NUTS posterior of the four Lotka-Volterra rates from 30 noisy points: bands, marginals.",
+    ),
 }

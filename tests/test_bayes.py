@@ -1,0 +1,161 @@
+"""Bayesian inference: NUTS through the solve against a grid-integrated posterior; bad input."""
+
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import neuraldiffeq as nde
+
+
+class Decay(eqx.Module):
+    k: jax.Array
+
+    def __call__(self, t, y, args):
+        return -self.k * y
+
+
+def _decay_data(sigma=0.05, k=0.7, seed=0):
+    ts = np.linspace(0.0, 2.0, 12)
+    rng = np.random.default_rng(seed)
+    ys = np.exp(-k * ts) + sigma * rng.normal(size=ts.shape)
+    ys[0] = 1.0  # the first observation is the (fixed) initial state
+    return nde.TimeSeries(ts, ys[:, None])
+
+
+def test_posterior_mean_and_sd_match_grid_reference():
+    """One rate, fixed noise: the posterior is a 1-D integral; NUTS must reproduce its moments."""
+    sigma = 0.05
+    data = _decay_data(sigma)
+    model = nde.NeuralODE(Decay(jnp.array(0.5)), rtol=1e-6, atol=1e-8, sensitivity=nde.Direct())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nde.PosteriorWarning)  # judged below, with margins
+        post = nde.sample_posterior(
+            model,
+            data,
+            {"field.k": nde.priors.LogNormal(0.0, 1.0)},
+            noise=sigma,
+            chains=2,
+            warmup=150,
+            samples=250,
+            key=jax.random.key(3),
+        )
+    # the reference: the exact solution y = exp(-k t) and the posterior density on a fine grid
+    ts, ys = np.asarray(data.ts), np.asarray(data.ys)[:, 0]
+    k = np.linspace(0.3, 1.2, 20001)
+    loglik = -0.5 * np.sum((ys[None] - np.exp(-k[:, None] * ts[None])) ** 2, axis=1) / sigma**2
+    logprior = -0.5 * np.log(k) ** 2 - np.log(k)
+    w = np.exp(loglik + logprior - np.max(loglik + logprior))
+    w /= w.sum()
+    mean = float(np.sum(w * k))
+    sd = float(np.sqrt(np.sum(w * (k - mean) ** 2)))
+    draws = post.draws("field.k")
+    assert draws.shape == (500,)
+    assert abs(draws.mean() - mean) < 0.3 * sd, (draws.mean(), mean, sd)
+    assert 0.7 * sd < draws.std() < 1.3 * sd, (draws.std(), sd)
+    rhat = float(post.rhat["field.k"])
+    assert np.isfinite(rhat) and rhat < 1.05
+    assert float(post.ess["field.k"]) > 50
+    assert post.models.field.k.shape == (500,)  # the models carry the sample axis
+    lo, hi = post.interval("field.k", 0.9)
+    assert lo < mean < hi
+    bands = nde.posterior_predictive(post, data.ts)
+    noisy = nde.posterior_predictive(post, data.ts, key=jax.random.key(0))
+    assert bands.shape == noisy.shape == (500, 12, 1)
+    assert float(jnp.std(noisy - bands)) == pytest.approx(sigma, rel=0.1)
+    assert "field.k" in post.summary()
+
+
+def _model():
+    return nde.NeuralODE(Decay(jnp.array(0.5)), rtol=1e-6, atol=1e-8)
+
+
+def test_prior_for_missing_parameter():
+    with pytest.raises(ValueError, match="no parameter 'field.rate'.*field.k"):
+        nde.sample_posterior(
+            _model(), _decay_data(), {"field.rate": nde.priors.Normal()}, noise=0.1
+        )
+
+
+def test_non_finite_start_names_the_parameter():
+    model = nde.NeuralODE(Decay(jnp.array(-0.5)))
+    with pytest.raises(ValueError, match="not finite at the start: parameter 'field.k'"):
+        nde.sample_posterior(model, _decay_data(), {"field.k": nde.priors.LogNormal()}, noise=0.1)
+
+
+def test_noise_must_be_given_once():
+    priors = {"field.k": nde.priors.LogNormal()}
+    with pytest.raises(ValueError, match="noise scale is unknown"):
+        nde.sample_posterior(_model(), _decay_data(), priors)
+    with pytest.raises(ValueError, match="not both"):
+        nde.sample_posterior(
+            _model(), _decay_data(), {**priors, "noise": nde.priors.HalfNormal()}, noise=0.1
+        )
+    with pytest.raises(ValueError, match="chains must be an integer >= 2"):
+        nde.sample_posterior(_model(), _decay_data(), priors, noise=0.1, chains=1)
+
+
+def test_bad_priors():
+    with pytest.raises(ValueError, match="scale must be finite and > 0"):
+        nde.priors.Normal(0.0, -1.0)
+    with pytest.raises(ValueError, match="high must exceed low"):
+        nde.priors.Uniform(1.0, 0.0)
+    with pytest.raises(ValueError, match="must be an nde.priors"):
+        nde.sample_posterior(_model(), _decay_data(), {"field.k": 1.0}, noise=0.1)
+
+
+@pytest.mark.parametrize("prior", [nde.priors.Uniform(-1.0, 2.0), nde.priors.HalfNormal(2.0)])
+def test_bijections_have_the_right_jacobian(prior):
+    """forward's log-Jacobian equals log|dx/du| by autodiff, and inverse undoes forward."""
+    u = jnp.linspace(-2.0, 1.5, 7)
+    x, logdet = prior.forward(u)
+    slope = jax.vmap(jax.grad(lambda v: prior.forward(v)[0]))(u)
+    np.testing.assert_allclose(float(logdet), float(jnp.sum(jnp.log(jnp.abs(slope)))), rtol=1e-5)
+    np.testing.assert_allclose(prior.inverse(x), u, atol=1e-5)
+
+
+def test_poor_diagnostics_warn_with_the_parameter():
+    x = np.random.default_rng(0).normal(size=(2, 20))
+    x[1] += 3.0  # two chains in different places: R-hat far above 1.01
+    from blackjax.diagnostics import effective_sample_size, potential_scale_reduction
+
+    from neuraldiffeq.inference.posterior import _warn_if_poor
+
+    post = nde.Posterior(
+        models=None,
+        y0=jnp.ones((40, 1)),
+        noise=jnp.ones(40),
+        samples={"field.k": x},
+        rhat={"field.k": np.asarray(potential_scale_reduction(x))},
+        ess={"field.k": np.asarray(effective_sample_size(x))},
+        divergences=3,
+        step_sizes=np.ones(2),
+        acceptance=0.8,
+    )
+    with pytest.warns(nde.PosteriorWarning, match=r"field.k: R-hat .*3 divergent"):
+        _warn_if_poor(post)
+
+
+def test_network_prior_names_every_array_of_the_network():
+    class UDE(eqx.Module):
+        net: eqx.nn.MLP
+
+        def __call__(self, t, y, args):
+            return self.net(y)
+
+    net = eqx.nn.MLP(1, 1, 3, 1, key=jax.random.key(0))
+    model = nde.NeuralODE(UDE(net))
+    with pytest.raises(
+        ValueError, match=r"field.net.layers\[0\].weight.*field.net.layers\[1\].bias"
+    ):
+        nde.sample_posterior(model, _decay_data(), {"field.nett": nde.priors.Normal()}, noise=0.1)
+    with pytest.raises(ValueError, match="has two priors"):
+        nde.sample_posterior(
+            model,
+            _decay_data(),
+            {"field.net": nde.priors.Normal(), "field.net.layers[0]": nde.priors.Normal()},
+            noise=0.1,
+        )

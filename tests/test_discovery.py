@@ -1,0 +1,106 @@
+"""Equation discovery: sparse regression recovers a known polynomial field; the formula refits."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import neuraldiffeq as nde
+
+
+def true_rhs(y):  # the "missing physics": what a network would have learned
+    x, z = y[0], y[1]
+    return jnp.stack([-0.9 * x * z + 0.3, 0.8 * x * z - 0.25 * z**2])
+
+
+TRUE = {"f0": {"1": 0.3, "x*y": -0.9}, "f1": {"x*y": 0.8, "y^2": -0.25}}
+
+
+class Field(eqx.Module):
+    """Known decay plus an unknown part `net`, as in a universal differential equation."""
+
+    net: object
+
+    def __call__(self, t, y, args):
+        return jnp.array([0.0, -0.5]) * y + self.net(y)
+
+
+def _terms(discovery):
+    names = discovery.term.library.names(discovery.term.state_names)
+    coef = np.asarray(discovery.term.coefficients)
+    return {
+        out: {n: float(c) for n, c, k in zip(names, row, keep, strict=True) if k}
+        for out, row, keep in zip(
+            discovery.term.output_names, coef, discovery.term.mask, strict=True
+        )
+    }
+
+
+@pytest.mark.parametrize(
+    "optimizer,selection", [("stlsq", "cv"), ("sr3", "cv"), ("stlsq", "aic"), ("sr3", "bic")]
+)
+def test_recovers_polynomial_field_from_noisy_output(optimizer, selection):
+    states = jax.random.uniform(jax.random.key(0), (300, 2), minval=0.0, maxval=3.0)
+
+    def noisy(y):  # the truth plus a small smooth error, as a trained network has
+        return true_rhs(y) + 0.01 * jnp.sin(jnp.array([13.0, 7.0]) * y[0] + 5.0 * y[1])
+
+    model = nde.NeuralODE(Field(noisy))
+    found = nde.discover(
+        model,
+        noisy,
+        states,
+        library=nde.Library(degree=3),
+        optimizer=optimizer,
+        selection=selection,
+        names=["x", "y"],
+    )
+    terms = _terms(found)
+    assert {k: set(v) for k, v in terms.items()} == {k: set(v) for k, v in TRUE.items()}, (
+        found.equation
+    )
+    for out, row in TRUE.items():
+        for name, value in row.items():
+            assert terms[out][name] == pytest.approx(value, rel=0.05), found.equation
+    assert found.selection == selection and found.threshold > 0
+    assert "x*y" in found.equation
+
+
+def test_discovered_term_replaces_network_and_fit_refines_it():
+    """Along a TimeSeries the model's trajectory is used; the formula's coefficients train."""
+    truth = nde.NeuralODE(Field(true_rhs), rtol=1e-6, atol=1e-8)
+    ts = jnp.linspace(0.0, 3.0, 40)
+    data = nde.TimeSeries(ts, truth(ts, jnp.array([1.0, 2.0])))
+    found = nde.discover(truth, true_rhs, data, names=["x", "y"], points=100)
+    assert found.term.n_terms() == 4, found.equation
+    refit = found.replace(truth)
+    assert isinstance(refit.field.net, nde.SparseTerm)
+    np.testing.assert_allclose(refit(ts, data.ys[0]), data.ys, atol=1e-3)
+    # start 20% off, as a rough network would leave the coefficients, and let fit refine them
+    off = eqx.tree_at(lambda m: m.field.net.coefficients, refit, refit.field.net.coefficients * 1.2)
+    grads = jax.grad(lambda m: jnp.sum(m(ts, data.ys[0]) ** 2))(off)
+    mask = np.asarray(off.field.net.mask)
+    assert np.all(np.asarray(grads.field.net.coefficients)[~mask] == 0)  # dropped terms stay out
+    result = nde.fit(off, data, nde.Trajectory(), optimizer=optax.lbfgs(), steps=40, progress=False)
+    coef = np.asarray(result.model.field.net.coefficients)
+    want = np.asarray(found.term.coefficients)
+    assert np.max(np.abs(coef - want)[mask] / np.abs(want)[mask]) < 0.01
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="degree must be at least 1"):
+        nde.Library(degree=0)
+    with pytest.raises(ValueError, match="no terms"):
+        nde.Library(degree=None, bias=False)
+    model = nde.NeuralODE(Field(true_rhs))
+    states = jnp.ones((20, 2))
+    with pytest.raises(ValueError, match="network is not part of model"):
+        nde.discover(model, lambda y: y, states)
+    with pytest.raises(ValueError, match="selection must be one of"):
+        nde.discover(model, true_rhs, states, selection="loo")
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        nde.discover(model, true_rhs, states, optimizer="lasso")
+    with pytest.raises(ValueError, match="names has 3 names"):
+        nde.discover(model, true_rhs, states, names=["a", "b", "c"])
