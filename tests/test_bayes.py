@@ -26,6 +26,7 @@ def _decay_data(sigma=0.05, k=0.7, seed=0):
     return nde.TimeSeries(ts, ys[:, None])
 
 
+@pytest.mark.long  # a whole fit: the long tier keeps the default run within its time
 def test_posterior_mean_and_sd_match_grid_reference():
     """One rate, fixed noise: the posterior is a 1-D integral; NUTS must reproduce its moments."""
     sigma = 0.05

@@ -207,6 +207,7 @@ def test_bad_input_is_refused_before_compiling():
         nde.HybridODE(field, solver="auto")
 
 
+@pytest.mark.long  # a whole fit: the long tier keeps the default run within its time
 def test_strategies_fit_a_hybrid_model_and_collocation_refuses():
     data = nde.TimeSeries(TS, ball(jnp.array([G, E]))(TS, Y0)[None])
     model = ball(jnp.array([9.6, 0.78]), max_events=12)  # not Zeno before t = 10
@@ -251,6 +252,7 @@ def test_per_series_schedules_fit():
     assert abs(float(result.model.field.k) - 0.4) < 0.02
 
 
+@pytest.mark.long  # a whole fit: the long tier keeps the default run within its time
 def test_demo_bouncing_ball_recovers_g_and_restitution(tmp_path):
     import json
 
@@ -274,6 +276,7 @@ def test_auto_preset_puts_no_collocation_stage_before_a_hybrid_model():
     assert [type(s.strategy).__name__ for s in hybrid] == ["MultipleShooting", "Trajectory"]
 
 
+@pytest.mark.long  # a whole fit: the long tier keeps the default run within its time
 def test_demo_dosing_recovers_the_absorption_rate(tmp_path):
     import json
 

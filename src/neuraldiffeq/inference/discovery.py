@@ -123,8 +123,8 @@ class SparseTerm(eqx.Module):
         >>> term = nde.SparseTerm(lib, jnp.array([[0, 0, 0, -0.9, 0.0]]), ["x", "y"])
         >>> term.equation()
         'f0 = -0.9 x*y'
-        >>> [round(float(v), 3) for v in term(jnp.array([1.0, 2.0]))]
-        [-1.8]
+        >>> round(float(term(jnp.array([1.0, 2.0]))[0]), 3)
+        -1.8
     """
 
     library: Library

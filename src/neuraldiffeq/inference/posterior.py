@@ -50,8 +50,8 @@ class Posterior:
 
     Example:
         >>> import neuraldiffeq as nde
-        >>> sorted(f.name for f in __import__("dataclasses").fields(nde.Posterior))[:3]
-        ['acceptance', 'divergences', 'ess']
+        >>> " ".join(sorted(f.name for f in __import__("dataclasses").fields(nde.Posterior))[:3])
+        'acceptance divergences ess'
     """
 
     models: Any

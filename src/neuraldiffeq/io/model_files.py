@@ -543,13 +543,25 @@ class _Reader:
         if not dataclasses.is_dataclass(cls):
             raise _Refused(where, f"names {cls!r}, which is not a dataclass")
         names = [f.name for f in dataclasses.fields(cls)]
-        if sorted(names) != sorted(fields):
+        # a field added since the file was written, with a default, takes that default (e.g.
+        # SolveConfig's jacobian/linear_solve, new in 0.2): the file describes all it knew of
+        defaults = {
+            f.name: f.default
+            for f in dataclasses.fields(cls)
+            if f.name not in fields and f.default is not dataclasses.MISSING
+        }
+        if sorted(set(names) - set(defaults)) != sorted(fields):
             raise _Refused(
                 where,
                 f"is a {cls.__qualname__} with fields {sorted(fields)}, but this version's has "
                 f"{sorted(names)}",
             )
-        values = {name: self.build(fields[name], f"{where}.{name}") for name in names}
+        values = {
+            name: defaults[name]
+            if name in defaults
+            else self.build(fields[name], f"{where}.{name}")
+            for name in names
+        }
         # Rebuilt field by field without calling __init__/__post_init__: no code runs beyond
         # the allow-listed class's attribute storage.
         obj = object.__new__(cls)
