@@ -148,11 +148,11 @@ def test_python_examples_are_valid_python(page, code):
 
 # The short version of a long-running example: every `steps=N` (and `lbfgs_steps=N`) becomes 2,
 # so each fit costs its compilations and two steps; nothing else in the code changes.
-_STEPS = re.compile(r"\b((?:lbfgs_)?steps)=[0-9_]+")
+_STEPS = re.compile(r"\b((?:lbfgs_)?steps|warmup|samples)=[0-9_]+")
 
 
 def short_version(code: str) -> str:
-    """The example with its step counts cut to 2 (see `_STEPS`)."""
+    """The example with its step, warm-up and sample counts cut to 2 (see `_STEPS`)."""
     return _STEPS.sub(r"\1=2", code)
 
 
