@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .precision import working_dtype
+from .precision import beyond_working_precision, working_dtype, working_max
 
 #: delimiters a CSV file may use, in order of preference when the header is ambiguous
 DELIMITERS = (",", ";", "\t", "|")
@@ -295,9 +295,7 @@ def numbers(table: Table, column: str) -> np.ndarray:
             values[i] = float(cell) if cell else np.nan
         except ValueError:
             bad_text[i] = True
-    largest = float(np.finfo(working_dtype()).max)
-    with np.errstate(invalid="ignore"):
-        beyond = np.isinf(values) | (np.abs(values) > largest)
+    beyond = beyond_working_precision(values)
     bad = np.flatnonzero(bad_text | beyond)
     if bad.size:
         i = int(bad[0])
@@ -314,7 +312,7 @@ def numbers(table: Table, column: str) -> np.ndarray:
             )
         raise ValueError(
             f"column {column!r} of {name!r}, row {i + 2}, holds {cell!r}, beyond the "
-            f"working precision {working_dtype()} (largest {largest:.3g}). Rescale "
+            f"working precision {working_dtype()} (largest {working_max():.3g}). Rescale "
             "the column or enable float64 (jax_enable_x64)."
         )
     return values
@@ -338,14 +336,12 @@ def _typed_numbers(cells, column: str, name: str) -> np.ndarray:
             "column (columns=[...]) or convert it to numbers."
         )
     values = cells.cast(pl.Float64).to_numpy().astype(np.float64, copy=True)
-    largest = float(np.finfo(working_dtype()).max)
-    with np.errstate(invalid="ignore"):
-        beyond = np.isinf(values) | (np.abs(values) > largest)
+    beyond = beyond_working_precision(values)
     if beyond.any():
         i = int(np.argmax(beyond))
         raise ValueError(
             f"column {column!r} of {name!r}, row {i + 2}, holds {float(values[i])!r}; values "
             f"must be finite and within the working precision {working_dtype()} (largest "
-            f"{largest:.3g}). Rescale the column or enable float64 (jax_enable_x64)."
+            f"{working_max():.3g}). Rescale the column or enable float64 (jax_enable_x64)."
         )
     return values

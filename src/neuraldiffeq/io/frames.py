@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .precision import working_dtype
+from .precision import beyond_working_precision, working_dtype, working_max
 
 #: time units for date/time columns: name -> NumPy's unit
 TIME_UNITS = {"D": "D", "h": "h", "min": "m", "s": "s", "ms": "ms", "us": "us", "ns": "ns"}
@@ -253,16 +253,14 @@ def numbers(series, name, source: str) -> np.ndarray:
             "column per category)."
         )
     values = _float64(series)
-    largest = float(np.finfo(working_dtype()).max)
-    with np.errstate(invalid="ignore"):
-        bad = np.isinf(values) | (np.abs(values) > largest)
+    bad = beyond_working_precision(values)
     if bad.any():
         i = int(np.argmax(bad))
         raise ValueError(
             f"column {name!r} of {source}, row {i} (counting from 0), holds {float(values[i])!r}; "
             f"values must be finite and within the working precision {working_dtype()} "
-            f"(largest {largest:.3g}). Use NaN or null for a missing value; rescale the column "
-            "or enable float64 (jax_enable_x64) for large ones."
+            f"(largest {working_max():.3g}). Use NaN or null for a missing value; rescale the "
+            "column or enable float64 (jax_enable_x64) for large ones."
         )
     return values
 

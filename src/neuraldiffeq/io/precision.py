@@ -17,6 +17,17 @@ def working_dtype() -> np.dtype:
     return np.dtype(jax.dtypes.canonicalize_dtype(np.float64))
 
 
+def working_max() -> float:
+    """The largest finite value of the working precision.
+
+    Example:
+        >>> from neuraldiffeq.io.precision import working_max
+        >>> working_max() > 3e38
+        True
+    """
+    return float(np.finfo(working_dtype()).max)
+
+
 def to_working_precision(arr: np.ndarray, name: str) -> np.ndarray:
     """Cast to the working precision; refuse finite values that overflow it, naming `name`.
 
@@ -38,3 +49,17 @@ def to_working_precision(arr: np.ndarray, name: str) -> np.ndarray:
             "enable float64 with jax.config.update('jax_enable_x64', True)."
         )
     return cast
+
+
+def beyond_working_precision(values: np.ndarray) -> np.ndarray:
+    """Where float64 `values` are infinite or too large for the working precision (NaN, a
+    missing value, is not). Each reader says in its own words which cell it was.
+
+    Example:
+        >>> import numpy as np
+        >>> from neuraldiffeq.io.precision import beyond_working_precision
+        >>> beyond_working_precision(np.array([1.0, np.inf, np.nan, 1e300])).tolist()[:3]
+        [False, True, False]
+    """
+    with np.errstate(invalid="ignore"):
+        return np.isinf(values) | (np.abs(values) > working_max())
