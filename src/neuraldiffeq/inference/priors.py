@@ -87,7 +87,21 @@ class Normal(Prior):
         return self.loc + self.scale * jax.random.normal(key, shape)
 
 
-class LogNormal(Prior):
+class _Positive(Prior):
+    """A prior on positive values, sampled as their log (the change of variables x = exp(u),
+    whose log-Jacobian is sum(u))."""
+
+    def forward(self, u):
+        return jnp.exp(u), jnp.sum(u)
+
+    def inverse(self, x):
+        return jnp.log(x)
+
+    def support(self, x):
+        return jnp.all(x > 0) & jnp.all(jnp.isfinite(x))
+
+
+class LogNormal(_Positive):
     """log(x) ~ Normal(loc, scale): a positive parameter (a rate), sampled as its logarithm.
 
     Example:
@@ -109,20 +123,11 @@ class LogNormal(Prior):
         density = -0.5 * z**2 - jnp.log(self.scale) - 0.5 * math.log(2 * math.pi) - logx
         return jnp.sum(jnp.where(x > 0, density, -jnp.inf))
 
-    def forward(self, u):
-        return jnp.exp(u), jnp.sum(u)
-
-    def inverse(self, x):
-        return jnp.log(x)
-
-    def support(self, x):
-        return jnp.all(x > 0) & jnp.all(jnp.isfinite(x))
-
     def sample(self, key, shape=()):
         return jnp.exp(self.loc + self.scale * jax.random.normal(key, shape))
 
 
-class HalfNormal(Prior):
+class HalfNormal(_Positive):
     """|Normal(0, scale)|: a positive scale (e.g. the observation noise), sampled as its log.
 
     Example:
@@ -140,15 +145,6 @@ class HalfNormal(Prior):
         z = x / self.scale
         density = -0.5 * z**2 - jnp.log(self.scale) + 0.5 * math.log(2 / math.pi)
         return jnp.sum(jnp.where(x >= 0, density, -jnp.inf))
-
-    def forward(self, u):
-        return jnp.exp(u), jnp.sum(u)
-
-    def inverse(self, x):
-        return jnp.log(x)
-
-    def support(self, x):
-        return jnp.all(x > 0) & jnp.all(jnp.isfinite(x))
 
     def sample(self, key, shape=()):
         return self.scale * jnp.abs(jax.random.normal(key, shape))
