@@ -54,15 +54,26 @@ def test_wheel_and_sdist_build_check_install_and_run(tmp_path):
         assert any(n.endswith(part) for n in sdist_names), part
 
     # A fresh environment that sees this one's installed packages for the dependencies (nothing
-    # is downloaded) but not its neuraldiffeq: the other site folders are appended to the
-    # venv's path as plain folders, so their .pth files (an editable install's hook) do not run.
-    # pip resolves the wheel's declared dependencies against them.
+    # is downloaded) but not its neuraldiffeq. Where the suite runs against a regular install
+    # (CI's `pip install .`), the site folder holds neuraldiffeq itself, and pip would call the
+    # wheel "already satisfied" and install nothing; so the venv sees a folder of links to every
+    # entry of the site folders except neuraldiffeq's own. Plain folders on the path: their .pth
+    # files (an editable install's hook) do not run. pip resolves the wheel's declared
+    # dependencies against them.
     venv = tmp_path / "venv"
     run([sys.executable, "-m", "venv", str(venv)], timeout=300)
     python = venv / "bin" / "python"
     purelib = run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"])
+    visible = tmp_path / "visible_packages"
+    visible.mkdir()
     others = [p for p in site.getsitepackages() + [site.getusersitepackages()] if os.path.isdir(p)]
-    Path(purelib.strip(), "_test_env_packages.pth").write_text("\n".join(others) + "\n")
+    for folder in others:
+        for entry in Path(folder).iterdir():
+            own = entry.name.lower().replace("-", "_")
+            if "neuraldiffeq" in own or entry.suffix == ".pth" or (visible / entry.name).exists():
+                continue
+            (visible / entry.name).symlink_to(entry)
+    Path(purelib.strip(), "_test_env_packages.pth").write_text(f"{visible}\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # no source tree either
     run([str(python), "-m", "pip", "install", "--no-index", str(wheel)], env=env, timeout=600)
     work = tmp_path / "elsewhere"  # not the repository: its src/ must not be importable
