@@ -322,8 +322,18 @@ def _gradient(name, sens):
     return _GRAD_CACHE[name, sens]
 
 
-@pytest.mark.parametrize("sens", list(SENSITIVITIES))
-@pytest.mark.parametrize("name", list(MODELS))
+def _cells():
+    """Every (model, sensitivity) pair. The default run checks every refusal, every model with
+    `Direct` and `NeuralODE` with every sensitivity (each gradient is a compile of its own); the
+    long tier checks the rest of the matrix."""
+    for name in MODELS:
+        for sens in SENSITIVITIES:
+            refused = (name.split(".")[0], sens) in REFUSED or (name, sens) in REFUSED
+            default = refused or sens == "Direct" or name == "NeuralODE"
+            yield pytest.param(name, sens, marks=() if default else pytest.mark.long)
+
+
+@pytest.mark.parametrize("name, sens", list(_cells()))
 def test_matrix(name, sens):
     short = name.split(".")[0]
     if (short, sens) in REFUSED or (name, sens) in REFUSED:
