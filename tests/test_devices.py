@@ -8,6 +8,7 @@ accept/reject decisions and Adam's normalisation to ~1e-4 relative within 20 ste
 the same programs agree to ~1e-12, which shows they compute the same thing.
 """
 
+import functools
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ import pytest
 import neuraldiffeq as nde
 
 SCRIPT = r"""
-import json
+import json, sys
 import jax
 jax.config.update("jax_enable_x64", True)
 import equinox as eqx, jax.numpy as jnp, numpy as np, optax
@@ -30,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import neuraldiffeq as nde
 
 assert jax.device_count() == 4, jax.device_count()
+names = set(json.loads(sys.argv[1]))  # the strategies to compare
 out = {"losses": {}, "specs": {}, "errors": {}}
 specs = []
 
@@ -48,6 +50,8 @@ def inspecting(cls, leaf):
 
 
 def compare(name, model, data, strategy, leaf, data4=None, devices=4, lr=0.01, **kw):
+    if name not in names:
+        return
     one = nde.fit(model, data, strategy, optimizer=optax.adam(lr), steps=20, progress=False)
     specs.clear()
     four = nde.fit(model, data if data4 is None else data4, inspecting(type(strategy), leaf)(**kw),
@@ -66,34 +70,38 @@ compare("Trajectory", ode, batch, nde.Trajectory(), lambda p: p.ys)
 compare("MultipleShooting", ode, batch, nde.MultipleShooting(group_size=5),
         lambda p: p["ys"], group_size=5)
 
-ts = jnp.linspace(0.0, 1.0, 8)
-sde = nde.NeuralSDE(lambda t, y, a: -y, lambda t, y, a: 0.2 * y, dt0=0.1)
-paths = sde.sample(ts, jnp.array([1.0, 0.5]), jax.random.key(1), 8)
-drift = eqx.nn.MLP(2, 2, 8, 1, activation=jnp.tanh, key=key)
-model_sde = nde.NeuralSDE(nde.autonomous(drift), lambda t, y, a: 0.2 * y, dt0=0.1)
-compare("MomentMatching", model_sde, nde.TimeSeries(ts, paths),
-        nde.MomentMatching(n_paths=8, objective="likelihood"), lambda p: p["paths"],
-        n_paths=8, objective="likelihood")
+if "MomentMatching" in names:
+    ts = jnp.linspace(0.0, 1.0, 8)
+    sde = nde.NeuralSDE(lambda t, y, a: -y, lambda t, y, a: 0.2 * y, dt0=0.1)
+    paths = sde.sample(ts, jnp.array([1.0, 0.5]), jax.random.key(1), 8)
+    drift = eqx.nn.MLP(2, 2, 8, 1, activation=jnp.tanh, key=key)
+    model_sde = nde.NeuralSDE(nde.autonomous(drift), lambda t, y, a: 0.2 * y, dt0=0.1)
+    compare("MomentMatching", model_sde, nde.TimeSeries(ts, paths),
+            nde.MomentMatching(n_paths=8, objective="likelihood"), lambda p: p["paths"],
+            n_paths=8, objective="likelihood")
 
-x = nde.datasets.toy_2d("8gaussians", 64, jax.random.key(2))
-flow = nde.FFJORD(nde.ConcatSquashMLP(2, (8,), key=key), trace="exact", rtol=1e-3, atol=1e-3)
-# the samples come already sharded by the caller (over its own mesh of the same 4 devices):
-# fit uses them as placed (the step sees the caller's "mine" axis, not fit's "batch")
-mesh = Mesh(np.array(jax.devices()), ("mine",))
-placed = jax.device_put(x, NamedSharding(mesh, PartitionSpec("mine")))
-compare("MaximumLikelihood", flow, x, nde.MaximumLikelihood(), lambda p: p, data4=placed,
-        devices=mesh)
+if "MaximumLikelihood" in names:
+    x = nde.datasets.toy_2d("8gaussians", 64, jax.random.key(2))
+    flow = nde.FFJORD(nde.ConcatSquashMLP(2, (8,), key=key), trace="exact", rtol=1e-3, atol=1e-3)
+    # the samples come already sharded by the caller (over its own mesh of the same 4 devices):
+    # fit uses them as placed (the step sees the caller's "mine" axis, not fit's "batch")
+    mesh = Mesh(np.array(jax.devices()), ("mine",))
+    placed = jax.device_put(x, NamedSharding(mesh, PartitionSpec("mine")))
+    compare("MaximumLikelihood", flow, x, nde.MaximumLikelihood(), lambda p: p, data4=placed,
+            devices=mesh)
 
-s = nde.datasets.spirals(n_spirals=8, n_points=12, key=jax.random.key(3))
-latent = nde.LatentODE(2, 2, key=key, hidden_size=8, dynamics_width=8, dynamics_depth=1,
-                       decoder_width=8)
-compare("ELBO", latent, s.data, nde.ELBO(), lambda p: p[1])
+if "ELBO" in names:
+    s = nde.datasets.spirals(n_spirals=8, n_points=12, key=jax.random.key(3))
+    latent = nde.LatentODE(2, 2, key=key, hidden_size=8, dynamics_width=8, dynamics_depth=1,
+                           decoder_width=8)
+    compare("ELBO", latent, s.data, nde.ELBO(), lambda p: p[1])
 
-cde = nde.NeuralCDE(1, 4, 2, width_size=8, depth=1, key=key)
-cde_ts = jnp.linspace(0.0, 1.0, 6)
-waves = jnp.sin(cde_ts[None, :, None] * (1.0 + jnp.arange(8.0))[:, None, None])
-compare("Classification", cde, ((cde_ts, waves), [0, 1] * 4), nde.Classification(),
-        lambda p: p[1], lr=0.05)
+if "Classification" in names:
+    cde = nde.NeuralCDE(1, 4, 2, width_size=8, depth=1, key=key)
+    cde_ts = jnp.linspace(0.0, 1.0, 6)
+    waves = jnp.sin(cde_ts[None, :, None] * (1.0 + jnp.arange(8.0))[:, None, None])
+    compare("Classification", cde, ((cde_ts, waves), [0, 1] * 4), nde.Classification(),
+            lambda p: p[1], lr=0.05)
 
 for name, call in {
     "indivisible": lambda: nde.fit(ode, nde.TimeSeries(batch.ts, batch.ys[:6]), nde.Trajectory(),
@@ -110,8 +118,10 @@ print("RESULT " + json.dumps(out))
 """
 
 
-@pytest.fixture(scope="module")
-def four_devices():
+@functools.cache
+def _four_devices(names: tuple[str, ...]) -> dict:
+    """One subprocess (4 virtual CPU devices) that fits each named strategy on one device and on
+    four, and tries the two refused `devices` arguments."""
     flags = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
     # 4 virtual CPU devices, also on a machine with an accelerator (which would be the default)
     env = dict(os.environ, XLA_FLAGS=flags.strip(), JAX_PLATFORMS="cpu")
@@ -119,29 +129,44 @@ def four_devices():
         [os.path.join(os.path.dirname(__file__), "..", "src"), env.get("PYTHONPATH", "")]
     )
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", SCRIPT, json.dumps(names)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-4000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT ") :])
 
 
+#: compared in the default run: the two strategies whose loss splits over devices (each device
+#: its own loss and gradient, `PER_DEVICE`); the long tier compares the four that XLA partitions
+DEFAULT_STRATEGIES = ("Trajectory", "MultipleShooting")
+LONG_STRATEGIES = ("MomentMatching", "MaximumLikelihood", "ELBO", "Classification")
 STRATEGIES = [
-    "Trajectory",
-    "MultipleShooting",
-    "MomentMatching",
-    "MaximumLikelihood",
-    "ELBO",
-    "Classification",
+    *DEFAULT_STRATEGIES,
+    *(pytest.param(name, marks=pytest.mark.long) for name in LONG_STRATEGIES),
 ]
+
+
+@pytest.fixture(scope="module")
+def four_devices():
+    return _four_devices(DEFAULT_STRATEGIES)
+
+
+def _compared(name):
+    return _four_devices(DEFAULT_STRATEGIES if name in DEFAULT_STRATEGIES else LONG_STRATEGIES)
+
+
 # a batch_reduction: loss and gradient device by device. Not Classification: a neural CDE solves
 # its batch as one system, whose adaptive steps depend on every series.
 PER_DEVICE = {"Trajectory", "MultipleShooting"}
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
-def test_four_devices_give_the_one_device_losses(four_devices, name):
-    one, four = (np.asarray(x) for x in four_devices["losses"][name])
+def test_four_devices_give_the_one_device_losses(name):
+    one, four = (np.asarray(x) for x in _compared(name)["losses"][name])
     assert one.shape == four.shape == (20,)
     assert np.all(np.isfinite(one))
     assert np.ptp(one) > 1e-3 * np.abs(one).max()  # it trained: the comparison is not vacuous
@@ -149,8 +174,8 @@ def test_four_devices_give_the_one_device_losses(four_devices, name):
 
 
 @pytest.mark.parametrize("name", STRATEGIES)
-def test_the_batch_axis_is_sharded_inside_the_step(four_devices, name):
-    specs = four_devices["specs"][name]
+def test_the_batch_axis_is_sharded_inside_the_step(name):
+    specs = _compared(name)["specs"][name]
     assert specs, "the step never traced"
     if name in PER_DEVICE:
         # a sum or mean over series: each device's loss sees its own quarter of the 8 series
