@@ -20,6 +20,8 @@
 # tensors and modules are created there; jax uses its default device (the GPU).
 set -uo pipefail
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# jax and torch share the GPU in one process: jax preallocates this fraction, torch the rest
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}
 OUT=${OUT:-benchmarks/out/accelerator}
 WHEELS=${WHEELS:-benchmarks/out/wheels}
 QUICK=${QUICK:-0}
@@ -49,7 +51,7 @@ TORCH_DEVICE=${TORCH_DEVICE:-$(python3 -c "import torch; print('cuda' if torch.c
 
 # python3 with torch's default device set first (then the script runs as __main__); an array,
 # not a function, so that `timeout` can run it
-ON_DEVICE=(python3 -c '
+WRAP='
 import runpy, sys
 device = sys.argv[1]
 if device not in ("cpu", "none"):
@@ -57,14 +59,19 @@ if device not in ("cpu", "none"):
     torch.set_default_device(device)
 sys.argv = sys.argv[2:]
 runpy.run_path(sys.argv[0], run_name="__main__")
-' "$TORCH_DEVICE")
+'
+ON_DEVICE=(python3 -c "$WRAP" "$TORCH_DEVICE")
 
 # bench NAME LIMIT_S COMMAND...: run with a time limit, keep the output in $OUT/NAME.txt
 bench() {
   local name=$1 limit=$2
   shift 2
   if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return; fi
-  echo "== $name (limit ${limit}s): $*"
+  local shown=() arg
+  for arg in "$@"; do
+    if [ "$arg" = "$WRAP" ]; then shown+=("<set torch's default device>"); else shown+=("$arg"); fi
+  done
+  echo "== $name (limit ${limit}s): ${shown[*]}"
   local start=$SECONDS
   timeout "$limit" "$@" >"$OUT/$name.txt" 2>&1
   local rc=$?
@@ -73,7 +80,7 @@ bench() {
 }
 
 if [ "$QUICK" = 1 ]; then  # the same commands with tiny settings: checks that each one runs
-  bench spiral 300 "${ON_DEVICE[@]}" benchmarks/spiral.py --steps 2 --repeats 1
+  bench spiral 300 "${ON_DEVICE[@]}" benchmarks/spiral.py --steps 2 --repeats 1 --only default torchdiffeq
   bench ffjord-1024 400 "${ON_DEVICE[@]}" benchmarks/ffjord.py speed --batch 64 --repeats 1 --out "$OUT/ffjord"
   bench cde 300 "${ON_DEVICE[@]}" benchmarks/cde.py --steps 2 --repeats 1 --torch-steps 1 --batch 8 --series 16
   bench latent-sde 400 "${ON_DEVICE[@]}" benchmarks/latent_sde.py --batch 8 --steps 1 --repeats 1 --torch-steps 1 --torch-repeats 1 --no-fit
@@ -81,7 +88,7 @@ if [ "$QUICK" = 1 ]; then  # the same commands with tiny settings: checks that e
   bench scaling-ffjord 300 python3 benchmarks/scaling.py --problem ffjord --steps 2 --devices 1 --results "$OUT/scaling-ffjord.md"
   bench scaling-trajectory 300 python3 benchmarks/scaling.py --steps 2 --devices 1 --results "$OUT/scaling-trajectory.md"
 else
-  bench spiral 90 "${ON_DEVICE[@]}" benchmarks/spiral.py --steps 100 --repeats 3
+  bench spiral 90 "${ON_DEVICE[@]}" benchmarks/spiral.py --steps 100 --repeats 3 --only default Backsolve torchdiffeq
   bench ffjord-1024 110 "${ON_DEVICE[@]}" benchmarks/ffjord.py speed --batch 1024 --repeats 3 --out "$OUT/ffjord"
   bench cde 70 "${ON_DEVICE[@]}" benchmarks/cde.py --steps 10 --repeats 3 --torch-steps 3
   bench latent-sde 90 "${ON_DEVICE[@]}" benchmarks/latent_sde.py --batch 128 --steps 5 --repeats 3 --torch-steps 2 --torch-repeats 3
