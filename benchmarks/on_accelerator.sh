@@ -49,15 +49,16 @@ TORCH_DEVICE=${TORCH_DEVICE:-$(python3 -c "import torch; print('cuda' if torch.c
   done
 } 2>&1 | tee "$OUT/machine.txt"
 
-# python3 with torch's default device set first (then the script runs as __main__); an array,
-# not a function, so that `timeout` can run it
+# python3 with torch's default device set first (then the script runs as __main__, its folder
+# first on sys.path); an array, not a function, so that `timeout` can run it
 WRAP='
-import runpy, sys
+import os, runpy, sys
 device = sys.argv[1]
 if device not in ("cpu", "none"):
     import torch
     torch.set_default_device(device)
 sys.argv = sys.argv[2:]
+sys.path.insert(0, os.path.dirname(os.path.abspath(sys.argv[0])))  # as `python script.py` does
 runpy.run_path(sys.argv[0], run_name="__main__")
 '
 ON_DEVICE=(python3 -c "$WRAP" "$TORCH_DEVICE")
