@@ -10,8 +10,16 @@ Two parts:
   64-64-64 tanh, dopri5 rtol = atol = 1e-5, batch 100), Hutchinson and exact trace, side by side
   in one process, from the same weights (copied from JAX to torch), on the same batch.
 
+- `profile`: where our training step's time goes (process CPU time, medians, so that a shared
+  machine's waiting is not counted): the forward solve alone, the whole step, one evaluation of
+  the dynamics (field + trace estimator) and the gradient of a plain loop of as many
+  evaluations as the solve makes; then the whole step under other XLA CPU options (YNNPACK for
+  everything, for dots only (ours), for nothing; XLA's code limited to AVX2, as on a CPU without
+  AVX-512). Loss and one gradient entry are printed per variant: they must agree.
+
     python benchmarks/ffjord.py nll --data 8gaussians checkerboard --steps 3000
     python benchmarks/ffjord.py speed --repeats 5
+    python benchmarks/ffjord.py profile --repeats 20
 """
 
 from __future__ import annotations
@@ -285,7 +293,7 @@ def run_speed(args) -> None:
             r["speedup_vs_torch"] = ref / r["median_s"]
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, jax on "
-        f"{jax.devices()[0].device_kind}, torch on the CPU",
+        f"{jax.devices()[0].device_kind}, torch on {torch.get_default_device()}",
         "load_average_1min_at_end": os.getloadavg()[0],
         "jax": jax.__version__,
         "torch": torch.__version__,
@@ -303,6 +311,98 @@ def run_speed(args) -> None:
     with open(os.path.join(args.out, name), "w") as f:
         json.dump(summary, f, indent=2)
     print(json.dumps(summary, indent=2))
+
+
+# -- where the time goes ----------------------------------------------------------------------
+
+_YNN = "xla_cpu_experimental_ynn_fusion_type"
+PROFILE_OPTIONS = {
+    "XLA defaults (YNNPACK fusions)": None,
+    "nde.compiler_options() (YNNPACK for dots only)": "ours",
+    "no YNNPACK fusions": {_YNN: ""},
+    "nde.compiler_options() + XLA code for AVX2 only": {
+        _YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+        "xla_cpu_max_isa": "AVX2",
+    },
+}
+
+
+def _cpu_ms(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        jax.block_until_ready(fn())
+        times.append(time.process_time() - t0)
+    return 1e3 * statistics.median(times)
+
+
+def _profile_trace(field, x, key, trace: str, repeats: int) -> None:
+    import jax.numpy as jnp
+
+    from neuraldiffeq.models.cnf import _Dynamics
+
+    opts = nde.compiler_options()
+    flow = nde.FFJORD(
+        field, t1=0.5, trace=trace, solver="dopri5", rtol=1e-5, atol=1e-5, sensitivity=nde.Direct()
+    )
+    strategy = nde.MaximumLikelihood()
+    params, static = eqx.partition(flow, eqx.is_inexact_array)
+
+    def loss(p, x, key):
+        return strategy.loss(eqx.combine(p, static), x, key)
+
+    _, stats = eqx.filter_jit(lambda f, x, k: f.log_prob_and_stats(x, k))(flow, x, key)
+    nfe = int(stats.nfe)
+    forward = jax.jit(loss, compiler_options=opts)
+    print(f"\n{trace} trace ({nfe} evaluations in the forward solve)")
+    ms = _cpu_ms(lambda: forward(params, x, key), repeats)
+    print(f"  forward solve (loss only): {ms:.2f} ms")
+    probe = jax.random.rademacher(key, x.shape, dtype=x.dtype) if trace == "hutchinson" else None
+    dyn = _Dynamics(field, None, trace, False)
+    zero = jnp.zeros(x.shape[:1], x.dtype)
+
+    def evals(d, x, n):
+        def body(i, y):
+            dz, tr = d(0.1 * i, y, (probe, None))
+            return (y[0] + 1e-3 * dz, y[1] + 1e-3 * tr)
+
+        y = jax.lax.fori_loop(0, n, body, (x, zero))
+        return jnp.sum(y[0] ** 2) + jnp.sum(y[1])
+
+    loop = eqx.filter_jit(evals, compiler_options=opts)
+    loop_grad = eqx.filter_jit(eqx.filter_grad(evals), compiler_options=opts)
+    one = _cpu_ms(lambda: loop(dyn, x, 1), repeats)
+    many = _cpu_ms(lambda: loop(dyn, x, nfe), repeats)
+    many_grad = _cpu_ms(lambda: loop_grad(dyn, x, nfe), repeats)
+    print(f"  a loop of 1 / {nfe} evaluations (field + trace): {one:.2f} / {many:.2f} ms")
+    print(f"  its gradient: {many_grad:.2f} ms ({many_grad / many:.1f}x the loop)")
+    rows = []
+    for label, options in PROFILE_OPTIONS.items():
+        options = opts if options == "ours" else options
+        step = jax.jit(jax.value_and_grad(loss), compiler_options=options)
+        t0 = time.perf_counter()
+        value, grads = jax.block_until_ready(step(params, x, key))
+        compile_s = time.perf_counter() - t0
+        entry = float(jax.tree_util.tree_leaves(grads)[5].ravel()[3])
+        rows.append((label, step, compile_s, float(value), entry))
+    for label, step, compile_s, value, entry in rows:
+        ms = _cpu_ms(lambda step=step: step(params, x, key), repeats)
+        print(
+            f"  training step, {label}: {ms:.2f} ms (compile {compile_s:.0f} s; loss "
+            f"{value:.7f}, a gradient entry {entry:.7g})"
+        )
+
+
+def run_profile(args) -> None:
+    field = nde.ConcatSquashMLP(2, (64, 64, 64), key=jax.random.key(0))
+    x = nde.datasets.toy_2d(args.data, args.batch, jax.random.key(7))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()}")
+    print(f"batch {args.batch}, ConcatSquash 64-64-64 tanh, dopri5 rtol = atol = 1e-5, Direct()")
+    print("process CPU time, median of", args.repeats)
+    for trace in ("hutchinson", "exact"):
+        _profile_trace(field, x, jax.random.key(3), trace, args.repeats)
+    print(f"\nload at the end {os.getloadavg()}")
 
 
 def main() -> None:
@@ -326,7 +426,12 @@ def main() -> None:
     speed.add_argument("--data", default="8gaussians")
     speed.add_argument("--weights", default=None, help="a trained flow (.eqx) to time instead")
     speed.set_defaults(func=run_speed)
-    for p in (nll, speed):
+    profile = sub.add_parser("profile", help="where our training step's time goes (CPU time)")
+    profile.add_argument("--batch", type=int, default=100)
+    profile.add_argument("--repeats", type=int, default=20)
+    profile.add_argument("--data", default="8gaussians")
+    profile.set_defaults(func=run_profile)
+    for p in (nll, speed, profile):
         p.add_argument("--out", default=os.path.join(HERE, "out", "ffjord"))
     args = parser.parse_args()
     args.func(args)
