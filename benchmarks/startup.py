@@ -9,7 +9,11 @@
    the data and model are built: cold (empty cache) and warm (the cache of a previous process).
    `fit` uses `nde.transforms.cube` for u**3 (neuraldiffeq's code only: a warm process reads the
    traced step back); `fit-user` the same model with `lambda y: y**3`, user code, which is
-   traced in every process (only its compile comes from the cache).
+   traced in every process (only its compile comes from the cache). `fit-lapack`: `fit` with
+   `scipy.linalg.cython_lapack` imported before the timer: JAX's `Exported.call` initialises
+   its CPU LAPACK kernels when it lowers (jax/_src/export/_export.py,
+   `_ensure_backends_initialized`), and that imports scipy's LAPACK; the difference between
+   the two warm figures is what that costs a warm first fit.
 
 4. (`--only trace`) Where the first call's time goes, in one process, cache off: the model
    check in `prepare` (a shape-only trace of the solve), tracing the loss alone (the diffrax
@@ -59,6 +63,8 @@ import equinox as eqx, jax, jax.numpy as jnp, optax
 import neuraldiffeq as nde
 if sys.argv[1] != "off":
     nde.enable_compilation_cache(sys.argv[1])
+if len(sys.argv) > 3:  # what an exported step's first call initialises on the CPU (LAPACK)
+    import scipy.linalg.cython_lapack
 data = nde.datasets.spiral()
 mlp = eqx.nn.MLP(2, 2, 50, 1, activation=jnp.tanh, key=jax.random.key(0))
 input_fn = (lambda y: y**3) if sys.argv[2] == "user" else nde.transforms.cube
@@ -252,17 +258,19 @@ def main() -> None:
         results["import"] = [process_seconds("import neuraldiffeq") for _ in range(args.repeats)]
         print(f"python -c pass: {median(floor)}")
         print(f"python -c 'import neuraldiffeq': {median(results['import'])}")
-    for variant in ("fit", "fit-user"):
+    for variant in ("fit", "fit-user", "fit-lapack"):
         if variant not in args.only:
             continue
         code = "user" if variant == "fit-user" else "library"
+        extra = ("lapack",) if variant == "fit-lapack" else ()
         cold, warm, off = [], [], []
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory() as cache:
-                cold.append(python_seconds(FIRST_FIT, cache, code))
-                warm.append(python_seconds(FIRST_FIT, cache, code))
-        off.append(python_seconds(FIRST_FIT, "off", code))
+                cold.append(python_seconds(FIRST_FIT, cache, code, *extra))
+                warm.append(python_seconds(FIRST_FIT, cache, code, *extra))
+        off.append(python_seconds(FIRST_FIT, "off", code, *extra))
         label = "first fit call" + (" (user code: lambda y: y**3)" if code == "user" else "")
+        label += " (scipy's LAPACK imported before the timer)" if extra else ""
         print(f"{label}, no cache: {median(off)}")
         print(f"{label}, cold cache: {median(cold)}")
         print(f"{label}, warm cache: {median(warm)}")

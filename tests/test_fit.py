@@ -1,3 +1,5 @@
+import importlib
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -272,7 +274,8 @@ def test_stochastic_losses_return_the_last_iterate_not_the_luckiest_step():
 
 def _without_build_ahead(monkeypatch):
     # every stage compiles its own program when it starts, as before build_ahead
-    monkeypatch.setattr("neuraldiffeq.fitting.fit.build_ahead", lambda *args: None)
+    fit_module = importlib.import_module("neuraldiffeq.fitting.fit")  # not the function `fit`
+    monkeypatch.setattr(fit_module, "build_ahead", lambda *args: None)
 
 
 def test_stages_built_ahead_fit_the_losses_of_stages_built_in_turn(monkeypatch):

@@ -105,6 +105,10 @@ def fit(
             structure or strategy is refused with a `ValueError`). A damaged or incomplete
             checkpoint is skipped with a warning, never loaded.
 
+    With several stages, each later stage's compiled step (steps_per_call "auto") is traced and
+    compiled in a background thread while the stages before it run (`loop.build_ahead`): the
+    same programs, so the same losses, with less waiting between stages.
+
     Ctrl-C stops the fit and returns the best model so far (`result.interrupted` is True).
     Each stage's start and end are logged (INFO) to the `logging` logger "neuraldiffeq.fit",
     and each compiled call's loss (DEBUG).
