@@ -89,7 +89,7 @@ def test_fit_shows_compiling_on_its_progress_bar(capsys):
 
 def test_every_stage_shows_compiling_then_no_estimate_before_its_first_timed_call(capsys):
     stages = [nde.Stage(Quadratic(), opt, 4) for opt in (optax.adam(0.1), optax.sgd(0.1))]
-    stages.append(nde.Stage(Quadratic(), optax.lbfgs(), 2))
+    stages.append(nde.Stage(Quadratic(), optax.adam(0.01), 2))
     nde.fit(Params(jnp.zeros(3)), TARGET, stages)  # later stages built in the background
     shown = [f for f in capsys.readouterr().err.replace("\n", "\r").split("\r") if f.strip()]
     for name in ("1/3 Quadratic", "2/3 Quadratic", "3/3 Quadratic"):
