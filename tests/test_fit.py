@@ -1,3 +1,5 @@
+import importlib
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -268,3 +270,43 @@ def test_stochastic_losses_return_the_last_iterate_not_the_luckiest_step():
     )
     np.testing.assert_array_equal(result.model.w, seen[-1])
     assert nde.Trajectory(batch_size=1).stochastic and not nde.Trajectory().stochastic
+
+
+def _without_build_ahead(monkeypatch):
+    # every stage compiles its own program when it starts, as before build_ahead
+    fit_module = importlib.import_module("neuraldiffeq.fitting.fit")  # not the function `fit`
+    monkeypatch.setattr(fit_module, "build_ahead", lambda *args: None)
+
+
+def test_stages_built_ahead_fit_the_losses_of_stages_built_in_turn(monkeypatch):
+    stages = [
+        nde.Stage(Quadratic(fail_rate=0.2), optax.adam(0.1), 6),
+        nde.Stage(Quadratic(), optax.sgd(0.05), 5),
+    ]
+    # under a thread-local setting: the background thread builds under the caller's
+    with jax.enable_x64(True):
+        model = Params(jnp.zeros(3, jnp.float64))
+        ahead = nde.fit(model, TARGET.astype(jnp.float64), stages, progress=False)
+        _without_build_ahead(monkeypatch)
+        in_turn = nde.fit(model, TARGET.astype(jnp.float64), stages, progress=False)
+    assert ahead.losses.dtype == np.float64 and ahead.skipped > 0
+    np.testing.assert_array_equal(ahead.losses, in_turn.losses)  # bit for bit
+    np.testing.assert_array_equal(ahead.model.w, in_turn.model.w)
+
+
+@pytest.mark.long
+def test_cli_preset_losses_are_the_same_cached_built_ahead_or_neither(tmp_path, monkeypatch):
+    # the CLI's model and "auto" preset, short: exported steps (cache on), built ahead or not
+    from neuraldiffeq.commands.fit_csv import build_stages, mlp_model
+
+    ts = np.linspace(0.0, 5.0, 21)
+    data = nde.TimeSeries(ts, np.stack([np.exp(-0.1 * ts) * np.cos(ts), np.sin(ts)], -1))
+    stages = build_stages("auto", 4, 3, None)
+    model = mlp_model(2, 16, 1, 0)
+    monkeypatch.setattr("neuraldiffeq.compilation.exported.directory", lambda: tmp_path)
+    cached = nde.fit(model, data, stages, progress=False)
+    assert len(list(tmp_path.glob("*.step"))) == len(stages)  # each stage's step exported
+    monkeypatch.setattr("neuraldiffeq.compilation.exported.directory", lambda: None)
+    _without_build_ahead(monkeypatch)
+    plain = nde.fit(model, data, stages, progress=False)
+    np.testing.assert_array_equal(cached.losses, plain.losses)

@@ -87,6 +87,19 @@ def test_fit_shows_compiling_on_its_progress_bar(capsys):
     assert "1/1 Quadratic: compiling…" in err and "3/3" in err
 
 
+def test_every_stage_shows_compiling_then_no_estimate_before_its_first_timed_call(capsys):
+    stages = [nde.Stage(Quadratic(), opt, 4) for opt in (optax.adam(0.1), optax.sgd(0.1))]
+    stages.append(nde.Stage(Quadratic(), optax.adam(0.01), 2))
+    nde.fit(Params(jnp.zeros(3)), TARGET, stages)  # later stages built in the background
+    shown = [f for f in capsys.readouterr().err.replace("\n", "\r").split("\r") if f.strip()]
+    for name in ("1/3 Quadratic", "2/3 Quadratic", "3/3 Quadratic"):
+        mine = [f for f in shown if f.startswith(name)]
+        assert mine[0] == f"{name}: compiling…", mine  # its own state: no count, no rate
+        assert sum("compiling" in f for f in mine) == 1
+        # the first bar: the compiled call counted, no rate and no time left estimated yet
+        assert "|" in mine[1] and "?it/s" in mine[1] and "<?" in mine[1], mine[1]
+
+
 def test_logging_reports_stages_and_calls(caplog):
     hook, log, run = LoggingHook(), FitLog(), fake_run()
     with caplog.at_level(logging.DEBUG, logger="neuraldiffeq.fit"):

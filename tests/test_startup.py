@@ -67,6 +67,24 @@ def test_cacheable_jit_removes_error_callbacks_and_keeps_the_values():
         jax.block_until_ready(g.checked(-jnp.ones(3)))  # a GPU raises when waited for
 
 
+def test_an_exported_step_compiles_once_whatever_its_first_inputs_placement(
+    tmp_path, monkeypatch, caplog
+):
+    # An exported program returns arrays committed to their device, a fresh model's are not:
+    # fed its own output, a training step compiled a second time at its second call.
+    monkeypatch.setattr("neuraldiffeq.compilation.exported.directory", lambda: tmp_path)
+    step = cacheable_jit(nde.transforms.cube, export=True)  # library code: exported
+    x = jnp.arange(3.0) + 0.5  # uncommitted, as a fresh model's arrays
+    assert not x.committed
+    with jax.log_compiles(), caplog.at_level("WARNING"):
+        y = step(x)
+        first = caplog.text.count("Compiling jit(cube)")
+        y = step(step(y))  # committed inputs from here on
+        assert caplog.text.count("Compiling jit(cube)") == first
+    assert len(list(tmp_path.glob("*.step"))) == 1  # it was exported, and runs as read back
+    np.testing.assert_array_equal(y, ((np.arange(3.0, dtype=np.float32) + 0.5) ** 3) ** 9)
+
+
 def test_one_trace_per_stage(monkeypatch):
     # traced here, not read back from the exported-step cache (which a previous run filled)
     monkeypatch.setattr("neuraldiffeq.compilation.exported.directory", lambda: None)

@@ -174,10 +174,17 @@ def mlp_model(dim: int, hidden: int, depth: int, seed: int):
     import equinox as eqx
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     from ..models import NeuralODE, autonomous
 
-    mlp = eqx.nn.MLP(dim, dim, hidden, depth, activation=jnp.tanh, key=jax.random.key(seed))
+    # built in one compiled program: run eagerly, each layer's initialisation compiles its own
+    # (the same numbers either way)
+    @eqx.filter_jit
+    def build(seed):
+        return eqx.nn.MLP(dim, dim, hidden, depth, activation=jnp.tanh, key=jax.random.key(seed))
+
+    mlp = build(np.int32(seed))
     return NeuralODE(autonomous(mlp), "auto", rtol=1e-4, atol=1e-6, max_steps=8192)
 
 

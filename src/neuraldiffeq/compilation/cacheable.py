@@ -124,6 +124,22 @@ def _out_trees(args) -> dict:
     }
 
 
+def _committed(leaves: list) -> list:
+    """`leaves` with every uncommitted array committed to the device it is on.
+
+    Why: an exported program's outputs come back committed to their device, while a fresh
+    model's arrays are not; `jax.jit` compiles a program once per kind of placement, so a
+    training step fed its own output would compile a second time at its second call. Committing
+    the first call's arrays (where they already are: nothing moves) gives every call one placement.
+    """
+    return [
+        jax.device_put(x, x.sharding)
+        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and not x.committed
+        else x
+        for x in leaves
+    ]
+
+
 class cacheable_jit:
     """`jax.jit(f, **jit_kwargs)` without equinox's error callbacks (see the module docstring).
 
@@ -165,7 +181,9 @@ class cacheable_jit:
         program = self._programs.get(key)
         if program is None:
             program = self._programs[key] = self._program(args, leaves, treedef)
-        flat, out_tree, self.stripped, self.source = program
+        flat, out_tree, self.stripped, self.source, commit = program
+        if commit:
+            leaves = _committed(leaves)
         return jax.tree_util.tree_unflatten(out_tree, flat(*leaves))
 
     def _program(self, args, leaves, treedef):
@@ -187,7 +205,7 @@ class cacheable_jit:
             exported, header = entry
             out_tree = _out_trees(args)[header.get("out", "carry")]
             flat = jax.jit(self._named(exported.call), **self.jit_kwargs)
-            return flat, out_tree, header["stripped"], "exported"
+            return flat, out_tree, header["stripped"], "exported", True
         self.traces += 1
         closed, out_shape = jax.make_jaxpr(self.f, return_shape=True)(*args)
         try:
@@ -199,7 +217,7 @@ class cacheable_jit:
         fun = jcore.jaxpr_as_fun(closed)
 
         program = self._named(fun)
-        flat = jax.jit(program, **self.jit_kwargs)
+        flat, commit = jax.jit(program, **self.jit_kwargs), False
         # kept on disk only when the next process can rebuild the output structure alone: the
         # first argument's (a training step's carry) and one array, or one array
         kinds = [kind for kind, tree in _out_trees(args).items() if tree == out_tree]
@@ -216,13 +234,14 @@ class cacheable_jit:
                     # the same numbers)
                     exported = entry[0]
                     flat = jax.jit(self._named(exported.call), **self.jit_kwargs)
+                    commit = True
             except Exception as error:  # noqa: BLE001 — e.g. a host callback: not exportable
                 logger.info("not exporting %s: %s", self._name(), error)
         elif path is not None:
             logger.info(
                 "not exporting %s: its output is not (carry, array) or an array", self._name()
             )
-        return flat, out_tree, stripped, "traced"
+        return flat, out_tree, stripped, "traced", commit
 
     def _name(self) -> str:
         return getattr(self.f, "__name__", "step")

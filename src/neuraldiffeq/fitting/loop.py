@@ -8,9 +8,11 @@ A call fuses several steps (`Stage.steps_per_call`); "auto" sizes calls from the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future
 from typing import Any
 
 import equinox as eqx
@@ -29,7 +31,7 @@ from .results import StageReport
 from .stage import Stage
 from .strategies import AbstractStrategy
 
-__all__ = ["AUTO_CALL_SECONDS", "AUTO_MAX_STEPS", "StageRun", "make_steps"]
+__all__ = ["AUTO_CALL_SECONDS", "AUTO_MAX_STEPS", "StageRun", "build_ahead", "make_steps"]
 
 #: `steps_per_call="auto"`: the wall time one compiled call aims at, and the most steps it fuses.
 AUTO_CALL_SECONDS, AUTO_MAX_STEPS = 0.05, 1000
@@ -60,8 +62,10 @@ class StageRun:
         index: int = 0,
         name: str | None = None,
         one_at_a_time: bool = False,
+        ahead: Future | None = None,
     ):
         self.stage, self.prepared, self.key = stage, prepared, key
+        self.ahead = ahead  # the "auto" program, being built in the background (`build_ahead`)
         self.index = index  # the stage's position in the fit
         self.name = name or f"{index + 1} {type(stage.strategy).__name__}"
         self.one_at_a_time = one_at_a_time  # "auto" with a callback: one step per call
@@ -125,21 +129,10 @@ class StageRun:
                 n = min(n, every - (offset + self.steps_done) % every)
             key = "auto" if auto else n  # "auto": one program, the count is an argument
             first = key not in self._compiled
-            if first:
-                # Compiled without equinox's error callbacks, so that the persistent
-                # compilation cache can keep it (`cacheable`); the first call compiles. With
-                # that cache on, the traced program is kept next to it and read back by the
-                # next process (`exported`); not with a mesh (one device only).
-                self._compiled[key] = cacheable_jit(
-                    make_steps(
-                        self.static, self.stage.strategy, self.optimizer, key, self.per_device
-                    ),
-                    export=self.out_shardings is None,
-                    compiler_options=self.stage.strategy.compiler_options,
-                    out_shardings=self.out_shardings,
-                )
-            args = (self.carry, self.prepared) + ((np.int32(n),) if auto else ())
             t0 = time.perf_counter()
+            if first:
+                self._compiled[key] = self._program(key)
+            args = (self.carry, self.prepared) + ((np.int32(n),) if auto else ())
             carry, out = self._compiled[key](*args)
             out = np.asarray(out)  # one transfer: row 0 the losses, row 1 finiteness, row 2 done
             elapsed = time.perf_counter() - t0
@@ -155,7 +148,7 @@ class StageRun:
                     self._compiled[key].checked, args
                 )
             self.carry = carry
-            if first:  # compilation plus one call of n steps
+            if first:  # compilation (or waiting for `build_ahead`) plus one call of n steps
                 self.compile_seconds += elapsed
             elif auto and not self.one_at_a_time:
                 per_step = elapsed / max(done, 1)
@@ -166,6 +159,22 @@ class StageRun:
             self._record(values, finite)
             remaining -= done
             yield values
+
+    def _program(self, key):
+        """The compiled program running `key` steps per call ("auto": the count is an argument)."""
+        if key == "auto" and self.ahead is not None and self.out_shardings is None:
+            program, self.ahead = self.ahead.result(), None  # its errors are raised here
+            return program
+        # Compiled without equinox's error callbacks, so that the persistent compilation cache
+        # can keep it (`cacheable`); the first call compiles. With that cache on, the traced
+        # program is kept next to it and read back by the next process (`exported`); not with
+        # a mesh (one device only).
+        return cacheable_jit(
+            make_steps(self.static, self.stage.strategy, self.optimizer, key, self.per_device),
+            export=self.out_shardings is None,
+            compiler_options=self.stage.strategy.compiler_options,
+            out_shardings=self.out_shardings,
+        )
 
     def counters(self) -> dict:
         """What a checkpoint keeps of the host-side bookkeeping (the rest is in the carry)."""
@@ -200,6 +209,68 @@ class StageRun:
             compile_seconds=self.compile_seconds,
             wall_seconds=time.perf_counter() - self.started,
         )
+
+
+#: JAX settings that a `with` block may set for the calling thread only (public context
+#: managers of `jax`): `build_ahead` builds under the caller's values, so that the program built
+#: in the background is the one the caller's thread would build.
+_THREAD_SETTINGS = (
+    "enable_x64",
+    "default_device",
+    "default_matmul_precision",
+    "numpy_rank_promotion",
+    "numpy_dtype_promotion",
+    "debug_nans",
+    "debug_infs",
+    "default_prng_impl",
+    "softmax_custom_jvp",
+    "enable_checks",
+    "threefry_partitionable",
+    "log_compiles",
+    "explain_cache_misses",
+)
+
+
+def build_ahead(executor: Executor, model, stage: Stage, prepared, key) -> Future | None:
+    """Trace and compile a later stage's program in the background (on `executor`), while
+    earlier stages run; pass the future to that stage's `StageRun(..., ahead=...)`.
+
+    The program is the one the stage would compile at its first call (the same function of the
+    same structures, shapes and placement, built under the calling thread's JAX settings), so
+    that results are unchanged; only the wait moves. `model` only gives the parameters'
+    structure and shapes (the stages before may change their values, never their shapes).
+    Built by calling it on a throwaway carry for zero steps. None (nothing to build ahead)
+    unless the stage fuses its steps with "auto" (one program for every count).
+
+    Example:
+        >>> import equinox as eqx, jax, jax.numpy as jnp, optax, neuraldiffeq as nde
+        >>> from concurrent.futures import ThreadPoolExecutor
+        >>> from neuraldiffeq.fitting.loop import StageRun, build_ahead
+        >>> data = nde.datasets.spiral(n_points=10, t1=1.0)
+        >>> mlp = eqx.nn.MLP(2, 2, 8, 1, activation=jnp.tanh, key=jax.random.key(0))
+        >>> model = nde.NeuralODE(nde.autonomous(mlp))
+        >>> stage = nde.Stage(nde.Trajectory(), optax.adam(0.01), steps=3)
+        >>> prepared = stage.strategy.prepare(model, data)
+        >>> with ThreadPoolExecutor(1) as executor:
+        ...     ahead = build_ahead(executor, model, stage, prepared, jax.random.key(0))
+        ...     run = StageRun(model, stage, prepared, jax.random.key(0), ahead=ahead)
+        ...     [len(losses) for losses in run.calls()]
+        [1, 1, 1]
+    """
+    if stage.steps_per_call != "auto" or jax.config.jax_disable_jit:
+        return None
+    settings = {name: getattr(jax.config, f"jax_{name}") for name in _THREAD_SETTINGS}
+
+    def build():
+        with contextlib.ExitStack() as stack:
+            for name, value in settings.items():
+                stack.enter_context(getattr(jax, name)(value))
+            run = StageRun(model, stage, prepared, key)
+            program = run._program("auto")
+            jax.block_until_ready(program(run.carry, prepared, np.int32(0)))
+        return program
+
+    return executor.submit(build)
 
 
 def make_steps(static, strategy: AbstractStrategy, optimizer, n: int | str, per_device=None):
