@@ -268,6 +268,52 @@ def test_demo_bouncing_ball_recovers_g_and_restitution(tmp_path):
     assert len(metrics["bounce_times"]) == len(metrics["true_bounce_times"]) >= 4
 
 
+#: The demo's start (the test's own) and three others, for tests/margins.py.
+BALL_STARTS = [(9.0, 0.75, 0), (10.5, 0.85, 1), (9.4, 0.7, 2), (10.2, 0.82, 3)]
+
+
+def short_ball_fit(g0=9.0, e0=0.75, seed=0):
+    """The bouncing-ball demo's fit (its data, model and L-BFGS), reduced: 21 noisy heights
+    (5 cm) over 8 s, four bounces, L-BFGS alone for 20 steps. Relative errors of g and e."""
+    from neuraldiffeq.demos import bouncing_ball as demo
+
+    with jax.enable_x64(True):
+        data = demo.observations(21, 8.0, 0.05, seed)
+        model = demo.fit_ball(data, 0, 20, g=g0, e=e0).model
+        g, e = float(model.field.g), float(model.events[0].jump.e)
+    return {"g": abs(g / demo.TRUE_G - 1), "e": abs(e / demo.TRUE_E - 1)}
+
+
+@pytest.mark.slow  # a fit: the short version of the demo's test below
+def test_demo_bouncing_ball_short_recovers_g_and_restitution():
+    errors = short_ball_fit(*BALL_STARTS[0])
+    assert errors["g"] < 0.01 and errors["e"] < 0.01  # the issue's 1% each
+
+
+#: (network and noise seed) of the dosing test and three others, for tests/margins.py.
+DOSING_SEEDS = [0, 1, 2, 3]
+
+
+def short_dosing_fit(seed=0):
+    """The dosing demo's fit (its six patients, model and L-BFGS), reduced: L-BFGS alone for 40
+    steps. The relative error of ka and of the elimination curve (at its peak)."""
+    from neuraldiffeq.demos import dosing as demo
+
+    with jax.enable_x64(True):
+        data, doses = demo.problem(13, 0.03, seed)
+        model = demo.fit_dosing(data, doses, seed, 0, 40).model
+        ka = float(jnp.exp(model.field.log_ka))
+        curve = demo.elimination_curves(model, data)[3]
+    return {"ka": abs(ka / demo.KA - 1), "curve": curve}
+
+
+@pytest.mark.slow  # a fit: the short version of the demo's test below
+def test_demo_dosing_short_recovers_the_absorption_rate():
+    errors = short_dosing_fit(DOSING_SEEDS[0])
+    assert errors["ka"] < 0.05  # the issue's 5%
+    assert errors["curve"] < 0.1
+
+
 def test_auto_preset_puts_no_collocation_stage_before_a_hybrid_model():
     dense = nde.datasets.spiral(n_points=200)  # smooth enough for collocation to go first
     plain = nde.PRESETS["auto"](data=dense, lbfgs_steps=0, model=nde.NeuralODE(lambda t, y, a: -y))
