@@ -87,6 +87,8 @@ def test_models_that_cannot_take_events_are_refused_at_construction():
     u = nde.interpolation_coeffs(knots, knots[:, None], kind="linear", time_channel=False)
     with pytest.raises(ValueError, match="inputs reach a field"):
         nde.HybridODE(node, event, inputs=u)
+    with pytest.raises(ValueError, match="inputs reach a field"):  # per series, as an argument
+        nde.HybridODE(node, event)(jnp.linspace(0.0, 1.0, 3), jnp.ones(1), nde.Exogenous(inputs=u))
     with pytest.raises(ValueError, match="solver='auto'"):
         nde.HybridODE(nde.NeuralODE(lambda t, y, a: -y, solver="auto"), event)
     # and a sensitivity the base refuses stays refused (the base's own construction)

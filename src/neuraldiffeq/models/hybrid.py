@@ -204,6 +204,8 @@ class HybridODE(HasSolveConfig):
             args = args.args
         ts, y0, args = solve_inputs(ts, y0, args)
         part = self._part()
+        if inputs is not None and self.base is not None:
+            _check_model_base(self.base, {}, None, inputs)  # an input from nde.Exogenous
         if part.initial_state is not None:
             y0 = part.initial_state(y0)
         if part.check is not None:
