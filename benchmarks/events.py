@@ -12,7 +12,8 @@ to (g, e).
   so that its event function starts positive (torchdiffeq takes an event function's sign at the
   start of a solve as its reference; round-off below zero would end the next solve at once);
 - neuraldiffeq: one compiled `jax.value_and_grad` of the same loss through `nde.HybridODE`
-  (sensitivity `Direct`).
+  (sensitivity `Direct`), built from the field, and again with the events on an
+  `nde.SecondOrderNeuralODE` of q'' = -g (`nde.HybridODE(model, events)`).
 
 Both gradients are compared with the closed form. Prints the median time per step of each and
 the ratio. Run: `python benchmarks/events.py --repeats 20` (needs `torch` and `torchdiffeq`, the
@@ -67,18 +68,24 @@ class Bounce(eqx.Module):
         return jnp.stack([y[0], -self.e * y[1]])
 
 
-def jax_step():
+class Gravity(eqx.Module):
+    """The acceleration of a second-order model: q'' = -g."""
+
+    g: jax.Array
+
+    def __call__(self, y):
+        return jnp.stack([-self.g + 0 * y[0]])
+
+
+def jax_step(base: str = "field"):
     def loss(p):
         floor = nde.Event(lambda t, y, args: y[0], direction="down", jump=Bounce(p[1]))
-        model = nde.HybridODE(
-            Fall(p[0]),
-            floor,
-            max_events=BOUNCES + 1,
-            solver="dopri5",
-            rtol=TOL,
-            atol=TOL,
-            sensitivity=nde.Direct(),
-        )
+        settings = dict(solver="dopri5", rtol=TOL, atol=TOL, sensitivity=nde.Direct())
+        if base == "field":
+            model = nde.HybridODE(Fall(p[0]), floor, max_events=BOUNCES + 1, **settings)
+        else:  # the same ball, with events on a SecondOrderNeuralODE (HybridODE(model, ...))
+            fall = nde.SecondOrderNeuralODE(Gravity(p[0]), **settings)
+            model = nde.HybridODE(fall, floor, max_events=BOUNCES + 1)
         sol = model.solve(jnp.array([0.0, T_END]), jnp.array([H0, 0.0]), throw=False)
         return jnp.sum(sol.event_ts[:BOUNCES]) + sol.ys[-1, 0] ** 2
 
@@ -157,16 +164,23 @@ def main(argv=None) -> None:
     want_grad = np.asarray(jax.grad(closed_form)(p))
     print(f"closed form: loss {want_value:.10f}, gradient (g, e) {want_grad.tolist()}")
     rows = {}
-    for name, make in (("neuraldiffeq", jax_step), ("torchdiffeq", torch_step)):
+    makers = (
+        ("neuraldiffeq", jax_step),
+        ("nde 2nd-order", lambda: jax_step("second_order")),
+        ("torchdiffeq", torch_step),
+    )
+    for name, make in makers:
         seconds, (value, grad) = timed(make(), p, args.repeats)
         rows[name] = seconds
         error = float(np.max(np.abs(grad - want_grad)))
         print(
-            f"{name:>13}: {seconds * 1e3:9.2f} ms per loss-and-gradient step (median of "
+            f"{name:>14}: {seconds * 1e3:9.2f} ms per loss-and-gradient step (median of "
             f"{args.repeats}); loss error {abs(value - want_value):.1e}, gradient error "
             f"{error:.1e}"
         )
     print(f"ratio torchdiffeq / neuraldiffeq: {rows['torchdiffeq'] / rows['neuraldiffeq']:.1f}x")
+    ratio = rows["torchdiffeq"] / rows["nde 2nd-order"]
+    print(f"ratio torchdiffeq / neuraldiffeq (SecondOrderNeuralODE base): {ratio:.1f}x")
 
 
 if __name__ == "__main__":

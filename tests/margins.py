@@ -32,6 +32,7 @@ import test_augmented  # noqa: E402
 import test_cli_fit  # noqa: E402
 import test_cnf  # noqa: E402
 import test_collocation  # noqa: E402
+import test_events  # noqa: E402
 import test_fit  # noqa: E402
 import test_latent  # noqa: E402
 import test_mixed  # noqa: E402
@@ -112,6 +113,16 @@ def hybrid(seed):
     }
 
 
+def ball_short(start):
+    errors = test_events.short_ball_fit(*start)
+    return {"|g/g* - 1|": below(errors["g"], 0.01), "|e/e* - 1|": below(errors["e"], 0.01)}
+
+
+def dosing_short(seed):
+    errors = test_events.short_dosing_fit(seed)
+    return {"|ka/ka* - 1|": below(errors["ka"], 0.05), "curve": below(errors["curve"], 0.1)}
+
+
 def minibatch(seed):
     before, after = test_mixed.minibatch_fit_losses(seed)
     return {"after / before": below(after / before, 0.3)}
@@ -167,6 +178,14 @@ CHECKS = {
         [(1.0, 1.0, 1.0, 1.0), (0.5, 0.5, 0.5, 0.5), (2.0, 1.5, 2.0, 1.5), (1.0, 2.0, 4.0, 0.5)],
     ),
     "test_cli_fit::test_fit_round_trip": (cli_fit, [0, 1, 2, 3]),
+    "test_events::test_demo_bouncing_ball_short_recovers_g_and_restitution": (
+        ball_short,
+        test_events.BALL_STARTS,
+    ),
+    "test_events::test_demo_dosing_short_recovers_the_absorption_rate": (
+        dosing_short,
+        test_events.DOSING_SEEDS,
+    ),
 }
 
 

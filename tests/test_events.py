@@ -268,6 +268,71 @@ def test_demo_bouncing_ball_recovers_g_and_restitution(tmp_path):
     assert len(metrics["bounce_times"]) == len(metrics["true_bounce_times"]) >= 4
 
 
+#: The demo's start (the test's own) and three others, for tests/margins.py.
+BALL_STARTS = [(9.0, 0.75, 0), (10.5, 0.85, 1), (9.4, 0.7, 2), (10.2, 0.82, 3)]
+
+
+def closed_form_heights(ts, g, e):
+    """Heights of the ball dropped from H0 at rest, in closed form (numpy), at times `ts`."""
+    bounces = bounce_times(g, e, 60)
+    out = []
+    for t in np.asarray(ts):
+        n = int(np.searchsorted(bounces, t))  # bounces before t
+        if n == 0:
+            out.append(H0 - 0.5 * g * t * t)
+            continue
+        s, v = t - bounces[n - 1], np.sqrt(2 * H0 * g) * e**n
+        out.append(v * s - 0.5 * g * s * s)
+    return np.array(out)
+
+
+def short_ball_fit(g0=9.0, e0=0.75, seed=0):
+    """The bouncing-ball demo's fit (its model, loss and Adam), reduced: 21 heights with 5 cm of
+    noise over 8 s (four bounces; the true heights in closed form rather than from a solve),
+    Adam alone for 120 steps. Relative errors of g and e."""
+    from neuraldiffeq.demos import bouncing_ball as demo
+
+    ts = np.linspace(0.0, 8.0, 21)
+    ys = np.zeros((21, 2))  # the velocity is not observed (the demo's misfit ignores it)
+    ys[:, 0] = closed_form_heights(ts, demo.TRUE_G, demo.TRUE_E)
+    ys[1:, 0] += 0.05 * np.random.default_rng(seed).standard_normal(20)
+    with jax.enable_x64(True):
+        data = nde.TimeSeries(ts, ys)
+        model = demo.fit_ball(data, 120, 0, g=g0, e=e0).model
+        g, e = float(model.field.g), float(model.events[0].jump.e)
+    return {"g": abs(g / demo.TRUE_G - 1), "e": abs(e / demo.TRUE_E - 1)}
+
+
+@pytest.mark.slow  # a fit: the short version of the demo's test below
+def test_demo_bouncing_ball_short_recovers_g_and_restitution():
+    errors = short_ball_fit(*BALL_STARTS[0])
+    assert errors["g"] < 0.01 and errors["e"] < 0.01  # the issue's 1% each
+
+
+#: (network and noise seed) of the dosing test and three others, for tests/margins.py.
+DOSING_SEEDS = [0, 1, 2, 3]
+
+
+def short_dosing_fit(seed=0):
+    """The dosing demo's fit (its six patients, model and L-BFGS), reduced: L-BFGS alone for 40
+    steps. The relative error of ka and of the elimination curve (at its peak)."""
+    from neuraldiffeq.demos import dosing as demo
+
+    with jax.enable_x64(True):
+        data, doses = demo.problem(13, 0.03, seed)
+        model = demo.fit_dosing(data, doses, seed, 0, 40).model
+        ka = float(jnp.exp(model.field.log_ka))
+        curve = demo.elimination_curves(model, data)[3]
+    return {"ka": abs(ka / demo.KA - 1), "curve": curve}
+
+
+@pytest.mark.slow  # a fit: the short version of the demo's test below
+def test_demo_dosing_short_recovers_the_absorption_rate():
+    errors = short_dosing_fit(DOSING_SEEDS[0])
+    assert errors["ka"] < 0.05  # the issue's 5%
+    assert errors["curve"] < 0.1
+
+
 def test_auto_preset_puts_no_collocation_stage_before_a_hybrid_model():
     dense = nde.datasets.spiral(n_points=200)  # smooth enough for collocation to go first
     plain = nde.PRESETS["auto"](data=dense, lbfgs_steps=0, model=nde.NeuralODE(lambda t, y, a: -y))

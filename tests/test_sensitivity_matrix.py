@@ -44,6 +44,10 @@ REFUSED = {
     ("HamiltonianNN.leapfrog", "Backsolve"),
     ("HamiltonianNN.leapfrog", "Interpolating"),
     ("HamiltonianNN.leapfrog", "Quadrature"),
+    # a mass-matrix DAE with events: the base NeuralODEMM refuses them, as without events
+    ("HybridODE.NeuralODEMM", "Backsolve"),
+    ("HybridODE.NeuralODEMM", "Interpolating"),
+    ("HybridODE.NeuralODEMM", "Quadrature"),
 }
 
 
@@ -272,8 +276,58 @@ def hybrid(s):
     return model, lambda m: jnp.sum(m(jnp.linspace(0.0, 3.0, 7), jnp.array([1.0, 0.0])) ** 2)
 
 
+class Bump(eqx.Module):
+    """A DAE jump with a trainable size: y1 <- y1 + e (the algebraic y2 is then solved for)."""
+
+    e: jax.Array
+
+    def __call__(self, t, y, args):
+        return jnp.stack([y[0] + self.e, y[1]])
+
+
+def _bounce():
+    """q falls through a trainable level 0.5, then its rate turns back by a trainable 0.7."""
+    return nde.Event(Level(jnp.array(0.5)), direction="down", jump=Kick(jnp.array(0.7)))
+
+
+def hybrid_hamiltonian(s):
+    energy = Energy(jnp.array([[0.5, -0.4], [0.3, 0.8]]), jnp.array([0.4, -0.2]))
+    model = nde.HybridODE(
+        nde.HamiltonianNN(energy, sensitivity=s, **TIGHT), _bounce(), max_events=2
+    )
+    return model, lambda m: jnp.sum(m(TS, jnp.array([1.0, -0.5])) ** 2)
+
+
+def hybrid_second_order(s):
+    # position mode: y0 = q0, a trainable initial velocity v0, the events see (q, v)
+    accel = Acceleration(jnp.array([[-0.9, 0.3]]), jnp.array([0.2]))
+    base = nde.SecondOrderNeuralODE(
+        accel, autonomous=False, observe="position", v0=jnp.array([-0.5]), sensitivity=s, **TIGHT
+    )
+    model = nde.HybridODE(base, _bounce(), max_events=2)
+    return model, lambda m: jnp.sum(m(TS, jnp.array([1.0])) ** 2)
+
+
+def hybrid_odemm(s):
+    base = nde.NeuralODEMM(MassDAE(jnp.array([1.0, 0.5, 0.7])), [1.0, 0.0], sensitivity=s, **TIGHT)
+    event = nde.Event(Level(jnp.array(0.7)), direction="down", jump=Bump(jnp.array(0.3)))
+    model = nde.HybridODE(base, event, max_events=2)
+    return model, lambda m: jnp.sum(m(TS, jnp.stack([1.0, m.field.field.p[2]])) ** 2)
+
+
+def hybrid_dde(s):
+    base = nde.NeuralDDE(
+        Delay(jnp.array([1.0, 0.3])), [0.5], autonomous=False, sensitivity="direct", **TIGHT
+    )
+    return nde.HybridODE(base, _bounce()), None
+
+
 MODELS = {
     "HybridODE": hybrid,
+    "HybridODE.HamiltonianNN": hybrid_hamiltonian,
+    "HybridODE.SecondOrderNeuralODE": hybrid_second_order,
+    "HybridODE.NeuralODEMM": hybrid_odemm,
+    "HybridODE.NeuralDDE": hybrid_dde,
     "NeuralODE": neural_ode,
     "AugmentedNeuralODE": augmented,
     "ODEBlock": odeblock,
@@ -322,20 +376,41 @@ def _gradient(name, sens):
     return _GRAD_CACHE[name, sens]
 
 
+#: Rows with events compile a hybrid solve each (several seconds a cell): the default run keeps
+#: one sensitivity per model with events, the long tier checks the others.
+HYBRID_DEFAULT = {
+    "HybridODE": "Direct",
+    "HybridODE.HamiltonianNN": "Forward",
+    "HybridODE.SecondOrderNeuralODE": "Direct",
+    "HybridODE.NeuralODEMM": "Forward",
+}
+
+
 def _cells():
-    """Every (model, sensitivity) pair. The default run checks every refusal, every model with
-    `Direct` and `NeuralODE` with every sensitivity (each gradient is a compile of its own); the
-    long tier checks the rest of the matrix."""
+    """Every (model, sensitivity) pair. The default run checks every refusal, every model
+    without events with `Direct`, `NeuralODE` with every sensitivity, and each model with events
+    with one sensitivity (`HYBRID_DEFAULT`); each gradient is a compile of its own, so the long
+    tier checks the rest of the matrix."""
     for name in MODELS:
         for sens in SENSITIVITIES:
-            refused = (name.split(".")[0], sens) in REFUSED or (name, sens) in REFUSED
-            default = refused or sens == "Direct" or name == "NeuralODE"
-            yield pytest.param(name, sens, marks=() if default else pytest.mark.long)
+            short = name.split(".")[0]
+            refused = (short, sens) in REFUSED or (name, sens) in REFUSED
+            refused = refused or name == "HybridODE.NeuralDDE"
+            if name in HYBRID_DEFAULT:
+                default = refused or HYBRID_DEFAULT[name] == sens
+            else:
+                default = refused or sens == "Direct" or name == "NeuralODE"
+            marks = [] if default else [pytest.mark.long]
+            yield pytest.param(name, sens, id=f"{name}-{sens}", marks=marks)
 
 
 @pytest.mark.parametrize("name, sens", list(_cells()))
 def test_matrix(name, sens):
     short = name.split(".")[0]
+    if name == "HybridODE.NeuralDDE":  # solve_dde cannot restart across a jump: no events
+        with pytest.raises(ValueError, match="cannot take events on a NeuralDDE"):
+            MODELS[name](SENSITIVITIES[sens]())
+        return
     if (short, sens) in REFUSED or (name, sens) in REFUSED:
         with pytest.raises(ValueError, match="cannot honour.*it accepts nde.Direct()") as info:
             MODELS[name](SENSITIVITIES[sens]())

@@ -108,6 +108,19 @@ def observations(points: int, t1: float, noise: float, seed: int) -> nde.TimeSer
     return nde.TimeSeries(ts, ys)
 
 
+def fit_ball(
+    data: nde.TimeSeries, steps: int, lbfgs_steps: int, *, progress: bool = False, **start
+) -> nde.FitResult:
+    """The demo's fit: the ball from `START_G`, `START_E` (or `g=`, `e=`), Adam (lr 0.02) for
+    `steps` then L-BFGS for `lbfgs_steps`, on the squared height misfit."""
+    strategy = nde.Trajectory(loss_fn=heights_l2)
+    stages = [nde.Stage(strategy, optax.adam(0.02), steps)] if steps > 0 else []
+    if lbfgs_steps > 0:
+        stages.append(nde.Stage(strategy, optax.lbfgs(), lbfgs_steps))
+    model = ball(start.get("g", START_G), start.get("e", START_E))
+    return nde.fit(model, data, stages, progress=progress)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--points", type=int, default=81, help="observed heights")
     parser.add_argument("--t1", type=float, default=8.0, help="end of the observations (s)")
@@ -126,11 +139,7 @@ def run(args: argparse.Namespace) -> dict:
 def _run(args: argparse.Namespace) -> dict:
     out = prepare_out(args.out)
     data = observations(args.points, args.t1, args.noise, args.seed)
-    strategy = nde.Trajectory(loss_fn=heights_l2)
-    stages = [nde.Stage(strategy, optax.adam(0.02), args.steps)]
-    if args.lbfgs_steps > 0:
-        stages.append(nde.Stage(strategy, optax.lbfgs(), args.lbfgs_steps))
-    result = nde.fit(ball(START_G, START_E), data, stages, progress=args.progress)
+    result = fit_ball(data, args.steps, args.lbfgs_steps, progress=args.progress)
     model = result.model
     g, e = float(model.field.g), float(model.events[0].jump.e)
     errors = {"g": abs(g / TRUE_G - 1), "e": abs(e / TRUE_E - 1)}

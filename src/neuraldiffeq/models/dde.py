@@ -137,6 +137,27 @@ class NeuralDDE(HasSolveConfig):
             throw=throw,
         )
 
+    def hybrid_part(self):
+        """Refused: `nde.HybridODE(NeuralDDE(...), events)` raises a `ValueError`. A jump would
+        restart a delay equation whose history `solve_dde` does not carry across the jump (its
+        past is one continuous solution, and the delayed states after a jump must see the
+        states before it), so events on a DDE are not offered.
+
+        Example:
+            >>> import neuraldiffeq as nde
+            >>> dde = nde.NeuralDDE(lambda t, y, yl, a: -yl[0], [1.0], autonomous=False)
+            >>> nde.HybridODE(dde, nde.Event(lambda t, y, args: y[0]))
+            Traceback (most recent call last):
+            ...
+            ValueError: HybridODE cannot take events on a NeuralDDE: after a jump the delayed states must still see the solution before it, which nde.solve_dde does not carry across a restart. Events are accepted on nde.NeuralODE, nde.HamiltonianNN, nde.SecondOrderNeuralODE and nde.NeuralODEMM (nde.HybridODE(model, events)).
+        """  # noqa: E501
+        raise ValueError(
+            "HybridODE cannot take events on a NeuralDDE: after a jump the delayed states must "
+            "still see the solution before it, which nde.solve_dde does not carry across a "
+            "restart. Events are accepted on nde.NeuralODE, nde.HamiltonianNN, "
+            "nde.SecondOrderNeuralODE and nde.NeuralODEMM (nde.HybridODE(model, events))."
+        )
+
     def with_past(self, ts, ys) -> NeuralDDE:
         """The same model whose history is the observations `(ts, ys)`, linearly interpolated.
 

@@ -27,6 +27,7 @@ from equinox.internal import ω
 
 from .._checks import count_params, solve_inputs
 from ..solve.config import SolveConfig, build_config, on_failure, shortcuts
+from ..solve.events import SmoothPart
 from ..solve.names import ODE_SOLVERS
 from ..solve.sensitivity import AbstractSensitivity, Direct, Forward, resolve_sensitivity
 from .ode import ODE_DEFAULTS, NeuralODE, WrapsNeuralODE
@@ -283,6 +284,27 @@ class HamiltonianNN(WrapsNeuralODE):
             model="HamiltonianNN",
         )
         return eqx.tree_at(lambda s: s.ys, sol, jnp.concatenate(sol.ys, axis=-1))
+
+    def hybrid_part(self) -> SmoothPart:
+        """Its field and solve settings, for events: `nde.HybridODE(hnn, events)` (an ODE
+        solver only: events are located on one state vector's dense output, which the split
+        symplectic solvers, on a (q, p) pair, do not give).
+
+        Example:
+            >>> import jax.numpy as jnp, neuraldiffeq as nde
+            >>> hnn = nde.HamiltonianNN(lambda y: 0.5 * y @ y, rtol=1e-8, atol=1e-8)
+            >>> turn = nde.Event(lambda t, y, args: y[1], direction="down")  # p = 0: stop
+            >>> nde.HybridODE(hnn, turn).base is hnn
+            True
+        """
+        if self.symplectic:
+            raise ValueError(
+                f"HybridODE: a HamiltonianNN with solver {type(self.solver).__name__} cannot "
+                "take events: they are located on one state vector's dense output, which the "
+                "split symplectic solvers ('leapfrog', 'semi_implicit_euler') do not give. Build "
+                "it with an ODE solver, e.g. nde.HamiltonianNN(net, solver='tsit5', rtol=1e-8)."
+            )
+        return self.node.hybrid_part()
 
     def vector_field(self, t, y, args: Any = None) -> jax.Array:
         """dy/dt = (∂H/∂p, −∂H/∂q) at `y = (q, p)`: what `nde.Collocation` fits.

@@ -22,6 +22,7 @@ from ..solve.events import (
     Event,
     HybridSolution,
     Schedule,
+    SmoothPart,
     check_events,
     check_hybrid_shapes,
     solve_hybrid,
@@ -70,11 +71,19 @@ class HybridODE(HasSolveConfig):
     field to smoothed slopes, which a jumping solution does not have), so the model has no
     `vector_field`.
 
-    A `NeuralODE` gains events with the same field and settings: `nde.HybridODE(node.field,
-    events, config=node.config)`.
+    **Events on any ODE-type model.** In place of a field, pass a model: `nde.NeuralODE`,
+    `nde.HamiltonianNN` (with an ODE solver), `nde.SecondOrderNeuralODE` (either `observe`
+    mode: conditions and jumps see the whole state (q, v), the model returns what the base
+    returns) or `nde.NeuralODEMM` (a DAE: after each jump the algebraic components are solved
+    for again, so that the restart is consistent). The model keeps its field, its solve
+    settings and the sensitivities it accepts (NeuralODEMM: `Direct` and `Forward`), so pass
+    no solve settings here; `inputs` needs a field of u and is not offered with a model.
+    `nde.NeuralDDE` is refused (a jump would restart a delay equation whose history
+    `nde.solve_dde` does not carry across it). `model.base` is the wrapped model.
 
     Arguments:
-        field: `f(t, y, args)`, or `f(t, y, u, args)` with `inputs`.
+        field: `f(t, y, args)`, or `f(t, y, u, args)` with `inputs`; or an ODE-type model
+            (above).
         events: an `nde.Event` or a list of them.
         schedule: an `nde.Schedule` of jumps at given times (trainable amounts allowed).
         inputs: an `nde.Interpolation` u(t) covering the span of every solve.
@@ -92,6 +101,9 @@ class HybridODE(HasSolveConfig):
         >>> sol = ball.solve(jnp.linspace(0.0, 4.0, 5), jnp.array([10.0, 0.0]))
         >>> int(sol.n_events), round(float(sol.event_ts[1]), 3)  # first bounces
         (2, 3.712)
+        >>> fall = nde.SecondOrderNeuralODE(lambda y: jnp.array([-9.81]), rtol=1e-8, atol=1e-8)
+        >>> nde.HybridODE(fall, events=bounce).rtol  # the same ball from a model, its settings
+        1e-08
     """
 
     field: Callable
@@ -124,6 +136,22 @@ class HybridODE(HasSolveConfig):
         self.schedule = _check_schedule(schedule)
         self.inputs = _check_inputs(inputs)
         given = shortcuts(locals())
+        if hasattr(field, "hybrid_part"):  # a model: its field, its settings
+            part = field.hybrid_part()  # a model that cannot take events raises here
+            _check_model_base(field, given, config, inputs)
+            self.config = part.config
+            if isinstance(part.config.solver, str):
+                raise ValueError(
+                    f"HybridODE: the {type(field).__name__} has solver='auto', which estimates "
+                    "stiffness from a smooth field that does not see the jumps; build it with a "
+                    "solver by name, e.g. 'tsit5' or 'kvaerno5'."
+                )
+            return
+        if isinstance(field, HasSolveConfig) or hasattr(field, "node"):
+            raise ValueError(
+                f"HybridODE cannot take events on a {type(field).__name__}: pass a field "
+                f"f(t, y, args), or one of the models that take events ({_ACCEPTED})."
+            )
         config = build_config("HybridODE", config, given, ODE_DEFAULTS)
         if isinstance(config.solver, str):
             raise ValueError(
@@ -135,11 +163,26 @@ class HybridODE(HasSolveConfig):
             "HybridODE", None, lambda: resolve_sensitivity("auto", 0, n_params)
         )
 
+    @property
+    def base(self) -> Any:
+        """The model whose events these are (None when built from a field)."""
+        return self.field if hasattr(self.field, "hybrid_part") else None
+
+    def _part(self) -> SmoothPart:
+        if hasattr(self.field, "hybrid_part"):
+            return self.field.hybrid_part()
+        return SmoothPart(self.field, self.config)
+
     def __call__(self, ts, y0, args: Any = None) -> jax.Array:
-        return self.solve(ts, y0, args, throw=False).ys
+        ys = self.solve(ts, y0, args, throw=False).ys
+        observe = self._part().observe
+        return ys if observe is None else observe(ys)
 
     def solve(self, ts, y0, args: Any = None, *, throw: bool = True) -> HybridSolution:
         """The `HybridSolution`: values `ys`, `event_ts`, `event_index`, `n_events`, `result`.
+
+        `ys` is the state the solve integrates (for a `SecondOrderNeuralODE` base in
+        `"position"` mode: (q, v), where the model itself returns q).
 
         With `throw=True` (default) an eager call raises when the solve fails or needs more
         than `max_events` events; under `jax.jit` it never raises (values `inf`).
@@ -160,12 +203,19 @@ class HybridODE(HasSolveConfig):
             inputs = _check_inputs(args.inputs) if args.inputs is not None else inputs
             args = args.args
         ts, y0, args = solve_inputs(ts, y0, args)
-        field = self.field if inputs is None else _WithInput(self.field, inputs)
+        part = self._part()
+        if inputs is not None and self.base is not None:
+            _check_model_base(self.base, {}, None, inputs)  # an input from nde.Exogenous
+        if part.initial_state is not None:
+            y0 = part.initial_state(y0)
+        if part.check is not None:
+            part.check(ts, y0, args)
+        field = part.field if inputs is None else _WithInput(part.field, inputs)
         check_hybrid_shapes(field, self.events, schedule, ts, y0, args)
         if inputs is not None:
             _check_input_span(inputs, ts)
         return solve_hybrid(
-            self.config,
+            part.config,
             field,
             ts,
             y0,
@@ -175,6 +225,8 @@ class HybridODE(HasSolveConfig):
             max_events=self.max_events,
             jump_ts=None if inputs is None else inputs.jump_ts,
             throw=throw,
+            mass_matrix=part.mass_matrix,
+            model="HybridODE" if self.base is None else f"HybridODE({type(self.base).__name__})",
         )
 
 
@@ -186,6 +238,27 @@ class _WithInput(eqx.Module):
 
     def __call__(self, t, y, args):
         return self.field(t, y, self.inputs.evaluate(t), args)
+
+
+#: The models `HybridODE` takes as its base, for messages.
+_ACCEPTED = "nde.NeuralODE, nde.HamiltonianNN, nde.SecondOrderNeuralODE, nde.NeuralODEMM"
+
+
+def _check_model_base(model, given: dict, config, inputs) -> None:
+    """A model base brings its own solve settings and field: none may be given here too."""
+    settings = sorted(k for k, v in given.items() if v is not None)
+    if settings or config is not None:
+        names = ", ".join(settings + (["config"] if config is not None else []))
+        raise ValueError(
+            f"HybridODE: the {type(model).__name__} carries its own solve settings; set "
+            f"{names} on it (e.g. nde.{type(model).__name__}(..., rtol=1e-6)), not on HybridODE."
+        )
+    if inputs is not None:
+        raise ValueError(
+            f"HybridODE: inputs reach a field f(t, y, u, args), and a {type(model).__name__} has "
+            "a field of its own: pass the field itself (nde.HybridODE(field, events, inputs=...))"
+            " or give the input through args."
+        )
 
 
 def _check_schedule(schedule) -> Schedule | None:

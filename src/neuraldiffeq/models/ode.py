@@ -11,6 +11,7 @@ import jax
 
 from .._checks import count_params, solve_inputs
 from ..solve.config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
+from ..solve.events import SmoothPart
 from ..solve.sensitivity import AbstractSensitivity, resolve_sensitivity
 
 
@@ -126,6 +127,18 @@ class NeuralODE(HasSolveConfig):
         return solve_ode(
             self.config, self.field, ts, y0, args, throw=throw, saveat=saveat, model="NeuralODE"
         )
+
+    def hybrid_part(self) -> SmoothPart:
+        """Its field and solve settings, for events: `nde.HybridODE(model, events)`.
+
+        Example:
+            >>> import jax.numpy as jnp, neuraldiffeq as nde
+            >>> node = nde.NeuralODE(lambda t, y, a: -y, rtol=1e-8)
+            >>> model = nde.HybridODE(node, nde.Event(lambda t, y, args: y[0] - 0.5))
+            >>> model.base is node, model.rtol
+            (True, 1e-08)
+        """
+        return SmoothPart(self.field, self.config)
 
     def vector_field(self, t, y, args: Any = None) -> jax.Array:
         """dy/dt = field(t, y, args): what `nde.Collocation` fits to smoothed slopes.

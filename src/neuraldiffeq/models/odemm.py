@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from .._checks import as_state, solve_inputs
 from ..solve.config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
 from ..solve.dae import Radau5, _as_mass_matrix, check_consistent, consistent_initial_state
+from ..solve.events import SmoothPart
 from ..solve.sensitivity import AbstractSensitivity, Direct, Forward
 from .ode import check_field, solve_ode
 
@@ -146,6 +147,27 @@ class NeuralODEMM(HasSolveConfig):
         self._check_shape(y0)
         check_consistent(self.field, self.config.solver.mass_matrix, ts[0], y0, args)
         return solve_ode(self.config, self.field, ts, y0, args, throw=throw, model="NeuralODEMM")
+
+    def hybrid_part(self) -> SmoothPart:
+        """Its field, mass matrix and solve settings, for events: `nde.HybridODE(model,
+        events)`. `y0` is checked as this model checks it; after each jump (or scheduled dose)
+        the algebraic components are solved for again, so a jump sets the differential ones.
+
+        Example:
+            >>> import jax.numpy as jnp, neuraldiffeq as nde
+            >>> dae = nde.NeuralODEMM(lambda t, y, a: -y[:1], [1.0, 0.0],
+            ...                       constraints=lambda t, y, a: y[:1] + y[1:] - 1.0, rtol=1e-8)
+            >>> dae.hybrid_part().mass_matrix
+            ((1.0, 0.0), (0.0, 0.0))
+        """
+
+        def check(ts, y0, args):
+            self._check_shape(y0)
+            check_consistent(self.field, self.config.solver.mass_matrix, ts[0], y0, args)
+
+        return SmoothPart(
+            self.field, self.config, mass_matrix=self.config.solver.mass_matrix, check=check
+        )
 
     def consistent(self, y0, t0=0.0, args: Any = None) -> jax.Array:
         """`y0` with its algebraic components solved for (the differential ones kept), so that

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from .._checks import as_state
 from ..solve.config import SolveConfig, build_config, shortcuts
+from ..solve.events import SmoothPart
 from ..solve.sensitivity import AbstractSensitivity
 from .ode import ODE_DEFAULTS, NeuralODE, WrapsNeuralODE
 
@@ -177,6 +178,28 @@ class SecondOrderNeuralODE(WrapsNeuralODE):
         """The diffrax `Solution` of the full state `(q, v)`, shape `(T, 2n)`, in both modes;
         its `result` says whether the solve failed (see `nde.NeuralODE.solve`)."""
         return self.node.solve(ts, self.initial_state(y0), args, throw=throw)
+
+    def hybrid_part(self) -> SmoothPart:
+        """Its field and solve settings, for events: `nde.HybridODE(model, events)`. Conditions
+        and jumps see the whole state (q, v); in `"position"` mode `y0` is q0 (the solve starts
+        at `v0`) and the hybrid model returns positions, as this model does.
+
+        Example:
+            >>> import jax.numpy as jnp, neuraldiffeq as nde
+            >>> fall = nde.SecondOrderNeuralODE(lambda y: jnp.array([-9.81]), observe="position",
+            ...                                 rtol=1e-8, atol=1e-8)
+            >>> fall.hybrid_part().initial_state(jnp.array([10.0])).tolist()  # (q0, v0)
+            [10.0, 0.0]
+        """
+        part = self.node.hybrid_part()
+        if self.observe == "state":
+            return part
+        return SmoothPart(
+            part.field,
+            part.config,
+            initial_state=self.initial_state,
+            observe=lambda ys: ys[..., : ys.shape[-1] // 2],
+        )
 
     @property
     def vector_field(self) -> Callable | None:

@@ -223,6 +223,39 @@ class HybridSolution(eqx.Module):
     result: diffrax.RESULTS
 
 
+class SmoothPart(eqx.Module):
+    """What a model lends a hybrid solve: the smooth flow between events.
+
+    `nde.HybridODE(model, events)` asks `model.hybrid_part()` for it, so that every ODE-type
+    model takes events through the one mechanism of `solve_hybrid` (a model that cannot, such
+    as a delay equation, raises a `ValueError` from `hybrid_part` naming what is accepted).
+
+    Arguments:
+        field: `f(t, y, args)` of the state the solve integrates.
+        config: the model's `nde.SolveConfig` (solver, tolerances, sensitivity).
+        mass_matrix: M of M·dy/dt = f (a mass-matrix DAE of index 1), or None for an ODE. With
+            M singular, the state's rate at an event is solved from M and the differentiated
+            algebraic equations, and after every jump the algebraic components are solved for
+            again (Newton) so that the restart is consistent; the jump sets the others.
+        initial_state: `y0 -> state` (what the model's `y0` means, e.g. positions alone), or None.
+        observe: `ys -> what the model returns` (e.g. the positions of the state), or None.
+        check: `check(ts, y0, args)`, the model's own checks of `y0` before anything compiles.
+
+    Example:
+        >>> import jax.numpy as jnp, neuraldiffeq as nde
+        >>> part = nde.NeuralODE(lambda t, y, a: -y).hybrid_part()
+        >>> type(part).__name__, part.mass_matrix is None
+        ('SmoothPart', True)
+    """
+
+    field: Callable
+    config: SolveConfig
+    mass_matrix: tuple | None = eqx.field(default=None, static=True)
+    initial_state: Callable | None = None
+    observe: Callable | None = None
+    check: Callable | None = None
+
+
 def check_events(events: Any, max_events: Any) -> tuple[Event, ...]:
     """The events as a tuple (a `ValueError` for anything but `nde.Event`s, or a bad bound)."""
     if events is None:
@@ -293,12 +326,16 @@ def solve_hybrid(
     max_events: int = 16,
     jump_ts: jax.Array | None = None,
     throw: bool = False,
+    mass_matrix: Any = None,
+    model: str = "HybridODE",
 ) -> HybridSolution:
     """dy/dt = field(t, y, args) over `ts` with `events` and a `schedule` (module docstring).
 
     `config` is the model's solve configuration (its sensitivity differentiates each smooth
     segment); `jump_ts`: times where the field itself jumps (a piecewise-linear input), passed to
-    the step-size controller. With `throw=True` (eager calls) a failed solve raises.
+    the step-size controller. With `throw=True` (eager calls) a failed solve raises (the
+    message names `model`). `mass_matrix`: M of a mass-matrix DAE M·dy/dt = field (see
+    `SmoothPart`), with `config`'s solver a `Radau5` carrying it.
 
     Example: see the module docstring.
     """
@@ -307,7 +344,12 @@ def solve_hybrid(
     jump_ts = None if jump_ts is None else jax.lax.stop_gradient(jump_ts)
     # the state's dtype is what the field makes of it (float32 data, float64 parameters)
     rate = jax.eval_shape(field, ts[0], y0, args)
-    dtype = jnp.result_type(y0.dtype, rate.dtype)
+    dtypes = [y0.dtype, rate.dtype]
+    for event in events:  # and what the events make of it (a float64 restitution, say)
+        dtypes.append(jax.eval_shape(event.condition, ts[0], y0, args).dtype)
+        if event.jump is not None:
+            dtypes.append(jax.eval_shape(event.jump, ts[0], y0, args).dtype)
+    dtype = jnp.result_type(*dtypes)
     y0, ts = y0.astype(dtype), ts.astype(dtype)
     n_times = ts.shape[0]
     t_start, t_end = ts[0], ts[-1]
@@ -338,8 +380,12 @@ def solve_hybrid(
     search_adjoint = diffrax.RecursiveCheckpointAdjoint()
     max_steps = config.steps_for(t_start, t_end)
 
+    # dy/dt: the field, or for a DAE the rate solved from M and the algebraic equations
+    velocity = field if mass_matrix is None else _DAERate(field, mass_matrix)
+    project = None if mass_matrix is None else _Consistent(field, mass_matrix, config)
+
     def f(t, y):
-        return jax.lax.stop_gradient(field(t, y, args))
+        return jax.lax.stop_gradient(velocity(t, y, args))
 
     def segment(carry, _):
         t_a, y_a, k, n_ev, done, failed, out, event_ts, event_index, last, last_sign = carry
@@ -398,7 +444,7 @@ def solve_hybrid(
         out = jnp.where(inside.reshape((-1,) + (1,) * y0.ndim), sol.ys[:-1], out)
         f_end = f(te0, y_end)
         if events:
-            t_event = _event_time(events, which, te0, y_end, args, field)
+            t_event = _event_time(events, which, te0, y_end, args, velocity)
             t_e = jnp.where(hit, t_event, t_b)
         else:
             t_e = t_b
@@ -412,8 +458,14 @@ def solve_hybrid(
         if n_sched:
             dosed = schedule.increment(jnp.minimum(k, n_sched - 1), y_e).astype(y_e.dtype)
             y_next = jnp.where(reached, dosed, y_next)
+        if project is not None and (events or n_sched):
+            # a DAE restarts consistent: the algebraic components solved again after a jump
+            y_cons, solved = project(t_e, y_next, args)
+            jumped_now = (hit | reached) & ~done
+            y_next = jnp.where(jumped_now, y_cons, y_next)
+            failed = failed | (jumped_now & ~solved)
         if events:
-            sign_after = _sign_after(events, which, t_e, y_next, args, field)
+            sign_after = _sign_after(events, which, t_e, y_next, args, velocity)
             last = jnp.where(hit, which, -1)  # only the segment right after an event
             last_sign = jnp.where(hit, sign_after, last_sign)
         slot = jnp.minimum(n_ev, max_events - 1)
@@ -459,19 +511,19 @@ def solve_hybrid(
         stats = {"max_steps": config.max_steps}
         if bool(too_many) and not bool(failed):
             raise SolveError(
-                f"HybridODE: the solve failed: it needed more than max_events={max_events} events "
+                f"{model}: the solve failed: it needed more than max_events={max_events} events "
                 f"before t={float(t_end)} (a Zeno-like cascade, or a bound set too low). Raise "
                 "max_events.",
-                model="HybridODE",
+                model=model,
                 reason="max_events_reached",
                 stats=stats,
             )
         if bool(failed):
             raise SolveError(
-                f"HybridODE: the solve failed: a segment between events failed (max_steps="
+                f"{model}: the solve failed: a segment between events failed (max_steps="
                 f"{config.max_steps} reached or a non-finite state). Raise max_steps or loosen "
                 "rtol/atol.",
-                model="HybridODE",
+                model=model,
                 reason="max_steps_reached",
                 stats=stats,
             )
@@ -480,7 +532,7 @@ def solve_hybrid(
     failed_value = jax.tree_util.tree_map(lambda x: jnp.where(ok, x, jnp.inf), out)
     return HybridSolution(
         ts=ts,
-        ys=on_failure(result, out, model="HybridODE") if throw else failed_value,
+        ys=on_failure(result, out, model=model) if throw else failed_value,
         event_ts=event_ts,
         event_index=jnp.where(ok, event_index, -1),
         n_events=n_ev,
@@ -542,3 +594,51 @@ def _event_time(events, which, te0, y_end, args, field) -> jax.Array:
     rate = jnp.stack(rates)[which]
     rate = jnp.where(rate == 0, 1.0, rate)  # a tangential crossing: no derivative to give
     return te0 - (value - jax.lax.stop_gradient(value)) / rate
+
+
+class _DAERate(eqx.Module):
+    """dy/dt of an index-1 DAE M·dy/dt = f(t, y): the rows of M's range give M·ẏ = f there, the
+    algebraic equations Wᵀf(t, y(t)) = 0 differentiated give Wᵀ(∂f/∂t + ∂f/∂y·ẏ) = 0 (W the
+    left null space of M); together D equations for the D unknowns."""
+
+    field: Callable
+    mass_matrix: tuple = eqx.field(static=True)
+
+    def __call__(self, t, y, args):
+        m = np.asarray(self.mass_matrix, float)
+        u, sv, _ = np.linalg.svd(m)
+        rank = int(np.sum(sv > sv.max(initial=0.0) * m.shape[0] * np.finfo(float).eps))
+        left, null = jnp.asarray(u[:, :rank], y.dtype), jnp.asarray(u[:, rank:], y.dtype)
+        fy = self.field(t, y, args)
+        jac = jax.jacfwd(lambda y: self.field(t, y, args))(y)
+        _, ft = jax.jvp(lambda t: self.field(t, y, args), (t,), (jnp.ones_like(t),))
+        lhs = jnp.concatenate([left.T @ jnp.asarray(m, y.dtype), null.T @ jac])
+        rhs = jnp.concatenate([left.T @ fy, -(null.T @ ft)])
+        return jnp.linalg.solve(lhs, rhs)
+
+
+class _Consistent(eqx.Module):
+    """(y with its algebraic components solved for so that Wᵀf(t, y) = 0, whether Newton
+    converged): the restart of a DAE after a jump. Differentiable (optimistix's implicit
+    function theorem)."""
+
+    field: Callable
+    mass_matrix: tuple = eqx.field(static=True)
+    config: SolveConfig
+
+    def __call__(self, t, y, args):
+        m = np.asarray(self.mass_matrix, float)
+        u, sv, vt = np.linalg.svd(m)
+        rank = int(np.sum(sv > sv.max(initial=0.0) * m.shape[0] * np.finfo(float).eps))
+        if rank == m.shape[0]:
+            return y, jnp.bool_(True)
+        w, v = jnp.asarray(u[:, rank:], y.dtype), jnp.asarray(vt[rank:].T, y.dtype)
+        tol = max(100 * float(jnp.finfo(y.dtype).eps), 1e-3 * min(self.config.atol, 1.0))
+
+        def equations(z, _):
+            return w.T @ self.field(t, y + v @ z, args)
+
+        sol = optx.root_find(
+            equations, optx.Newton(rtol=tol, atol=tol), jnp.zeros(v.shape[1], y.dtype), throw=False
+        )
+        return y + v @ sol.value, sol.result == optx.RESULTS.successful
