@@ -10,7 +10,9 @@ observation time; q(z0) from the first context by a linear layer; posterior drif
 map to the 3 observed coordinates; learnable p(z0). Loss = -(log-likelihood - KL), with the path
 KL integrated alongside the latent state; Itô Euler–Maruyama with constant steps `--dt`;
 gradients by backpropagating through the solver (neuraldiffeq `Direct()`, torchsde `sdeint`);
-one Adam(1e-2) update per step.
+one Adam(1e-2) update per step. Brownian motion: ours the model's default for `Direct()` (one
+increment per grid step, `nde.GridBrownianPath`), with `--tree` also a row with diffrax's
+`VirtualBrownianTree` (`brownian="tree"`); torchsde its default (a Brownian interval).
 
 Per contender: `--steps` steps after a warm-up (compilation for JAX), timed; the table shows
 the median over `--repeats` repeats of the mean step time.
@@ -36,7 +38,7 @@ import neuraldiffeq as nde
 LR = 1e-2
 
 
-def build(args, key=0):
+def build(args, key=0, brownian="auto"):
     return nde.LatentSDE(
         args.latent,
         3,
@@ -44,12 +46,13 @@ def build(args, key=0):
         hidden_size=args.hidden,
         obs_std=0.01,
         dt0=args.dt,
+        brownian=brownian,
         key=jax.random.key(key),
     )
 
 
-def bench_neuraldiffeq(data, args):
-    model = build(args)
+def bench_neuraldiffeq(data, args, brownian="auto"):
+    model = build(args, brownian=brownian)
     strategy = nde.ELBO()
     prepared = strategy.prepare(model, data)
     optimizer = optax.adam(LR)
@@ -196,6 +199,9 @@ def main():
     parser.add_argument("--torch-steps", type=int, default=2)
     parser.add_argument("--torch-repeats", type=int, default=3)
     parser.add_argument("--no-fit", action="store_true", help="skip the nde.fit measurement")
+    parser.add_argument(
+        "--tree", action="store_true", help="also time our step with brownian='tree'"
+    )
     args = parser.parse_args()
     data = nde.datasets.stochastic_lorenz(args.batch, key=jax.random.key(0))
     print(
@@ -211,6 +217,10 @@ def main():
     ours, compile_s, loss_ours = bench_neuraldiffeq(data, args)
     print(f"neuraldiffeq jitted step: {ours:.1f} ms (compile {compile_s:.1f} s)", flush=True)
     rows = [("neuraldiffeq (jitted step)", ours)]
+    if args.tree:
+        tree, tree_compile_s, _ = bench_neuraldiffeq(data, args, brownian="tree")
+        print(f"neuraldiffeq jitted step, brownian='tree': {tree:.1f} ms", flush=True)
+        rows.append(("neuraldiffeq (jitted step, brownian='tree')", tree))
     if not args.no_fit:
         fit_ms = bench_fit(data, args)
         print(f"neuraldiffeq nde.fit: {fit_ms:.1f} ms / step", flush=True)
