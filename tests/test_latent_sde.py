@@ -203,3 +203,14 @@ def test_elbo_mean_over_keys_is_the_same_on_a_grid_or_a_tree():
         assert a.std() > 0 and b.std() > 0
     # the noise matters here: without it (a path KL of 0 std) the comparison would be empty
     assert kl_grid.std() > 0.05 * kl_grid.mean()
+
+
+def test_saved_model_keeps_its_brownian_path_and_activation(tmp_path):
+    model = nde.LatentSDE(2, 1, context_size=2, hidden_size=4, key=jax.random.key(0))
+    nde.save(tmp_path / "m.eqx", model)
+    loaded = nde.load(tmp_path / "m.eqx")  # a plain load: every part is named, none pickled
+    assert loaded.brownian == "grid"
+    assert loaded.diffusion.nets.activation is nde.models.latent_sde.softplus
+    ts, ys = jnp.linspace(0.0, 1.0, 4), jnp.zeros((2, 4, 1))
+    elbo = eqx.filter_jit(lambda m: m.elbo(ts, ys, None, jax.random.key(1)))
+    assert float(elbo(loaded)) == float(elbo(model))

@@ -212,15 +212,12 @@ def test_grid_brownian_increments_have_brownian_moments_on_diffrax_grid():
     flat = np.concatenate([w.reshape(n, -1), hh.reshape(n, -1)], 1)
     corr = np.corrcoef(flat.T)
     assert np.all(np.abs(corr - np.eye(16)) < 4 / np.sqrt(n))
-    # the same key gives the same path, drawn at once or step by step
-    key = jax.random.key(5)
-    lazy = nde.GridBrownianPath(t0, t1, dt0, shape, key)
-    drawn = nde.GridBrownianPath(t0, t1, dt0, shape, key, steps=5)
-    for s, e in zip(starts, ends, strict=True):
-        np.testing.assert_allclose(drawn.evaluate(s, e), lazy.evaluate(s, e), rtol=1e-6)
-    np.testing.assert_array_equal(lazy.evaluate(0.5, 0.75), lazy.evaluate(0.5, 0.75))
+    # the same key gives the same path, under jit or not; a single time is refused
+    bm = nde.GridBrownianPath(t0, t1, dt0, shape, jax.random.key(5))
+    jitted = eqx.filter_jit(lambda b, s, e: b.evaluate(s, e))
+    np.testing.assert_array_equal(bm.evaluate(0.5, 0.75), jitted(bm, 0.5, 0.75))
     with pytest.raises(ValueError, match="evaluate.t0, t1."):
-        lazy.evaluate(0.5)
+        bm.evaluate(0.5)
 
 
 def test_grid_brownian_steps_map_one_to_one_onto_diffrax_steps():

@@ -33,14 +33,14 @@ from .sde import _Diagonal, sde_config, sde_terms
 _MIN_DIFFUSION = 1e-7
 
 
-@jax.custom_jvp
 def softplus(x: jax.Array) -> jax.Array:
     """log(1 + exp(x)), the activation of `LatentSDE`'s networks: `jax.nn.softplus`'s formula,
     max(x, 0) + log1p(exp(-|x|)), with a derivative, sigmoid(x), that reuses exp(-|x|).
 
     `jax.nn.softplus` is `logaddexp(x, 0)`, whose derivative computes two more exponentials
     (one for the constant 0); the training step evaluates these networks hundreds of times per
-    solve, forward and backward. Values agree with `jax.nn.softplus` to rounding.
+    solve, forward and backward. Values agree with `jax.nn.softplus` to rounding. (A plain
+    function, so that model files name it.)
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -51,10 +51,15 @@ def softplus(x: jax.Array) -> jax.Array:
         >>> float(jax.grad(softplus)(0.0))
         0.5
     """
+    return _softplus(x)
+
+
+@jax.custom_jvp
+def _softplus(x):
     return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
 
 
-@softplus.defjvp
+@_softplus.defjvp
 def _softplus_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
     e = jnp.exp(-jnp.abs(x))

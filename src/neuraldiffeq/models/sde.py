@@ -11,7 +11,7 @@ import jax
 import lineax as lx
 import numpy as np
 
-from .._checks import is_concrete, solve_inputs
+from .._checks import solve_inputs
 from ..solve.brownian import brownian_path, resolve_brownian
 from ..solve.config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
 from ..solve.names import SDE_SOLVERS
@@ -246,16 +246,10 @@ def sde_terms(
 ) -> diffrax.MultiTerm:
     """drift dt + diffusion dW for a solve on [t0, t1], W of shape/dtype `bm_shape` with the
     Lévy area `config`'s solver needs: a `GridBrownianPath` on the solve's constant-step grid
-    (`brownian="grid"`; drawn at once when [t0, t1] is concrete, step by step when traced:
-    the same numbers) or a `diffrax.VirtualBrownianTree` of tolerance dt0 / 16 (`"tree"`)."""
+    (`brownian="grid"`) or a `diffrax.VirtualBrownianTree` of tolerance dt0 / 16 (`"tree"`)."""
     # checked again here: a model whose config was swapped (eqx.tree_at) after it was built
     brownian = resolve_brownian(brownian, config.sensitivity, owner)
-    steps = None
-    if brownian == "grid" and is_concrete(t0) and is_concrete(t1):
-        steps = int(np.ceil(abs(float(t1) - float(t0)) / config.dt0)) + 1  # one spare
-    path = brownian_path(
-        brownian, t0, t1, config.dt0, bm_shape, key, _levy_area(config.solver), steps
-    )
+    path = brownian_path(brownian, t0, t1, config.dt0, bm_shape, key, _levy_area(config.solver))
     return diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, path))
 
 

@@ -4,8 +4,11 @@ An SDE solved with constant steps reads its Brownian motion only over the steps 
 `diffrax.VirtualBrownianTree` can answer any query (any sub-interval, to a tolerance) by
 walking a tree of Brownian bridges from a key, about `log2(interval / tol)` levels for each
 end of every step, and does so again each time a step is recomputed in the reverse pass.
-`GridBrownianPath` answers only the grid's steps, each with one independent Gaussian draw:
-the same distribution there, at the cost of one draw per step.
+`GridBrownianPath` answers only the grid's steps, each with one independent Gaussian draw made
+when the step is evaluated: the same distribution there, at the cost of one draw per step, and
+no memory. (Drawing all steps in advance instead was no faster in the latent SDE training
+step and slower in the neural SDE one, where the solve is vmapped over paths: see
+benchmarks/RESULTS.md, issue #31.)
 
 Which path a model uses (`brownian=` of `nde.NeuralSDE` and `nde.LatentSDE`):
 
@@ -63,13 +66,9 @@ class GridBrownianPath(diffrax.AbstractBrownianPath):
     length h (and with `levy_area=diffrax.SpaceTimeLevyArea` the space-time Lévy area
     `H ~ N(0, h/12)`, with `SpaceTimeTimeLevyArea` also `K ~ N(0, h/720)`, independent of W):
     the standard normals of step k are `jax.random.normal(jax.random.fold_in(key, k), ...)`,
-    so the same key gives the same path in every call, however often a step is re-evaluated
-    (the reverse pass of `nde.Direct()` recomputes steps), and in one call or many.
-
-    With `steps` (a Python int, at least the grid's n) the draws of all steps are made at once,
-    when the path is built, and `evaluate` reads its row; without it (e.g. a traced interval
-    whose step count is not known when the program is built) each evaluation draws its step's
-    normals from the same `fold_in(key, k)`. Both give the same numbers up to rounding.
+    drawn when the step is evaluated, so the same key gives the same path in every call,
+    however often a step is re-evaluated (the reverse pass of `nde.Direct()` recomputes
+    steps), with concrete or traced times.
 
     `evaluate(s, u)` is the increment over the grid step that starts at s (u its end); s must
     be a grid time and [s, u] its step. Other intervals are not Brownian increments of this
@@ -84,22 +83,18 @@ class GridBrownianPath(diffrax.AbstractBrownianPath):
         key: a JAX PRNG key.
         levy_area: `diffrax.BrownianIncrement` (default), `diffrax.SpaceTimeLevyArea` or
             `diffrax.SpaceTimeTimeLevyArea`.
-        steps: optional static number of steps to draw when the path is built.
 
     Example:
-        >>> import jax, jax.numpy as jnp
-        >>> from neuraldiffeq.solve.brownian import GridBrownianPath
+        >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
         >>> shape = jax.ShapeDtypeStruct((3,), jnp.float32)
-        >>> drawn = GridBrownianPath(0.0, 1.0, 0.1, shape, jax.random.key(1), steps=10)
-        >>> lazy = GridBrownianPath(0.0, 1.0, 0.1, shape, jax.random.key(1))
-        >>> bool(jnp.allclose(drawn.evaluate(0.3, 0.4), lazy.evaluate(0.3, 0.4)))
+        >>> bm = nde.GridBrownianPath(0.0, 1.0, 0.1, shape, jax.random.key(1))
+        >>> bool(jnp.all(bm.evaluate(0.3, 0.4) == bm.evaluate(0.3, 0.4)))  # same key, same path
         True
     """
 
     t0: jax.Array
     t1: jax.Array
     key: jax.Array
-    normals: jax.Array | None  # (steps, parts, *shape) standard normals, or None: drawn lazily
     dt0: float = eqx.field(static=True)
     shape: jax.ShapeDtypeStruct = eqx.field(static=True)
     levy_area: type = eqx.field(static=True)
@@ -112,7 +107,6 @@ class GridBrownianPath(diffrax.AbstractBrownianPath):
         shape: jax.ShapeDtypeStruct,
         key: jax.Array,
         levy_area: type = diffrax.BrownianIncrement,
-        steps: int | None = None,
     ):
         if not isinstance(shape, jax.ShapeDtypeStruct):
             raise ValueError(
@@ -127,15 +121,9 @@ class GridBrownianPath(diffrax.AbstractBrownianPath):
             )
         if not (np.isscalar(dt0) and float(dt0) > 0):
             raise ValueError(f"dt0 must be a positive number, got {dt0!r}.")
-        if steps is not None and not (isinstance(steps, int | np.integer) and steps > 0):
-            raise ValueError(f"steps must be a positive integer or None, got {steps!r}.")
         dtype = jnp.result_type(t0, t1, float)
         self.t0, self.t1 = jnp.asarray(t0, dtype), jnp.asarray(t1, dtype)
         self.dt0, self.shape, self.key, self.levy_area = float(dt0), shape, key, levy_area
-        if steps is None:
-            self.normals = None
-        else:
-            self.normals = jax.vmap(self._draw)(jnp.arange(int(steps)))
 
     # -- the grid -----------------------------------------------------------------------------
 
@@ -149,9 +137,7 @@ class GridBrownianPath(diffrax.AbstractBrownianPath):
         (the first step, t0 + dt0, is at most half a step longer, so it rounds to 1)."""
         n = jnp.maximum(self._num_steps(), 1)
         position = (s - self.t0) / (self.t1 - self.t0) * n.astype(self.t0.dtype)
-        k = jnp.round(position).astype(jnp.int32)
-        last = n - 1 if self.normals is None else jnp.minimum(n, self.normals.shape[0]) - 1
-        return jnp.clip(k, 0, last)
+        return jnp.clip(jnp.round(position).astype(jnp.int32), 0, n - 1)
 
     def _draw(self, k) -> jax.Array:
         parts = _LEVY_PARTS[self.levy_area]
@@ -171,11 +157,7 @@ class GridBrownianPath(diffrax.AbstractBrownianPath):
         # times are not differentiated (as in diffrax's Brownian paths)
         s = jax.lax.stop_gradient(jnp.asarray(t0, self.t0.dtype))
         u = jax.lax.stop_gradient(jnp.asarray(t1, self.t0.dtype))
-        k = self._index(s)
-        if self.normals is None:
-            z = self._draw(k)
-        else:
-            z = jax.lax.dynamic_index_in_dim(self.normals, k, keepdims=False)
+        z = self._draw(self._index(s))
         h = (u - s).astype(self.shape.dtype)
         root = jnp.sqrt(h)
         w = root * z[0]
@@ -226,11 +208,9 @@ def brownian_path(
     shape: jax.ShapeDtypeStruct,
     key: jax.Array,
     levy_area,
-    steps: int | None = None,
 ) -> diffrax.AbstractBrownianPath:
     """The Brownian path of a resolved `kind` ("grid" or "tree") on [t0, t1]: a
-    `GridBrownianPath` (drawn at once when `steps` is given), or a `VirtualBrownianTree` of
-    tolerance dt0 / 16.
+    `GridBrownianPath`, or a `VirtualBrownianTree` of tolerance dt0 / 16.
 
     Example:
         >>> import jax, jax.numpy as jnp
@@ -243,7 +223,7 @@ def brownian_path(
     if levy_area is None:
         levy_area = diffrax.BrownianIncrement
     if kind == "grid":
-        return GridBrownianPath(t0, t1, dt0, shape, key, levy_area, steps)
+        return GridBrownianPath(t0, t1, dt0, shape, key, levy_area)
     if kind == "tree":
         return diffrax.VirtualBrownianTree(
             t0, t1, tol=dt0 / 16, shape=shape, key=key, levy_area=levy_area
