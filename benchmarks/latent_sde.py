@@ -10,7 +10,9 @@ observation time; q(z0) from the first context by a linear layer; posterior drif
 map to the 3 observed coordinates; learnable p(z0). Loss = -(log-likelihood - KL), with the path
 KL integrated alongside the latent state; Itô Euler–Maruyama with constant steps `--dt`;
 gradients by backpropagating through the solver (neuraldiffeq `Direct()`, torchsde `sdeint`);
-one Adam(1e-2) update per step.
+one Adam(1e-2) update per step. Brownian motion: ours the model's default for `Direct()` (one
+increment per grid step, `nde.GridBrownianPath`), with `--tree` also a row with diffrax's
+`VirtualBrownianTree` (`brownian="tree"`); torchsde its default (a Brownian interval).
 
 Per contender: `--steps` steps after a warm-up (compilation for JAX), timed; the table shows
 the median over `--repeats` repeats of the mean step time.
@@ -22,6 +24,7 @@ the median over `--repeats` repeats of the mean step time.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -34,9 +37,12 @@ import optax
 import neuraldiffeq as nde
 
 LR = 1e-2
+#: median CPU time (all threads of the process) per step, by contender: steadier than wall
+#: time on a shared machine
+CPU_MS: dict[str, float] = {}
 
 
-def build(args, key=0):
+def build(args, key=0, brownian="auto"):
     return nde.LatentSDE(
         args.latent,
         3,
@@ -44,12 +50,13 @@ def build(args, key=0):
         hidden_size=args.hidden,
         obs_std=0.01,
         dt0=args.dt,
+        brownian=brownian,
         key=jax.random.key(key),
     )
 
 
-def bench_neuraldiffeq(data, args):
-    model = build(args)
+def bench_neuraldiffeq(data, args, brownian="auto"):
+    model = build(args, brownian=brownian)
     strategy = nde.ELBO()
     prepared = strategy.prepare(model, data)
     optimizer = optax.adam(LR)
@@ -69,14 +76,16 @@ def bench_neuraldiffeq(data, args):
     params, opt_state, value = step(params, opt_state, prepared, jax.random.key(0))
     value.block_until_ready()
     compile_s = time.perf_counter() - t0
-    times, key = [], jax.random.key(1)
+    times, cpu, key = [], [], jax.random.key(1)
     for _ in range(args.repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(args.steps):
             key, sub = jax.random.split(key)
             params, opt_state, value = step(params, opt_state, prepared, sub)
         value.block_until_ready()
         times.append((time.perf_counter() - t0) / args.steps)
+        cpu.append((time.process_time() - c0) / args.steps)
+    CPU_MS[brownian] = statistics.median(cpu) * 1e3
     return statistics.median(times) * 1e3, compile_s, float(value)
 
 
@@ -175,12 +184,14 @@ def bench_torchsde(data, args):
         return float(loss.detach())
 
     step()  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(args.torch_repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(args.torch_steps):
             value = step()
         times.append((time.perf_counter() - t0) / args.torch_steps)
+        cpu.append((time.process_time() - c0) / args.torch_steps)
+    CPU_MS["torchsde"] = statistics.median(cpu) * 1e3
     return statistics.median(times) * 1e3, value, torch.get_num_threads()
 
 
@@ -196,7 +207,27 @@ def main():
     parser.add_argument("--torch-steps", type=int, default=2)
     parser.add_argument("--torch-repeats", type=int, default=3)
     parser.add_argument("--no-fit", action="store_true", help="skip the nde.fit measurement")
+    parser.add_argument(
+        "--tree", action="store_true", help="also time our step with brownian='tree'"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="1: both sides on one thread (torch.set_num_threads(1), XLA without its "
+        "multi-threaded Eigen): a fair pair on a machine shared with other jobs",
+    )
     args = parser.parse_args()
+    if args.threads is not None:
+        if args.threads != 1:
+            parser.error("--threads takes 1 (or leave it out for each library's default)")
+        import torch
+
+        torch.set_num_threads(1)
+        # before JAX's backend starts (the first computation, below)
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+        ).strip()
     data = nde.datasets.stochastic_lorenz(args.batch, key=jax.random.key(0))
     print(
         f"machine: {platform.machine()} {platform.processor() or ''}, "
@@ -210,18 +241,27 @@ def main():
     )
     ours, compile_s, loss_ours = bench_neuraldiffeq(data, args)
     print(f"neuraldiffeq jitted step: {ours:.1f} ms (compile {compile_s:.1f} s)", flush=True)
-    rows = [("neuraldiffeq (jitted step)", ours)]
+    rows = [("neuraldiffeq (jitted step)", ours, CPU_MS["auto"])]
+    if args.tree:
+        tree, tree_compile_s, _ = bench_neuraldiffeq(data, args, brownian="tree")
+        print(f"neuraldiffeq jitted step, brownian='tree': {tree:.1f} ms", flush=True)
+        rows.append(("neuraldiffeq (jitted step, brownian='tree')", tree, CPU_MS["tree"]))
     if not args.no_fit:
         fit_ms = bench_fit(data, args)
         print(f"neuraldiffeq nde.fit: {fit_ms:.1f} ms / step", flush=True)
-        rows.append(("neuraldiffeq nde.fit + nde.ELBO", fit_ms))
+        rows.append(("neuraldiffeq nde.fit + nde.ELBO", fit_ms, None))
     theirs, loss_theirs, threads = bench_torchsde(data, args)
     print(f"torchsde: {theirs:.1f} ms / step (torch threads {threads})", flush=True)
-    rows.append(("torchsde sdeint (euler, logqp=True)", theirs))
-    print("\n| contender | median ms / training step | vs torchsde |\n|---|---|---|")
-    for name, ms in rows:
+    rows.append(("torchsde sdeint (euler, logqp=True)", theirs, CPU_MS["torchsde"]))
+    print(
+        "\n| contender | median ms / training step | vs torchsde | median CPU ms / step | "
+        "vs torchsde (CPU) |\n|---|---|---|---|---|"
+    )
+    for name, ms, cpu_ms in rows:
         ratio = "1.0x" if name.startswith("torchsde") else f"{theirs / ms:.1f}x faster"
-        print(f"| {name} | {ms:.1f} | {ratio} |")
+        cpu_ratio = "" if cpu_ms is None else f"{CPU_MS['torchsde'] / cpu_ms:.1f}x"
+        cpu_text = "" if cpu_ms is None else f"{cpu_ms:.1f}"
+        print(f"| {name} | {ms:.1f} | {ratio} | {cpu_text} | {cpu_ratio} |")
     print(
         f"\nJAX compile time of the step: {compile_s:.1f} s; last losses: ours {loss_ours:.4g}, "
         f"torchsde {loss_theirs:.4g} (same data and model, different initial weights)"

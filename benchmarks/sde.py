@@ -15,6 +15,7 @@ shows the median over `--repeats` repeats of the mean step time.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -28,6 +29,10 @@ from jax_step import training_step  # benchmarks/jax_step.py
 
 import neuraldiffeq as nde
 from neuraldiffeq.demos.sde import U0, build_model, true_moments
+
+#: median CPU time (all threads of the process) per step, by contender: steadier than wall
+#: time on a shared machine
+CPU_MS: dict[str, float] = {}
 
 
 def bench_neuraldiffeq(data, paths, dt, steps, repeats):
@@ -43,15 +48,17 @@ def bench_neuraldiffeq(data, paths, dt, steps, repeats):
     params, opt_state, value = step(params, opt_state, jax.random.key(0))
     value.block_until_ready()
     compile_s = time.perf_counter() - t0
-    times = []
+    times, cpu = [], []
     key = jax.random.key(1)
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             key, sub = jax.random.split(key)
             params, opt_state, value = step(params, opt_state, sub)
         value.block_until_ready()
         times.append((time.perf_counter() - t0) / steps)
+        cpu.append((time.process_time() - c0) / steps)
+    CPU_MS["neuraldiffeq (jitted step)"] = statistics.median(cpu) * 1e3
     return statistics.median(times) * 1e3, compile_s, float(value)
 
 
@@ -111,12 +118,14 @@ def bench_torchsde(data, paths, dt, steps, repeats):
         return float(loss.detach())
 
     step()  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(steps):
             value = step()
         times.append((time.perf_counter() - t0) / steps)
+        cpu.append((time.process_time() - c0) / steps)
+    CPU_MS["torchsde sdeint (euler)"] = statistics.median(cpu) * 1e3
     return statistics.median(times) * 1e3, value
 
 
@@ -139,7 +148,24 @@ def main():
     parser.add_argument("--torch-repeats", type=int, default=3)
     parser.add_argument("--paths", type=int, default=100)
     parser.add_argument("--dt", type=float, default=0.01)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="1: both sides on one thread (torch.set_num_threads(1), XLA without its "
+        "multi-threaded Eigen): a fair pair on a machine shared with other jobs",
+    )
     args = parser.parse_args()
+    if args.threads is not None:
+        if args.threads != 1:
+            parser.error("--threads takes 1 (or leave it out for each library's default)")
+        import torch
+
+        torch.set_num_threads(1)
+        # before JAX's backend starts (the first computation, below)
+        os.environ["XLA_FLAGS"] = (
+            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+        ).strip()
     data = true_moments(10_000, jax.random.key(1), jnp.linspace(0.0, 1.0, 30))
     print(
         f"machine: {platform.machine()} {platform.processor() or ''}, "
@@ -169,6 +195,9 @@ def main():
     for name, ms in rows:
         ratio = f"{theirs / ms:.1f}x faster" if theirs else "n/a"
         print(f"| {name} | {ms:.2f} | {ratio if 'torchsde' not in name else '1.0x'} |")
+    print("\nmedian CPU ms / step (all threads of the process):")
+    for name, cpu_ms in CPU_MS.items():
+        print(f"- {name}: {cpu_ms:.2f}")
     print(
         f"\nJAX compile time of the step: {compile_s:.1f} s; final losses: ours {loss_ours:.3g}"
         + (f", torchsde {loss_theirs:.3g}" if theirs else "")

@@ -176,3 +176,41 @@ def test_fit_improves_the_elbo():
     # (422 -> 113 when written); asking for 25% leaves a margin of ~3x
     assert np.all(np.isfinite(result.losses))
     assert after < 0.75 * before, (before, after)
+
+
+def test_elbo_mean_over_keys_is_the_same_on_a_grid_or_a_tree():
+    """The two Brownian paths give ELBOs of the same distribution: the means of many
+    independent draws (one per series, every series the same) agree within standard errors."""
+    n, ts = 2000, jnp.linspace(0.0, 1.0, 5)
+    ys = jnp.broadcast_to(jnp.array([0.5, 0.2, -0.1, 0.3, 0.4])[None, :, None], (n, 5, 1))
+    common = dict(context_size=2, hidden_size=8, obs_std=0.5, dt0=0.05, key=jax.random.key(0))
+    grid = nde.LatentSDE(2, 1, **common)
+    tree = nde.LatentSDE(2, 1, brownian="tree", **common)
+    assert (grid.brownian, tree.brownian) == ("grid", "tree")
+
+    @eqx.filter_jit
+    def draws(model, key):
+        loglik, kl0, kl_path = model.elbo_terms(ts, ys, None, key)
+        return loglik - kl0 - kl_path, kl_path
+
+    (e_grid, kl_grid), (e_tree, kl_tree) = (
+        (np.asarray(x, np.float64) for x in draws(m, jax.random.key(k)))
+        for m, k in ((grid, 1), (tree, 2))
+    )
+    for a, b in ((e_grid, e_tree), (kl_grid, kl_tree)):
+        se = np.sqrt(a.var() / n + b.var() / n)
+        assert abs(a.mean() - b.mean()) < 4 * se, (a.mean(), b.mean(), se)
+        assert a.std() > 0 and b.std() > 0
+    # the noise matters here: without it (a path KL of 0 std) the comparison would be empty
+    assert kl_grid.std() > 0.05 * kl_grid.mean()
+
+
+def test_saved_model_keeps_its_brownian_path_and_activation(tmp_path):
+    model = nde.LatentSDE(2, 1, context_size=2, hidden_size=4, key=jax.random.key(0))
+    nde.save(tmp_path / "m.eqx", model)
+    loaded = nde.load(tmp_path / "m.eqx")  # a plain load: every part is named, none pickled
+    assert loaded.brownian == "grid"
+    assert loaded.diffusion.nets.activation is nde.models.latent_sde.softplus
+    ts, ys = jnp.linspace(0.0, 1.0, 4), jnp.zeros((2, 4, 1))
+    elbo = eqx.filter_jit(lambda m: m.elbo(ts, ys, None, jax.random.key(1)))
+    assert float(elbo(loaded)) == float(elbo(model))

@@ -1,6 +1,7 @@
 """NeuralSDE: statistics against closed forms, adjoints against each other, input errors, and
 MomentMatching fitting a small SDE."""
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -59,6 +60,7 @@ def test_direct_and_backsolve_gradients_agree_on_the_same_brownian_path():
                 solver="heun",
                 dt0=0.01,
                 sensitivity=sensitivity,
+                brownian="tree",  # Backsolve's path, asked for explicitly for Direct too
             )
             return jnp.sum(model(ts, y0, key) ** 2)
 
@@ -171,3 +173,91 @@ def test_moment_matching_recovers_drift_and_diffusion():
     assert float(likelihood.loss(truth, prepared, key)) < float(
         likelihood.loss(gbm_model(0.3, 0.2), prepared, key)
     )
+
+
+def _still(t, y, args):
+    return jnp.zeros_like(y)
+
+
+def diffrax_grid(t0, t1, dt0):
+    """The (start, end) of each step diffrax's constant steps take on [t0, t1] (traced times:
+    one compilation for every grid)."""
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(_still),
+        diffrax.Euler(),
+        jnp.asarray(t0, jnp.float32),
+        jnp.asarray(t1, jnp.float32),
+        jnp.asarray(dt0, jnp.float32),
+        jnp.zeros(1),
+        saveat=diffrax.SaveAt(steps=True),
+        max_steps=256,
+    )
+    ends = np.asarray(sol.ts)[np.isfinite(np.asarray(sol.ts))]
+    return np.concatenate([[t0], ends[:-1]]), ends
+
+
+def test_grid_brownian_increments_have_brownian_moments_on_diffrax_grid():
+    # dt0 = 0.3 on [0, 1]: diffrax's grid is 0.3, 0.5, 0.75, 1 (steps of unequal length)
+    t0, t1, dt0, n = 0.0, 1.0, 0.3, 20000
+    shape = jax.ShapeDtypeStruct((2,), jnp.float32)
+    starts, ends = diffrax_grid(t0, t1, dt0)
+    np.testing.assert_allclose(ends, [0.3, 0.5, 0.75, 1.0], rtol=1e-6)
+    h = ends - starts
+
+    @jax.jit
+    def draw(keys):
+        def one(key):
+            bm = nde.GridBrownianPath(t0, t1, dt0, shape, key, diffrax.SpaceTimeLevyArea)
+            levy = [bm.evaluate(s, e, use_levy=True) for s, e in zip(starts, ends, strict=True)]
+            return jnp.stack([x.W for x in levy]), jnp.stack([x.H for x in levy])
+
+        return jax.vmap(one)(keys)
+
+    w, hh = (np.asarray(x, np.float64) for x in draw(jax.random.split(jax.random.key(0), n)))
+    # mean 0 and variance h per step (4 standard errors), H ~ N(0, h / 12)
+    assert np.all(np.abs(w.mean(0)) < 4 * np.sqrt(h / n)[:, None])
+    assert np.all(np.abs(w.var(0) / h[:, None] - 1) < 4 * np.sqrt(2 / n))
+    assert np.all(np.abs(hh.var(0) / (h[:, None] / 12) - 1) < 4 * np.sqrt(2 / n))
+    # no correlation across steps, components, or between W and H
+    flat = np.concatenate([w.reshape(n, -1), hh.reshape(n, -1)], 1)
+    corr = np.corrcoef(flat.T)
+    assert np.all(np.abs(corr - np.eye(16)) < 4 / np.sqrt(n))
+    # the same key gives the same path, under jit or not; a single time is refused
+    bm = nde.GridBrownianPath(t0, t1, dt0, shape, jax.random.key(5))
+    jitted = eqx.filter_jit(lambda b, s, e: b.evaluate(s, e))
+    np.testing.assert_array_equal(bm.evaluate(0.5, 0.75), jitted(bm, 0.5, 0.75))
+    with pytest.raises(ValueError, match="evaluate.t0, t1."):
+        bm.evaluate(0.5)
+
+
+def test_grid_brownian_steps_map_one_to_one_onto_diffrax_steps():
+    """Each step diffrax takes reads its own draw: no two steps share one, none is skipped."""
+    shape = jax.ShapeDtypeStruct((1,), jnp.float32)
+    for t0, t1, dt0 in [(0.0, 2.0, 0.01), (0.3, 1.7, 0.07), (0.0, 1.0, 0.6)]:
+        starts, ends = diffrax_grid(t0, t1, dt0)
+        bm = nde.GridBrownianPath(t0, t1, dt0, shape, jax.random.key(0))
+        # the draw of a step is the one keyed by its index (the moments test checks the draws)
+        np.testing.assert_array_equal(bm._index(jnp.asarray(starts)), np.arange(len(ends)))
+
+
+def test_brownian_kind_is_chosen_honoured_or_refused():
+    drift, diffusion = (lambda t, y, a: -y), (lambda t, y, a: 0.1 * y)
+    assert nde.NeuralSDE(drift, diffusion).brownian == "grid"  # Direct()
+    assert nde.NeuralSDE(drift, diffusion, sensitivity=nde.Forward()).brownian == "grid"
+    stratonovich = dict(solver="heun", sensitivity=nde.Backsolve())
+    assert nde.NeuralSDE(drift, diffusion, **stratonovich).brownian == "tree"
+    assert nde.NeuralSDE(drift, diffusion, brownian="tree").brownian == "tree"
+    with pytest.raises(ValueError, match="brownian='grid'.*Backsolve"):
+        nde.NeuralSDE(drift, diffusion, brownian="grid", **stratonovich)
+    with pytest.raises(ValueError, match="brownian must be 'auto', 'grid' or 'tree'"):
+        nde.NeuralSDE(drift, diffusion, brownian="unsafe")
+    # a grid model whose sensitivity is swapped afterwards is refused, not solved on a tree
+    model = nde.NeuralSDE(drift, diffusion, solver="heun")
+    swapped = eqx.tree_at(lambda m: m.config.sensitivity, model, nde.Backsolve())
+    with pytest.raises(ValueError, match="brownian='grid'"):
+        swapped(jnp.linspace(0, 1, 3), jnp.ones(2), jax.random.key(0))
+    # both kinds give the same key the same path in every call, and differ from each other
+    ts, y0, key = jnp.linspace(0, 1, 3), jnp.ones(2), jax.random.key(1)
+    grid, tree = (nde.NeuralSDE(drift, diffusion, brownian=b) for b in ("grid", "tree"))
+    np.testing.assert_array_equal(grid(ts, y0, key), grid(ts, y0, key))
+    assert not np.allclose(grid(ts, y0, key), tree(ts, y0, key))

@@ -26,6 +26,7 @@ _PUBLIC: dict[str, str] = {
     # models and their solve configuration
     "SolveConfig": ".solve",
     "SolveError": ".solve",
+    "GridBrownianPath": ".solve",
     "solvers": ".solve",
     "NeuralODE": ".models",
     "autonomous": ".models",
@@ -200,6 +201,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and the API docs (griffe 
     from .models.second_order import SecondOrderNeuralODE
     from .models.vae import VAE, PlanarFlow
     from .solve import DDESolution, solve_dde
+    from .solve.brownian import GridBrownianPath
     from .solve.config import SolveConfig
     from .solve.errors import SolveError
     from .solve.events import Event, HybridSolution, Schedule

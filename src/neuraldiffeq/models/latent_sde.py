@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import check_batch_series, check_positive, check_sizes, check_times, is_concrete
+from ..solve.brownian import resolve_brownian
 from ..solve.config import HasSolveConfig, SolveConfig, on_failure, shortcuts
 from ..solve.sensitivity import AbstractSensitivity
 from .latent import gaussian_log_likelihood
@@ -30,6 +31,40 @@ from .sde import _Diagonal, sde_config, sde_terms
 
 #: Where |g| is smaller, u = (f - h) / g divides by this (sign kept) instead: a finite KL.
 _MIN_DIFFUSION = 1e-7
+
+
+def softplus(x: jax.Array) -> jax.Array:
+    """log(1 + exp(x)), the activation of `LatentSDE`'s networks: `jax.nn.softplus`'s formula,
+    max(x, 0) + log1p(exp(-|x|)), with a derivative, sigmoid(x), that reuses exp(-|x|).
+
+    `jax.nn.softplus` is `logaddexp(x, 0)`, whose derivative computes two more exponentials
+    (one for the constant 0); the training step evaluates these networks hundreds of times per
+    solve, forward and backward. Values agree with `jax.nn.softplus` to rounding. (A plain
+    function, so that model files name it.)
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from neuraldiffeq.models.latent_sde import softplus
+        >>> x = jnp.array([-3.0, 0.0, 2.0])
+        >>> bool(jnp.allclose(softplus(x), jax.nn.softplus(x)))
+        True
+        >>> float(jax.grad(softplus)(0.0))
+        0.5
+    """
+    return _softplus(x)
+
+
+@jax.custom_jvp
+def _softplus(x):
+    return jnp.maximum(x, 0) + jnp.log1p(jnp.exp(-jnp.abs(x)))
+
+
+@_softplus.defjvp
+def _softplus_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    e = jnp.exp(-jnp.abs(x))
+    out = jnp.maximum(x, 0) + jnp.log1p(e)
+    return out, dx * jnp.where(x >= 0, 1, e) / (1 + e)  # sigmoid(x), from e
 
 
 class ContextEncoder(eqx.Module):
@@ -90,12 +125,16 @@ class DiagonalDiffusion(eqx.Module):
     nets: eqx.nn.MLP  # one MLP with a leading axis of size latent_dim on every weight
 
     def __init__(self, latent_dim: int, width: int, *, key):
-        make = lambda k: eqx.nn.MLP(1, 1, width, 1, activation=jax.nn.softplus, key=k)  # noqa: E731
+        make = lambda k: eqx.nn.MLP(1, 1, width, 1, activation=softplus, key=k)  # noqa: E731
         self.nets = eqx.filter_vmap(make)(jax.random.split(key, latent_dim))
 
     def __call__(self, t, z):
-        per_component = eqx.filter_vmap(lambda net, zi: net(zi[None])[0])
-        return jax.nn.sigmoid(per_component(self.nets, z))
+        # Each net is 1 -> width -> 1: an outer product and a dot, written elementwise for all
+        # components at once (what eqx.nn.MLP computes, without width-1 matrix products).
+        first, last = self.nets.layers
+        hidden = self.nets.activation(first.weight[:, :, 0] * z[:, None] + first.bias)
+        out = jnp.sum(last.weight[:, 0, :] * hidden, axis=-1) + last.bias[:, 0]
+        return jax.nn.sigmoid(self.nets.final_activation(out))
 
 
 class LatentSDE(HasSolveConfig):
@@ -114,6 +153,10 @@ class LatentSDE(HasSolveConfig):
             dt0 = 0.01, `max_steps=None`, `nde.Direct()`. Steps are constant (rtol/atol are
             refused). Sensitivities: `nde.Direct()`, `nde.Forward()`, and `nde.Backsolve()` with
             a Stratonovich solver of one term (`"heun"`, `"midpoint"`); others are refused.
+        brownian: the Brownian motion, as for `nde.NeuralSDE`: `"auto"` (default) gives
+            `"grid"` (one Gaussian increment per step, `nde.GridBrownianPath`) with `Direct()`
+            and `Forward()`, and `"tree"` (`diffrax.VirtualBrownianTree`) with `Backsolve()`;
+            `"grid"` with `Backsolve()` is refused. `model.brownian` is the kind in use.
         key: PRNG key for the initial weights.
 
     The KL divergence uses only the difference of the two drifts, which is the same in the Itô
@@ -151,6 +194,8 @@ class LatentSDE(HasSolveConfig):
     latent_dim: int = eqx.field(static=True)
     obs_dim: int = eqx.field(static=True)
     obs_std: float = eqx.field(static=True)
+    # "grid" or "tree" (resolved); files written before it existed were solved on a tree
+    brownian: str = eqx.field(static=True, default="tree")
 
     def __init__(
         self,
@@ -167,6 +212,7 @@ class LatentSDE(HasSolveConfig):
         rtol: float | None = None,
         atol: float | None = None,
         config: SolveConfig | None = None,
+        brownian: str = "auto",
         key: jax.Array | None = None,
     ):
         check_sizes(
@@ -179,8 +225,8 @@ class LatentSDE(HasSolveConfig):
         if key is None:
             raise ValueError("LatentSDE needs key=jax.random.key(...) to initialise its weights.")
         self.config = sde_config("LatentSDE", config, shortcuts(locals()))
+        self.brownian = resolve_brownian(brownian, self.config.sensitivity, "LatentSDE")
         keys = jax.random.split(key, 6)
-        softplus = jax.nn.softplus
         self.encoder = ContextEncoder(obs_dim, hidden_size, context_size, key=keys[0])
         self.qz0 = eqx.nn.Linear(context_size, 2 * latent_dim, key=keys[1])
         self.posterior_drift = PosteriorDrift(
@@ -324,10 +370,22 @@ class LatentSDE(HasSolveConfig):
 
     def _sde_solve(self, drift, diffusion, ts_out, y0, key, args, ts_span=None):
         """Solve from the span's start (default `ts_out[0]`) to `ts_out[-1]`, saving at
-        `ts_out`; the Brownian motion lives on the whole span (default `ts_out`)."""
+        `ts_out`. A tree Brownian motion lives on the whole span (default `ts_out`), a grid one
+        on the solve's grid."""
         span = ts_out if ts_span is None else ts_span
         bm = jax.ShapeDtypeStruct(y0.shape, y0.dtype)
-        terms = sde_terms(self.config, drift, _Diagonal(diffusion), span[0], span[-1], bm, key)
+        end = span[-1] if self.brownian == "tree" else ts_out[-1]
+        terms = sde_terms(
+            self.config,
+            drift,
+            _Diagonal(diffusion),
+            span[0],
+            end,
+            bm,
+            key,
+            self.brownian,
+            "LatentSDE",
+        )
         return self.config.diffeqsolve(
             terms, span[0], ts_out[-1], y0, args=args, saveat=diffrax.SaveAt(ts=ts_out)
         )

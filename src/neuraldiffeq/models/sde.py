@@ -12,6 +12,7 @@ import lineax as lx
 import numpy as np
 
 from .._checks import solve_inputs
+from ..solve.brownian import brownian_path, resolve_brownian
 from ..solve.config import HasSolveConfig, SolveConfig, build_config, on_failure, shortcuts
 from ..solve.names import SDE_SOLVERS
 from ..solve.sensitivity import AbstractSensitivity, Backsolve, Direct, Forward
@@ -35,9 +36,17 @@ class NeuralSDE(HasSolveConfig):
     the default), `"milstein"`; Stratonovich `"euler_heun"`, `"heun"`, `"midpoint"`,
     `"reversible_heun"`, `"stratonovich_milstein"`; stochastic Runge–Kutta `"srk"`
     (diffrax GeneralShARK), `"spark"`, `"slow_rk"`, and for additive noise `"shark"`, `"sra1"`,
-    `"sea"`. The drift and diffusion become diffrax's `MultiTerm(ODETerm, ControlTerm)`, and the
-    Brownian motion is a `diffrax.VirtualBrownianTree` (with the space-time Lévy area the solver
-    needs), so the backward pass can re-query the same path.
+    `"sea"`. The drift and diffusion become diffrax's `MultiTerm(ODETerm, ControlTerm)`.
+
+    Brownian motion (`brownian=`, with the Lévy area the solver needs): `"grid"` draws one
+    Gaussian increment per step of the constant-step grid (`nde.GridBrownianPath`); `"tree"`
+    is a `diffrax.VirtualBrownianTree`, which can be queried at any time (tolerance dt0 / 16)
+    but walks a tree of bridges for every query. `"auto"` (the default) takes `"grid"` with
+    `nde.Direct()` and `nde.Forward()` (they only re-run the forward steps) and `"tree"` with
+    `nde.Backsolve()` (its backward solve queries the path on its own grid); `"grid"` with
+    `Backsolve()` is refused. Both have the distribution of Brownian motion on the grid, but
+    they are different paths for the same key; the grid path also changes with `dt0` and the
+    solve's interval. `model.brownian` is the kind in use.
 
     Solve settings: `solver`, `dt0`, `max_steps`, `sensitivity`, or one
     `config=nde.SolveConfig(...)` (see `neuraldiffeq.solve.config`); defaults `"euler"`,
@@ -66,6 +75,8 @@ class NeuralSDE(HasSolveConfig):
     config: SolveConfig
     noise: str = eqx.field(static=True)
     brownian_dim: int | None = eqx.field(static=True)
+    # "grid" or "tree" (resolved); files written before it existed were solved on a tree
+    brownian: str = eqx.field(static=True, default="tree")
 
     def __init__(
         self,
@@ -81,6 +92,7 @@ class NeuralSDE(HasSolveConfig):
         rtol: float | None = None,
         atol: float | None = None,
         config: SolveConfig | None = None,
+        brownian: str = "auto",
     ):
         for name, fn in (("drift", drift), ("diffusion", diffusion)):
             if not callable(fn):
@@ -98,6 +110,7 @@ class NeuralSDE(HasSolveConfig):
                     "motion has one component per state)."
                 )
         self.config = sde_config("NeuralSDE", config, shortcuts(locals()))
+        self.brownian = resolve_brownian(brownian, self.config.sensitivity, "NeuralSDE")
         self.drift, self.diffusion = drift, diffusion
         self.noise, self.brownian_dim = noise, brownian_dim
 
@@ -183,7 +196,9 @@ class NeuralSDE(HasSolveConfig):
         else:
             diffusion = self.diffusion
         bm = jax.ShapeDtypeStruct(bm_shape, y0.dtype)
-        return sde_terms(self.config, self.drift, diffusion, ts[0], ts[-1], bm, key)
+        return sde_terms(
+            self.config, self.drift, diffusion, ts[0], ts[-1], bm, key, self.brownian, "NeuralSDE"
+        )
 
     def _solve(self, ts, y0, key, args, *, throw):
         terms = self._terms(ts, y0, key, args)
@@ -219,14 +234,23 @@ def sde_config(owner: str, config: SolveConfig | None, given: dict) -> SolveConf
 
 
 def sde_terms(
-    config: SolveConfig, drift: Callable, diffusion: Callable, t0, t1, bm_shape, key: jax.Array
+    config: SolveConfig,
+    drift: Callable,
+    diffusion: Callable,
+    t0,
+    t1,
+    bm_shape: jax.ShapeDtypeStruct,
+    key: jax.Array,
+    brownian: str,
+    owner: str,
 ) -> diffrax.MultiTerm:
-    """drift dt + diffusion dW, W a virtual Brownian tree on [t0, t1] of shape/dtype `bm_shape`
-    (tolerance dt0 / 16, with the Lévy area `config`'s solver needs)."""
-    brownian = diffrax.VirtualBrownianTree(
-        t0, t1, tol=config.dt0 / 16, shape=bm_shape, key=key, levy_area=_levy_area(config.solver)
-    )
-    return diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, brownian))
+    """drift dt + diffusion dW for a solve on [t0, t1], W of shape/dtype `bm_shape` with the
+    Lévy area `config`'s solver needs: a `GridBrownianPath` on the solve's constant-step grid
+    (`brownian="grid"`) or a `diffrax.VirtualBrownianTree` of tolerance dt0 / 16 (`"tree"`)."""
+    # checked again here: a model whose config was swapped (eqx.tree_at) after it was built
+    brownian = resolve_brownian(brownian, config.sensitivity, owner)
+    path = brownian_path(brownian, t0, t1, config.dt0, bm_shape, key, _levy_area(config.solver))
+    return diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, path))
 
 
 class _Diagonal(eqx.Module):

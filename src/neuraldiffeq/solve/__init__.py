@@ -6,6 +6,7 @@ It imports nothing above it (models, fitting, input/output, the command line): e
 built on it, and nothing here knows about training.
 """
 
+from .brownian import GridBrownianPath
 from .config import SolveConfig
 from .dde import DDESolution, solve_dde
 from .errors import SolveError
@@ -32,6 +33,7 @@ __all__ = [
     "AbstractSensitivity",
     "Backsolve",
     "DDESolution",
+    "GridBrownianPath",
     "Direct",
     "Forward",
     "Interpolating",
