@@ -34,7 +34,7 @@ DEMOS: dict[str, tuple[str, str]] = {
     ),
     "stiff-network": (
         "neuraldiffeq.demos.stiff_network",
-        "A 180-species stiff network, one rate law a network: BDF fits it, dense kvaerno5 stalls.",
+        "A 120-species stiff network, one rate law a network: BDF fits it, dense kvaerno5 stalls.",
     ),
     "dae": (
         "neuraldiffeq.demos.dae",

@@ -4,7 +4,7 @@ ESDIRK path runs out of time.
 The situation of diffrax issue #319. Robertson's three reactions run in each of `--cells`
 compartments in a row (A → B at a rate k1 that differs from cell to cell, 2B → B + C at
 k2 = 3e7, B + C → A + C at k3 = 1e4), and A and C move between neighbouring cells: 3·cells
-species (180 by default), with a Jacobian whose eigenvalues span more than six decades (the
+species (120 by default), with a Jacobian whose eigenvalues span more than six decades (the
 demo measures the stiffness ratio on the observed states and prints it). The rate law of
 2B → B + C, r2 = k2·B², is unknown: a small network gives it, the same in every cell,
 
@@ -139,7 +139,7 @@ class ScaledMSE(eqx.Module):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--cells", type=int, default=60, help="compartments (3 species each; at least 7)"
+        "--cells", type=int, default=40, help="compartments (3 species each; at least 7)"
     )
     parser.add_argument("--steps", type=int, default=60, help="Adam steps (0: none)")
     parser.add_argument("--lbfgs-steps", type=int, default=80, help="L-BFGS steps after Adam")
