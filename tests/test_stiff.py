@@ -269,11 +269,11 @@ def test_demo_stiff_network_bdf_fits_the_neural_rate_law(tmp_path):
 
 
 @pytest.mark.long
-def test_demo_stiff_network_dense_esdirk_runs_out_of_time(tmp_path):
-    metrics = _stiff_network(tmp_path)  # the demo as users run it: 8 cells, kvaerno5 too
+def test_demo_stiff_network_dense_esdirk_costs_more_per_gradient(tmp_path):
+    # the demo as users run it (40 cells, kvaerno5 too). Measured on a loaded machine, both fits
+    # reach the target: the wall clock is dominated by compilation, so the ESDIRK fit did not
+    # run out of its budget; what is asserted is the per-gradient cost (measured about 27x)
+    metrics = _stiff_network(tmp_path)
     assert metrics["bdf"]["loss_ratio"] <= 1e-3 / 2
     per = metrics["seconds_per_gradient"]
-    assert per["kvaerno5"] >= 2 * per["bdf"]
-    esdirk = metrics["kvaerno5"]
-    assert esdirk["steps_done"] < esdirk["steps_asked"]  # stopped by the budget
-    assert esdirk["loss_ratio"] > 1e-3  # and short of the target
+    assert per["kvaerno5"] >= 10 * per["bdf"]

@@ -34,7 +34,7 @@ DEMOS: dict[str, tuple[str, str]] = {
     ),
     "stiff-network": (
         "neuraldiffeq.demos.stiff_network",
-        "A 120-species stiff network, one rate law a network: BDF fits it, dense kvaerno5 stalls.",
+        "A 120-species stiff network, one rate law a network: BDF vs dense kvaerno5, per gradient.",
     ),
     "dae": (
         "neuraldiffeq.demos.dae",
