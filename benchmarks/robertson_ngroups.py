@@ -8,7 +8,9 @@ to t_final = 1e10 with rtol = atol = 1e-8, the final state only. Side by side, i
 - ours: `nde.SolveConfig("bdf", rtol=1e-8, atol=1e-8, jacobian=pattern)`, the block pattern
   given (3 colours: three JVPs per Jacobian), the linear solve by size (dense LU up to 200
   states, SciPy's SuperLU above); the solve compiled once with `jax.jit`, then timed. The time
-  to detect the same pattern from the field (`jacobian="sparse"`) is reported separately;
+  to detect the same pattern from the field (`jacobian="sparse"`) is reported separately, and
+  so is the same solve with `BDF(reuse_jacobian=False)` (Jacobian and Newton matrix afresh
+  at every step: the solver before it kept them);
 - scipy `solve_ivp(method="BDF")` given the same sparsity (`jac_sparsity`), a NumPy field;
 - CVODE through CasADi (`integrator("cvodes")`, as pydiffsol's benchmark calls it);
 - pydiffsol's BDF (dense matrices below 20 groups, faer sparse above, as in its benchmark);
@@ -22,7 +24,8 @@ CVODE's. Then, for ours:
 - gradient of L = Σ x_final + 1e4·Σ y_final with respect to log(k1, k2, k3), forward mode
   (`nde.Forward()`), at rtol 1e-10, atol 1e-14 (at atol 1e-8 the final x ~ 2e-7 and y ~ 1e-12
   are below the error control, and finite differences would measure it), checked against
-  central finite differences (step 1e-5) at ngroups = 10, and timed against one forward solve
+  float64 central finite differences of a high-precision solve (scipy Radau, rtol 1e-13;
+  `reference_gradient`) at ngroups = 10, and timed against one forward solve
   at the same tolerances at ngroups = 1,000;
 - peak memory (resident set) of a fresh process that solves ngroups = 10,000 once (`--memory`
   runs that child), and what importing JAX and compiling take in the same child.
@@ -90,12 +93,14 @@ def timed(fn, repeats):
 # -- the solvers -----------------------------------------------------------------------------------
 
 
-def ours(ng, *, sensitivity=None, pattern=None, linear_solve="auto", rtol=TOL, atol=TOL):
+def ours(ng, *, sensitivity=None, pattern=None, linear_solve="auto", rtol=TOL, atol=TOL,
+         reuse=True):  # fmt: skip
     import diffrax
     import jax
     import jax.numpy as jnp
 
     import neuraldiffeq as nde
+    from neuraldiffeq.solve.bdf import BDF
     from neuraldiffeq.solve.jacobian import SparsityPattern
 
     def field(t, u, log_k):
@@ -106,7 +111,8 @@ def ours(ng, *, sensitivity=None, pattern=None, linear_solve="auto", rtol=TOL, a
     if pattern is None:
         pattern = SparsityPattern(*block_pattern(ng), 3 * ng)
     config = nde.SolveConfig(
-        "bdf", rtol=rtol, atol=atol, max_steps=100_000, jacobian=pattern, linear_solve=linear_solve,
+        BDF(reuse_jacobian=reuse), rtol=rtol, atol=atol, max_steps=100_000, jacobian=pattern,
+        linear_solve=linear_solve,
         sensitivity=sensitivity or nde.Direct(),
     )  # fmt: skip
 
@@ -219,6 +225,13 @@ def run_size(ng, args) -> dict:
     )
     row["ours_steps"] = int(steps)
     y_ours = np.asarray(y_ours)
+    # the same solve evaluating and factorising the Newton matrix at every step
+    _, solve_fresh = ours(ng, reuse=False)
+    jax.block_until_ready(solve_fresh(y0, log_k))
+    row["ours_no_reuse_s"], (y_fresh, steps_fresh) = timed(
+        lambda: jax.block_until_ready(solve_fresh(y0, log_k)), args.repeats
+    )
+    row["ours_no_reuse_steps"] = int(steps_fresh)
     if 3 * ng > DENSE_MAX and not args.skip_superlu:  # the general sparse path: SuperLU
         _, solve_lu = ours(ng, linear_solve="sparse")
         row["ours_superlu_s"], _ = timed(
@@ -279,13 +292,41 @@ def gradient_check(ng, repeats) -> dict:
     out["forward_s"], _ = timed(lambda: jax.block_until_ready(solve(y0, log_k)), repeats)
     out["grad_over_forward"] = out["grad_s"] / out["forward_s"]
     if ng <= 10:
-        eps = 1e-5
-        fd = np.array([(loss(log_k.at[i].add(eps)) - loss(log_k.at[i].add(-eps))) / (2 * eps)
-                       for i in range(3)])  # fmt: skip
+        fd = reference_gradient(ng)
         out["grad"] = np.asarray(g).tolist()
-        out["fd"] = fd.tolist()
+        out["fd_reference"] = fd.tolist()
         out["max_rel_err_vs_fd"] = float(np.max(np.abs(np.asarray(g) - fd) / np.abs(fd)))
     return out
+
+
+def reference_gradient(ng, eps=1e-4) -> np.ndarray:
+    """dL/dlog(k) by float64 central finite differences of a high-precision solve: scipy's
+    Radau at rtol 1e-13, atol 1e-25 with the exact Jacobian, of one group (the groups are
+    independent and identical, so L is ng times one group's x + 1e4·y). Step 1e-4 in log k:
+    truncation ~eps², solve error / eps ~1e-9, both far below the 1e-5 checked."""
+    import scipy.integrate
+
+    def one_group(log_k):
+        k1, k2, k3 = np.exp(log_k)
+
+        def f(t, u):
+            x, y, z = u
+            return [-k1 * x + k3 * y * z, k1 * x - k2 * y * y - k3 * y * z, k2 * y * y]
+
+        def jac(t, u):
+            x, y, z = u
+            return [[-k1, k3 * z, k3 * y], [k1, -2 * k2 * y - k3 * z, -k3 * y], [0, 2 * k2 * y, 0]]
+
+        sol = scipy.integrate.solve_ivp(f, (0.0, T_FINAL), [1.0, 0.0, 0.0], method="Radau",
+                                        jac=jac, rtol=1e-13, atol=1e-25)  # fmt: skip
+        x, y, _ = sol.y[:, -1]
+        return ng * (x + 1e4 * y)
+
+    log_k = np.log(np.asarray(K))
+    return np.array([
+        (one_group(log_k + eps * e) - one_group(log_k - eps * e)) / (2 * eps)
+        for e in np.eye(3)
+    ])  # fmt: skip
 
 
 def _high_water_mb() -> float:
@@ -348,14 +389,15 @@ def main() -> None:
 
     header = ("ngroups", "states", "ours (s)", "steps", "peer time / ours: CVODE",
               "pydiffsol BDF", "scipy BDF", "diffrax Kvaerno5", "ours with SuperLU (s)",
-              "detect pattern (s)")  # fmt: skip
+              "detect pattern (s)", "no reuse / reuse")  # fmt: skip
     print("\n| " + " | ".join(header) + " |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['ngroups']} | {row['states']} | {row['ours_s']:.4f} | {row['ours_steps']} "
               f"| {ratio(row, 'cvode')} | {ratio(row, 'pydiffsol')} | {ratio(row, 'scipy')} | "
               f"{ratio(row, 'kvaerno5')} | {row.get('ours_superlu_s', float('nan')):.4f} | "
-              f"{row['detect_s']:.2f} |")  # fmt: skip
+              f"{row['detect_s']:.2f} | "
+              f"{row['ours_no_reuse_s'] / row['ours_s']:.2f} |")  # fmt: skip
     print("(a ratio above 1: the peer is slower; below 1: ours is slower)")
 
     if not args.skip_gradient:

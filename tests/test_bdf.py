@@ -146,3 +146,15 @@ def test_every_ode_model_takes_the_stiff_solvers_by_name(name, cls):
 def test_bdf_refuses_a_non_vector_state():
     with pytest.raises(ValueError, match="states of shape \\(n,\\)"):
         solve(lambda t, y, a: -y, 1.0, jnp.ones((2, 2)), rtol=1e-6, atol=1e-8)
+
+
+def test_kept_jacobian_solves_like_a_fresh_one_and_is_kept():
+    # CVODE-style reuse (the default) against a Jacobian and factorisation at every step: the
+    # same solution within the tolerance, and the kept Jacobian is older than one step
+    exact = scipy.linalg.expm(A * 5.0) @ Y0
+    kept = solve(linear, 5.0, Y0, rtol=1e-8, atol=1e-10, solver=BDF())
+    fresh = solve(linear, 5.0, Y0, rtol=1e-8, atol=1e-10, solver=BDF(reuse_jacobian=False))
+    for sol in (kept, fresh):
+        np.testing.assert_allclose(sol.ys[-1], exact, rtol=1e-5, atol=1e-8)
+    assert int(kept.solver_state.jac_age) > 1
+    assert fresh.solver_state.jac_age is None

@@ -174,3 +174,16 @@ def test_block_solve_agrees_with_dense_on_independent_blocks_of_unequal_size():
     assert choose_linear_solve(300, many) == "blocks"
     band = np.eye(300, dtype=bool) | np.eye(300, k=1, dtype=bool) | np.eye(300, k=-1, dtype=bool)
     assert choose_linear_solve(300, SparsityPattern.from_dense(band)) == "sparse"
+
+
+def test_fit_detects_a_pending_sparse_pattern_before_compiling():
+    from neuraldiffeq.fitting.solver_choice import resolve_for_fit
+    from neuraldiffeq.solve.jacobian import SparsityPattern
+
+    config = nde.SolveConfig("bdf", rtol=1e-6, jacobian="sparse", sensitivity=nde.Direct())
+    model = nde.NeuralODE(lambda t, y, a: -y, config=config)
+    data = (jnp.linspace(0.0, 1.0, 3), jnp.ones((3, 4)))
+    resolved = resolve_for_fit(model, data)
+    assert (
+        isinstance(resolved.solver.jacobian, SparsityPattern) and resolved.solver.jacobian.nnz == 4
+    )

@@ -241,3 +241,39 @@ def test_auto_picks_by_size_and_tolerance_among_the_stiff_solvers():
     model = nde.NeuralODE(small, config=config.replace(sensitivity=nde.Direct()))
     model = model.resolve_solver(jnp.array([0.0, 1.0]), jnp.ones(2))
     assert isinstance(model.solver.jacobian, SparsityPattern)
+
+
+# -- the stiff-network demo (issue 29): a neural rate law in a 24-species stiff network -------
+
+
+def _stiff_network(tmp_path, *argv):
+    import json
+
+    from neuraldiffeq.cli import main
+
+    out = tmp_path / "stiff-network"
+    assert main(["demo", "stiff-network", *argv, "--out", str(out), "--no-progress"]) == 0
+    assert {"fit.png", "metrics.json", "model.eqx"} <= {p.name for p in out.iterdir()}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["species"] >= 20
+    assert metrics["stiffness_ratio"] >= 2e6  # the issue's 1e6, margin 2x
+    return metrics
+
+
+def test_demo_stiff_network_bdf_fits_the_neural_rate_law(tmp_path):
+    metrics = _stiff_network(tmp_path, "--cells", "7", "--steps", "0", "--lbfgs-steps", "40",
+                             "--budget", "0")  # fmt: skip
+    bdf = metrics["bdf"]
+    assert bdf["skipped"] == 0
+    assert bdf["loss_ratio"] <= 1e-3 / 2  # the issue's 1e-3 of the start, margin 2x
+
+
+@pytest.mark.long
+def test_demo_stiff_network_dense_esdirk_costs_more_per_gradient(tmp_path):
+    # the demo as users run it (40 cells, kvaerno5 too). Measured on a loaded machine, both fits
+    # reach the target: the wall clock is dominated by compilation, so the ESDIRK fit did not
+    # run out of its budget; what is asserted is the per-gradient cost (measured about 27x)
+    metrics = _stiff_network(tmp_path)
+    assert metrics["bdf"]["loss_ratio"] <= 1e-3 / 2
+    per = metrics["seconds_per_gradient"]
+    assert per["kvaerno5"] >= 10 * per["bdf"]

@@ -32,6 +32,10 @@ DEMOS: dict[str, tuple[str, str]] = {
         "neuraldiffeq.demos.stiff",
         "Robertson's stiff kinetics: tsit5 cannot fit the three rates, kvaerno5 recovers them.",
     ),
+    "stiff-network": (
+        "neuraldiffeq.demos.stiff_network",
+        "A 120-species stiff network, one rate law a network: BDF vs dense kvaerno5, per gradient.",
+    ),
     "dae": (
         "neuraldiffeq.demos.dae",
         "Robertson's kinetics as a mass-matrix DAE: NeuralODEMM fits the three rates.",

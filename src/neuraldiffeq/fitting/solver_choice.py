@@ -21,8 +21,9 @@ FIT_TRAJECTORIES = 8
 def resolve_for_fit(model: Any, data: Any, strategies: Any = ()) -> Any:
     """`model` with `solver="auto"` resolved for fitting to `data` (what `nde.fit` calls before
     compiling): implicit if the equation is stiff from the first state of any of the first
-    `FIT_TRAJECTORIES` trajectories, with the strategies' `args`. Any other model is returned
-    as it is.
+    `FIT_TRAJECTORIES` trajectories, with the strategies' `args`. A solver waiting for its
+    Jacobian's sparsity pattern (`jacobian="sparse"`) gets it detected from the first state.
+    Any other model is returned as it is.
 
     Example:
         >>> import jax.numpy as jnp, neuraldiffeq as nde
@@ -32,7 +33,9 @@ def resolve_for_fit(model: Any, data: Any, strategies: Any = ()) -> Any:
         >>> type(resolve_for_fit(model, data).solver).__name__
         'Kvaerno5'
     """
-    if not (isinstance(getattr(model, "solver", None), str) and hasattr(model, "resolve_solver")):
+    solver = getattr(model, "solver", None)
+    pending = isinstance(solver, str) or getattr(solver, "jacobian", None) == "sparse"
+    if not (pending and hasattr(model, "resolve_solver")):
         return model
     try:
         batch = as_timeseries(data).as_batch()

@@ -63,6 +63,8 @@ from .jacobian import (
     sparse_jacobian,
 )
 from .linear import (
+    block_apply,
+    block_factor,
     block_solver,
     check_linear_solve,
     choose_linear_solve,
@@ -78,6 +80,11 @@ NEWTON_MAXITER = 4
 NEWTON_FAIL_FACTOR = 0.5
 #: The step-size controller's safety factor (diffrax's PIDController default).
 SAFETY = 0.9
+#: Accepted steps a Jacobian is kept before it is evaluated again (with `reuse_jacobian`).
+JAC_MAX_AGE = 20
+#: The Newton matrix I - c·J is factorised again when c = h/α has moved by more than this
+#: fraction since its factorisation (CVODE's DGMAX).
+C_CHANGE = 0.3
 
 # -- the NDF coefficients (Shampine & Reichelt 1997, table 1) --------------------------------------
 _KAPPA = np.array([0.0, -0.1850, -1 / 9, -0.0823, -0.0415, 0.0])
@@ -150,6 +157,10 @@ class _State(eqx.Module):
     h: jax.Array  # the step D is scaled for
     n_equal: jax.Array  # accepted steps of size h since the last change
     valid: jax.Array  # False before the first step
+    jac: Any = None  # ∂f/∂y kept across steps (dense (n, n) or values at the pattern)
+    jac_age: Any = None  # accepted steps since it was evaluated
+    factor: Any = None  # the Newton matrix I - c·J in the linear solve's form
+    c_factor: Any = None  # the c it was factorised with
 
 
 def _rms(x):
@@ -159,6 +170,27 @@ def _rms(x):
 def _no_gradient(tree):
     dynamic, static = eqx.partition(tree, eqx.is_inexact_array)
     return eqx.combine(jax.lax.stop_gradient(dynamic), static)
+
+
+@eqx.filter_custom_jvp
+def _kept_solve(r, primal, exact):
+    return primal(r)
+
+
+@_kept_solve.def_jvp
+def _kept_solve_jvp(primals, tangents):
+    r, primal, exact = primals
+    dr = tangents[0]
+    return primal(r), (jnp.zeros_like(r) if dr is None else exact(dr))
+
+
+def _primal_and_exact(primal, exact, like):
+    """r -> primal(r) whose derivative is exact(dr): the kept Newton matrix gives the value,
+    the one at the step's prediction gives the derivatives (the implicit function theorem).
+    Both are closure-converted: their closed-over arrays travel as arguments."""
+    primal = eqx.filter_closure_convert(primal, like)
+    exact = eqx.filter_closure_convert(exact, like)
+    return lambda r: _kept_solve(r, primal, exact)
 
 
 class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
@@ -175,6 +207,14 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             LUs), `"sparse"` (SuperLU; both need a pattern), `"krylov"` (GMRES) or `"auto"`
             (`neuraldiffeq.solve.linear.choose_linear_solve`: dense up to 200 states, else
             blocks or sparse with a pattern, Krylov without).
+        reuse_jacobian: keep the Jacobian and the factorised Newton matrix across steps, as
+            CVODE does (True, the default): the Jacobian is evaluated again after
+            `JAC_MAX_AGE` steps or when a Newton iteration with the kept one fails (the step is
+            then retried with a fresh one before its size is cut), the matrix is factorised
+            again when c = h/α moves by more than `C_CHANGE`. Derivatives (`nde.Direct`,
+            `nde.Forward`) always use the Jacobian at the step's prediction, so gradients are
+            those of `reuse_jacobian=False`. Not used by the matrix-free Krylov solve (no
+            pattern), which forms no Jacobian.
 
     Example:
         >>> import diffrax, jax.numpy as jnp
@@ -192,6 +232,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
     root_find_max_steps: int = eqx.field(static=True, default=NEWTON_MAXITER)  # fixed: unused
     jacobian: Any = eqx.field(static=True, default="dense")
     linear_solve: str = eqx.field(static=True, default="auto", converter=check_linear_solve)
+    reuse_jacobian: bool = eqx.field(static=True, default=True)
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar = BDFInterpolation
@@ -244,13 +285,71 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
                 f"BDF's jacobian pattern is {pattern.n}x{pattern.n} but the state has "
                 f"{y0.shape[0]} components."
             )
-        return _State(
+        state = _State(
             d=jnp.zeros((_ROWS, *y0.shape), y0.dtype),
             order=jnp.array(1),
             h=jnp.ones((), y0.dtype),
             n_equal=jnp.array(0),
             valid=jnp.array(False),
         )
+        if not self._reuses(y0.shape[0]):
+            return state
+        n, dtype = y0.shape[0], y0.dtype
+        jac = jnp.zeros((n, n) if pattern is None else (pattern.nnz,), dtype)
+        factor = jax.eval_shape(lambda j: self._factorise(j, jnp.ones((), dtype)), jac)
+        factor = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), factor)
+        return eqx.tree_at(
+            lambda st: (st.jac, st.jac_age, st.factor, st.c_factor),
+            state,
+            (jac, jnp.array(0), factor, jnp.ones((), dtype)),
+            is_leaf=lambda x: x is None,
+        )
+
+    def _reuses(self, n: int) -> bool:
+        """Whether the Jacobian and Newton matrix are kept across steps (not matrix-free)."""
+        matrix_free = self._pattern() is None and self._linear(n) == "krylov"
+        return self.reuse_jacobian and not matrix_free
+
+    # -- with reuse: the Jacobian, its factorisation and its application, separately ---------------
+
+    def _jacobian(self, f, y):
+        """∂f/∂y at y: (n, n) without a pattern, else the values at the pattern's entries."""
+        pattern = self._pattern()
+        if pattern is None:
+            return jax.jacfwd(f)(y)
+        return sparse_jacobian(lambda t, v, a: f(v), None, y, None, pattern)
+
+    def _factorise(self, jac, c):
+        """I - c·J in the form `_apply` solves with."""
+        n = self._pattern().n if self._pattern() is not None else jac.shape[0]
+        linear, pattern = self._linear(n), self._pattern()
+        if pattern is None:
+            return jsl.lu_factor(jnp.eye(n, dtype=jac.dtype) - c * jac)
+        is_diag = jnp.asarray(pattern.rows == pattern.cols)
+        a_values = jnp.where(is_diag, 1.0, 0.0).astype(jac.dtype) - c * jac
+        if linear == "dense":
+            dense = jnp.zeros((n, n), jac.dtype).at[pattern.rows, pattern.cols].set(a_values)
+            return jsl.lu_factor(dense)
+        if linear == "blocks":
+            return block_factor(pattern, a_values)
+        return a_values  # SuperLU (it keeps its factors of recent values) or GMRES
+
+    def _apply(self, factor, r):
+        n = r.shape[0]
+        linear, pattern = self._linear(n), self._pattern()
+        if pattern is None or linear == "dense":
+            return jsl.lu_solve(factor, r)
+        if linear == "blocks":
+            return block_apply(pattern, factor, r)
+        if linear == "sparse":
+            return sparse_solve(pattern, factor, r)
+        is_diag = jnp.asarray(pattern.rows == pattern.cols)
+        diag = jax.ops.segment_sum(jnp.where(is_diag, factor, 0.0), pattern.rows, n)
+        matvec = lambda v: jax.ops.segment_sum(  # noqa: E731
+            factor * v[pattern.cols], pattern.rows, n
+        )
+        rtol, atol = self.root_finder.rtol, self.root_finder.atol
+        return krylov_solve(matvec, r, diag, rtol=1e-2 * rtol, atol=1e-2 * atol)
 
     # -- the Newton matrix A = I - J_h/α and its solves -------------------------------------------
 
@@ -326,36 +425,83 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         def hf_ng(y):
             return terms_ng.vf_prod(t_new, y, args_ng, h)
 
-        solve = self._matrix(hf_ng, y_pred_ng, alpha)
         scale = atol + rtol * jnp.abs(y_pred_ng)
         eps = float(jnp.finfo(dtype).eps)
         newton_tol = max(10 * eps / rtol, min(0.03, rtol**0.5))
 
-        def cond(carry):
-            it, _, _, converged, failed = carry
-            return (it < NEWTON_MAXITER) & jnp.logical_not(converged | failed)
+        def newton(solve):
+            def cond(carry):
+                it, _, _, converged, failed = carry
+                return (it < NEWTON_MAXITER) & jnp.logical_not(converged | failed)
 
-        def body(carry):
-            it, corr, dy_norm_old, _, _ = carry
-            f = hf_ng(y_pred_ng + corr) / alpha
-            dy = solve(f - psi_ng - corr)
-            finite = jnp.all(jnp.isfinite(dy))
-            dy_norm = _rms(dy / scale)
-            rate = dy_norm / jnp.where((it > 0) & (dy_norm_old > 0), dy_norm_old, 1.0)
-            slow = (it > 0) & (
-                (rate >= 1) | (rate ** (NEWTON_MAXITER - it) / (1 - rate) * dy_norm > newton_tol)
-            )
-            failed = jnp.logical_not(finite) | slow
-            corr = jnp.where(failed, corr, corr + dy)
-            converged = jnp.logical_not(failed) & (
-                (dy_norm == 0) | ((it > 0) & (rate / (1 - rate) * dy_norm < newton_tol))
-            )
-            return it + 1, corr, dy_norm, converged, failed
+            def body(carry):
+                it, corr, dy_norm_old, _, _ = carry
+                f = hf_ng(y_pred_ng + corr) / alpha
+                dy = solve(f - psi_ng - corr)
+                finite = jnp.all(jnp.isfinite(dy))
+                dy_norm = _rms(dy / scale)
+                rate = dy_norm / jnp.where((it > 0) & (dy_norm_old > 0), dy_norm_old, 1.0)
+                slow = (it > 0) & (
+                    (rate >= 1)
+                    | (rate ** (NEWTON_MAXITER - it) / (1 - rate) * dy_norm > newton_tol)
+                )
+                failed = jnp.logical_not(finite) | slow
+                corr = jnp.where(failed, corr, corr + dy)
+                converged = jnp.logical_not(failed) & (
+                    (dy_norm == 0) | ((it > 0) & (rate / (1 - rate) * dy_norm < newton_tol))
+                )
+                return it + 1, corr, dy_norm, converged, failed
 
-        zero = jnp.zeros((), dtype)
-        init = (jnp.array(0), jnp.zeros_like(y0), zero, jnp.array(False), jnp.array(False))
-        _, corr_ng, _, converged, _ = jax.lax.while_loop(cond, body, init)
-        corr_ng = jax.lax.stop_gradient(corr_ng)
+            zero = jnp.zeros((), dtype)
+            init = (jnp.array(0), jnp.zeros_like(y0), zero, jnp.array(False), jnp.array(False))
+            _, corr, _, converged, _ = jax.lax.while_loop(cond, body, init)
+            return jax.lax.stop_gradient(corr), converged
+
+        kept = {}
+        if self._reuses(y0.shape[0]):
+            h_ng = jax.lax.stop_gradient(h)
+            c = h_ng / alpha
+            f_ng = lambda y: hf_ng(y) / h_ng  # noqa: E731
+            keep = state.valid & jnp.logical_not(fresh) & (state.jac_age < JAC_MAX_AGE)
+            jac = jax.lax.cond(keep, lambda: state.jac, lambda: self._jacobian(f_ng, y_pred_ng))
+            refactor = jnp.logical_not(keep) | (jnp.abs(c / state.c_factor - 1) > C_CHANGE)
+            factor, c_factor = jax.lax.cond(
+                refactor,
+                lambda: (self._factorise(jac, c), c),
+                lambda: (state.factor, state.c_factor),
+            )
+
+            def solver(factor, c_factor):
+                # CVODE's correction for a matrix factorised at another c: it scales the chord
+                # step by 2/(1 + c/c_factor), exact for a linear field with small steps
+                ratio = 2.0 / (1.0 + c / c_factor)
+                return lambda r: ratio * self._apply(factor, r)
+
+            corr_ng, converged = newton(solver(factor, c_factor))
+
+            def again():  # the kept Jacobian failed: a fresh one before the step is cut
+                jac2 = self._jacobian(f_ng, y_pred_ng)
+                factor2 = self._factorise(jac2, c)
+                return (jac2, factor2, c, *newton(solver(factor2, c)))
+
+            retry = jnp.logical_not(converged) & keep
+            jac, factor, c_factor, corr_ng, converged = jax.lax.cond(
+                retry, again, lambda: (jac, factor, c_factor, corr_ng, converged)
+            )
+            kept = dict(
+                jac=jac,
+                jac_age=jnp.where(keep & jnp.logical_not(retry), state.jac_age, 0) + 1,
+                factor=factor,
+                c_factor=c_factor,
+            )
+
+            def exact(r):  # the Newton matrix at this step's prediction, as without reuse
+                return self._apply(self._factorise(self._jacobian(f_ng, y_pred_ng), c), r)
+
+            solve = _primal_and_exact(solver(factor, c_factor), exact, y0)
+        else:
+            solve = self._matrix(hf_ng, y_pred_ng, alpha)
+            corr_ng, converged = newton(solve)
 
         # -- one more chord step, differentiable: the implicit function theorem -----------------
         corr = corr_ng + solve(residual(corr_ng))
@@ -404,7 +550,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         )
         y_error = jax.lax.stop_gradient(reported * ctrl_scale)
         new_state = _State(
-            d=d_new, order=new_order, h=h, n_equal=n_equal_new, valid=jnp.array(True)
+            d=d_new, order=new_order, h=h, n_equal=n_equal_new, valid=jnp.array(True), **kept
         )
         dense_info = dict(d=d_new, order=order)
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
@@ -447,6 +593,7 @@ def with_structure(solver: Any, jacobian: Any, linear_solve: str | None) -> Any:
         root_finder=solver.root_finder,
         jacobian=jacobian,
         linear_solve=solver.linear_solve if linear_solve is None else linear_solve,
+        reuse_jacobian=solver.reuse_jacobian,
     )
 
 
@@ -520,4 +667,9 @@ def resolve_pattern(solver: Any, terms: Any, t0, y0, args: Any) -> Any:
                 f"components; give an (n, n) pattern with n = {y0.size}."
             )
         check_pattern(field, t0, y0, args, pattern)
-    return BDF(root_finder=solver.root_finder, jacobian=pattern, linear_solve=solver.linear_solve)
+    return BDF(
+        root_finder=solver.root_finder,
+        jacobian=pattern,
+        linear_solve=solver.linear_solve,
+        reuse_jacobian=solver.reuse_jacobian,
+    )

@@ -173,6 +173,21 @@ def block_solver(pattern: SparsityPattern, values: jax.Array) -> Callable[[jax.A
         >>> solve(jnp.array([3.0, 4.0, 5.0])).tolist()
         [1.0, 1.0, 1.0]
     """
+    inverse = block_factor(pattern, values)
+    return lambda r: block_apply(pattern, inverse, r)
+
+
+def block_factor(pattern: SparsityPattern, values: jax.Array) -> jax.Array:
+    """The inverses of the pattern's independent blocks of A (values at the pattern's entries),
+    shape (blocks, size, size): what `block_apply` multiplies by. Kept across steps by `BDF`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from neuraldiffeq.solve.jacobian import SparsityPattern
+        >>> from neuraldiffeq.solve.linear import block_factor
+        >>> block_factor(SparsityPattern([], [], 2), jnp.array([2.0, 4.0])).shape
+        (2, 1, 1)
+    """
     members, where = pattern.blocks
     n_blocks, size = members.shape
     # gathers, not scatters (scatters are slow on CPU): each block slot reads its entry's value
@@ -182,20 +197,29 @@ def block_solver(pattern: SparsityPattern, values: jax.Array) -> Callable[[jax.A
     pad_eye = (padding[:, :, None] & np.eye(size, dtype=bool)[None]).reshape(-1)
     flat = jnp.where(jnp.asarray(slot >= 0), values[jnp.asarray(np.maximum(slot, 0))], 0.0)
     blocks = (flat + jnp.asarray(pad_eye, values.dtype)).reshape(n_blocks, size, size)
-    inverse = _batched_inverse(blocks)
+    return _batched_inverse(blocks)
+
+
+def block_apply(pattern: SparsityPattern, inverse: jax.Array, r: jax.Array) -> jax.Array:
+    """A⁻¹r from the block inverses of `block_factor`.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from neuraldiffeq.solve.jacobian import SparsityPattern
+        >>> from neuraldiffeq.solve.linear import block_apply, block_factor
+        >>> p = SparsityPattern([], [], 2)
+        >>> block_apply(p, block_factor(p, jnp.array([2.0, 4.0])), jnp.ones(2)).tolist()
+        [0.5, 0.25]
+    """
+    members, _ = pattern.blocks
+    padding = members < 0
     index = jnp.asarray(np.where(padding, 0, members))
-    mask = jnp.asarray(padding)
     # where each state sits in the flattened (block, position) layout
     back = np.empty(pattern.n, np.int64)
     back[members[~padding]] = np.flatnonzero(~padding.reshape(-1))
-    back = jnp.asarray(back)
-
-    def solve(r):
-        local = jnp.where(mask, 0.0, r[index])
-        x = jnp.einsum("bij,bj->bi", inverse, local)
-        return x.reshape(-1)[back]
-
-    return solve
+    local = jnp.where(jnp.asarray(padding), 0.0, r[index])
+    x = jnp.einsum("bij,bj->bi", inverse, local)
+    return x.reshape(-1)[jnp.asarray(back)]
 
 
 def _batched_inverse(blocks: jax.Array) -> jax.Array:
