@@ -158,3 +158,16 @@ def test_kept_jacobian_solves_like_a_fresh_one_and_is_kept():
         np.testing.assert_allclose(sol.ys[-1], exact, rtol=1e-5, atol=1e-8)
     assert int(kept.solver_state.jac_age) > 1
     assert fresh.solver_state.jac_age is None
+
+
+def test_bdf_refuses_the_continuous_adjoints_when_the_model_is_built():
+    field = lambda t, y, args: -y  # noqa: E731
+    for sensitivity in (nde.Backsolve(), nde.Interpolating(), nde.Quadrature()):
+        with pytest.raises(ValueError, match="cannot honour.*nde.Direct\\(\\), nde.Forward\\(\\)"):
+            nde.NeuralODE(field, solver="bdf", sensitivity=sensitivity)
+    # "auto" picks one it can honour, whatever the parameter count would suggest
+    assert isinstance(nde.NeuralODE(field, solver="bdf").config.sensitivity, nde.Direct)
+    assert isinstance(
+        nde.NeuralODE(field, solver="bdf", sensitivity=nde.Forward()).config.sensitivity,
+        nde.Forward,
+    )

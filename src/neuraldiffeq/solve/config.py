@@ -67,10 +67,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import as_array, check_positive, is_concrete
-from .bdf import as_jacobian, resolve_pattern, with_structure
+from .bdf import BDF, as_jacobian, resolve_pattern, with_structure
 from .errors import SolveError, failure_message, reason_of, step_counts
 from .names import ODE_SOLVERS, SDE_SOLVERS, resolve_solver
-from .sensitivity import AbstractSensitivity, resolve_sensitivity
+from .sensitivity import AbstractSensitivity, Direct, Forward, resolve_sensitivity
 from .stiffness import estimate_stiffness
 
 #: Standalone defaults of the adaptive tolerances (a model may have its own).
@@ -396,6 +396,13 @@ class SolveConfig(eqx.Module):
             ValueError: NeuralDDE cannot honour sensitivity=Backsolve(); it accepts nde.Direct() (or 'auto').
         """  # noqa: E501
         sensitivity = self.sensitivity
+        if isinstance(self.solver, BDF):
+            # BDF steps a state of shape (n,); a continuous adjoint solves a pytree of state,
+            # adjoint and parameters backwards, which it cannot
+            accepts = [c for c in (accepts or (Direct, Forward)) if c in (Direct, Forward)]
+            hint = "BDF has no continuous adjoint" + (f"; {hint}" if hint else "")
+            if isinstance(sensitivity, str):
+                sensitivity = accepts[0]()
         if isinstance(sensitivity, str):
             sensitivity = auto()
         if accepts is not None and not isinstance(sensitivity, tuple(accepts)):
