@@ -91,6 +91,11 @@ def run_seed(seed: int, steps: int, lbfgs: int, noise: float, progress: bool) ->
     if lbfgs:
         stages.append(nde.Stage(nde.Trajectory(), optax.lbfgs(), steps=lbfgs))
     fitted = nde.fit(ude, data, stages, progress=progress).model
+    return explain(seed, data, fitted, progress)
+
+
+def explain(seed: int, data: nde.TimeSeries, fitted: nde.NeuralODE, progress: bool) -> dict:
+    """Steps 3-5 for a fitted UDE: discover, refit, prune, refit, extrapolate."""
     found = nde.discover(
         fitted,
         fitted.field.net,
@@ -106,7 +111,7 @@ def run_seed(seed: int, steps: int, lbfgs: int, noise: float, progress: bool) ->
     wanted = {k: set(v) for k, v in MISSING.items()}
     exact_at_discovery = _kept(found.term) == wanted
     # sequential thresholding on the trajectory: drop what the refit shrank below the threshold
-    pruned = refit.field.net.prune(found.threshold)
+    pruned = refit.field.net.prune(found.threshold, scales=found.scales)
     if pruned.n_terms() < refit.field.net.n_terms():
         refit = eqx.tree_at(lambda m: m.field.net, refit, pruned)
         refit = nde.fit(
