@@ -82,11 +82,16 @@ def make_data(seed: int, noise: float = 0.05, t_end: float = 5.0, n: int = 21):
     return nde.TimeSeries(ts, noisy), clean
 
 
+def make_ude(seed: int) -> nde.NeuralODE:
+    """The universal ODE before fitting: known linear terms + an MLP 2 -> 32 -> 32 -> 2."""
+    net = eqx.nn.MLP(2, 2, 32, 2, activation=jnp.tanh, key=jax.random.key(seed))
+    return nde.NeuralODE(KnownLinear(net), rtol=1e-6, atol=1e-6)
+
+
 def run_seed(seed: int, steps: int, lbfgs: int, noise: float, progress: bool) -> dict:
     """The whole pipeline for one noise seed; returns numbers and what the picture needs."""
     data, _ = make_data(seed, noise)
-    net = eqx.nn.MLP(2, 2, 32, 2, activation=jnp.tanh, key=jax.random.key(seed))
-    ude = nde.NeuralODE(KnownLinear(net), rtol=1e-6, atol=1e-6)
+    ude = make_ude(seed)
     stages = [nde.Stage(nde.Trajectory(), optax.adam(3e-3), steps=steps)]
     if lbfgs:
         stages.append(nde.Stage(nde.Trajectory(), optax.lbfgs(), steps=lbfgs))
