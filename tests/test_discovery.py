@@ -104,3 +104,52 @@ def test_bad_input():
         nde.discover(model, true_rhs, states, optimizer="lasso")
     with pytest.raises(ValueError, match="names has 3 names"):
         nde.discover(model, true_rhs, states, names=["a", "b", "c"])
+
+
+def test_selection_does_not_depend_on_the_states_units():
+    """Scaled columns: the same states in other units (y -> c y, so f -> c f(y / c)) give the
+    same terms, with coefficients transformed exactly."""
+    states = jax.random.uniform(jax.random.key(2), (200, 2), minval=0.5, maxval=3.0)
+
+    def net(y):
+        return true_rhs(y) + 0.01 * jnp.sin(jnp.array([13.0, 7.0]) * y[0] + 5.0 * y[1])
+
+    c = 50.0
+
+    def net_other_units(z):
+        return c * net(z / c)
+
+    found = []
+    for f, s in ((net, states), (net_other_units, c * states)):
+        found.append(nde.discover({"net": f}, f, s, names=["x", "y"]))
+    a, b = (_terms(d) for d in found)
+    assert {k: set(v) for k, v in a.items()} == {k: set(v) for k, v in TRUE.items()}
+    assert {k: set(v) for k, v in b.items()} == {k: set(v) for k, v in a.items()}
+    degree = {"1": 0, "x*y": 2, "y^2": 2}  # c f(z / c) scales a degree-p term by c^(1 - p)
+    for out, row in a.items():
+        for name, value in row.items():
+            assert b[out][name] == pytest.approx(value * c ** (1 - degree[name]), rel=1e-3)
+    np.testing.assert_allclose(found[1].scales[1:3], c * found[0].scales[1:3], rtol=1e-5)
+
+
+@pytest.mark.long  # five whole UDE fits (benchmarks/discover_seeds.py records the same study)
+@pytest.mark.xfail(
+    reason="issue #28's target, not met yet: the UDE fits of noise seeds 3 and 4 leave the "
+    "trajectory too far from the truth for exact selection and 10% coefficients (see "
+    "benchmarks/results/*-discover-seeds.md)",
+    strict=False,
+)
+def test_demo_discovers_the_missing_terms_in_four_of_five_seeds():
+    from neuraldiffeq.demos.discover import run_seed
+
+    good = 0
+    for seed in range(5):
+        r = run_seed(seed, 2000, 300, 0.05, False)
+        errors = r["coefficient_relative_errors"].values()
+        good += bool(
+            r["exact_selection"]
+            and all(e is not None and e <= 0.1 for e in errors)
+            and r["formula_rmse_over_range"] <= 0.1
+            and r["network_over_formula_rmse"] >= 3
+        )
+    assert good >= 4, good

@@ -117,6 +117,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="continue from the newest complete checkpoint in --checkpoint-dir (rerun the same "
         "command with --resume after the fit was stopped)",
     )
+    parser.add_argument(
+        "--discover",
+        action="store_true",
+        help="after the fit, explain the fitted field by a sparse polynomial of the states "
+        "(SINDy on the network, in the data's units), refit its coefficients by L-BFGS "
+        "(--lbfgs-steps) and write equation.txt and discovery.json",
+    )
+    parser.add_argument(
+        "--discover-degree",
+        type=int,
+        default=2,
+        help="highest degree of the monomials --discover tries",
+    )
 
 
 def parse_holdout(holdout: float | None, n_times: int) -> int:
@@ -230,6 +243,9 @@ def run(args: argparse.Namespace) -> dict:
         if getattr(args, name) < low:
             flag = name.replace("_", "-")
             raise ValueError(f"--{flag} must be at least {low}, got {getattr(args, name)}.")
+    discover_degree = getattr(args, "discover_degree", 2)
+    if getattr(args, "discover", False) and discover_degree < 1:
+        raise ValueError(f"--discover-degree must be at least 1, got {discover_degree}.")
     stages = build_stages(args.strategy, args.steps, args.lbfgs_steps, args.group_size)
     data = read_csv(
         args.data,
@@ -269,6 +285,21 @@ def run(args: argparse.Namespace) -> dict:
     )
     if data.ids is not None and fitted.paths and not fitted.interrupted:
         fitted.paths.append(write_predictions(args.out, data, fitted, args.id, args.time))
+    if getattr(args, "discover", False) and fitted.paths and not fitted.interrupted:
+        from .fit_discover import discover_fit
+
+        metrics["discovery"] = discover_fit(
+            data,
+            fitted,
+            labels,
+            degree=discover_degree,
+            holdout=holdout,
+            lbfgs_steps=args.lbfgs_steps,
+            out=args.out,
+            time_name=args.time,
+            progress=args.progress,
+        )
+        fitted.paths.extend(os.path.join(args.out, f) for f in ("equation.txt", "discovery.json"))
     print("wrote " + ", ".join(fitted.paths))
     if fitted.interrupted:
         raise Interrupted(

@@ -82,15 +82,25 @@ def make_data(seed: int, noise: float = 0.05, t_end: float = 5.0, n: int = 21):
     return nde.TimeSeries(ts, noisy), clean
 
 
+def make_ude(seed: int) -> nde.NeuralODE:
+    """The universal ODE before fitting: known linear terms + an MLP 2 -> 32 -> 32 -> 2."""
+    net = eqx.nn.MLP(2, 2, 32, 2, activation=jnp.tanh, key=jax.random.key(seed))
+    return nde.NeuralODE(KnownLinear(net), rtol=1e-6, atol=1e-6)
+
+
 def run_seed(seed: int, steps: int, lbfgs: int, noise: float, progress: bool) -> dict:
     """The whole pipeline for one noise seed; returns numbers and what the picture needs."""
     data, _ = make_data(seed, noise)
-    net = eqx.nn.MLP(2, 2, 32, 2, activation=jnp.tanh, key=jax.random.key(seed))
-    ude = nde.NeuralODE(KnownLinear(net), rtol=1e-6, atol=1e-6)
+    ude = make_ude(seed)
     stages = [nde.Stage(nde.Trajectory(), optax.adam(3e-3), steps=steps)]
     if lbfgs:
         stages.append(nde.Stage(nde.Trajectory(), optax.lbfgs(), steps=lbfgs))
     fitted = nde.fit(ude, data, stages, progress=progress).model
+    return explain(seed, data, fitted, progress)
+
+
+def explain(seed: int, data: nde.TimeSeries, fitted: nde.NeuralODE, progress: bool) -> dict:
+    """Steps 3-5 for a fitted UDE: discover, refit, prune, refit, extrapolate."""
     found = nde.discover(
         fitted,
         fitted.field.net,
@@ -106,7 +116,7 @@ def run_seed(seed: int, steps: int, lbfgs: int, noise: float, progress: bool) ->
     wanted = {k: set(v) for k, v in MISSING.items()}
     exact_at_discovery = _kept(found.term) == wanted
     # sequential thresholding on the trajectory: drop what the refit shrank below the threshold
-    pruned = refit.field.net.prune(found.threshold)
+    pruned = refit.field.net.prune(found.threshold, scales=found.scales)
     if pruned.n_terms() < refit.field.net.n_terms():
         refit = eqx.tree_at(lambda m: m.field.net, refit, pruned)
         refit = nde.fit(

@@ -8,9 +8,14 @@ coefficients trainable so that `nde.fit` refines them against the data.
 
 The sparse regression is PySINDy's (`STLSQ`, `SR3`, or any PySINDy optimizer you pass); the
 library is evaluated here in JAX so that the discovered term is a differentiable equinox module.
-The sparsity (the threshold) is chosen by K-fold cross-validation with the one-standard-error
-rule (the sparsest model whose held-out error exceeds the best one's by at most one standard error
-of the fold-by-fold difference), or by AIC/BIC.
+The library's columns are scaled to unit root-mean-square over the states before the regression
+(PySINDy's `normalize_columns`), so that a threshold compares each term's contribution to the
+output, not its coefficient, and the selection does not depend on the states' units (unscaled, a
+term of large values, x^2 where x is about 5, needs a small coefficient for the same contribution
+and is dropped too easily, and a constant is kept too easily). The sparsity (the threshold) is
+chosen by K-fold cross-validation with the one-standard-error rule (the sparsest model whose
+held-out error exceeds the best one's by at most one standard error of the fold-by-fold
+difference), or by AIC/BIC.
 """
 
 from __future__ import annotations
@@ -178,8 +183,10 @@ class SparseTerm(eqx.Module):
             lines.append(f"{out} = {text}")
         return "\n".join(lines)
 
-    def prune(self, threshold: float) -> SparseTerm:
-        """A copy without the kept terms whose coefficient is now below `threshold` in size.
+    def prune(self, threshold: float, scales: Any = None) -> SparseTerm:
+        """A copy without the kept terms whose coefficient is now below `threshold` in size;
+        with `scales` (per library term, e.g. `Discovery.scales`), below it in `|c| * scale`,
+        the units `discover` thresholds in.
 
         After `nde.fit` has refined the coefficients against the data, a term the regression
         kept only to absorb the network's error often shrinks towards zero; pruning it (and
@@ -188,7 +195,16 @@ class SparseTerm(eqx.Module):
         """
         if not threshold >= 0:
             raise ValueError(f"threshold must be a number >= 0, got {threshold!r}.")
-        keep = np.asarray(self.mask) & (np.abs(np.asarray(self.coefficients)) >= threshold)
+        size = np.abs(np.asarray(self.coefficients))
+        if scales is not None:
+            scales = np.asarray(scales, dtype=np.float64)
+            if scales.shape != (size.shape[1],):
+                raise ValueError(
+                    f"scales must have one entry per library term ({size.shape[1]}), got shape "
+                    f"{scales.shape}."
+                )
+            size = size * scales
+        keep = np.asarray(self.mask) & (size >= threshold)
         return SparseTerm(
             self.library, self.coefficients, self.state_names, self.output_names, mask=keep
         )
@@ -204,7 +220,9 @@ class Discovery:
 
     `replace(model)` returns the model with the explained network replaced by `term`.
     `thresholds`/`scores`/`n_terms` tabulate the sweep (`scores`: held-out mean squared error for
-    `"cv"`, the criterion for `"aic"`/`"bic"`); `threshold` is the one chosen.
+    `"cv"`, the criterion for `"aic"`/`"bic"`); `threshold` is the one chosen. The thresholds are
+    in the units of `scales` (each library term's root-mean-square over the states; all 1 with
+    `normalize_columns=False`): a term is dropped when `|coefficient| * scale` falls below one.
 
     Example:
         >>> import equinox as eqx, jax, jax.numpy as jnp, neuraldiffeq as nde
@@ -228,6 +246,7 @@ class Discovery:
     selection: str
     optimizer: str
     path: tuple
+    scales: np.ndarray | None = None
 
     def replace(self, model: Any) -> Any:
         """`model` with the explained network swapped for the discovered term."""
@@ -247,6 +266,7 @@ def discover(
     names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
     points: int = 200,
+    normalize_columns: bool = True,
 ) -> Discovery:
     """Explain `network`, a part of `model`, by a sparse combination of `library` terms.
 
@@ -262,10 +282,14 @@ def discover(
         optimizer: `"stlsq"` or `"sr3"` (PySINDy's `STLSQ`, `SR3` with an L0 penalty), swept
             over `thresholds`; or a PySINDy optimizer instance, used as configured (no sweep).
         selection: `"cv"` (K-fold cross-validation, one-standard-error rule), `"aic"` or `"bic"`.
-        thresholds: the sparsity thresholds to try; default 30 values, log-spaced from 1e-3 to
-            1 times the largest least-squares coefficient.
+        thresholds: the sparsity thresholds to try, in the units of the scaled library (a term
+            stays if `|coefficient| * its root-mean-square` exceeds the threshold); default 30
+            values, log-spaced from 1e-3 to 1 times the largest scaled least-squares coefficient.
         folds: the number of contiguous folds for `"cv"`.
         names: the states' names (default `x0, x1, ...`); output_names: the network outputs'.
+        normalize_columns: scale each library term to unit root-mean-square over the states
+            before the regression (coefficients are reported unscaled); False thresholds the raw
+            coefficients.
 
     Example:
         >>> import equinox as eqx, jax, jax.numpy as jnp, neuraldiffeq as nde
@@ -314,6 +338,11 @@ def discover(
         )
     if ys.shape[0] < 2 * folds:
         raise ValueError(f"states has {ys.shape[0]} points; give at least {2 * folds}.")
+    scales = np.ones(features.shape[1])
+    if normalize_columns:
+        rms = np.sqrt(np.mean(features**2, axis=0))
+        scales = np.where(rms > 0, rms, 1.0)  # a column that is 0 at every state stays as is
+    features = features / scales
 
     if not isinstance(optimizer, str):
         coef = _regress(optimizer, features, targets)
@@ -342,14 +371,18 @@ def discover(
         chosen = float(grid[best])
         coef = _regress(_make(optimizer, chosen), features, targets)
         label = optimizer
+    mask = coef != 0
+    coef = coef / scales  # back to the coefficients of the unscaled terms
     term = SparseTerm(
         library,
         jnp.asarray(coef, dtype=jnp.asarray(ys).dtype),
         names,
         output_names,
-        mask=coef != 0,
+        mask=mask,
     )
-    return Discovery(term, term.equation(), chosen, grid, scores, counts, selection, label, path)
+    return Discovery(
+        term, term.equation(), chosen, grid, scores, counts, selection, label, path, scales
+    )
 
 
 def _make(optimizer: str, threshold: float):
