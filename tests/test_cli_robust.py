@@ -139,6 +139,8 @@ def test_ctrl_c_exits_130_and_saves_the_best_model(tmp_path, capsys, monkeypatch
     assert nde.load(out / "model.eqx") is not None
 
 
+# the "auto" preset through the CLI (test_shooting runs the library's path by default)
+@pytest.mark.long
 def test_empty_cell_on_a_segment_start_no_longer_stops_auto(tmp_path, capsys):
     csv = write_csv(tmp_path / "hole.csv", blank=2)  # auto's group size 3: starts 0, 2, 4, ...
     for extra in ([], ["--group-size", "4"]):

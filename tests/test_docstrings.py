@@ -16,7 +16,40 @@ MODULES = sorted(
 )
 
 
-@pytest.mark.parametrize("name", MODULES)
+#: Modules whose examples fit or differentiate a model (about 2.5 CPU seconds or more each,
+#: mostly compiling): the long tier runs them, as it runs the docs pages' examples; the default
+#: run runs every other module's examples.
+LONG = {
+    "neuraldiffeq.datasets.synthetic",
+    "neuraldiffeq.fitting.checkpoint",
+    "neuraldiffeq.fitting.elbo",
+    "neuraldiffeq.fitting.fit",
+    "neuraldiffeq.fitting.likelihood",
+    "neuraldiffeq.fitting.loop",
+    "neuraldiffeq.fitting.series",
+    "neuraldiffeq.fitting.shooting",
+    "neuraldiffeq.fitting.strategies",
+    "neuraldiffeq.fitting.supervised",
+    "neuraldiffeq.models.cde",
+    "neuraldiffeq.models.cnf",
+    "neuraldiffeq.models.hybrid",
+    "neuraldiffeq.models.latent",
+    "neuraldiffeq.models.latent_sde",
+    "neuraldiffeq.models.ode",
+    "neuraldiffeq.models.vae",
+    "neuraldiffeq.solve.config",
+    "neuraldiffeq.solve.linear",
+    "neuraldiffeq.solve.sensitivity",
+}
+
+
+def test_long_names_are_modules():
+    assert LONG <= set(MODULES), LONG - set(MODULES)
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(m, marks=pytest.mark.long) if m in LONG else m for m in MODULES]
+)
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS, verbose=False)

@@ -73,6 +73,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# two processes, each compiling the step (test_devices checks the devices of one host)
+@pytest.mark.long
 def test_two_processes_fit_as_one(tmp_path):
     folder = str(tmp_path / "ckpt")
     port = str(free_port())

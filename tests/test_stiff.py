@@ -183,7 +183,13 @@ def vdp_finite_differences():
         return float(d_mu), np.asarray(d_y0)
 
 
-@pytest.mark.parametrize("sensitivity", [nde.Direct(), nde.Forward()], ids=["direct", "forward"])
+# Direct's reverse pass through Kvaerno5's Newton iterations is the costliest compile of this
+# file: the default run checks Forward, the long tier both
+@pytest.mark.parametrize(
+    "sensitivity",
+    [pytest.param(nde.Direct(), marks=pytest.mark.long), nde.Forward()],
+    ids=["direct", "forward"],
+)
 def test_van_der_pol_mu_1000_gradients_match_finite_differences(
     sensitivity, vdp_finite_differences
 ):
@@ -203,6 +209,7 @@ def test_van_der_pol_mu_1000_gradients_match_finite_differences(
 # -- the counterexample demo ------------------------------------------------------------------
 
 
+@pytest.mark.long  # two fits of the demo (one explicit, one implicit)
 def test_demo_stiff_explicit_fails_implicit_recovers_the_rates(tmp_path):
     import json
 
@@ -260,6 +267,7 @@ def _stiff_network(tmp_path, *argv):
     return metrics
 
 
+@pytest.mark.long  # compiling BDF's sparse Newton solve and its L-BFGS step
 def test_demo_stiff_network_bdf_fits_the_neural_rate_law(tmp_path):
     metrics = _stiff_network(tmp_path, "--cells", "7", "--steps", "0", "--lbfgs-steps", "40",
                              "--budget", "0")  # fmt: skip
