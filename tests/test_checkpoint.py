@@ -154,6 +154,7 @@ def test_another_fit_is_refused(killed, tmp_path):
     assert main(["fit", "data.csv", "--time", "t", "--resume"]) == 2  # no --checkpoint-dir
 
 
+@pytest.mark.long  # the CLI's preset twice (test_killed_fit_resumes_bitwise: resuming)
 def test_cli_checkpoint_and_resume(tmp_path, capsys):
     from test_cli_fit import oscillator_rows, write_csv
 

@@ -250,6 +250,7 @@ def test_devices_none_and_one_device_agree():
     np.testing.assert_allclose(runs[2], runs[0], rtol=1e-6)
 
 
+@pytest.mark.long  # two CLI fits
 def test_cli_passes_devices_through(tmp_path, capsys):
     from neuraldiffeq.cli import main
 

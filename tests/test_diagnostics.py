@@ -92,6 +92,7 @@ def test_optimizers_are_described_by_name():
     assert describe_optimizer(optax.adam(optax.exponential_decay(0.1, 10, 0.5))).startswith("Adam")
 
 
+@pytest.mark.long  # two stages compiled, one of them L-BFGS
 def test_spiral_stages_are_labelled_with_strategy_and_optimizer(tmp_path):
     data = nde.datasets.spiral(n_points=10)
     stages = [

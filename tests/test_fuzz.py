@@ -117,7 +117,13 @@ CORPUS = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CORPUS))
+#: corpus entries the CLI accepts and fits (seconds of compiling each): the long tier
+FITTED = {"constant column", "huge values, semicolons, BOM"}
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=pytest.mark.long) if n in FITTED else n for n in sorted(CORPUS)]
+)
 def test_bad_csv_corpus_through_the_cli(name, tmp_path, capsys):
     path = tmp_path / "data.csv"
     path.write_text(CORPUS[name], encoding="utf-8")

@@ -107,7 +107,11 @@ def test_gradients_match_finite_differences(sensitivity, rtol_solver, tol):
 
 @pytest.mark.parametrize(
     "sensitivity",
-    [nde.Direct(), nde.Forward(), nde.Backsolve(), nde.Interpolating(), nde.Quadrature()],
+    [nde.Direct()]
+    + [  # args through each adjoint: long tier (parameters and y0: the test above, default run)
+        pytest.param(s, marks=pytest.mark.long)
+        for s in (nde.Forward(), nde.Backsolve(), nde.Interpolating(), nde.Quadrature())
+    ],
     ids=["direct", "forward", "backsolve", "interpolating", "quadrature"],
 )
 def test_gradient_wrt_args_and_python_floats(sensitivity):

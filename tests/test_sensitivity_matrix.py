@@ -377,16 +377,15 @@ def _gradient(name, sens):
 
 
 #: Rows with events compile a hybrid solve each (several seconds a cell): the default run keeps
-#: one sensitivity of a field with events and of a DAE with events, the long tier the others.
+#: one sensitivity of a field with events, the long tier the other models with events.
 HYBRID_DEFAULT = {
-    "HybridODE": "Direct",
-    "HybridODE.NeuralODEMM": "Forward",  # a DAE's own event path (rates from M, re-solved y)
+    "HybridODE": "Direct",  # test_events_models checks a DAE's reset in the default run
 }
 
 
 def _cells():
     """Every (model, sensitivity) pair. The default run checks every refusal, every model
-    without events with `Direct`, `NeuralODE` with every sensitivity, and two models with events
+    without events with `Direct`, `NeuralODE` with every sensitivity, and a field with events
     with one sensitivity (`HYBRID_DEFAULT`); each gradient is a compile of its own, so the long
     tier checks the rest of the matrix."""
     for name in MODELS:

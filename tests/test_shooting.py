@@ -183,6 +183,7 @@ def test_minibatch_size_is_validated():
         nde.MultipleShooting(group_size=3, batch_size=2).prepare(spiral_model(0), data)
 
 
+@pytest.mark.long  # the three stages of "auto"
 def test_missing_first_value_starts_from_the_next_observation_and_auto_runs():
     # An empty first cell (a CSV with a gap in its first row) no longer stops the "auto" preset:
     # every stage starts from the held-back next observation, and the misfit skips the gap.

@@ -183,13 +183,10 @@ def vdp_finite_differences():
         return float(d_mu), np.asarray(d_y0)
 
 
-# Direct's reverse pass through Kvaerno5's Newton iterations is the costliest compile of this
-# file: the default run checks Forward, the long tier both
-@pytest.mark.parametrize(
-    "sensitivity",
-    [pytest.param(nde.Direct(), marks=pytest.mark.long), nde.Forward()],
-    ids=["direct", "forward"],
-)
+# float64 finite differences through Kvaerno5's Newton iterations are this file's costliest
+# compiles: the long tier (test_bdf and test_dae check stiff gradients in the default run)
+@pytest.mark.long
+@pytest.mark.parametrize("sensitivity", [nde.Direct(), nde.Forward()], ids=["direct", "forward"])
 def test_van_der_pol_mu_1000_gradients_match_finite_differences(
     sensitivity, vdp_finite_differences
 ):
