@@ -24,7 +24,6 @@ the median over `--repeats` repeats of the mean step time.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import time
@@ -33,6 +32,7 @@ import equinox as eqx
 import jax
 import numpy as np
 import optax
+from one_thread import add_threads_option, apply_threads
 
 import neuraldiffeq as nde
 
@@ -210,24 +210,9 @@ def main():
     parser.add_argument(
         "--tree", action="store_true", help="also time our step with brownian='tree'"
     )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="1: both sides on one thread (torch.set_num_threads(1), XLA without its "
-        "multi-threaded Eigen): a fair pair on a machine shared with other jobs",
-    )
+    add_threads_option(parser)
     args = parser.parse_args()
-    if args.threads is not None:
-        if args.threads != 1:
-            parser.error("--threads takes 1 (or leave it out for each library's default)")
-        import torch
-
-        torch.set_num_threads(1)
-        # before JAX's backend starts (the first computation, below)
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-        ).strip()
+    apply_threads(args, parser)
     data = nde.datasets.stochastic_lorenz(args.batch, key=jax.random.key(0))
     print(
         f"machine: {platform.machine()} {platform.processor() or ''}, "

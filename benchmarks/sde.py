@@ -15,7 +15,6 @@ shows the median over `--repeats` repeats of the mean step time.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import time
@@ -26,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax_step import training_step  # benchmarks/jax_step.py
+from one_thread import add_threads_option, apply_threads
 
 import neuraldiffeq as nde
 from neuraldiffeq.demos.sde import U0, build_model, true_moments
@@ -148,24 +148,9 @@ def main():
     parser.add_argument("--torch-repeats", type=int, default=3)
     parser.add_argument("--paths", type=int, default=100)
     parser.add_argument("--dt", type=float, default=0.01)
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="1: both sides on one thread (torch.set_num_threads(1), XLA without its "
-        "multi-threaded Eigen): a fair pair on a machine shared with other jobs",
-    )
+    add_threads_option(parser)
     args = parser.parse_args()
-    if args.threads is not None:
-        if args.threads != 1:
-            parser.error("--threads takes 1 (or leave it out for each library's default)")
-        import torch
-
-        torch.set_num_threads(1)
-        # before JAX's backend starts (the first computation, below)
-        os.environ["XLA_FLAGS"] = (
-            os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-        ).strip()
+    apply_threads(args, parser)
     data = true_moments(10_000, jax.random.key(1), jnp.linspace(0.0, 1.0, 30))
     print(
         f"machine: {platform.machine()} {platform.processor() or ''}, "
