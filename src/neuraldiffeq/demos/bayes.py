@@ -81,7 +81,12 @@ class LynxHareUDE(eqx.Module):
         self.net = eqx.nn.MLP(2, 2, hidden, 1, activation=jnp.tanh, key=key)
 
     def __call__(self, t, u, args=None):
-        return jnp.stack([-self.rates[0] * u[0], self.rates[1] * u[1]]) + self.net(u)
+        gamma, alpha = jnp.abs(self.rates)  # a sign-free fit: `positive()` picks the + twin
+        return jnp.stack([-gamma * u[0], alpha * u[1]]) + self.net(u)
+
+    def positive(self) -> LynxHareUDE:
+        """The same field with rates inside their LogNormal prior's support (|rates|)."""
+        return eqx.tree_at(lambda f: f.rates, self, jnp.abs(self.rates))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -146,6 +151,7 @@ def lynx_hare_ude(args: argparse.Namespace, chains: int, key: jax.Array) -> tupl
         nde.Stage(nde.Trajectory(), optax.lbfgs(), steps=100),
     ]
     model = nde.fit(model, data, stages, progress=args.progress).model
+    model = eqx.tree_at(lambda m: m.field, model, model.field.positive())  # same solution
     priors = {
         "field.rates": nde.priors.LogNormal(float(np.log(0.5)), 1.0),
         "field.net": nde.priors.Normal(0.0, 1.0),
