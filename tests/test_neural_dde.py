@@ -60,6 +60,7 @@ def delay_network_shooting_losses(seed: int = 0) -> np.ndarray:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # test_trajectory_fit_recovers_the_delayed_rate: a DDE fit by default
 def test_network_sees_current_and_lagged_states_and_fits_with_multiple_shooting():
     losses = delay_network_shooting_losses(seed=0)
     assert losses[-5:].mean() < 0.6 * losses[0]

@@ -38,6 +38,7 @@ def reference(field, y0, t1=1.0):
     return sol.ys[-1]
 
 
+@pytest.mark.long  # the sensitivity matrix checks ODEBlock's gradient by default
 def test_output_and_gradients_match_fine_fixed_step_reference_float64():
     with jax.enable_x64(True):
         field = make_field()
