@@ -15,6 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,7 +25,7 @@ from ..io.plotting import plot_fit
 from ..io.timeseries import TimeSeries
 from ..solve.names import solver_name
 from .fit import FitFailure, FitResult, fit
-from .strategies import Trajectory, segment_starts
+from .strategies import Trajectory, batch_solve, segment_starts
 
 #: the median time step after normalisation
 TIME_STEP = 0.25
@@ -144,6 +145,47 @@ class SeriesFit:
         return self.result.interrupted
 
 
+def evaluate(
+    model: Any, dense_ts: np.ndarray, obs_ts: np.ndarray, prepared: TimeSeries
+) -> tuple[tuple[np.ndarray, np.ndarray], jax.Array]:
+    """Every series of `prepared` (as `nde.Trajectory().prepare` gives it) at `dense_ts` and at
+    `obs_ts`, and its `Trajectory` loss, in one compiled program.
+
+    The dense curve and the observed values come from one solve on the union of the two grids
+    (both end at the last time, and adaptive steps do not depend on where the solution is
+    saved, so it gives the values two solves would); the loss solves over the fitted times
+    alone, as the fit did. Times are taken in the working precision before they are merged,
+    so two times that round to one value are one time. `dense_ts` and `obs_ts` must span the
+    same interval.
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np, neuraldiffeq as nde
+        >>> from neuraldiffeq.fitting.series import evaluate
+        >>> ts = np.linspace(0.0, 1.0, 5)
+        >>> data = nde.TimeSeries(ts, np.stack([np.exp(-ts), np.exp(-2 * ts)], -1))
+        >>> model = nde.NeuralODE(lambda t, y, args: -jnp.array([1.0, 2.0]) * y)
+        >>> prepared = nde.Trajectory().prepare(model, data)
+        >>> (dense, observed), loss = evaluate(model, np.linspace(0, 1, 50), ts, prepared)
+        >>> dense.shape, observed.shape, bool(loss < 1e-4)
+        ((1, 50, 2), (1, 5, 2), True)
+    """
+    dtype = jnp.asarray(0.0).dtype  # the working precision
+    dense_ts, obs_ts = (np.asarray(t, dtype=dtype) for t in (dense_ts, obs_ts))
+    grid = np.union1d(dense_ts, obs_ts)
+    preds, loss = _solve_and_score(model, jnp.asarray(grid), prepared)
+    preds = np.asarray(preds)
+    return (
+        preds[:, np.searchsorted(grid, dense_ts)],
+        preds[:, np.searchsorted(grid, obs_ts)],
+    ), loss
+
+
+@eqx.filter_jit
+def _solve_and_score(model, grid, prepared):
+    strategy = Trajectory()
+    return batch_solve(model, grid, prepared.ys[:, 0]), strategy.loss(model, prepared, None)
+
+
 def fit_series(
     data: TimeSeries,
     model: Any,
@@ -217,12 +259,10 @@ def fit_series(
     wall = time.perf_counter() - started
     model = result.model
 
-    y0 = start_states(train_n)
     dense_ts = np.linspace(float(data.ts[0]), float(data.ts[-1]), 400)
-    pred_dense = norm.states_back(
-        jax.vmap(lambda y: model(jnp.asarray(norm.times(dense_ts)), y))(y0)
-    )
-    pred_obs = norm.states_back(jax.vmap(lambda y: model(jnp.asarray(norm.times(data.ts)), y))(y0))
+    prepared = Trajectory().prepare(model, train_n)
+    preds, train_loss = evaluate(model, norm.times(dense_ts), norm.times(data.ts), prepared)
+    pred_dense, pred_obs = (norm.states_back(p) for p in preds)
     obs = np.asarray(data.as_batch().ys, np.float64)
     observed = np.ones(obs.shape, bool) if data.mask is None else np.asarray(data.as_batch().mask)
 
@@ -230,7 +270,6 @@ def fit_series(
         err = (pred_obs[:, sl] - obs[:, sl]) ** 2
         return float(np.sum(np.where(observed[:, sl], err, 0)) / max(observed[:, sl].sum(), 1))
 
-    train_loss = float(Trajectory().loss(model, Trajectory().prepare(model, train_n), None))
     metrics = {
         "title": title,
         **(extra_metrics or {}),
@@ -238,7 +277,7 @@ def fit_series(
         "n_train": int(n - holdout),
         "holdout": int(holdout),
         "normalisation": norm.as_dict(),
-        "trajectory_loss_normalised": train_loss,
+        "trajectory_loss_normalised": float(train_loss),
         "train_mse": mse(slice(0, n - holdout)),
         "holdout_mse": mse(slice(n - holdout, n)) if holdout else None,
         "fit_wall_seconds": wall,
