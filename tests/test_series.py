@@ -18,7 +18,6 @@ def test_one_solve_gives_the_dense_curve_the_observed_values_and_the_loss():
     mask = np.ones(ys.shape, bool)
     mask[1, 0, 0] = False  # a series whose first value is missing: Trajectory interpolates it
     mask[0, 3, 1] = False
-    data = nde.TimeSeries(ts, ys, mask)
     model = nde.NeuralODE(lambda t, y, args: jnp.stack([y[1], -y[0]]) - 0.1 * y)
     fitted = nde.TimeSeries(ts[:4], ys[:, :4], mask[:, :4])  # the last two held out
     prepared = nde.Trajectory().prepare(model, fitted)

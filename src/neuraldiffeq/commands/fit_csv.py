@@ -310,17 +310,10 @@ def run(args: argparse.Namespace) -> dict:
 
 def write_predictions(out: str, data, fitted, id_name: str, time_name: str) -> str:
     """`predictions.csv`: each series' prediction (original units) at each time it was seen."""
-    import jax
-    import jax.numpy as jnp
-
-    from ..fitting.series import start_states
     from ..io.outputs import write_bytes_atomically
     from ..io.timeseries import TimeSeries
 
-    norm, model = fitted.normaliser, fitted.model
-    y0 = jnp.asarray(start_states(norm.forward(data)))
-    ts_n = jnp.asarray(norm.times(data.ts))
-    preds = norm.states_back(jax.vmap(lambda y: model(ts_n, y))(y0))
+    preds = fitted.predictions
     # as the data: the times each series was observed at (in the long table's units)
     frame = TimeSeries(data.ts, preds, data.mask, ids=data.ids, columns=data.columns).to_frame(
         time=time_name, id=id_name

@@ -132,6 +132,8 @@ class SeriesFit:
         normaliser: the map between original and normalised units.
         metrics: the summary written to `metrics.json`.
         paths: the files written (empty when `out` is None).
+        predictions: each series at each time of the data, held-out times included, in the
+            original units, `(B, T, D)`.
     """
 
     model: Any
@@ -139,6 +141,7 @@ class SeriesFit:
     normaliser: Normaliser
     metrics: dict
     paths: list[str]
+    predictions: np.ndarray
 
     @property
     def interrupted(self) -> bool:
@@ -306,4 +309,4 @@ def fit_series(
             extrapolation = f"extrapolation: last {holdout} points held out"
             figures.append(("extrapolation.png", lambda p: plot(p, title=extrapolation)))
         paths = write_outputs(out, model, metrics, figures)
-    return SeriesFit(model, result, norm, metrics, paths)
+    return SeriesFit(model, result, norm, metrics, paths, pred_obs)
