@@ -38,7 +38,10 @@ def mixed_preset_run(seed: int = 0) -> tuple[float, float, list[str]]:
     return trajectory_loss(model, data), trajectory_loss(result.model, data), names
 
 
-@pytest.mark.slow
+# long tier: four compiled stages; the default run fits each stage's strategy in its own tests
+# (test_collocation, test_shooting, test_fit's built-ahead stages) and checks the preset's
+# stage list in its docstring
+@pytest.mark.long
 def test_mixed_preset_runs_collocation_shooting_trajectory_lbfgs():
     before, after, names = mixed_preset_run(seed=0)
     assert names == ["Collocation", "MultipleShooting", "Trajectory", "Trajectory"]

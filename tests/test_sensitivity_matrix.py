@@ -376,27 +376,20 @@ def _gradient(name, sens):
     return _GRAD_CACHE[name, sens]
 
 
-#: Rows with events compile a hybrid solve each (several seconds a cell): the default run keeps
-#: one sensitivity of a field with events, the long tier the other models with events.
-HYBRID_DEFAULT = {
-    "HybridODE": "Direct",  # test_events_models checks a DAE's reset in the default run
-}
-
-
 def _cells():
     """Every (model, sensitivity) pair. The default run checks every refusal, every model
-    without events with `Direct`, `NeuralODE` with every sensitivity, and a field with events
-    with one sensitivity (`HYBRID_DEFAULT`); each gradient is a compile of its own, so the long
-    tier checks the rest of the matrix."""
+    without events with `Direct` and `NeuralODE` with every sensitivity; each gradient is a
+    compile of its own, so the long tier checks the rest of the matrix. Of the rows with events
+    (a hybrid solve costs several seconds a cell) the default run checks the refusals only:
+    test_events checks a field with events under `Direct` and `Forward` against the bouncing
+    ball's closed-form gradient, and test_events_models a DAE's reset."""
     for name in MODELS:
         for sens in SENSITIVITIES:
             short = name.split(".")[0]
             refused = (short, sens) in REFUSED or (name, sens) in REFUSED
             refused = refused or name == "HybridODE.NeuralDDE"
-            if short == "HybridODE":
-                default = refused or HYBRID_DEFAULT.get(name) == sens
-            else:
-                default = refused or sens == "Direct" or name == "NeuralODE"
+            with_events = short == "HybridODE"
+            default = refused or (not with_events and (sens == "Direct" or name == "NeuralODE"))
             marks = [] if default else [pytest.mark.long]
             yield pytest.param(name, sens, id=f"{name}-{sens}", marks=marks)
 
