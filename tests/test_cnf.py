@@ -92,25 +92,31 @@ def _check_gradient_along_random_direction(flow, x):
     return unravel(grad)
 
 
-def test_nll_gradient_matches_finite_differences_float64():
+# Direct in the long tier: the sensitivity matrix checks FFJORD.log_prob's Direct gradient in
+# the default run (without a trainable end time)
+@pytest.mark.parametrize(
+    "sensitivity",
+    [pytest.param(nde.Direct(), marks=pytest.mark.long), nde.Backsolve()],
+    ids=["Direct", "Backsolve"],
+)
+def test_nll_gradient_matches_finite_differences_float64(sensitivity):
     """Gradient of the NLL w.r.t. every parameter (weights and the trainable end time), along a
-    random direction, against a central difference; Direct and Backsolve sensitivities."""
+    random direction, against a central difference."""
     with jax.enable_x64(True):
         field = nde.ConcatSquashMLP(2, (4,), key=jax.random.key(6))
         field = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64) * 3, field)
         x = jnp.array([[0.5, -1.0], [1.5, 0.2], [-0.3, 0.8]], dtype=jnp.float64)
-        for sensitivity in (nde.Direct(), nde.Backsolve()):
-            flow = nde.FFJORD(
-                field,
-                t1=0.8,
-                train_t1=True,
-                trace="hutchinson",
-                rtol=1e-11,
-                atol=1e-11,
-                sensitivity=sensitivity,
-            )
-            grad = _check_gradient_along_random_direction(flow, x)
-            assert float(jnp.abs(grad.sqrt_t1)) > 1e-3  # the end time does train
+        flow = nde.FFJORD(
+            field,
+            t1=0.8,
+            train_t1=True,
+            trace="hutchinson",
+            rtol=1e-11,
+            atol=1e-11,
+            sensitivity=sensitivity,
+        )
+        grad = _check_gradient_along_random_direction(flow, x)
+        assert float(jnp.abs(grad.sqrt_t1)) > 1e-3  # the end time does train
 
 
 def shifted_gaussian_nlls(seed: int = 10) -> tuple[float, float, float]:

@@ -143,7 +143,9 @@ def minibatch_fit_losses(seed: int = 2) -> tuple[float, float]:
     return before, trajectory_loss(result.model, data)
 
 
-@pytest.mark.slow
+# long tier: a fit to a threshold; the default run checks minibatches' losses against the full
+# loss (test_minibatching_windows_and_trajectories, test_shooting) and fits with them elsewhere
+@pytest.mark.long
 def test_fit_with_minibatches_reduces_the_full_loss():
     before, after = minibatch_fit_losses(seed=2)
     assert after < 0.3 * before, (before, after)
