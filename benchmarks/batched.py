@@ -14,7 +14,8 @@ Two parts, each side by side in one process on the same problem, from the same w
       `nde.Direct()` (O(log max_steps) checkpoints, steps recomputed between them) and with
       `nde.Direct(checkpoints=max_steps)` (every step kept, as torch's autograd keeps them);
       and `NeuralODE.batched` (the same per-sample steps, the batch stepped inside the loop and
-      moved to smaller batches as samples finish: `neuraldiffeq.solve.batched`), `nde.Direct()`;
+      moved to smaller batches as samples finish: `neuraldiffeq.solve.batched`), with
+      `nde.Direct()` and `nde.Direct(checkpoints=256)` (more memory, fewer re-run steps);
       our rows must agree with the first (values and gradients) to rounding;
     * torchode: its parallel solver (`AutoDiffAdjoint`, `IntegralController`, per-sample step
       sizes and the same per-sample RMS error norm as diffrax);
@@ -244,6 +245,7 @@ def run_vdp(args) -> list[dict]:
         (nde.Direct(), "Direct()", False),
         (nde.Direct(checkpoints=MAX_STEPS), f"Direct(checkpoints={MAX_STEPS})", False),
         (nde.Direct(), "Direct()", True),
+        (nde.Direct(checkpoints=256), "Direct(checkpoints=256)", True),
     ):
         if batched or not args.batched_only:
             rows.append(ours_vdp(ts, y0, mu, mlp, args.repeats, sensitivity, label, batched))
