@@ -13,6 +13,10 @@ Two parts, each side by side in one process on the same problem, from the same w
       batch a model: each sample is its own solve with its own adaptive steps), `jax.jit`, with
       `nde.Direct()` (O(log max_steps) checkpoints, steps recomputed between them) and with
       `nde.Direct(checkpoints=max_steps)` (every step kept, as torch's autograd keeps them);
+      and `NeuralODE.batched` (the same per-sample steps, the batch stepped inside the loop and
+      moved to smaller batches as samples finish: `neuraldiffeq.solve.batched`), with
+      `nde.Direct()` and `nde.Direct(checkpoints=256)` (more memory, fewer re-run steps);
+      our rows must agree with the first (values and gradients) to rounding;
     * torchode: its parallel solver (`AutoDiffAdjoint`, `IntegralController`, per-sample step
       sizes and the same per-sample RMS error norm as diffrax);
     * torchdiffeq: `odeint` on the batch as one system (shared steps: its only way).
@@ -95,7 +99,7 @@ def vdp_problem(batch: int, seed: int = 0):
     return ts, y0.astype(np.float32), mu, mlp
 
 
-def ours_vdp(ts, y0, mu, mlp, repeats: int, sensitivity, label: str) -> dict:
+def ours_vdp(ts, y0, mu, mlp, repeats: int, sensitivity, label: str, batched: bool) -> dict:
     model = nde.NeuralODE(
         VanDerPolUDE(mlp, 0.1),
         "dopri5",
@@ -105,16 +109,20 @@ def ours_vdp(ts, y0, mu, mlp, repeats: int, sensitivity, label: str) -> dict:
         sensitivity=sensitivity,
     )
     ts, y0, mu = jnp.asarray(ts), jnp.asarray(y0), jnp.asarray(mu)
-    batched = jax.vmap(model, in_axes=(None, 0, 0))  # each sample its own adaptive solve
+    if batched:  # the library's batched solve: the same per-sample steps
+        batched_fn = lambda ts, y0, mu: model.batched(ts, y0, mu)  # noqa: E731
+    else:  # each sample its own adaptive solve
+        batched_fn = jax.vmap(model, in_axes=(None, 0, 0))
     # targets: the pure van der Pol trajectories (no MLP), tightly solved
     pure = nde.NeuralODE(VanDerPolUDE(mlp, 0.0), "dopri5", rtol=1e-7, atol=1e-7, max_steps=100_000)
     target = jax.jit(jax.vmap(pure, in_axes=(None, 0, 0)))(ts, y0, mu)
 
-    forward = jax.jit(batched)
+    forward = jax.jit(batched_fn)
     params, static = eqx.partition(model, eqx.is_inexact_array)
 
     def loss(p):
-        ys = jax.vmap(eqx.combine(p, static), in_axes=(None, 0, 0))(ts, y0, mu)
+        m = eqx.combine(p, static)
+        ys = m.batched(ts, y0, mu) if batched else jax.vmap(m, in_axes=(None, 0, 0))(ts, y0, mu)
         return jnp.mean((ys - target) ** 2)
 
     train = jax.jit(jax.value_and_grad(loss))
@@ -129,8 +137,9 @@ def ours_vdp(ts, y0, mu, mlp, repeats: int, sensitivity, label: str) -> dict:
         lambda: jax.block_until_ready(train(params)), repeats
     )
     steps = jax.jit(jax.vmap(lambda y, m: model.solve(ts, y, m).stats["num_steps"]))(y0, mu)
+    how = "NeuralODE.batched" if batched else "jax.vmap of NeuralODE"
     return {
-        "impl": f"neuraldiffeq (jax.vmap of NeuralODE, per-sample steps, {label})",
+        "impl": f"neuraldiffeq ({how}, per-sample steps, {label})",
         "forward_s": fwd_s,
         "train_s": train_s,
         "forward_cpu_s": fwd_cpu,
@@ -142,6 +151,7 @@ def ours_vdp(ts, y0, mu, mlp, repeats: int, sensitivity, label: str) -> dict:
         "final": np.asarray(ys[:, -1]),
         "target": np.asarray(target),
         "grad_norm": float(jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree_util.tree_leaves(grads)))),
+        "grads": [np.asarray(g) for g in jax.tree_util.tree_leaves(grads)],
     }
 
 
@@ -231,15 +241,26 @@ def run_vdp(args) -> list[dict]:
     rows = []
     # nde.Direct() keeps O(log max_steps) checkpoints and recomputes steps between them;
     # checkpoints=MAX_STEPS keeps every step, as torch's autograd does (same gradient).
-    for sensitivity, label in (
-        (nde.Direct(), "Direct()"),
-        (nde.Direct(checkpoints=MAX_STEPS), f"Direct(checkpoints={MAX_STEPS})"),
+    for sensitivity, label, batched in (
+        (nde.Direct(), "Direct()", False),
+        (nde.Direct(checkpoints=MAX_STEPS), f"Direct(checkpoints={MAX_STEPS})", False),
+        (nde.Direct(), "Direct()", True),
+        (nde.Direct(checkpoints=256), "Direct(checkpoints=256)", True),
     ):
-        rows.append(ours_vdp(ts, y0, mu, mlp, args.repeats, sensitivity, label))
+        if batched or not args.batched_only:
+            rows.append(ours_vdp(ts, y0, mu, mlp, args.repeats, sensitivity, label, batched))
     target = rows[0]["target"]  # handed to torch, so every side fits the same numbers
     for r in rows:
         r.pop("target")
-    for which in ("torchode", "torchdiffeq"):
+    # our rows compute the same gradient (the same steps): relative difference to the first
+    first = rows[0]["grads"]
+    scale = max(float(np.max(np.abs(g))) for g in first)
+    for r in rows:
+        grads = r.pop("grads")
+        r["grad_max_rel_diff_vs_first"] = (
+            max(float(np.max(np.abs(a - b))) for a, b in zip(grads, first, strict=True)) / scale
+        )
+    for which in () if args.no_torch else ("torchode", "torchdiffeq"):
         rows.append(torch_vdp(ts, y0, mu, mlp, target, args.torch_repeats, which))
     return rows
 
@@ -373,6 +394,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--torch-repeats", type=int, default=3)
     parser.add_argument("--part", choices=("vdp", "classifier", "all"), default="all")
+    parser.add_argument(
+        "--batched-only",
+        action="store_true",
+        help="of ours, only NeuralODE.batched (skips the two jax.vmap rows)",
+    )
+    parser.add_argument("--no-torch", action="store_true", help="ours only")
     parser.add_argument("--quick", action="store_true", help="batch 16, one repeat: a dry run")
     parser.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = parser.parse_args()
@@ -397,7 +424,15 @@ def main() -> None:
         # The stiffest samples jump between branches of the limit cycle; a phase error of a
         # tolerance-sized step there moves the state a lot, hence a looser bound than rtol.
         failures += check_same(rows, 5e-2, "vdp")
-        add_ratios(rows, rows[:2], ("forward", "train"))
+        # our rows make the same steps: their gradients may differ by rounding only
+        failures += [
+            f"vdp: {r['impl']} gradient differs from the first row's by "
+            f"{r['grad_max_rel_diff_vs_first']:.3g} (relative)"
+            for r in rows
+            if r.get("grad_max_rel_diff_vs_first", 0.0) > 1e-4
+        ]
+        ours = [r for r in rows if r["impl"].startswith("neuraldiffeq")]
+        add_ratios(rows, ours, ("forward", "train"))
         report["vdp"] = rows
     if args.part in ("classifier", "all"):
         rows = run_classifier(args)

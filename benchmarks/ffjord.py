@@ -5,7 +5,8 @@ Two parts:
 - `nll`: train `nde.FFJORD` (ConcatSquash 64-64-64 tanh, t1 = 0.5 trainable, exact trace) on
   FFJORD's toy densities through `nde.fit` + `nde.MaximumLikelihood`, then report the held-out NLL
   with the exact trace at rtol = atol = 1e-5 against a full-covariance Gaussian baseline.
-- `speed`: time one training step (loss + gradient) of ours against a reference PyTorch
+- `speed`: time one training step (loss + gradient; wall and process CPU time; `--threads 1`:
+  both sides on one thread) of ours against a reference PyTorch
   implementation in the style of the FFJORD code (torchdiffeq `odeint_adjoint`, ConcatSquash
   64-64-64 tanh, dopri5 rtol = atol = 1e-5, batch 100), Hutchinson and exact trace, side by side
   in one process, from the same weights (copied from JAX to torch), on the same batch.
@@ -34,6 +35,7 @@ import time
 import equinox as eqx
 import jax
 import numpy as np
+from one_thread import add_threads_option, apply_threads
 
 import neuraldiffeq as nde
 from neuraldiffeq.demos.ffjord import (  # the FFJORD toy setting, shared with the demo
@@ -214,16 +216,18 @@ def time_torch(field, x, t1: float, trace: str, repeats: int) -> dict:
         return float(loss.detach())
 
     step()  # warm-up
-    times = []
+    times, cpus = [], []
     for _ in range(repeats):
         func.nfe = 0
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = step()
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
     return {
         "impl": "PyTorch reference (torchdiffeq odeint_adjoint)",
         "trace": trace,
         "median_s": statistics.median(times),
+        "median_cpu_s": statistics.median(cpus),
         "loss": loss,
         "nfe_forward_plus_backward": func.nfe,
     }
@@ -243,16 +247,18 @@ def time_jax(flow: nde.FFJORD, x, repeats: int, label: str) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(step(params, x, key))
     compile_s = time.perf_counter() - t0
-    times = []
+    times, cpus = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         value, _ = jax.block_until_ready(step(params, x, key))
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
     _, stats = eqx.filter_jit(lambda f, x, k: f.log_prob_and_stats(x, k))(flow, x, key)
     return {
         "impl": f"neuraldiffeq FFJORD ({label})",
         "trace": flow.trace,
         "median_s": statistics.median(times),
+        "median_cpu_s": statistics.median(cpus),
         "compile_s": compile_s,
         "loss": float(value),
         "forward_nfe": int(stats.nfe),
@@ -289,8 +295,10 @@ def run_speed(args) -> None:
         rows.append(time_torch(field, x, t1, trace, args.repeats))
         print(json.dumps(rows[-1]), flush=True)
         ref = rows[-1]["median_s"]
+        ref_cpu = rows[-1]["median_cpu_s"]
         for r in rows[-3:-1]:
             r["speedup_vs_torch"] = ref / r["median_s"]
+            r["cpu_speedup_vs_torch"] = ref_cpu / r["median_cpu_s"]
     summary = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, jax on "
         f"{jax.devices()[0].device_kind}, torch on {torch.get_default_device()}",
@@ -425,6 +433,7 @@ def main() -> None:
     speed.add_argument("--repeats", type=int, default=5)
     speed.add_argument("--data", default="8gaussians")
     speed.add_argument("--weights", default=None, help="a trained flow (.eqx) to time instead")
+    add_threads_option(speed)
     speed.set_defaults(func=run_speed)
     profile = sub.add_parser("profile", help="where our training step's time goes (CPU time)")
     profile.add_argument("--batch", type=int, default=100)
@@ -434,6 +443,8 @@ def main() -> None:
     for p in (nll, speed, profile):
         p.add_argument("--out", default=os.path.join(HERE, "out", "ffjord"))
     args = parser.parse_args()
+    if args.part == "speed":
+        apply_threads(args, speed)  # before JAX's first computation
     args.func(args)
 
 

@@ -141,6 +141,49 @@ def test_saved_states_finds_the_values_a_continuous_adjoint_differentiates(name)
     np.testing.assert_allclose(float(gradient), np.exp(-1.0), rtol=1e-4)
 
 
+# -- the batched solve's loop and term ------------------------------------------------------------
+
+
+def test_checkpointed_while_loop_is_still_private_and_reverse_differentiable():
+    assert not hasattr(eqx, "checkpointed_while_loop"), (
+        "equinox now exports checkpointed_while_loop: use it in _compat.checkpointed_while_loop"
+    )
+
+    def power(a, checkpoints):  # a**5 by five steps: d/da = 5 a**4
+        body = lambda c: (c[0] + 1, c[1] * a)  # noqa: E731
+        return _compat.checkpointed_while_loop(
+            lambda c: c[0] < 5, body, (0, 1.0), max_steps=8, checkpoints=checkpoints
+        )[1]
+
+    for checkpoints in (None, 2):
+        np.testing.assert_allclose(float(jax.grad(power)(1.5, checkpoints)), 5 * 1.5**4, rtol=1e-6)
+
+
+def test_wrap_term_still_decides_diffraxs_first_step():
+    # the first step diffeqsolve takes for a bare ODETerm (dt0=None) is the one the controller
+    # picks for the wrapped term, not for the bare one: if diffrax changes this, the batched
+    # solve (which hands the controller a wrapped term) no longer starts where diffeqsolve does
+    term = diffrax.ODETerm(lambda t, y, a: -y)
+    controller, solver = diffrax.PIDController(rtol=1e-6, atol=1e-6), diffrax.Tsit5()
+    sol = diffrax.diffeqsolve(
+        term,
+        solver,
+        0.0,
+        1.0,
+        None,
+        jnp.ones(1),
+        stepsize_controller=controller,
+        saveat=diffrax.SaveAt(steps=True),
+    )
+    first = float(sol.ts[0])
+
+    def init(term):
+        return float(controller.init(term, 0.0, 1.0, jnp.ones(1), None, None, solver.func, 5)[0])
+
+    assert init(_compat.wrap_term(term, jnp.array(1))) == pytest.approx(first, rel=1e-6)
+    assert init(term) != pytest.approx(first, rel=1e-3)
+
+
 # -- equinox's error callbacks --------------------------------------------------------------------
 
 

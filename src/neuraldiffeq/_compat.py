@@ -21,9 +21,11 @@ import jax
 
 __all__ = [
     "JAX_CALLBACK_LOGGER",
+    "checkpointed_while_loop",
     "closure_conversion_ignores_manual_sharding",
     "is_equinox_error_callback",
     "saved_states",
+    "wrap_term",
 ]
 
 # -- diffrax's loop state ------------------------------------------------------------------------
@@ -52,6 +54,59 @@ def saved_states(save_state: Any) -> list:
     state_type = _save_state_type()
     leaves = jax.tree_util.tree_leaves(save_state, is_leaf=lambda x: isinstance(x, state_type))
     return [leaf for leaf in leaves if isinstance(leaf, state_type)]
+
+
+# -- equinox's checkpointed while loop ----------------------------------------------------------
+# `solve/batched.py` steps a whole batch of adaptive solves in one loop; to differentiate through
+# it as diffrax does (`RecursiveCheckpointAdjoint`: O(log steps) memory, treeverse re-runs), it
+# uses the loop diffrax itself uses, which equinox keeps in `equinox.internal` (private: no
+# stability promise). Upstream: diffrax's own loops call `eqxi.while_loop(kind="checkpointed")`
+# (diffrax `_adjoint.py`, `RecursiveCheckpointAdjoint.loop`); equinox does not export it publicly.
+
+
+def checkpointed_while_loop(cond_fun, body_fun, init_val, *, max_steps: int, checkpoints):
+    """`lax.while_loop` with at most `max_steps` steps, reverse-differentiable with `checkpoints`
+    saved states (`None`: O(log max_steps)), as diffrax's `RecursiveCheckpointAdjoint` loop.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from neuraldiffeq._compat import checkpointed_while_loop
+        >>> step = lambda a: lambda c: (c[0] + 1, c[1] * a)
+        >>> f = lambda a: checkpointed_while_loop(lambda c: c[0] < 3, step(a), (0, 1.0),
+        ...                                       max_steps=8, checkpoints=None)[1]
+        >>> float(jax.grad(f)(2.0))  # d/da a^3 = 3 a^2
+        12.0
+    """
+    import equinox.internal as eqxi
+
+    return eqxi.while_loop(
+        cond_fun,
+        body_fun,
+        init_val,
+        max_steps=max_steps,
+        kind="checkpointed",
+        checkpoints=checkpoints,
+    )
+
+
+def wrap_term(term: Any, direction: Any) -> Any:
+    """The term as `diffrax.diffeqsolve` hands it to the solver and the step-size controller.
+
+    `diffeqsolve` wraps every term in its private `WrapTerm` (time reversal by `direction`). The
+    wrapper changes no number for a forward solve, but the controller's choice of the first step
+    depends on it (diffrax's `_select_initial_step` estimates a first step only for a bare
+    `ODETerm`, else starts from 0.01), so a loop that must take diffrax's steps uses it too.
+
+    Example:
+        >>> import diffrax, jax.numpy as jnp
+        >>> from neuraldiffeq._compat import wrap_term
+        >>> term = wrap_term(diffrax.ODETerm(lambda t, y, a: -y), jnp.array(1))
+        >>> float(term.vf(0.0, jnp.array(2.0), None))
+        -2.0
+    """
+    from diffrax._term import WrapTerm
+
+    return WrapTerm(term, direction)
 
 
 # -- equinox's error callbacks -------------------------------------------------------------------
