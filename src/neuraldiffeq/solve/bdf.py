@@ -425,17 +425,19 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
 
         # D for this step: from scratch (order 1, D[1] = h·f) or rescaled from the last step
         ratio = h / jnp.where(state.valid, state.h, h)
-
-        # (no lax.cond over D: it would copy every row it passes through; only the one field
-        # evaluation of a fresh start sits in a cond)
-        rescaled = _rescale(state.d, state.order, jnp.where(fresh, 1.0, ratio))
-        first_slope = jax.lax.cond(
-            fresh, lambda: terms.vf_prod(t0, y0, args, h), lambda: jnp.zeros_like(y0)
-        )
-        start = (y0, first_slope) + tuple(jnp.zeros_like(y0) for _ in range(_ROWS - 2))
-        d = tuple(jnp.where(fresh, a, b) for a, b in zip(start, rescaled, strict=True))
-        order = jnp.where(fresh, 1, state.order)
         changed = jnp.abs(ratio - 1) > 1e-8
+
+        def restart():
+            slope = terms.vf_prod(t0, y0, args, h)
+            return (y0, slope) + tuple(jnp.zeros_like(y0) for _ in range(_ROWS - 2))
+
+        # (the rescaling is the identity for an unchanged step, which most steps are)
+        branch = jnp.where(fresh, 2, jnp.where(changed, 1, 0))
+        d = jax.lax.switch(
+            branch,
+            [lambda: state.d, lambda: _rescale(state.d, state.order, ratio), restart],
+        )
+        order = jnp.where(fresh, 1, state.order)
         n_equal = jnp.where(fresh | changed, 0, state.n_equal)
 
         k_mask = (jnp.arange(_ROWS) <= order).astype(dtype)
