@@ -456,7 +456,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         def hf_ng(y):
             return terms_ng.vf_prod(t_new, y, args_ng, h)
 
-        scale = atol + rtol * jnp.abs(y_pred_ng)
+        inv_scale = 1.0 / (atol + rtol * jnp.abs(y_pred_ng))
         eps = float(jnp.finfo(dtype).eps)
         newton_tol = max(10 * eps / rtol, min(0.03, rtol**0.5))
 
@@ -470,7 +470,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
                 f = hf_ng(y_pred_ng + corr) / alpha
                 dy = solve(f - psi_ng - corr)
                 finite = jnp.all(jnp.isfinite(dy))
-                dy_norm = _rms(dy / scale)
+                dy_norm = _rms(dy * inv_scale)
                 rate = dy_norm / jnp.where((it > 0) & (dy_norm_old > 0), dy_norm_old, 1.0)
                 slow = (it > 0) & (
                     (rate >= 1)
@@ -539,11 +539,13 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
 
         # -- error estimate, acceptance and the next order (no derivatives) ---------------------
         corr_e, y0_e, y1_e = jax.lax.stop_gradient((corr, y0, y1))
-        y1_e = jnp.where(jnp.all(jnp.isfinite(y1_e)), y1_e, y0_e)  # as diffrax's controller
+        finite = jnp.all(jnp.isfinite(y1_e))
+        y1_e = jnp.where(finite, y1_e, y0_e)  # as diffrax's controller
         ctrl_scale = atol + rtol * jnp.maximum(jnp.abs(y0_e), jnp.abs(y1_e))
+        inv_ctrl_scale = 1.0 / ctrl_scale
         err_const = jnp.asarray(_ERROR_CONST, dtype)
-        error = _rms(err_const[order] * corr_e / ctrl_scale)
-        ok = converged & jnp.isfinite(error) & jnp.all(jnp.isfinite(y1))
+        error = _rms(err_const[order] * corr_e * inv_ctrl_scale)
+        ok = converged & jnp.isfinite(error) & finite
         accepted = ok & (error < 1)
 
         # D after an accepted step: D[k+2] = d - D[k+1], D[k+1] = d, D[i] += D[i+1] for i ≤ k
@@ -560,20 +562,26 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         d_new = tuple(d_new)
         n_equal_new = n_equal + 1
 
-        # order selection after k+1 equal steps: the order allowing the largest step
+        # order selection after k+1 equal steps: the order allowing the largest step (the
+        # neighbouring orders' error norms only then)
         d_e = jax.lax.stop_gradient(d_new)
-        norm_at = lambda k, row: _rms(err_const[k] * row / ctrl_scale)  # noqa: E731
-        err_m = jnp.where(order > 1, norm_at(jnp.maximum(order - 1, 0), _row(d_e, order)), jnp.inf)
-        err_p = jnp.where(
-            order < MAX_ORDER,
-            norm_at(jnp.minimum(order + 1, MAX_ORDER + 1), _row(d_e, order + 2)),
-            jnp.inf,
-        )
+        hold = n_equal_new < order + 1
+
+        def neighbours():
+            norm_at = lambda k, row: _rms(err_const[k] * row * inv_ctrl_scale)  # noqa: E731
+            low = norm_at(jnp.maximum(order - 1, 0), _row(d_e, order))
+            high = norm_at(jnp.minimum(order + 1, MAX_ORDER + 1), _row(d_e, order + 2))
+            return (
+                jnp.where(order > 1, low, jnp.inf),
+                jnp.where(order < MAX_ORDER, high, jnp.inf),
+            )
+
+        inf = jnp.full((), jnp.inf, dtype)
+        err_m, err_p = jax.lax.cond(hold, lambda: (inf, inf), neighbours)
         orders = jnp.stack([order - 1, order, order + 1])
         factors = jnp.stack([err_m, error, err_p]) ** (-1.0 / (orders + 1).astype(dtype))
         factors = jnp.where(jnp.isnan(factors), 0.0, factors)
         best = jnp.argmax(factors)
-        hold = n_equal_new < order + 1
         new_order = jnp.where(hold, order, orders[best])
         max_factor = jnp.where(hold, 1.0 / SAFETY, factors[best])
         n_equal_new = jnp.where(hold | (new_order == order), n_equal_new, 0)
