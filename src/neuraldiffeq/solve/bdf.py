@@ -468,7 +468,9 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             def body(carry):
                 it, corr, dy_norm_old, _, _ = carry
                 f = hf_ng(y_pred_ng + corr) / alpha
-                dy = solve(f - psi_ng - corr)
+                # (materialised once: XLA would otherwise recompute the solve in each of the
+                # three operations below that read it)
+                dy = jax.lax.optimization_barrier(solve(f - psi_ng - corr))
                 finite = jnp.all(jnp.isfinite(dy))
                 dy_norm = _rms(dy * inv_scale)
                 rate = dy_norm / jnp.where((it > 0) & (dy_norm_old > 0), dy_norm_old, 1.0)

@@ -234,8 +234,11 @@ def block_apply(pattern: SparsityPattern, inverse: jax.Array, r: jax.Array) -> j
     layout = _layout(pattern)
     # each block's right-hand side, (size, n_blocks); no gather where the layout is regular
     if layout == "strided":
-        local = r.reshape(size, n_blocks)
-    elif layout == "interleaved":
+        # contiguous pieces of r and of the result: one-dimensional loops, no index arithmetic
+        local = [r[j * n_blocks : (j + 1) * n_blocks] for j in range(size)]
+        rows = [sum(inverse[i, j] * local[j] for j in range(size)) for i in range(size)]
+        return jnp.concatenate(rows)
+    if layout == "interleaved":
         local = r.reshape(n_blocks, size).T
     else:
         padding = members < 0
@@ -243,8 +246,6 @@ def block_apply(pattern: SparsityPattern, inverse: jax.Array, r: jax.Array) -> j
             jnp.asarray(padding.T), 0.0, r[jnp.asarray(np.where(padding, 0, members).T)]
         )
     x = sum(inverse[:, j, :] * local[j] for j in range(size))  # (size, n_blocks)
-    if layout == "strided":
-        return x.reshape(-1)
     if layout == "interleaved":
         return x.T.reshape(-1)
     # where each state sits in the flattened (position, block) layout
