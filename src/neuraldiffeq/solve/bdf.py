@@ -559,7 +559,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         ]
         d_new, suffix = [None] * _ROWS, jnp.zeros_like(corr)
         for j in reversed(range(_ROWS)):
-            suffix = jnp.where(j <= order + 1, new[j] + suffix, 0.0)
+            suffix = jax.lax.optimization_barrier(jnp.where(j <= order + 1, new[j] + suffix, 0.0))
             d_new[j] = jnp.where(j <= order, suffix, new[j])
         d_new = tuple(d_new)
         n_equal_new = n_equal + 1
