@@ -53,7 +53,6 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import numpy as np
 import optimistix as optx
 
@@ -71,6 +70,8 @@ from .linear import (
     check_linear_solve,
     choose_linear_solve,
     krylov_solve,
+    lu_factor,
+    lu_solve,
     sparse_solve,
 )
 
@@ -350,12 +351,12 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         n = self._pattern().n if self._pattern() is not None else jac.shape[0]
         linear, pattern = self._linear(n), self._pattern()
         if pattern is None:
-            return jsl.lu_factor(jnp.eye(n, dtype=jac.dtype) - c * jac)
+            return lu_factor(jnp.eye(n, dtype=jac.dtype) - c * jac)
         is_diag = jnp.asarray(pattern.rows == pattern.cols)
         a_values = jnp.where(is_diag, 1.0, 0.0).astype(jac.dtype) - c * jac
         if linear == "dense":
             dense = jnp.zeros((n, n), jac.dtype).at[pattern.rows, pattern.cols].set(a_values)
-            return jsl.lu_factor(dense)
+            return lu_factor(dense)
         if linear == "blocks":
             return block_factor(pattern, a_values)
         return a_values  # SuperLU (it keeps its factors of recent values) or GMRES
@@ -364,7 +365,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         n = r.shape[0]
         linear, pattern = self._linear(n), self._pattern()
         if pattern is None or linear == "dense":
-            return jsl.lu_solve(factor, r)
+            return lu_solve(factor, r)
         if linear == "blocks":
             return block_apply(pattern, factor, r)
         if linear == "sparse":
@@ -387,8 +388,8 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         if pattern is None:
             if linear == "dense":
                 jac = jax.jacfwd(hf)(y)
-                lu = jsl.lu_factor(jnp.eye(n, dtype=y.dtype) - jac / alpha)
-                return lambda r: jsl.lu_solve(lu, r)
+                lu = lu_factor(jnp.eye(n, dtype=y.dtype) - jac / alpha)
+                return lambda r: lu_solve(lu, r)
             # matrix-free: products by JVPs; without a pattern the diagonal is unknown, so GMRES
             # runs unpreconditioned
             _, jvp = jax.linearize(hf, y)
@@ -400,8 +401,8 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             a_values = jnp.where(is_diag, 1.0, 0.0).astype(y.dtype) - values / alpha
             if linear == "dense":
                 dense = jnp.zeros((n, n), y.dtype).at[pattern.rows, pattern.cols].set(a_values)
-                lu = jsl.lu_factor(dense)
-                return lambda r: jsl.lu_solve(lu, r)
+                lu = lu_factor(dense)
+                return lambda r: lu_solve(lu, r)
             if linear == "sparse":
                 return lambda r: sparse_solve(pattern, a_values, r)
             if linear == "blocks":
