@@ -101,20 +101,40 @@ def _factor(pattern: SparsityPattern, values: np.ndarray):
     return lu
 
 
-def _host_solve(pattern: SparsityPattern, trans: str, values, b):
-    values, b = np.asarray(values), np.asarray(b)
+def _host_solve(pattern: SparsityPattern, trans: str, dtype, values, b):
+    values, b = _from_bits(values, dtype), _from_bits(b, dtype)
     try:
         x = _factor(pattern, values).solve(b, trans=trans)
     except RuntimeError:  # singular matrix: a failed Newton iteration, not a crash
         x = np.full_like(b, np.nan)
-    return x.astype(b.dtype)
+    x = np.ascontiguousarray(x.astype(dtype))
+    return x.view(np.uint32).reshape(*x.shape, -1) if x.itemsize > 4 else x.view(np.uint32)
+
+
+# The callback's arrays travel as their bits (uint32): JAX converts a callback's arguments and
+# results to the dtypes of the thread that runs it, and XLA may run it on a worker thread
+# where `with jax.enable_x64(True):` (a thread-local setting) is not in force, which would turn
+# float64 into float32 there and fail the result's dtype check.
+def _to_bits(x: jax.Array) -> jax.Array:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+
+
+def _from_bits(bits, dtype) -> np.ndarray:
+    bits = np.ascontiguousarray(np.asarray(bits, np.uint32))
+    words = np.dtype(dtype).itemsize // 4
+    return bits.view(dtype).reshape(bits.shape[: bits.ndim - (words > 1)])
 
 
 def _callback_solve(pattern: SparsityPattern, trans: str, values, b):
-    shape = jax.ShapeDtypeStruct(b.shape, b.dtype)
-    return jax.pure_callback(
-        functools.partial(_host_solve, pattern, trans), shape, values, b, vmap_method="sequential"
+    bits = _to_bits(b)
+    out = jax.pure_callback(
+        functools.partial(_host_solve, pattern, trans, np.dtype(b.dtype)),
+        jax.ShapeDtypeStruct(bits.shape, bits.dtype),
+        _to_bits(values.astype(b.dtype)),
+        bits,
+        vmap_method="sequential",
     )
+    return jax.lax.bitcast_convert_type(out, b.dtype)
 
 
 def sparse_matvec(pattern: SparsityPattern, values: jax.Array, x: jax.Array) -> jax.Array:
