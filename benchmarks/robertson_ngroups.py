@@ -80,13 +80,22 @@ def y0_of(ng):
     return y0
 
 
+#: CPU seconds (this process, all threads) of the last `timed` call's runs: the median.
+LAST_CPU: list[float] = [float("nan")]
+
+
 def timed(fn, repeats):
+    """Median wall seconds of `repeats` runs after a warm-up, and the last output; the median
+    CPU seconds go to LAST_CPU[0] (on a shared machine the wall time counts other jobs' time
+    slices, the CPU time does not)."""
     fn()  # warm-up: compilation / set-up
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         out = fn()
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    LAST_CPU[0] = statistics.median(cpu)
     return statistics.median(times), out
 
 
@@ -223,6 +232,7 @@ def run_size(ng, args) -> dict:
     row["ours_s"], (y_ours, steps) = timed(
         lambda: jax.block_until_ready(solve(y0, log_k)), args.repeats
     )
+    row["ours_cpu_s"] = LAST_CPU[0]
     row["ours_steps"] = int(steps)
     y_ours = np.asarray(y_ours)
     # the same solve evaluating and factorising the Newton matrix at every step
@@ -249,6 +259,7 @@ def run_size(ng, args) -> dict:
             row[f"{name}_error"] = f"{type(error).__name__}: {error}"[:200]
             continue
         row[f"{name}_s"], finals[name] = timed(fn, args.repeats)
+        row[f"{name}_cpu_s"] = LAST_CPU[0]
     if ng <= args.kvaerno_max:
         queue = multiprocessing.get_context("spawn").Queue()
         child = multiprocessing.get_context("spawn").Process(
@@ -381,24 +392,29 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    def ratio(row, peer):
-        value = row.get(f"{peer}_s")
+    def ratio(row, peer, kind="s"):
+        value = row.get(f"{peer}_{kind}")
         if isinstance(value, str):
             return f"{value[1:]}s/ours>{float(value[1:]) / row['ours_s']:.1f}"
-        return "n/a" if value is None else f"{value / row['ours_s']:.2f}"
+        return "n/a" if value is None else f"{value / row[f'ours_{kind}']:.2f}"
 
-    header = ("ngroups", "states", "ours (s)", "steps", "peer time / ours: CVODE",
-              "pydiffsol BDF", "scipy BDF", "diffrax Kvaerno5", "ours with SuperLU (s)",
-              "detect pattern (s)", "no reuse / reuse")  # fmt: skip
+    header = ("ngroups", "states", "ours (s)", "ours CPU (s)", "steps", "peer time / ours: CVODE",
+              "pydiffsol BDF", "scipy BDF", "diffrax Kvaerno5", "CPU time: CVODE / ours",
+              "pydiffsol / ours", "ours with SuperLU (s)", "detect pattern (s)",
+              "no reuse / reuse")  # fmt: skip
     print("\n| " + " | ".join(header) + " |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|" + "---|" * len(header))
     for row in rows:
-        print(f"| {row['ngroups']} | {row['states']} | {row['ours_s']:.4f} | {row['ours_steps']} "
+        print(f"| {row['ngroups']} | {row['states']} | {row['ours_s']:.4f} | "
+              f"{row['ours_cpu_s']:.4f} | {row['ours_steps']} "
               f"| {ratio(row, 'cvode')} | {ratio(row, 'pydiffsol')} | {ratio(row, 'scipy')} | "
-              f"{ratio(row, 'kvaerno5')} | {row.get('ours_superlu_s', float('nan')):.4f} | "
-              f"{row['detect_s']:.2f} | "
+              f"{ratio(row, 'kvaerno5')} | {ratio(row, 'cvode', 'cpu_s')} | "
+              f"{ratio(row, 'pydiffsol', 'cpu_s')} | "
+              f"{row.get('ours_superlu_s', float('nan')):.4f} | {row['detect_s']:.2f} | "
               f"{row['ours_no_reuse_s'] / row['ours_s']:.2f} |")  # fmt: skip
-    print("(a ratio above 1: the peer is slower; below 1: ours is slower)")
+    print("(a ratio above 1: the peer is slower; below 1: ours is slower. Wall times count other "
+          "jobs' time slices on a shared machine, CPU times do not; run under `taskset -c N` "
+          "to hold every solver to one core)")  # fmt: skip
 
     if not args.skip_gradient:
         for ng in (10, 1000):

@@ -176,6 +176,50 @@ def test_block_solve_agrees_with_dense_on_independent_blocks_of_unequal_size():
     assert choose_linear_solve(300, SparsityPattern.from_dense(band)) == "sparse"
 
 
+@pytest.mark.parametrize("layout", ["strided", "interleaved"])
+def test_block_solve_of_regular_layouts_agrees_with_dense(layout):
+    rng = np.random.default_rng(4)
+    n_blocks, size = 5, 3
+    q, b = np.arange(size)[None, :], np.arange(n_blocks)[:, None]
+    members = q * n_blocks + b if layout == "strided" else b * size + q
+    mask = np.zeros((15, 15), bool)
+    for m in members:
+        mask[np.ix_(m, m)] = True
+    a = np.where(mask, rng.normal(size=mask.shape), 0.0)
+    pattern = SparsityPattern.from_dense(mask)
+    rhs = jnp.asarray(rng.normal(size=15))
+    x = block_solver(pattern, jnp.asarray(a[pattern.rows, pattern.cols]))(rhs)
+    np.testing.assert_allclose(x, np.linalg.solve(a, rhs), rtol=1e-9, atol=1e-12)
+
+
+def test_superlu_keeps_float64_when_its_callback_runs_without_x64():
+    # `with jax.enable_x64(True):` is thread-local: the callback may run on a thread without it
+    import threading
+
+    pattern = SparsityPattern(np.arange(4), np.arange(1, 5), 5)  # bidiagonal
+    values = jnp.where(jnp.asarray(pattern.rows == pattern.cols), 2.0, 0.5)
+    solve = jax.jit(lambda v, r: sparse_solve(pattern, v, r))
+    rhs = jnp.linspace(1.0, 2.0, 5)
+    compiled = solve.lower(values, rhs).compile()
+    out = {}
+
+    def run():
+        with jax.enable_x64(False):
+            try:
+                out["x"] = np.asarray(compiled(values, rhs))
+            except Exception as error:  # reported below, not lost in the thread
+                out["error"] = error
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert "error" not in out, out.get("error")
+    a = np.zeros((5, 5))
+    a[pattern.rows, pattern.cols] = np.asarray(values)
+    assert out["x"].dtype == np.float64
+    np.testing.assert_allclose(out["x"], np.linalg.solve(a, np.asarray(rhs)), rtol=1e-14)
+
+
 def test_fit_detects_a_pending_sparse_pattern_before_compiling():
     from neuraldiffeq.fitting.solver_choice import resolve_for_fit
     from neuraldiffeq.solve.jacobian import SparsityPattern

@@ -28,10 +28,12 @@ systems; a `SparsityPattern` (`neuraldiffeq.solve.jacobian`) gives the Jacobian 
 JVPs as the pattern has colours, solved by SciPy's SuperLU (`"sparse"`) or by preconditioned
 GMRES (`"krylov"`, matrix-free; see `neuraldiffeq.solve.linear`).
 
-Gradients: the Newton iteration runs without derivatives; one more chord step from its result
-carries them (y = y* + A⁻¹·R(y*), R the residual), which is the implicit function theorem with
-the chord matrix: exact to the Newton tolerance times ‖h·ΔJ‖, so gradients agree with finite
-differences at tight tolerances (tests/test_bdf.py).
+Gradients: the Newton iteration runs without derivatives, and its result y* is the step's
+value (as in CVODE and scipy); its derivatives are those of one more chord step from it
+(dy = A⁻¹·dR(y*), R the residual, A the Newton matrix at the step's prediction), which is the
+implicit function theorem with the chord matrix: exact to the Newton tolerance times ‖h·ΔJ‖,
+so gradients agree with finite differences at tight tolerances (tests/test_bdf.py). That step
+is only computed when derivatives are.
 
 Example:
     >>> import diffrax, jax.numpy as jnp, neuraldiffeq as nde
@@ -51,7 +53,6 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import numpy as np
 import optimistix as optx
 
@@ -69,6 +70,8 @@ from .linear import (
     check_linear_solve,
     choose_linear_solve,
     krylov_solve,
+    lu_factor,
+    lu_solve,
     sparse_solve,
 )
 
@@ -115,9 +118,32 @@ def _rescale_matrix(order, factor, dtype):
     return (r(factor) @ r(jnp.ones((), dtype))).T
 
 
+# D is kept as a tuple of _ROWS vectors, not one (_ROWS, n) array: every operation on it is then
+# a chain of elementwise operations on whole vectors, which XLA fuses, where row updates of one
+# array (scatters, dynamic row slices) each copied the whole array on CPU.
+
+
 def _rescale(d, order, factor):
-    head = _rescale_matrix(order, factor, d.dtype) @ d[: MAX_ORDER + 1]
-    return d.at[: MAX_ORDER + 1].set(head)
+    m = _rescale_matrix(order, factor, d[0].dtype)
+    head = tuple(sum(m[i, j] * d[j] for j in range(MAX_ORDER + 1)) for i in range(MAX_ORDER + 1))
+    return head + tuple(d[MAX_ORDER + 1 :])
+
+
+def _row(d, i):
+    """d[i] for a traced index i (a chain of selects: exact, and fused)."""
+    out = d[0]
+    for j in range(1, len(d)):
+        out = jnp.where(i == j, d[j], out)
+    return out
+
+
+def _masked_sum(d, weights):
+    """Σ_j weights[j]·d[j] over the rows with non-zero weight (rows outside are skipped, not
+    multiplied, so they never turn a sum into NaN)."""
+    out = jnp.zeros_like(d[0])
+    for j in range(len(d)):
+        out = out + jnp.where(weights[j] != 0, weights[j] * d[j], 0.0)
+    return out
 
 
 class BDFInterpolation(diffrax.AbstractLocalInterpolation):
@@ -152,7 +178,7 @@ class BDFInterpolation(diffrax.AbstractLocalInterpolation):
 
 
 class _State(eqx.Module):
-    d: jax.Array  # (MAX_ORDER + 3, n) differences, scaled for step h
+    d: tuple  # MAX_ORDER + 3 vectors (n,): the differences D[0], D[1], ..., scaled for step h
     order: jax.Array  # int
     h: jax.Array  # the step D is scaled for
     n_equal: jax.Array  # accepted steps of size h since the last change
@@ -173,24 +199,25 @@ def _no_gradient(tree):
 
 
 @eqx.filter_custom_jvp
-def _kept_solve(r, primal, exact):
-    return primal(r)
+def _tangent_only(r, exact):
+    return jnp.zeros_like(r)
 
 
-@_kept_solve.def_jvp
-def _kept_solve_jvp(primals, tangents):
-    r, primal, exact = primals
+@_tangent_only.def_jvp
+def _tangent_only_jvp(primals, tangents):
+    r, exact = primals
     dr = tangents[0]
-    return primal(r), (jnp.zeros_like(r) if dr is None else exact(dr))
+    return jnp.zeros_like(r), (jnp.zeros_like(r) if dr is None else exact(dr))
 
 
-def _primal_and_exact(primal, exact, like):
-    """r -> primal(r) whose derivative is exact(dr): the kept Newton matrix gives the value,
-    the one at the step's prediction gives the derivatives (the implicit function theorem).
-    Both are closure-converted: their closed-over arrays travel as arguments."""
-    primal = eqx.filter_closure_convert(primal, like)
+def _implicit_correction(exact, like):
+    """r -> a correction whose value is zero and whose derivative is exact(dr). Added to the
+    Newton iteration's result with r the step's residual there, it carries that result's
+    derivatives by the implicit function theorem (exact: the solve with the Newton matrix at
+    the step's prediction) without moving its value, so the residual is only computed when
+    derivatives are. `exact` is closure-converted: its closed-over arrays travel as arguments."""
     exact = eqx.filter_closure_convert(exact, like)
-    return lambda r: _kept_solve(r, primal, exact)
+    return lambda r: _tangent_only(r, exact)
 
 
 class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
@@ -286,7 +313,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
                 f"{y0.shape[0]} components."
             )
         state = _State(
-            d=jnp.zeros((_ROWS, *y0.shape), y0.dtype),
+            d=tuple(jnp.zeros(y0.shape, y0.dtype) for _ in range(_ROWS)),
             order=jnp.array(1),
             h=jnp.ones((), y0.dtype),
             n_equal=jnp.array(0),
@@ -324,12 +351,12 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         n = self._pattern().n if self._pattern() is not None else jac.shape[0]
         linear, pattern = self._linear(n), self._pattern()
         if pattern is None:
-            return jsl.lu_factor(jnp.eye(n, dtype=jac.dtype) - c * jac)
+            return lu_factor(jnp.eye(n, dtype=jac.dtype) - c * jac)
         is_diag = jnp.asarray(pattern.rows == pattern.cols)
         a_values = jnp.where(is_diag, 1.0, 0.0).astype(jac.dtype) - c * jac
         if linear == "dense":
             dense = jnp.zeros((n, n), jac.dtype).at[pattern.rows, pattern.cols].set(a_values)
-            return jsl.lu_factor(dense)
+            return lu_factor(dense)
         if linear == "blocks":
             return block_factor(pattern, a_values)
         return a_values  # SuperLU (it keeps its factors of recent values) or GMRES
@@ -338,7 +365,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         n = r.shape[0]
         linear, pattern = self._linear(n), self._pattern()
         if pattern is None or linear == "dense":
-            return jsl.lu_solve(factor, r)
+            return lu_solve(factor, r)
         if linear == "blocks":
             return block_apply(pattern, factor, r)
         if linear == "sparse":
@@ -361,8 +388,8 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         if pattern is None:
             if linear == "dense":
                 jac = jax.jacfwd(hf)(y)
-                lu = jsl.lu_factor(jnp.eye(n, dtype=y.dtype) - jac / alpha)
-                return lambda r: jsl.lu_solve(lu, r)
+                lu = lu_factor(jnp.eye(n, dtype=y.dtype) - jac / alpha)
+                return lambda r: lu_solve(lu, r)
             # matrix-free: products by JVPs; without a pattern the diagonal is unknown, so GMRES
             # runs unpreconditioned
             _, jvp = jax.linearize(hf, y)
@@ -374,8 +401,8 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             a_values = jnp.where(is_diag, 1.0, 0.0).astype(y.dtype) - values / alpha
             if linear == "dense":
                 dense = jnp.zeros((n, n), y.dtype).at[pattern.rows, pattern.cols].set(a_values)
-                lu = jsl.lu_factor(dense)
-                return lambda r: jsl.lu_solve(lu, r)
+                lu = lu_factor(dense)
+                return lambda r: lu_solve(lu, r)
             if linear == "sparse":
                 return lambda r: sparse_solve(pattern, a_values, r)
             if linear == "blocks":
@@ -399,21 +426,26 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
 
         # D for this step: from scratch (order 1, D[1] = h·f) or rescaled from the last step
         ratio = h / jnp.where(state.valid, state.h, h)
-
-        def start():
-            first = jnp.zeros_like(state.d).at[0].set(y0)
-            return first.at[1].set(terms.vf_prod(t0, y0, args, h))
-
-        d = jax.lax.cond(fresh, start, lambda: _rescale(state.d, state.order, ratio))
-        order = jnp.where(fresh, 1, state.order)
         changed = jnp.abs(ratio - 1) > 1e-8
+
+        def restart():
+            slope = terms.vf_prod(t0, y0, args, h)
+            return (y0, slope) + tuple(jnp.zeros_like(y0) for _ in range(_ROWS - 2))
+
+        # (the rescaling is the identity for an unchanged step, which most steps are)
+        branch = jnp.where(fresh, 2, jnp.where(changed, 1, 0))
+        d = jax.lax.switch(
+            branch,
+            [lambda: state.d, lambda: _rescale(state.d, state.order, ratio), restart],
+        )
+        order = jnp.where(fresh, 1, state.order)
         n_equal = jnp.where(fresh | changed, 0, state.n_equal)
 
         k_mask = (jnp.arange(_ROWS) <= order).astype(dtype)
         gamma = jnp.asarray(np.r_[_GAMMA, 0.0, 0.0], dtype)
         alpha = jnp.asarray(_ALPHA, dtype)[order]
-        y_pred = k_mask @ d
-        psi = (jnp.where(jnp.arange(_ROWS) >= 1, k_mask * gamma, 0.0) @ d) / alpha
+        y_pred = _masked_sum(d, k_mask)
+        psi = _masked_sum(d, jnp.where(jnp.arange(_ROWS) >= 1, k_mask * gamma, 0.0)) / alpha
         t_new = t1
 
         def residual(corr):
@@ -425,7 +457,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         def hf_ng(y):
             return terms_ng.vf_prod(t_new, y, args_ng, h)
 
-        scale = atol + rtol * jnp.abs(y_pred_ng)
+        inv_scale = 1.0 / (atol + rtol * jnp.abs(y_pred_ng))
         eps = float(jnp.finfo(dtype).eps)
         newton_tol = max(10 * eps / rtol, min(0.03, rtol**0.5))
 
@@ -437,9 +469,11 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             def body(carry):
                 it, corr, dy_norm_old, _, _ = carry
                 f = hf_ng(y_pred_ng + corr) / alpha
-                dy = solve(f - psi_ng - corr)
+                # (materialised once: XLA would otherwise recompute the solve in each of the
+                # three operations below that read it)
+                dy = jax.lax.optimization_barrier(solve(f - psi_ng - corr))
                 finite = jnp.all(jnp.isfinite(dy))
-                dy_norm = _rms(dy / scale)
+                dy_norm = _rms(dy * inv_scale)
                 rate = dy_norm / jnp.where((it > 0) & (dy_norm_old > 0), dy_norm_old, 1.0)
                 slow = (it > 0) & (
                     (rate >= 1)
@@ -498,44 +532,59 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             def exact(r):  # the Newton matrix at this step's prediction, as without reuse
                 return self._apply(self._factorise(self._jacobian(f_ng, y_pred_ng), c), r)
 
-            solve = _primal_and_exact(solver(factor, c_factor), exact, y0)
         else:
-            solve = self._matrix(hf_ng, y_pred_ng, alpha)
-            corr_ng, converged = newton(solve)
+            exact = self._matrix(hf_ng, y_pred_ng, alpha)
+            corr_ng, converged = newton(exact)
 
-        # -- one more chord step, differentiable: the implicit function theorem -----------------
-        corr = corr_ng + solve(residual(corr_ng))
+        # -- the derivatives: the implicit function theorem at the Newton iteration's result -----
+        corr = corr_ng + _implicit_correction(exact, y0)(residual(corr_ng))
         y1 = y_pred + corr
 
         # -- error estimate, acceptance and the next order (no derivatives) ---------------------
         corr_e, y0_e, y1_e = jax.lax.stop_gradient((corr, y0, y1))
-        y1_e = jnp.where(jnp.all(jnp.isfinite(y1_e)), y1_e, y0_e)  # as diffrax's controller
+        finite = jnp.all(jnp.isfinite(y1_e))
+        y1_e = jnp.where(finite, y1_e, y0_e)  # as diffrax's controller
         ctrl_scale = atol + rtol * jnp.maximum(jnp.abs(y0_e), jnp.abs(y1_e))
+        inv_ctrl_scale = 1.0 / ctrl_scale
         err_const = jnp.asarray(_ERROR_CONST, dtype)
-        error = _rms(err_const[order] * corr_e / ctrl_scale)
-        ok = converged & jnp.isfinite(error) & jnp.all(jnp.isfinite(y1))
+        error = _rms(err_const[order] * corr_e * inv_ctrl_scale)
+        ok = converged & jnp.isfinite(error) & finite
         accepted = ok & (error < 1)
 
         # D after an accepted step: D[k+2] = d - D[k+1], D[k+1] = d, D[i] += D[i+1] for i ≤ k
-        d_new = d.at[order + 2].set(corr - d[order + 1]).at[order + 1].set(corr)
-        for i in reversed(range(MAX_ORDER + 1)):
-            d_new = d_new.at[i].add(jnp.where(i <= order, d_new[i + 1], 0.0))
+        # (the same additions in the same order, as one suffix sum over the rows)
+        below = _row(d, order + 1)
+        new = [
+            jnp.where(j == order + 1, corr, jnp.where(j == order + 2, corr - below, d[j]))
+            for j in range(_ROWS)
+        ]
+        d_new, suffix = [None] * _ROWS, jnp.zeros_like(corr)
+        for j in reversed(range(_ROWS)):
+            suffix = jax.lax.optimization_barrier(jnp.where(j <= order + 1, new[j] + suffix, 0.0))
+            d_new[j] = jnp.where(j <= order, suffix, new[j])
+        d_new = tuple(d_new)
         n_equal_new = n_equal + 1
 
-        # order selection after k+1 equal steps: the order allowing the largest step
+        # order selection after k+1 equal steps: the order allowing the largest step (the
+        # neighbouring orders' error norms only then)
         d_e = jax.lax.stop_gradient(d_new)
-        norm_at = lambda k, row: _rms(err_const[k] * row / ctrl_scale)  # noqa: E731
-        err_m = jnp.where(order > 1, norm_at(jnp.maximum(order - 1, 0), d_e[order]), jnp.inf)
-        err_p = jnp.where(
-            order < MAX_ORDER,
-            norm_at(jnp.minimum(order + 1, MAX_ORDER + 1), d_e[jnp.minimum(order + 2, _ROWS - 1)]),
-            jnp.inf,
-        )
+        hold = n_equal_new < order + 1
+
+        def neighbours():
+            norm_at = lambda k, row: _rms(err_const[k] * row * inv_ctrl_scale)  # noqa: E731
+            low = norm_at(jnp.maximum(order - 1, 0), _row(d_e, order))
+            high = norm_at(jnp.minimum(order + 1, MAX_ORDER + 1), _row(d_e, order + 2))
+            return (
+                jnp.where(order > 1, low, jnp.inf),
+                jnp.where(order < MAX_ORDER, high, jnp.inf),
+            )
+
+        inf = jnp.full((), jnp.inf, dtype)
+        err_m, err_p = jax.lax.cond(hold, lambda: (inf, inf), neighbours)
         orders = jnp.stack([order - 1, order, order + 1])
         factors = jnp.stack([err_m, error, err_p]) ** (-1.0 / (orders + 1).astype(dtype))
         factors = jnp.where(jnp.isnan(factors), 0.0, factors)
         best = jnp.argmax(factors)
-        hold = n_equal_new < order + 1
         new_order = jnp.where(hold, order, orders[best])
         max_factor = jnp.where(hold, 1.0 / SAFETY, factors[best])
         n_equal_new = jnp.where(hold | (new_order == order), n_equal_new, 0)
@@ -552,7 +601,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         new_state = _State(
             d=d_new, order=new_order, h=h, n_equal=n_equal_new, valid=jnp.array(True), **kept
         )
-        dense_info = dict(d=d_new, order=order)
+        dense_info = dict(d=jnp.stack(d_new), order=order)
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):

@@ -101,20 +101,40 @@ def _factor(pattern: SparsityPattern, values: np.ndarray):
     return lu
 
 
-def _host_solve(pattern: SparsityPattern, trans: str, values, b):
-    values, b = np.asarray(values), np.asarray(b)
+def _host_solve(pattern: SparsityPattern, trans: str, dtype, values, b):
+    values, b = _from_bits(values, dtype), _from_bits(b, dtype)
     try:
         x = _factor(pattern, values).solve(b, trans=trans)
     except RuntimeError:  # singular matrix: a failed Newton iteration, not a crash
         x = np.full_like(b, np.nan)
-    return x.astype(b.dtype)
+    x = np.ascontiguousarray(x.astype(dtype))
+    return x.view(np.uint32).reshape(*x.shape, -1) if x.itemsize > 4 else x.view(np.uint32)
+
+
+# The callback's arrays travel as their bits (uint32): JAX converts a callback's arguments and
+# results to the dtypes of the thread that runs it, and XLA may run it on a worker thread
+# where `with jax.enable_x64(True):` (a thread-local setting) is not in force, which would turn
+# float64 into float32 there and fail the result's dtype check.
+def _to_bits(x: jax.Array) -> jax.Array:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+
+
+def _from_bits(bits, dtype) -> np.ndarray:
+    bits = np.ascontiguousarray(np.asarray(bits, np.uint32))
+    words = np.dtype(dtype).itemsize // 4
+    return bits.view(dtype).reshape(bits.shape[: bits.ndim - (words > 1)])
 
 
 def _callback_solve(pattern: SparsityPattern, trans: str, values, b):
-    shape = jax.ShapeDtypeStruct(b.shape, b.dtype)
-    return jax.pure_callback(
-        functools.partial(_host_solve, pattern, trans), shape, values, b, vmap_method="sequential"
+    bits = _to_bits(b)
+    out = jax.pure_callback(
+        functools.partial(_host_solve, pattern, trans, np.dtype(b.dtype)),
+        jax.ShapeDtypeStruct(bits.shape, bits.dtype),
+        _to_bits(values.astype(b.dtype)),
+        bits,
+        vmap_method="sequential",
     )
+    return jax.lax.bitcast_convert_type(out, b.dtype)
 
 
 def sparse_matvec(pattern: SparsityPattern, values: jax.Array, x: jax.Array) -> jax.Array:
@@ -179,25 +199,43 @@ def block_solver(pattern: SparsityPattern, values: jax.Array) -> Callable[[jax.A
 
 def block_factor(pattern: SparsityPattern, values: jax.Array) -> jax.Array:
     """The inverses of the pattern's independent blocks of A (values at the pattern's entries),
-    shape (blocks, size, size): what `block_apply` multiplies by. Kept across steps by `BDF`.
+    shape (size, size, blocks): entry [i, j, b] of block b's inverse, the blocks last so that
+    every operation runs along them. What `block_apply` multiplies by; kept across steps by
+    `BDF`.
 
     Example:
         >>> import jax.numpy as jnp
         >>> from neuraldiffeq.solve.jacobian import SparsityPattern
         >>> from neuraldiffeq.solve.linear import block_factor
         >>> block_factor(SparsityPattern([], [], 2), jnp.array([2.0, 4.0])).shape
-        (2, 1, 1)
+        (1, 1, 2)
     """
     members, where = pattern.blocks
     n_blocks, size = members.shape
     # gathers, not scatters (scatters are slow on CPU): each block slot reads its entry's value
-    slot = np.full(n_blocks * size * size, -1, np.int64)
-    slot[np.ravel_multi_index(tuple(where), (n_blocks, size, size))] = np.arange(pattern.nnz)
+    slot = np.full(size * size * n_blocks, -1, np.int64)
+    slot[np.ravel_multi_index((where[1], where[2], where[0]), (size, size, n_blocks))] = np.arange(
+        pattern.nnz
+    )
     padding = members < 0
-    pad_eye = (padding[:, :, None] & np.eye(size, dtype=bool)[None]).reshape(-1)
+    pad_eye = (np.eye(size, dtype=bool)[:, :, None] & padding.T[None, :, :]).reshape(-1)
     flat = jnp.where(jnp.asarray(slot >= 0), values[jnp.asarray(np.maximum(slot, 0))], 0.0)
-    blocks = (flat + jnp.asarray(pad_eye, values.dtype)).reshape(n_blocks, size, size)
+    blocks = (flat + jnp.asarray(pad_eye, values.dtype)).reshape(size, size, n_blocks)
     return _batched_inverse(blocks)
+
+
+def _layout(pattern: SparsityPattern) -> str:
+    """How the blocks' states lie in the state vector: "strided" (state q of block b at
+    q·n_blocks + b: all first states, then all second ones, ...), "interleaved" (at
+    b·size + q: block after block), else "general" (gathered by index)."""
+    members, _ = pattern.blocks
+    n_blocks, size = members.shape
+    b, q = np.arange(n_blocks)[:, None], np.arange(size)[None, :]
+    if np.array_equal(members, q * n_blocks + b):
+        return "strided"
+    if np.array_equal(members, b * size + q):
+        return "interleaved"
+    return "general"
 
 
 def block_apply(pattern: SparsityPattern, inverse: jax.Array, r: jax.Array) -> jax.Array:
@@ -212,37 +250,91 @@ def block_apply(pattern: SparsityPattern, inverse: jax.Array, r: jax.Array) -> j
         [0.5, 0.25]
     """
     members, _ = pattern.blocks
+    n_blocks, size = members.shape
+    layout = _layout(pattern)
+    # each block's right-hand side, (size, n_blocks); no gather where the layout is regular
+    if layout == "strided":
+        # contiguous pieces of r and of the result: one-dimensional loops, no index arithmetic
+        local = [r[j * n_blocks : (j + 1) * n_blocks] for j in range(size)]
+        rows = [sum(inverse[i, j] * local[j] for j in range(size)) for i in range(size)]
+        return jnp.concatenate(rows)
+    if layout == "interleaved":
+        local = r.reshape(n_blocks, size).T
+    else:
+        padding = members < 0
+        local = jnp.where(
+            jnp.asarray(padding.T), 0.0, r[jnp.asarray(np.where(padding, 0, members).T)]
+        )
+    x = sum(inverse[:, j, :] * local[j] for j in range(size))  # (size, n_blocks)
+    if layout == "interleaved":
+        return x.T.reshape(-1)
+    # where each state sits in the flattened (position, block) layout
     padding = members < 0
-    index = jnp.asarray(np.where(padding, 0, members))
-    # where each state sits in the flattened (block, position) layout
     back = np.empty(pattern.n, np.int64)
-    back[members[~padding]] = np.flatnonzero(~padding.reshape(-1))
-    local = jnp.where(jnp.asarray(padding), 0.0, r[index])
-    x = jnp.einsum("bij,bj->bi", inverse, local)
+    back[members.T[~padding.T]] = np.flatnonzero(~padding.T.reshape(-1))
     return x.reshape(-1)[jnp.asarray(back)]
 
 
 def _batched_inverse(blocks: jax.Array) -> jax.Array:
-    """Inverses of a batch of small square matrices by Gauss–Jordan elimination with partial
-    pivoting, vectorised over the batch: a few array operations per column instead of one
-    LAPACK call per matrix (which dominates for thousands of 3×3 blocks). A singular block
-    gives non-finite values (a failed Newton iteration)."""
-    n_blocks, size, _ = blocks.shape
-    m = jnp.concatenate([blocks, jnp.broadcast_to(jnp.eye(size, dtype=blocks.dtype),
-                                                  blocks.shape)], axis=2)  # fmt: skip
-    rows = jnp.arange(size)
+    """Inverses of a batch of small square matrices, shape (size, size, batch), by Gauss–Jordan
+    elimination with partial pivoting, vectorised along the batch (the last axis): the rows
+    are separate arrays and the pivot is chosen by comparisons and selects, so every operation
+    is elementwise along the batch (no gathers, no index reductions, which are slow on CPU). A
+    singular block gives non-finite values (a failed Newton iteration)."""
+    size = blocks.shape[0]
+    eye = jnp.eye(size, dtype=blocks.dtype)[:, :, None]
+    rows = [
+        jnp.concatenate([blocks[i], jnp.broadcast_to(eye[i], blocks[i].shape)]) for i in range(size)
+    ]
     for k in range(size):
-        candidates = jnp.where(rows >= k, jnp.abs(m[:, :, k]), -1.0)
-        pivot = jnp.argmax(candidates, axis=1)  # (n_blocks,)
-        order = jnp.where(rows == k, pivot[:, None], jnp.where(rows == pivot[:, None], k, rows))
-        m = jnp.take_along_axis(m, order[:, :, None], axis=1)
-        m = m.at[:, k, :].divide(m[:, k, k][:, None])
-        factor = jnp.where((rows == k)[None, :], 0.0, m[:, :, k])
-        m = m - factor[:, :, None] * m[:, k, None, :]
-    return m[:, :, size:]
+        # the pivot: the row (k or below) with the largest |entry| in column k
+        best, pivot_row = jnp.abs(rows[k][k]), rows[k]
+        pivot = jnp.zeros(best.shape, jnp.int32) + k
+        for i in range(k + 1, size):
+            larger = jnp.abs(rows[i][k]) > best
+            best = jnp.where(larger, jnp.abs(rows[i][k]), best)
+            pivot = jnp.where(larger, i, pivot)
+            pivot_row = jnp.where(larger[None], rows[i], pivot_row)
+        # swap it with row k, scale it, and eliminate column k from the other rows
+        row_k = pivot_row / pivot_row[k][None]
+        old_k = rows[k]
+        for i in range(size):
+            if i == k:
+                continue
+            row = jnp.where((pivot == i)[None], old_k, rows[i]) if i > k else rows[i]
+            rows[i] = row - row[k][None] * row_k
+        rows[k] = row_k
+    return jnp.stack([row[size:] for row in rows])
 
 
 # -- dense -----------------------------------------------------------------------------------------
+
+
+def lu_factor(matrix: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The LU factorisation of a dense matrix with its row permutation (not LAPACK's pivots):
+    what `lu_solve` takes. `jax.scipy.linalg.lu_solve` turns pivots into the permutation at
+    every solve, a loop of n small steps; a Newton iteration solves many times per
+    factorisation, so the permutation is formed once, here.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from neuraldiffeq.solve.linear import lu_factor, lu_solve
+        >>> factor = lu_factor(jnp.array([[0.0, 2.0], [4.0, 0.0]]))
+        >>> lu_solve(factor, jnp.array([2.0, 8.0])).tolist()
+        [2.0, 1.0]
+    """
+    lu, _, permutation = jax.lax.linalg.lu(matrix)
+    return lu, permutation
+
+
+def lu_solve(factor: tuple[jax.Array, jax.Array], b: jax.Array) -> jax.Array:
+    """x with A·x = b from `lu_factor(A)` (the same triangular solves as
+    `jax.scipy.linalg.lu_solve`; differentiable, transposable)."""
+    lu, permutation = factor
+    x = b[permutation][:, None]
+    x = jax.lax.linalg.triangular_solve(lu, x, left_side=True, lower=True, unit_diagonal=True)
+    x = jax.lax.linalg.triangular_solve(lu, x, left_side=True, lower=False)
+    return x[:, 0]
 
 
 def dense_solve(matrix: jax.Array, b: jax.Array) -> jax.Array:
