@@ -5,9 +5,13 @@ The posterior: `neuraldiffeq demo bayes`'s Lotka-Volterra problem (four rates wi
 1e-8, diffrax's checkpointed reverse-mode adjoint (`nde.Direct()`), 4 chains vectorised, the
 same warm-up and number of draws, the same start (the true rates, the residual sd as noise).
 NumPyro's side is what a user would write: a `numpyro.sample` program calling
-`diffrax.diffeqsolve`. Each side runs twice in this process: the first run includes
-compilation, the second is reported as the steady-state rate. Samples per second = chains x
-draws / wall time.
+`diffrax.diffeqsolve`. Both sides adapt the same mass matrix (`--mass-matrix`, dense by
+default: `nde.sample_posterior`'s choice for five parameters; NumPyro's `dense_mass`) and run
+the chains the same way (`--chain-method`, sequential by default: `nde.sample_posterior`'s
+choice on a CPU). Each side runs twice in this process: the first run includes compilation,
+the second is reported as the steady-state rate. Samples per second = chains x draws / wall
+time of the second run; its CPU time and the smallest effective sample size of the four rates
+are shown too (the machine may be shared: compare the two sides within one run).
 
     python benchmarks/record.py bayes-speed -- python benchmarks/bayes_speed.py
 """
@@ -29,14 +33,21 @@ from neuraldiffeq.demos.bayes import TRUE_RATES, U0, LotkaVolterra, make_data
 RTOL, ATOL = 1e-6, 1e-8
 
 
+def _ess(rates):
+    """The smallest ESS of the four rates, `rates` as (chains, draws, 4)."""
+    from blackjax.diagnostics import effective_sample_size
+
+    return float(np.min(effective_sample_size(jnp.asarray(rates), chain_axis=0, sample_axis=1)))
+
+
 def ours(data, args, start, sigma0):
     model = nde.NeuralODE(
         LotkaVolterra(start), solver="tsit5", rtol=RTOL, atol=ATOL, sensitivity=nde.Direct()
     )
     priors = {"field.rates": nde.priors.LogNormal(0.0, 0.5), "noise": nde.priors.HalfNormal(1.0)}
-    times = []
+    times, cpus = [], []
     for repeat in range(2):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", nde.PosteriorWarning)
             post = nde.sample_posterior(
@@ -48,10 +59,14 @@ def ours(data, args, start, sigma0):
                 samples=args.samples,
                 key=jax.random.key(repeat),
                 jitter=0.0,
+                mass_matrix=args.mass_matrix,
+                chain_method=args.chain_method,
             )
         jax.block_until_ready(post.y0)
         times.append(time.perf_counter() - t0)
-    return times, post.draws("field.rates").mean(axis=0), post.divergences
+        cpus.append(time.process_time() - c0)
+    rates = post.samples["field.rates"]
+    return times, cpus, rates.reshape(-1, 4).mean(axis=0), post.divergences, _ess(rates)
 
 
 def numpyro_by_hand(data, args, start, sigma0):
@@ -86,6 +101,7 @@ def numpyro_by_hand(data, args, start, sigma0):
     kernel = NUTS(
         model,
         target_accept_prob=0.8,
+        dense_mass=args.mass_matrix == "dense",
         init_strategy=init_to_value(values={"rates": start, "noise": sigma0}),
     )
     # one MCMC object run twice: its second run reuses the compiled sampler (a kernel shared by
@@ -95,19 +111,21 @@ def numpyro_by_hand(data, args, start, sigma0):
         num_warmup=args.warmup,
         num_samples=args.samples,
         num_chains=args.chains,
-        chain_method="vectorized",
+        chain_method=args.chain_method,
         progress_bar=False,
         jit_model_args=True,
     )
-    times = []
+    times, cpus = [], []
     for repeat in range(2):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         mcmc.run(jax.random.PRNGKey(repeat), ts, ys)  # NumPyro splits raw keys per chain
-        rates = mcmc.get_samples()["rates"]
+        rates = mcmc.get_samples(group_by_chain=True)["rates"]
         jax.block_until_ready(rates)
         times.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
     divergences = int(np.sum(np.asarray(mcmc.get_extra_fields()["diverging"])))
-    return times, np.asarray(rates).mean(axis=0), divergences
+    rates = np.asarray(rates)
+    return times, cpus, rates.reshape(-1, 4).mean(axis=0), divergences, _ess(rates)
 
 
 def main() -> None:
@@ -115,28 +133,38 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--mass-matrix", default="dense", choices=["dense", "diagonal"])
+    parser.add_argument(
+        "--chain-method", default="sequential", choices=["sequential", "vectorized"]
+    )
     args = parser.parse_args()
     data, clean = make_data(0)
     start = jnp.asarray(TRUE_RATES)
     sigma0 = float(np.std(np.asarray(data.ys) - clean))
     draws = args.chains * args.samples
-    print(f"{args.chains} chains x ({args.warmup} warm-up + {args.samples} draws), {draws} kept")
     print(
-        "| sampler | first run s (with compilation) | second run s | samples/s (second) | "
-        "posterior mean of the rates | divergences |"
+        f"{args.chains} chains x ({args.warmup} warm-up + {args.samples} draws), {draws} kept; "
+        f"mass matrix {args.mass_matrix}, chains {args.chain_method}"
     )
-    print("|---|---|---|---|---|---|")
-    rates = {}
+    print(
+        "| sampler | first run s (with compilation) | second run s | second run CPU s | "
+        "samples/s (second) | min ESS of the rates | posterior mean of the rates | "
+        "divergences |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    rates, cpu = {}, {}
     for name, run in [("NumPyro + diffrax by hand", numpyro_by_hand), ("neuraldiffeq", ours)]:
-        times, mean, divergences = run(data, args, start, sigma0)
-        rates[name] = draws / times[1]
+        times, cpus, mean, divergences, ess = run(data, args, start, sigma0)
+        rates[name], cpu[name] = draws / times[1], cpus[1]
         print(
-            f"| {name} | {times[0]:.1f} | {times[1]:.1f} | {rates[name]:.1f} | "
-            f"{np.round(mean, 3).tolist()} | {divergences} |",
+            f"| {name} | {times[0]:.1f} | {times[1]:.1f} | {cpus[1]:.1f} | {rates[name]:.1f} | "
+            f"{ess:.0f} | {np.round(mean, 3).tolist()} | {divergences} |",
             flush=True,
         )
     ratio = rates["neuraldiffeq"] / rates["NumPyro + diffrax by hand"]
     print(f"\nratio neuraldiffeq / NumPyro samples per second: {ratio:.2f} (target >= 1)")
+    ratio = cpu["NumPyro + diffrax by hand"] / cpu["neuraldiffeq"]
+    print(f"ratio NumPyro / neuraldiffeq CPU seconds of the second run: {ratio:.2f}")
 
 
 if __name__ == "__main__":

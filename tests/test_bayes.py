@@ -27,8 +27,12 @@ def _decay_data(sigma=0.05, k=0.7, seed=0):
 
 
 @pytest.mark.long  # a whole fit: the long tier keeps the default run within its time
-def test_posterior_mean_and_sd_match_grid_reference():
-    """One rate, fixed noise: the posterior is a 1-D integral; NUTS must reproduce its moments."""
+@pytest.mark.parametrize(
+    "mass_matrix, chain_method", [("auto", "auto"), ("diagonal", "vectorized")]
+)
+def test_posterior_mean_and_sd_match_grid_reference(mass_matrix, chain_method):
+    """One rate, fixed noise: the posterior is a 1-D integral; NUTS must reproduce its moments,
+    with either mass matrix and either way of running the chains."""
     sigma = 0.05
     data = _decay_data(sigma)
     model = nde.NeuralODE(Decay(jnp.array(0.5)), rtol=1e-6, atol=1e-8, sensitivity=nde.Direct())
@@ -43,6 +47,8 @@ def test_posterior_mean_and_sd_match_grid_reference():
             warmup=150,
             samples=250,
             key=jax.random.key(3),
+            mass_matrix=mass_matrix,
+            chain_method=chain_method,
         )
     # the reference: the exact solution y = exp(-k t) and the posterior density on a fine grid
     ts, ys = np.asarray(data.ts), np.asarray(data.ys)[:, 0]
@@ -97,6 +103,14 @@ def test_noise_must_be_given_once():
         )
     with pytest.raises(ValueError, match="chains must be an integer >= 2"):
         nde.sample_posterior(_model(), _decay_data(), priors, noise=0.1, chains=1)
+
+
+def test_sampler_options_are_checked_before_compiling():
+    priors = {"field.k": nde.priors.LogNormal()}
+    with pytest.raises(ValueError, match="mass_matrix must be one of .*'dense'"):
+        nde.sample_posterior(_model(), _decay_data(), priors, noise=0.1, mass_matrix="full")
+    with pytest.raises(ValueError, match="chain_method must be one of .*'sequential'"):
+        nde.sample_posterior(_model(), _decay_data(), priors, noise=0.1, chain_method="pmap")
 
 
 def test_bad_priors():

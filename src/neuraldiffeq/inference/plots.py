@@ -127,7 +127,9 @@ def plot_predictive(
             np.asarray(data.ts), np.asarray(data.ys)[:, j], "o", ms=3.5, color=c, mec="k", mew=0.4
         )
         if truth is not None:
-            ax.plot(truth[0], np.asarray(truth[1])[:, j], "k:", lw=1)
+            ax.plot(
+                truth[0], np.asarray(truth[1])[:, j], "k:", lw=1, label="truth" if j == 0 else None
+            )
     band = f"{round(level * 100)}% bands: dark = trajectory"
     ax.set_title(band + (", light = new observations" if key is not None else ""))
     ax.set_xlabel("t")
