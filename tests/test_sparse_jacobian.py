@@ -17,6 +17,7 @@ from neuraldiffeq.solve.jacobian import (
     sparse_jacobian,
 )
 from neuraldiffeq.solve.linear import (
+    _layout,
     block_solver,
     choose_linear_solve,
     dense_solve,
@@ -176,20 +177,27 @@ def test_block_solve_agrees_with_dense_on_independent_blocks_of_unequal_size():
     assert choose_linear_solve(300, SparsityPattern.from_dense(band)) == "sparse"
 
 
-@pytest.mark.parametrize("layout", ["strided", "interleaved"])
-def test_block_solve_of_regular_layouts_agrees_with_dense(layout):
+@pytest.mark.parametrize("size", [3, 8])  # up to UNROLL_MAX row by row; above, whole arrays
+@pytest.mark.parametrize("layout", ["strided", "interleaved", "general"])
+def test_block_solve_of_regular_layouts_agrees_with_dense(layout, size):
     rng = np.random.default_rng(4)
-    n_blocks, size = 5, 3
+    n_blocks = 5
+    n = n_blocks * size
     q, b = np.arange(size)[None, :], np.arange(n_blocks)[:, None]
-    members = q * n_blocks + b if layout == "strided" else b * size + q
-    mask = np.zeros((15, 15), bool)
+    members = {
+        "strided": q * n_blocks + b,
+        "interleaved": b * size + q,
+        "general": rng.permutation(n).reshape(n_blocks, size),
+    }[layout]
+    mask = np.zeros((n, n), bool)
     for m in members:
         mask[np.ix_(m, m)] = True
     a = np.where(mask, rng.normal(size=mask.shape), 0.0)
     pattern = SparsityPattern.from_dense(mask)
-    rhs = jnp.asarray(rng.normal(size=15))
+    assert _layout(pattern) == layout
+    rhs = jnp.asarray(rng.normal(size=n))
     x = block_solver(pattern, jnp.asarray(a[pattern.rows, pattern.cols]))(rhs)
-    np.testing.assert_allclose(x, np.linalg.solve(a, rhs), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(x, np.linalg.solve(a, rhs), rtol=1e-8, atol=1e-11)
 
 
 def test_superlu_keeps_float64_when_its_callback_runs_without_x64():

@@ -51,6 +51,10 @@ LINEAR_SOLVES = ("dense", "blocks", "sparse", "krylov")
 DENSE_MAX = 200
 #: A pattern whose independent blocks have at most this many states is solved block by block.
 BLOCK_MAX = 32
+#: Blocks of at most this many states are inverted and applied row by row (a few elementwise
+#: operations per entry, fastest for many tiny blocks); the number of operations grows with the
+#: cube of the size, and so does the compile time, so larger blocks use batched array operations.
+UNROLL_MAX = 6
 #: SuperLU factorisations kept (memoised on the matrix values).
 CACHE_SIZE = 8
 
@@ -253,11 +257,13 @@ def block_apply(pattern: SparsityPattern, inverse: jax.Array, r: jax.Array) -> j
     n_blocks, size = members.shape
     layout = _layout(pattern)
     # each block's right-hand side, (size, n_blocks); no gather where the layout is regular
-    if layout == "strided":
+    if layout == "strided" and size <= UNROLL_MAX:
         # contiguous pieces of r and of the result: one-dimensional loops, no index arithmetic
         local = [r[j * n_blocks : (j + 1) * n_blocks] for j in range(size)]
         rows = [sum(inverse[i, j] * local[j] for j in range(size)) for i in range(size)]
         return jnp.concatenate(rows)
+    if layout == "strided":
+        return jnp.einsum("ijb,jb->ib", inverse, r.reshape(size, n_blocks)).reshape(-1)
     if layout == "interleaved":
         local = r.reshape(n_blocks, size).T
     else:
@@ -265,7 +271,10 @@ def block_apply(pattern: SparsityPattern, inverse: jax.Array, r: jax.Array) -> j
         local = jnp.where(
             jnp.asarray(padding.T), 0.0, r[jnp.asarray(np.where(padding, 0, members).T)]
         )
-    x = sum(inverse[:, j, :] * local[j] for j in range(size))  # (size, n_blocks)
+    if size <= UNROLL_MAX:
+        x = sum(inverse[:, j, :] * local[j] for j in range(size))  # (size, n_blocks)
+    else:
+        x = jnp.einsum("ijb,jb->ib", inverse, local)
     if layout == "interleaved":
         return x.T.reshape(-1)
     # where each state sits in the flattened (position, block) layout
@@ -277,11 +286,14 @@ def block_apply(pattern: SparsityPattern, inverse: jax.Array, r: jax.Array) -> j
 
 def _batched_inverse(blocks: jax.Array) -> jax.Array:
     """Inverses of a batch of small square matrices, shape (size, size, batch), by Gauss–Jordan
-    elimination with partial pivoting, vectorised along the batch (the last axis): the rows
-    are separate arrays and the pivot is chosen by comparisons and selects, so every operation
-    is elementwise along the batch (no gathers, no index reductions, which are slow on CPU). A
+    elimination with partial pivoting, vectorised along the batch (the last axis). Up to
+    `UNROLL_MAX` the rows are separate arrays and the pivot is chosen by comparisons and
+    selects, so every operation is elementwise along the batch (no gathers, no index
+    reductions, which are slow on CPU); larger blocks eliminate whole matrices per column. A
     singular block gives non-finite values (a failed Newton iteration)."""
     size = blocks.shape[0]
+    if size > UNROLL_MAX:
+        return jnp.moveaxis(_batched_inverse_by_columns(jnp.moveaxis(blocks, 2, 0)), 0, 2)
     eye = jnp.eye(size, dtype=blocks.dtype)[:, :, None]
     rows = [
         jnp.concatenate([blocks[i], jnp.broadcast_to(eye[i], blocks[i].shape)]) for i in range(size)
@@ -305,6 +317,24 @@ def _batched_inverse(blocks: jax.Array) -> jax.Array:
             rows[i] = row - row[k][None] * row_k
         rows[k] = row_k
     return jnp.stack([row[size:] for row in rows])
+
+
+def _batched_inverse_by_columns(blocks: jax.Array) -> jax.Array:
+    """Inverses of (batch, size, size) matrices by Gauss–Jordan with partial pivoting: a few
+    whole-array operations per column, so the program grows with the size, not its cube."""
+    n_blocks, size, _ = blocks.shape
+    eye = jnp.broadcast_to(jnp.eye(size, dtype=blocks.dtype), blocks.shape)
+    m = jnp.concatenate([blocks, eye], axis=2)
+    rows = jnp.arange(size)
+    for k in range(size):
+        candidates = jnp.where(rows >= k, jnp.abs(m[:, :, k]), -1.0)
+        pivot = jnp.argmax(candidates, axis=1)  # (n_blocks,)
+        order = jnp.where(rows == k, pivot[:, None], jnp.where(rows == pivot[:, None], k, rows))
+        m = jnp.take_along_axis(m, order[:, :, None], axis=1)
+        m = m.at[:, k, :].divide(m[:, k, k][:, None])
+        factor = jnp.where((rows == k)[None, :], 0.0, m[:, :, k])
+        m = m - factor[:, :, None] * m[:, k, None, :]
+    return m[:, :, size:]
 
 
 # -- dense -----------------------------------------------------------------------------------------
