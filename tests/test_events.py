@@ -70,7 +70,13 @@ TS = jnp.linspace(0.0, T1, 21)
 Y0 = jnp.array([H0, 0.0])
 
 
-@pytest.mark.parametrize("sensitivity", [nde.Direct(), nde.Forward()], ids=["Direct", "Forward"])
+# Forward in the long tier (with the rest of the events' sensitivity matrix): the default run
+# checks the event times and one sensitivity's gradient against the closed form
+@pytest.mark.parametrize(
+    "sensitivity",
+    [nde.Direct(), pytest.param(nde.Forward(), marks=pytest.mark.long)],
+    ids=["Direct", "Forward"],
+)
 def test_bouncing_ball_times_and_gradient(sensitivity):
     p = jnp.array([G, E])
 
