@@ -168,7 +168,8 @@ def _kvaerno_child(ng, repeats, queue):
     queue.put((seconds, np.asarray(y).tolist()))
 
 
-def casadi_cvode(ng):
+def cvode_integrator(ng):
+    """CasADi's CVODES integrator of the problem (its `stats()` hold CVODE's counters)."""
     import casadi
 
     x, y, z = (casadi.MX.sym(name, ng) for name in "xyz")
@@ -177,7 +178,11 @@ def casadi_cvode(ng):
         "x": casadi.vertcat(x, y, z),
         "ode": casadi.vertcat(-k1 * x + k3 * y * z, k1 * x - k2 * y**2 - k3 * y * z, k2 * y**2),
     }
-    integrator = casadi.integrator("F", "cvodes", ode, 0.0, T_FINAL, {"abstol": TOL, "reltol": TOL})
+    return casadi.integrator("F", "cvodes", ode, 0.0, T_FINAL, {"abstol": TOL, "reltol": TOL})
+
+
+def casadi_cvode(ng):
+    integrator = cvode_integrator(ng)
     y0 = y0_of(ng)
     return lambda: np.asarray(integrator(x0=y0)["xf"]).ravel()
 

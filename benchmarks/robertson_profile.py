@@ -21,7 +21,7 @@ import json
 import statistics
 import time
 
-from robertson_ngroups import T_FINAL, TOL, K, block_pattern, y0_of
+from robertson_ngroups import T_FINAL, TOL, K, block_pattern, cvode_integrator, y0_of
 
 
 def cpu_timed(fn, repeats):
@@ -44,7 +44,6 @@ def main() -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    import casadi
     import diffrax
     import jax.numpy as jnp
 
@@ -146,13 +145,7 @@ def main() -> None:
     )
 
     # CVODE through CasADi, as the benchmark
-    x, y, z = (casadi.MX.sym(name, ng) for name in "xyz")
-    k1, k2, k3 = K
-    ode = {
-        "x": casadi.vertcat(x, y, z),
-        "ode": casadi.vertcat(-k1 * x + k3 * y * z, k1 * x - k2 * y**2 - k3 * y * z, k2 * y**2),
-    }
-    integrator = casadi.integrator("F", "cvodes", ode, 0.0, T_FINAL, {"abstol": TOL, "reltol": TOL})
+    integrator = cvode_integrator(ng)
     cvode_cpu = cpu_timed(lambda: integrator(x0=y0_of(ng)), args.repeats)
     st = integrator.stats()
     cvode = {
