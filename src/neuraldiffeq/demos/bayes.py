@@ -15,7 +15,11 @@ years from 1900. NUTS samples the two rates (LogNormal(log 0.5, 1)), every weigh
 the small network (2 -> 8 -> 2, tanh; Normal(0, 1)) and the noise scale (HalfNormal(1)), the
 chains starting from a point fit (Adam on collocation, then on the trajectory, then L-BFGS).
 There is no truth to compare with: the check is the diagnostics and how many observations the
-90% posterior-predictive band holds.
+90% posterior-predictive band holds. The network's posterior is multimodal and ill-conditioned
+(tiny adapted steps), so its trajectories are capped at tree depth 6 (`--lynx-hare-tree-depth`,
+at most 63 gradients a draw; uncapped, every draw took 1023 and the run did not finish); the
+short chains then explore the point fit's neighbourhood without agreeing, which R-hat shows and
+the demo says.
 
 Outputs: `metrics.json` (posterior means, 90% intervals, R-hat, ESS, divergences, whether each
 interval covers the truth; under `"lynx_hare"` the same for the UDE), `predictive.png`
