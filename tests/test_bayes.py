@@ -1,5 +1,6 @@
 """Bayesian inference: NUTS through the solve against a grid-integrated posterior; bad input."""
 
+import dataclasses
 import warnings
 
 import equinox as eqx
@@ -111,6 +112,9 @@ def test_sampler_options_are_checked_before_compiling():
         nde.sample_posterior(_model(), _decay_data(), priors, noise=0.1, mass_matrix="full")
     with pytest.raises(ValueError, match="chain_method must be one of .*'sequential'"):
         nde.sample_posterior(_model(), _decay_data(), priors, noise=0.1, chain_method="pmap")
+    for depth in (0, 21, 2.5, True):
+        with pytest.raises(ValueError, match="max_tree_depth must be"):
+            nde.sample_posterior(_model(), _decay_data(), priors, noise=0.1, max_tree_depth=depth)
 
 
 def test_bad_priors():
@@ -152,6 +156,16 @@ def test_poor_diagnostics_warn_with_the_parameter():
     )
     with pytest.warns(nde.PosteriorWarning, match=r"field.k: R-hat .*3 divergent"):
         _warn_if_poor(post)
+    # trajectories cut at the tree-depth cap are counted and warned about (Stan's treedepth)
+    steps = np.full((2, 20), 7)
+    steps[0, :5] = 15  # 2**4 - 1: at the cap of depth 4
+    capped = dataclasses.replace(
+        post, samples={}, rhat={}, ess={}, divergences=0, integration_steps=steps, max_tree_depth=4
+    )
+    assert capped.saturated == 5
+    with pytest.warns(nde.PosteriorWarning, match=r"5 draws reached max_tree_depth=4"):
+        _warn_if_poor(capped)
+    assert "5 draws at max_tree_depth=4" in capped.summary()
 
 
 def test_network_prior_names_every_array_of_the_network():
@@ -174,3 +188,72 @@ def test_network_prior_names_every_array_of_the_network():
             {"field.net": nde.priors.Normal(), "field.net.layers[0]": nde.priors.Normal()},
             noise=0.1,
         )
+
+
+@pytest.mark.long  # compiles NUTS
+def test_max_tree_depth_caps_every_trajectory_and_keeps_the_posterior():
+    """A cap of 2 doublings: at most 3 gradients a draw, counted per draw; the chain still
+    targets the same posterior (the grid reference's mean, with a margin for fewer ESS)."""
+    sigma = 0.05
+    data = _decay_data(sigma)
+    model = nde.NeuralODE(Decay(jnp.array(0.5)), rtol=1e-6, atol=1e-8, sensitivity=nde.Direct())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nde.PosteriorWarning)
+        post = nde.sample_posterior(
+            model,
+            data,
+            {"field.k": nde.priors.LogNormal(0.0, 1.0)},
+            noise=sigma,
+            chains=2,
+            warmup=150,
+            samples=250,
+            key=jax.random.key(3),
+            max_tree_depth=2,
+        )
+    assert post.integration_steps.shape == (2, 250)
+    assert post.integration_steps.min() >= 1 and post.integration_steps.max() <= 3
+    assert post.saturated == int(np.sum(post.integration_steps == 3))
+    ts, ys = np.asarray(data.ts), np.asarray(data.ys)[:, 0]
+    k = np.linspace(0.3, 1.2, 20001)
+    loglik = -0.5 * np.sum((ys[None] - np.exp(-k[:, None] * ts[None])) ** 2, axis=1) / sigma**2
+    logprior = -0.5 * np.log(k) ** 2 - np.log(k)
+    w = np.exp(loglik + logprior - np.max(loglik + logprior))
+    w /= w.sum()
+    mean = float(np.sum(w * k))
+    sd = float(np.sqrt(np.sum(w * (k - mean) ** 2)))
+    assert abs(post.draws("field.k").mean() - mean) < 0.4 * sd
+
+
+@pytest.mark.long  # a point fit and two NUTS compilations: about a minute
+def test_bayes_demo_lynx_hare_half_reduced(tmp_path):
+    """The demo's own path, cut to a few draws: both halves write their outputs with finite
+    values, and the lynx-hare UDE's diagnostics (R-hat, ESS, steps, tree depth) are reported."""
+    import json
+
+    from neuraldiffeq.cli import main
+
+    out = tmp_path / "bayes"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nde.PosteriorWarning)  # a few draws cannot mix
+        code = main(
+            [
+                "demo", "bayes", "--chains", "2", "--warmup", "10", "--samples", "10",
+                "--lynx-hare-warmup", "10", "--lynx-hare-samples", "10",
+                "--lynx-hare-tree-depth", "3", "--fit-steps", "50",
+                "--out", str(out), "--no-progress",
+            ]
+        )  # fmt: skip
+    assert code == 0
+    for name in ["predictive.png", "marginals.png", "lynx_hare_predictive.png",
+                 "lynx_hare_marginals.png"]:  # fmt: skip
+        assert (out / name).stat().st_size > 10_000, name
+    lh = json.loads((out / "metrics.json").read_text())["lynx_hare"]
+    assert lh["parameters_sampled"] == 2 + 42 + 1
+    assert lh["samples"] == 10 and lh["max_tree_depth"] == 3
+    for key in ["noise_mean", "max_rhat", "min_ess", "mean_leapfrog_steps_per_draw",
+                "observations_in_90_band"]:  # fmt: skip
+        assert np.isfinite(lh[key]), key
+    assert np.all(np.isfinite(lh["rates_interval_90"])) and np.all(np.isfinite(lh["step_sizes"]))
+    assert 1 <= lh["mean_leapfrog_steps_per_draw"] <= 7  # 2**3 - 1 at most
+    assert 0 <= lh["draws_at_max_tree_depth"] <= 20
+    assert isinstance(lh["divergences"], int)

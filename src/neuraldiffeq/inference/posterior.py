@@ -53,6 +53,8 @@ class Posterior:
     - `samples`: name -> `(chains, draws, *shape)` array of each sampled parameter.
     - `rhat`, `ess`: name -> split R-hat and effective sample size, per entry.
     - `divergences`: the number of divergent transitions after warm-up, over all chains.
+    - `integration_steps`: `(chains, draws)` leapfrog steps (gradients) of each kept draw;
+      `saturated` counts the draws that reached `max_tree_depth`.
 
     Example:
         >>> import neuraldiffeq as nde
@@ -69,6 +71,15 @@ class Posterior:
     divergences: int
     step_sizes: np.ndarray
     acceptance: float
+    integration_steps: np.ndarray | None = None
+    max_tree_depth: int = 10
+
+    @property
+    def saturated(self) -> int:
+        """How many kept draws' trajectories reached `max_tree_depth` (2**depth - 1 steps)."""
+        if self.integration_steps is None:
+            return 0
+        return int(np.sum(np.asarray(self.integration_steps) >= 2**self.max_tree_depth - 1))
 
     def draws(self, name: str) -> np.ndarray:
         """The samples of parameter `name` with chains and draws merged: `(S, *shape)`."""
@@ -102,6 +113,11 @@ class Posterior:
                     f"{hi:>10.4g}{rhat[i]:>8.3f}{ess[i]:>8.0f}"
                 )
         rows.append(f"divergent transitions: {self.divergences}")
+        if self.integration_steps is not None:
+            rows.append(
+                f"leapfrog steps per draw: mean {np.mean(self.integration_steps):.0f}, "
+                f"{self.saturated} draws at max_tree_depth={self.max_tree_depth}"
+            )
         return "\n".join(rows)
 
 
@@ -129,6 +145,7 @@ def sample_posterior(
     jitter: float = 0.1,
     mass_matrix: str = "auto",
     chain_method: str = "auto",
+    max_tree_depth: int = 10,
 ) -> Posterior:
     """Sample the posterior of `model`'s parameters given `data` with NUTS (BlackJAX).
 
@@ -163,6 +180,12 @@ def sample_posterior(
             for the longest trajectory of the others and each solve for the slowest of them,
             which pays off only on an accelerator. `"auto"`: sequential on a CPU, vectorized
             on a GPU/TPU.
+        max_tree_depth: the most doublings of a NUTS trajectory (Stan's `max_treedepth`,
+            BlackJAX's `max_num_doublings`), so at most 2**max_tree_depth - 1 gradients a
+            draw. A draw that reaches it stops before its trajectory turns back: the chain
+            stays valid for the same posterior but explores it more slowly (more correlated
+            draws, lower ESS). Draws that reach the cap are counted in `Posterior.saturated`
+            and warned about; `Posterior.integration_steps` holds each draw's gradient count.
 
     The example below samples a closed-form model; an `nde.NeuralODE` is sampled the same way
     (the `bayes` demo, tests/test_bayes.py). The doctest run skips it: compiling the warm-up and
@@ -191,6 +214,13 @@ def sample_posterior(
         raise ValueError(f"mass_matrix must be one of {MASS_MATRICES}, got {mass_matrix!r}.")
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {chain_method!r}.")
+    if isinstance(max_tree_depth, bool) or not isinstance(max_tree_depth, int):
+        raise ValueError(f"max_tree_depth must be an integer >= 1, got {max_tree_depth!r}.")
+    if not 1 <= max_tree_depth <= 20:
+        raise ValueError(
+            f"max_tree_depth must be in [1, 20] (2**depth - 1 gradients a draw), got "
+            f"{max_tree_depth}."
+        )
     key = jax.random.key(0) if key is None else key
     if not isinstance(priors, Mapping) or not priors:
         raise ValueError("priors must be a non-empty dict: parameter name -> nde.priors.*.")
@@ -235,7 +265,7 @@ def sample_posterior(
         start,
         tuple(jax.random.split(jitter_key, len(start))),
     )
-    draws, divergent, accept, step_sizes = _run_chains(
+    draws, divergent, accept, step_sizes, n_steps = _run_chains(
         problem,
         jax.random.split(chain_key, chains),
         starts,
@@ -244,6 +274,7 @@ def sample_posterior(
         target_accept,
         dense,
         chain_method == "sequential",
+        max_tree_depth,
     )
 
     constrained = [
@@ -251,7 +282,17 @@ def sample_posterior(
         for unit, d in zip(units, draws, strict=True)
     ]
     return _posterior(
-        units, constrained, leaves, treedef, data_y0, noise, divergent, accept, step_sizes
+        units,
+        constrained,
+        leaves,
+        treedef,
+        data_y0,
+        noise,
+        divergent,
+        accept,
+        step_sizes,
+        n_steps,
+        max_tree_depth,
     )
 
 
@@ -301,6 +342,7 @@ def _run_chains(
     target: float,
     dense: bool,
     sequential: bool,
+    depth: int,
 ):
     """Window adaptation, then `samples` NUTS draws, for each chain (one after another with
     `sequential`, else vmapped). The data are in `problem`, an argument: one compiled sampler
@@ -314,18 +356,25 @@ def _run_chains(
             problem.log_density,
             is_mass_matrix_diagonal=not dense,
             target_acceptance_rate=target,
+            max_num_doublings=depth,
         )
         (state, params), _ = adapt.run(warm_key, position, num_steps=warmup)
+        # params carries max_num_doublings from the adaptation's extra parameters
         kernel = blackjax.nuts(problem.log_density, **params)
 
         def one(state, step_key):
             state, info = kernel.step(step_key, state)
-            return state, (state.position, info.is_divergent, info.acceptance_rate)
+            return state, (
+                state.position,
+                info.is_divergent,
+                info.acceptance_rate,
+                info.num_integration_steps,
+            )
 
-        _, (draws, divergent, accept) = jax.lax.scan(
+        _, (draws, divergent, accept, n_steps) = jax.lax.scan(
             one, state, jax.random.split(sample_key, samples)
         )
-        return draws, divergent, accept, params["step_size"]
+        return draws, divergent, accept, params["step_size"], n_steps
 
     if sequential:
         return jax.lax.map(lambda pair: run_chain(*pair), (keys, starts))
@@ -458,7 +507,9 @@ def _check_start(units, start, parts) -> None:
             )
 
 
-def _posterior(units, constrained, leaves, treedef, data_y0, noise, divergent, accept, steps):
+def _posterior(
+    units, constrained, leaves, treedef, data_y0, noise, divergent, accept, steps, n_steps, depth
+):
     chains, draws = divergent.shape
     n = chains * draws
     new = [
@@ -491,6 +542,8 @@ def _posterior(units, constrained, leaves, treedef, data_y0, noise, divergent, a
         divergences=int(np.sum(np.asarray(divergent))),
         step_sizes=np.asarray(steps),
         acceptance=float(np.mean(np.asarray(accept))),
+        integration_steps=np.asarray(n_steps),
+        max_tree_depth=depth,
     )
     _warn_if_poor(posterior)
     return posterior
@@ -507,6 +560,11 @@ def _warn_if_poor(posterior: Posterior) -> None:
             problems.append(f"{name}: ESS {worst_ess:.0f} < {ESS_MIN:.0f}")
     if posterior.divergences:
         problems.append(f"{posterior.divergences} divergent transitions")
+    if posterior.saturated:
+        problems.append(
+            f"{posterior.saturated} draws reached max_tree_depth={posterior.max_tree_depth} "
+            "(slow exploration)"
+        )
     if problems:
         warnings.warn(
             "the posterior samples are not trustworthy yet: "
