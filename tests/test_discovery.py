@@ -106,6 +106,9 @@ def test_bad_input():
         nde.discover(model, true_rhs, states, names=["a", "b", "c"])
 
 
+# long tier: a discovery with normalised columns (the default) runs in the default run's
+# test_discovered_term_replaces_network_and_fit_refines_it; this checks its units invariance
+@pytest.mark.long
 def test_selection_does_not_depend_on_the_states_units():
     """Scaled columns: the same states in other units (y -> c y, so f -> c f(y / c)) give the
     same terms, with coefficients transformed exactly."""

@@ -228,6 +228,9 @@ def test_strategies_fit_a_hybrid_model_and_collocation_refuses():
         nde.Collocation().prepare(model, data)
 
 
+# long tier: the dosing demo's short fit (default run) fits six patients' own schedules through
+# nde.PerSeries the same way
+@pytest.mark.long
 def test_per_series_schedules_fit():
     # two patients, each their own doses; the shared elimination rate is recovered
     ts = jnp.linspace(0.0, 6.0, 13)
