@@ -74,6 +74,9 @@ def test_site_builds_strict(site):
     assert 'id="neuraldiffeq.NeuralODE"' in (site / "api" / "models" / "index.html").read_text()
 
 
+# The rendered pages, in the long tier (a browser start and its render wait each, mostly wall
+# time); the default run builds the site strictly (test_site_builds_strict)
+@pytest.mark.long
 @pytest.mark.parametrize(
     "page",
     ["index.html", "tutorials/collocation/index.html", "tutorials/neural-cde/index.html"],
@@ -110,6 +113,7 @@ def test_pages_render_in_headless_chromium(site, page, tmp_path):
     assert body > 0.02, f"{page} rendered nearly blank below the header ({body:.1%} ink)"
 
 
+@pytest.mark.long  # a browser run, as the rendered pages above
 def test_formulas_render_offline_with_the_vendored_katex(site):
     """The neural-CDE page's formulas are typeset by the KaTeX copy in docs/javascripts/katex
     (no network: the page is opened from disk), not left as raw `$$ ... $$` source."""
