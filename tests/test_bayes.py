@@ -27,18 +27,12 @@ def _decay_data(sigma=0.05, k=0.7, seed=0):
     return nde.TimeSeries(ts, ys[:, None])
 
 
-@pytest.mark.long  # a whole fit: the long tier keeps the default run within its time
-@pytest.mark.parametrize(
-    "mass_matrix, chain_method", [("auto", "auto"), ("diagonal", "vectorized")]
-)
-def test_posterior_mean_and_sd_match_grid_reference(mass_matrix, chain_method):
-    """One rate, fixed noise: the posterior is a 1-D integral; NUTS must reproduce its moments,
-    with either mass matrix and either way of running the chains."""
-    sigma = 0.05
+def _sample_decay(sigma, **options):
+    """NUTS over the decay rate (LogNormal(0, 1) prior, fixed noise), 2 chains x (150 + 250)."""
     data = _decay_data(sigma)
     model = nde.NeuralODE(Decay(jnp.array(0.5)), rtol=1e-6, atol=1e-8, sensitivity=nde.Direct())
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", nde.PosteriorWarning)  # judged below, with margins
+        warnings.simplefilter("ignore", nde.PosteriorWarning)  # judged by the caller
         post = nde.sample_posterior(
             model,
             data,
@@ -48,10 +42,13 @@ def test_posterior_mean_and_sd_match_grid_reference(mass_matrix, chain_method):
             warmup=150,
             samples=250,
             key=jax.random.key(3),
-            mass_matrix=mass_matrix,
-            chain_method=chain_method,
+            **options,
         )
-    # the reference: the exact solution y = exp(-k t) and the posterior density on a fine grid
+    return data, post
+
+
+def _grid_moments(data, sigma):
+    """The rate's posterior mean and sd by quadrature: y = exp(-k t), the density on a grid."""
     ts, ys = np.asarray(data.ts), np.asarray(data.ys)[:, 0]
     k = np.linspace(0.3, 1.2, 20001)
     loglik = -0.5 * np.sum((ys[None] - np.exp(-k[:, None] * ts[None])) ** 2, axis=1) / sigma**2
@@ -59,7 +56,19 @@ def test_posterior_mean_and_sd_match_grid_reference(mass_matrix, chain_method):
     w = np.exp(loglik + logprior - np.max(loglik + logprior))
     w /= w.sum()
     mean = float(np.sum(w * k))
-    sd = float(np.sqrt(np.sum(w * (k - mean) ** 2)))
+    return mean, float(np.sqrt(np.sum(w * (k - mean) ** 2)))
+
+
+@pytest.mark.long  # a whole fit: the long tier keeps the default run within its time
+@pytest.mark.parametrize(
+    "mass_matrix, chain_method", [("auto", "auto"), ("diagonal", "vectorized")]
+)
+def test_posterior_mean_and_sd_match_grid_reference(mass_matrix, chain_method):
+    """One rate, fixed noise: the posterior is a 1-D integral; NUTS must reproduce its moments,
+    with either mass matrix and either way of running the chains."""
+    sigma = 0.05
+    data, post = _sample_decay(sigma, mass_matrix=mass_matrix, chain_method=chain_method)
+    mean, sd = _grid_moments(data, sigma)
     draws = post.draws("field.k")
     assert draws.shape == (500,)
     assert abs(draws.mean() - mean) < 0.3 * sd, (draws.mean(), mean, sd)
@@ -195,32 +204,11 @@ def test_max_tree_depth_caps_every_trajectory_and_keeps_the_posterior():
     """A cap of 2 doublings: at most 3 gradients a draw, counted per draw; the chain still
     targets the same posterior (the grid reference's mean, with a margin for fewer ESS)."""
     sigma = 0.05
-    data = _decay_data(sigma)
-    model = nde.NeuralODE(Decay(jnp.array(0.5)), rtol=1e-6, atol=1e-8, sensitivity=nde.Direct())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", nde.PosteriorWarning)
-        post = nde.sample_posterior(
-            model,
-            data,
-            {"field.k": nde.priors.LogNormal(0.0, 1.0)},
-            noise=sigma,
-            chains=2,
-            warmup=150,
-            samples=250,
-            key=jax.random.key(3),
-            max_tree_depth=2,
-        )
+    data, post = _sample_decay(sigma, max_tree_depth=2)
     assert post.integration_steps.shape == (2, 250)
     assert post.integration_steps.min() >= 1 and post.integration_steps.max() <= 3
     assert post.saturated == int(np.sum(post.integration_steps == 3))
-    ts, ys = np.asarray(data.ts), np.asarray(data.ys)[:, 0]
-    k = np.linspace(0.3, 1.2, 20001)
-    loglik = -0.5 * np.sum((ys[None] - np.exp(-k[:, None] * ts[None])) ** 2, axis=1) / sigma**2
-    logprior = -0.5 * np.log(k) ** 2 - np.log(k)
-    w = np.exp(loglik + logprior - np.max(loglik + logprior))
-    w /= w.sum()
-    mean = float(np.sum(w * k))
-    sd = float(np.sqrt(np.sum(w * (k - mean) ** 2)))
+    mean, sd = _grid_moments(data, sigma)
     assert abs(post.draws("field.k").mean() - mean) < 0.4 * sd
 
 
