@@ -69,20 +69,14 @@ def discover_fit(
     import optax
 
     from ..fitting.fit import fit
-    from ..fitting.series import start_states
+    from ..fitting.series import fitted_part, start_states
     from ..fitting.strategies import Trajectory
     from ..inference.discovery import Library, discover
     from ..io.outputs import write_bytes_atomically, write_json
-    from ..io.timeseries import TimeSeries
     from ..models import NeuralODE
 
     norm, model = fitted.normaliser, fitted.model
-    n = data.ts.shape[0] - holdout
-    train = TimeSeries(
-        data.ts[:n],
-        data.ys[..., :n, :],
-        None if data.mask is None else data.mask[..., :n, :],
-    )
+    train = fitted_part(data, holdout)
     dtype = jnp.result_type(float)  # the working precision (float32 unless x64 is on)
     field = OriginalUnits(
         model.field, jnp.asarray(norm.mean, dtype), jnp.asarray(norm.std, dtype), norm.t_scale

@@ -114,6 +114,22 @@ def start_states(data: TimeSeries) -> np.ndarray:
     return segment_starts(batch.ts, batch.ys, batch.mask, [0])[:, 0]
 
 
+def fitted_part(data: TimeSeries, holdout: int) -> TimeSeries:
+    """`data` without its last `holdout` times (what `fit_series` fits).
+
+    Example:
+        >>> import numpy as np, neuraldiffeq as nde
+        >>> from neuraldiffeq.fitting.series import fitted_part
+        >>> fitted_part(nde.TimeSeries(np.arange(5.0), np.ones((5, 1))), 2).ts.tolist()
+        [0.0, 1.0, 2.0]
+    """
+    if holdout == 0:
+        return data
+    n = data.ts.shape[0] - holdout
+    mask = None if data.mask is None else data.mask[..., :n, :]
+    return TimeSeries(data.ts[:n], data.ys[..., :n, :], mask)
+
+
 def _spread(x: np.ndarray) -> float:
     """Root mean square of `x`, without overflow: factor out the largest magnitude first."""
     top = float(np.max(np.abs(x))) if x.size else 0.0
@@ -229,15 +245,7 @@ def fit_series(
     if out is not None:
         out = prepare_out(out)
     n = data.ts.shape[0]
-    train = (
-        data
-        if holdout == 0
-        else TimeSeries(
-            data.ts[: n - holdout],
-            data.ys[..., : n - holdout, :],
-            None if data.mask is None else data.mask[..., : n - holdout, :],
-        )
-    )
+    train = fitted_part(data, holdout)
     norm = Normaliser.from_data(train, center=center)
     train_n = norm.forward(train)
     started = time.perf_counter()
