@@ -253,22 +253,18 @@ def sample_posterior(
         noise=None if noise is None else jnp.asarray(noise, ys.dtype),
     )
     start = tuple(unit.prior.inverse(unit.start) for unit in units)
-    _check_start(units, start, problem.parts)
+    _check_start(units, start, problem)
 
     entries = sum(int(np.size(u)) for u in start)
     dense = mass_matrix == "dense" or (mass_matrix == "auto" and entries <= DENSE_MAX)
     if chain_method == "auto":
         chain_method = "sequential" if jax.default_backend() == "cpu" else "vectorized"
-    jitter_key, chain_key = jax.random.split(key)
-    starts = jax.tree_util.tree_map(
-        lambda u, k: u + jitter * jax.random.normal(k, (chains, *u.shape), u.dtype),
-        start,
-        tuple(jax.random.split(jitter_key, len(start))),
-    )
-    draws, divergent, accept, step_sizes, n_steps = _run_chains(
+    constrained, rhat, ess, divergent, accept, step_sizes, n_steps = _run_chains(
         problem,
-        jax.random.split(chain_key, chains),
-        starts,
+        key,
+        start,
+        jitter,
+        chains,
         warmup,
         samples,
         target_accept,
@@ -276,14 +272,11 @@ def sample_posterior(
         chain_method == "sequential",
         max_tree_depth,
     )
-
-    constrained = [
-        jax.vmap(jax.vmap(lambda u, p=unit.prior: p.forward(u)[0]))(d)
-        for unit, d in zip(units, draws, strict=True)
-    ]
     return _posterior(
         units,
         constrained,
+        rhat,
+        ess,
         leaves,
         treedef,
         data_y0,
@@ -335,8 +328,10 @@ class _Problem(eqx.Module):
 @eqx.filter_jit
 def _run_chains(
     problem: _Problem,
-    keys,
-    starts,
+    key,
+    start,
+    jitter: float,
+    chains: int,
     warmup: int,
     samples: int,
     target: float,
@@ -345,9 +340,21 @@ def _run_chains(
     depth: int,
 ):
     """Window adaptation, then `samples` NUTS draws, for each chain (one after another with
-    `sequential`, else vmapped). The data are in `problem`, an argument: one compiled sampler
-    serves every data set of the same shapes."""
+    `sequential`, else vmapped) from `start` plus `jitter` x Normal(0, 1); the draws in the
+    constrained space with their R-hat and ESS. The data are in `problem`, an argument: one
+    compiled sampler serves every data set of the same shapes. Everything from the chains'
+    starts to the diagnostics is one program: done eagerly, each small operation would be
+    compiled on its own the first time."""
     import blackjax
+    from blackjax.diagnostics import effective_sample_size, potential_scale_reduction
+
+    jitter_key, chain_key = jax.random.split(key)
+    starts = jax.tree_util.tree_map(
+        lambda u, k: u + jitter * jax.random.normal(k, (chains, *u.shape), u.dtype),
+        start,
+        tuple(jax.random.split(jitter_key, len(start))),
+    )
+    keys = jax.random.split(chain_key, chains)
 
     def run_chain(chain_key, position):
         warm_key, sample_key = jax.random.split(chain_key)
@@ -377,8 +384,17 @@ def _run_chains(
         return draws, divergent, accept, params["step_size"], n_steps
 
     if sequential:
-        return jax.lax.map(lambda pair: run_chain(*pair), (keys, starts))
-    return jax.vmap(run_chain)(keys, starts)
+        out = jax.lax.map(lambda pair: run_chain(*pair), (keys, starts))
+    else:
+        out = jax.vmap(run_chain)(keys, starts)
+    draws, divergent, accept, step_sizes, n_steps = out
+    constrained = tuple(
+        jax.vmap(jax.vmap(lambda u, p=prior: p.forward(u)[0]))(d)
+        for prior, d in zip(problem.priors, draws, strict=True)
+    )
+    rhat = tuple(potential_scale_reduction(x, chain_axis=0, sample_axis=1) for x in constrained)
+    ess = tuple(effective_sample_size(x, chain_axis=0, sample_axis=1) for x in constrained)
+    return constrained, rhat, ess, divergent, accept, step_sizes, n_steps
 
 
 def posterior_predictive(
@@ -479,7 +495,7 @@ def _units(priors, leaves, names, data_y0, ys, model, ts, mask) -> list[_Unit]:
     return units
 
 
-def _check_start(units, start, parts) -> None:
+def _check_start(units, start, problem: _Problem) -> None:
     for unit, u in zip(units, start, strict=True):
         value = np.asarray(unit.start)
         if not bool(unit.prior.support(unit.start)) or not np.all(np.isfinite(np.asarray(u))):
@@ -488,7 +504,7 @@ def _check_start(units, start, parts) -> None:
                 f"{value.tolist() if value.size <= 8 else value.shape} lies outside the support "
                 f"of its prior {type(unit.prior).__name__}; set the model's value inside it."
             )
-    prior_lp, loglik = parts(start)
+    prior_lp, loglik, grads = _start_values(problem, start)
     if not bool(jnp.isfinite(prior_lp)):
         raise ValueError("the log-density is not finite at the start: the priors' log-density.")
     if not bool(jnp.isfinite(loglik)):
@@ -498,7 +514,6 @@ def _check_start(units, start, parts) -> None:
             f"overflowed) at the start values of the sampled parameters {named}; start from "
             "fitted values or tighten the solver's tolerances / raise max_steps."
         )
-    grads = jax.grad(lambda p: sum(parts(p)))(start)
     for unit, g in zip(units, grads, strict=True):
         if not bool(jnp.all(jnp.isfinite(g))):
             raise ValueError(
@@ -507,38 +522,63 @@ def _check_start(units, start, parts) -> None:
             )
 
 
+@eqx.filter_jit
+def _start_values(problem: _Problem, start):
+    """The log-prior, log-likelihood and the log-density's gradient at `start`, in one program
+    (done eagerly, the solve and its derivative would be compiled as separate programs)."""
+
+    def total(position):
+        prior_lp, loglik = problem.parts(position)
+        return prior_lp + loglik, (prior_lp, loglik)
+
+    (_, (prior_lp, loglik)), grads = jax.value_and_grad(total, has_aux=True)(start)
+    return prior_lp, loglik, grads
+
+
 def _posterior(
-    units, constrained, leaves, treedef, data_y0, noise, divergent, accept, steps, n_steps, depth
+    units,
+    constrained,
+    rhat,
+    ess,
+    leaves,
+    treedef,
+    data_y0,
+    noise,
+    divergent,
+    accept,
+    steps,
+    n_steps,
+    depth,
 ):
+    # numpy for the bookkeeping: eager jax would compile a program per leaf shape
     chains, draws = divergent.shape
     n = chains * draws
     new = [
-        jnp.broadcast_to(leaf, (n, *jnp.shape(leaf))) if eqx.is_array(leaf) else leaf
+        jnp.asarray(np.broadcast_to(np.asarray(leaf), (n, *np.shape(leaf))))
+        if eqx.is_array(leaf)
+        else leaf
         for leaf in leaves
     ]
-    y0 = jnp.broadcast_to(data_y0, (n, *data_y0.shape))
-    sigma = jnp.full((n,), noise if noise is not None else 0.0, data_y0.dtype)
-    samples, rhat, ess = {}, {}, {}
-    from blackjax.diagnostics import effective_sample_size, potential_scale_reduction
-
+    y0 = np.broadcast_to(np.asarray(data_y0), (n, *np.shape(data_y0)))
+    sigma = np.full((n,), noise if noise is not None else 0.0, np.asarray(data_y0).dtype)
+    samples = {}
     for unit, x in zip(units, constrained, strict=True):
+        x = np.asarray(x)
         flat = x.reshape(n, *x.shape[2:])
         if unit.leaf is not None:
-            new[unit.leaf] = flat.astype(leaves[unit.leaf].dtype)
+            new[unit.leaf] = jnp.asarray(flat.astype(np.asarray(leaves[unit.leaf]).dtype))
         elif unit.name == "y0":
             y0 = flat
         else:
             sigma = flat
-        samples[unit.name] = np.asarray(x)
-        rhat[unit.name] = np.asarray(potential_scale_reduction(x, chain_axis=0, sample_axis=1))
-        ess[unit.name] = np.asarray(effective_sample_size(x, chain_axis=0, sample_axis=1))
+        samples[unit.name] = x
     posterior = Posterior(
         models=jax.tree_util.tree_unflatten(treedef, new),
-        y0=y0,
-        noise=sigma,
+        y0=jnp.asarray(y0),
+        noise=jnp.asarray(sigma),
         samples=samples,
-        rhat=rhat,
-        ess=ess,
+        rhat={unit.name: np.asarray(r) for unit, r in zip(units, rhat, strict=True)},
+        ess={unit.name: np.asarray(e) for unit, e in zip(units, ess, strict=True)},
         divergences=int(np.sum(np.asarray(divergent))),
         step_sizes=np.asarray(steps),
         acceptance=float(np.mean(np.asarray(accept))),
