@@ -245,3 +245,28 @@ def test_bayes_demo_lynx_hare_half_reduced(tmp_path):
     assert 1 <= lh["mean_leapfrog_steps_per_draw"] <= 7  # 2**3 - 1 at most
     assert 0 <= lh["draws_at_max_tree_depth"] <= 20
     assert isinstance(lh["divergences"], int)
+
+
+@pytest.mark.long  # compiles NUTS
+def test_window_adaptation_learns_a_dense_mass_matrix():
+    """A correlated Gaussian (correlation 0.95, scales 1 and 10): the draws have its mean and
+    covariance, and the adapted dense mass matrix whitens it, so a draw needs a few leapfrog
+    steps at a step size near 1 (with the identity, the narrow direction would force small
+    steps and long trajectories)."""
+    from neuraldiffeq.inference.posterior import _window_adapted_nuts
+
+    cov = np.array([[1.0, 9.5], [9.5, 100.0]])
+    precision = jnp.asarray(np.linalg.inv(cov))
+    sample = jax.jit(
+        lambda key: _window_adapted_nuts(
+            lambda x: -0.5 * x[0] @ precision @ x[0], key, (jnp.zeros(2),), 300, 1000, 0.8, True, 10
+        )
+    )
+    (draws,), divergent, _, step_size, n_steps = sample(jax.random.key(0))
+    x = np.asarray(draws)
+    assert x.shape == (1000, 2) and not np.any(np.asarray(divergent))
+    sd = np.sqrt(np.diag(cov))
+    assert np.all(np.abs(x.mean(0)) < 0.25 * sd)  # ESS of a few hundred: standard error ~0.06 sd
+    np.testing.assert_allclose(np.cov(x.T), cov, rtol=0.2, atol=0.2)
+    assert float(step_size) > 0.4
+    assert float(np.mean(np.asarray(n_steps))) < 8

@@ -8,8 +8,9 @@ array of a network), plus `"y0"` (the initial state) and `"noise"` (the observat
 Why BlackJAX rather than NumPyro: BlackJAX samples any log-density function of any pytree, so it
 takes our equinox model and our solve as they are; NumPyro would need the model rewritten as a
 NumPyro program (`numpyro.sample` sites) and would wrap the same NUTS kernel. BlackJAX also gives
-the window adaptation (Stan's warm-up) and the R-hat/ESS diagnostics as plain functions, and runs
-several chains in one compiled program (one after another, or as a `vmap`).
+the pieces of Stan's warm-up (dual averaging, the mass matrix's running estimate; composed here so
+that warm-up and draws share one kernel) and the R-hat/ESS diagnostics as plain functions. Several
+chains run in one compiled program (one after another, or as a `vmap`).
 """
 
 from __future__ import annotations
@@ -345,7 +346,6 @@ def _run_chains(
     compiled sampler serves every data set of the same shapes. Everything from the chains'
     starts to the diagnostics is one program: done eagerly, each small operation would be
     compiled on its own the first time."""
-    import blackjax
     from blackjax.diagnostics import effective_sample_size, potential_scale_reduction
 
     jitter_key, chain_key = jax.random.split(key)
@@ -357,31 +357,9 @@ def _run_chains(
     keys = jax.random.split(chain_key, chains)
 
     def run_chain(chain_key, position):
-        warm_key, sample_key = jax.random.split(chain_key)
-        adapt = blackjax.window_adaptation(
-            blackjax.nuts,
-            problem.log_density,
-            is_mass_matrix_diagonal=not dense,
-            target_acceptance_rate=target,
-            max_num_doublings=depth,
+        return _window_adapted_nuts(
+            problem.log_density, chain_key, position, warmup, samples, target, dense, depth
         )
-        (state, params), _ = adapt.run(warm_key, position, num_steps=warmup)
-        # params carries max_num_doublings from the adaptation's extra parameters
-        kernel = blackjax.nuts(problem.log_density, **params)
-
-        def one(state, step_key):
-            state, info = kernel.step(step_key, state)
-            return state, (
-                state.position,
-                info.is_divergent,
-                info.acceptance_rate,
-                info.num_integration_steps,
-            )
-
-        _, (draws, divergent, accept, n_steps) = jax.lax.scan(
-            one, state, jax.random.split(sample_key, samples)
-        )
-        return draws, divergent, accept, params["step_size"], n_steps
 
     if sequential:
         out = jax.lax.map(lambda pair: run_chain(*pair), (keys, starts))
@@ -395,6 +373,79 @@ def _run_chains(
     rhat = tuple(potential_scale_reduction(x, chain_axis=0, sample_axis=1) for x in constrained)
     ess = tuple(effective_sample_size(x, chain_axis=0, sample_axis=1) for x in constrained)
     return constrained, rhat, ess, divergent, accept, step_sizes, n_steps
+
+
+def _window_adapted_nuts(log_density, key, position, warmup, samples, target, dense, depth):
+    """Stan's window adaptation for `warmup` steps, then `samples` draws, as one scan whose body
+    calls the NUTS kernel once: during warm-up with the adaptation's current step size and mass
+    matrix, afterwards with its final ones. (Adapting with blackjax's `window_adaptation` and then
+    sampling with a second kernel puts the kernel, and the solve's gradient inside it, into the
+    program twice, and so compiles it twice.)
+
+    The adaptation is Stan's (and blackjax's): a fast window adapting the step size by dual
+    averaging, slow windows of doubling length that also estimate the mass matrix (restarting the
+    dual averaging from the window's average step size at each window's end), a final fast
+    window; the draws use the averaged step size and the last mass matrix."""
+    import blackjax
+    from blackjax.adaptation.mass_matrix import mass_matrix_adaptation
+    from blackjax.adaptation.staged_adaptation import build_schedule
+    from blackjax.adaptation.step_size import dual_averaging_adaptation
+
+    mm_init, mm_update, mm_final = mass_matrix_adaptation(not dense)
+    da_init, da_update, da_final = dual_averaging_adaptation(target)
+    kernel = blackjax.mcmc.nuts.build_kernel()
+    size = sum(int(np.size(u)) for u in jax.tree_util.tree_leaves(position))
+    # per step: (in a slow window?, the window's last step?); nothing to adapt after warm-up
+    stages = jnp.concatenate(
+        [jnp.asarray(build_schedule(warmup), jnp.int32), jnp.zeros((samples, 2), jnp.int32)]
+    )
+    schedule = (stages[:, 0], stages[:, 1].astype(bool))
+    in_warmup = jnp.arange(warmup + samples) < warmup
+
+    def adapt(carry, stage, state, acceptance):
+        mm, da, _, _ = carry
+        slow, window_end = stage
+        mm = jax.lax.cond(slow == 1, lambda m: mm_update(m, state.position), lambda m: m, mm)
+        da = da_update(da, acceptance)
+
+        def end_window(pair):
+            mm, da = pair
+            return mm_final(mm), da_init(da_final(da))
+
+        mm, da = jax.lax.cond(window_end, end_window, lambda pair: pair, (mm, da))
+        return mm, da, jnp.exp(da.log_step_size), mm.inverse_mass_matrix
+
+    def step(carry, xs):
+        state, adaptation, final = carry
+        step_key, stage, warming = xs
+        step_size, imm = jax.tree_util.tree_map(
+            lambda a, b: jnp.where(warming, a, b), adaptation[2:], final
+        )
+        state, info = kernel(step_key, state, log_density, step_size, imm, depth)
+        adapted = adapt(adaptation, stage, state, info.acceptance_rate)
+        adaptation = jax.tree_util.tree_map(
+            lambda new, old: jnp.where(warming, new, old), adapted, adaptation
+        )
+        # the draws' parameters: Stan's averaged step size, the last window's mass matrix
+        final = (jnp.exp(adaptation[1].log_step_size_avg), adaptation[0].inverse_mass_matrix)
+        out = (state.position, info.is_divergent, info.acceptance_rate, info.num_integration_steps)
+        return (state, adaptation, final), out
+
+    mm = mm_init(size)
+    start = (mm, da_init(1.0), jnp.asarray(1.0), mm.inverse_mass_matrix)
+    carry = (blackjax.nuts.init(position, log_density), start, start[2:])
+    keys = jax.random.split(key, warmup + samples)
+    (_, _, final), (positions, divergent, accept, n_steps) = jax.lax.scan(
+        step, carry, (keys, schedule, in_warmup)
+    )
+    kept = lambda x: x[warmup:]  # noqa: E731
+    return (
+        jax.tree_util.tree_map(kept, positions),
+        kept(divergent),
+        kept(accept),
+        final[0],
+        kept(n_steps),
+    )
 
 
 def posterior_predictive(
