@@ -260,7 +260,7 @@ def sample_posterior(
     dense = mass_matrix == "dense" or (mass_matrix == "auto" and entries <= DENSE_MAX)
     if chain_method == "auto":
         chain_method = "sequential" if jax.default_backend() == "cpu" else "vectorized"
-    constrained, rhat, ess, divergent, accept, step_sizes, n_steps = _run_chains(
+    chains_out = _run_chains(
         problem,
         key,
         start,
@@ -273,21 +273,7 @@ def sample_posterior(
         chain_method == "sequential",
         max_tree_depth,
     )
-    return _posterior(
-        units,
-        constrained,
-        rhat,
-        ess,
-        leaves,
-        treedef,
-        data_y0,
-        noise,
-        divergent,
-        accept,
-        step_sizes,
-        n_steps,
-        max_tree_depth,
-    )
+    return _posterior(units, leaves, treedef, data_y0, noise, max_tree_depth, chains_out)
 
 
 class _Problem(eqx.Module):
@@ -586,21 +572,9 @@ def _start_values(problem: _Problem, start):
     return prior_lp, loglik, grads
 
 
-def _posterior(
-    units,
-    constrained,
-    rhat,
-    ess,
-    leaves,
-    treedef,
-    data_y0,
-    noise,
-    divergent,
-    accept,
-    steps,
-    n_steps,
-    depth,
-):
+def _posterior(units, leaves, treedef, data_y0, noise, depth, chains_out) -> Posterior:
+    """The `Posterior` of `_run_chains`' outputs (`chains_out`)."""
+    constrained, rhat, ess, divergent, accept, steps, n_steps = chains_out
     # numpy for the bookkeeping: eager jax would compile a program per leaf shape
     chains, draws = divergent.shape
     n = chains * draws
