@@ -32,6 +32,7 @@ import test_augmented  # noqa: E402
 import test_cli_fit  # noqa: E402
 import test_cnf  # noqa: E402
 import test_collocation  # noqa: E402
+import test_discovery  # noqa: E402
 import test_events  # noqa: E402
 import test_fit  # noqa: E402
 import test_latent  # noqa: E402
@@ -152,6 +153,16 @@ def cli_fit(seed):
     return {"train MSE / variance": below(mse / variance, 0.2)}
 
 
+def discover_seed(seed):
+    numbers = test_discovery.demo_seed_numbers(seed)
+    return {
+        "terms selected wrongly": below(numbers["wrong terms"], 0.5),
+        "worst coefficient rel. error": below(numbers["coefficient error"], 0.1),
+        "formula RMSE / range": below(numbers["formula RMSE / range"], 0.1),
+        "network RMSE / formula RMSE": above(numbers["network RMSE / formula RMSE"], 3.0),
+    }
+
+
 # name -> (measure, the test's own initialisation, three others)
 CHECKS = {
     "test_fit::test_spiral_fit_reaches_tutorial_loss": (spiral, [0, 1, 2, 3]),
@@ -185,6 +196,11 @@ CHECKS = {
     "test_events::test_demo_dosing_short_recovers_the_absorption_rate": (
         dosing_short,
         test_events.DOSING_SEEDS,
+    ),
+    # the test's own noise seeds, all five (it asks for 4 of 5; every one is reported here)
+    "test_discovery::test_demo_discovers_the_missing_terms_in_four_of_five_seeds": (
+        discover_seed,
+        [0, 1, 2, 3, 4],
     ),
 }
 

@@ -89,6 +89,39 @@ def test_discovered_term_replaces_network_and_fit_refines_it():
     assert np.max(np.abs(coef - want)[mask] / np.abs(want)[mask]) < 0.01
 
 
+class Decaying(eqx.Module):
+    """A stand-in for a fitted model without a solve (cheap): y(t) = y0 exp(-t), net inside."""
+
+    net: object
+
+    def __call__(self, ts, y0, args=None):
+        return y0 * jnp.exp(-ts)[:, None]
+
+
+def test_discovers_along_the_fitted_initial_state_of_a_segment_states_model():
+    """A model fitted with its initial state (nde.SegmentStates): with a TimeSeries, discover
+    follows the trajectory from the fitted start, not from the (noisy) first observation, and
+    replace keeps the wrapper."""
+    model = Decaying(true_rhs)
+    ts, start = jnp.linspace(0.0, 3.0, 40), jnp.array([1.0, 2.0])
+    clean = nde.TimeSeries(ts, model(ts, start))
+    noisy = nde.TimeSeries(ts, clean.ys.at[0].add(jnp.array([0.5, -0.5])))  # a bad first point
+    fitted = nde.SegmentStates(model, start.reshape(1, 1, 2))
+    # a linear library cannot represent the quadratic field, so the least-squares coefficients
+    # depend on the states they are fitted at
+    one = {"library": nde.Library(degree=1), "thresholds": [1e-3], "points": 100}
+    found = nde.discover(fitted, true_rhs, noisy, **one)
+    along = nde.discover(model, true_rhs, clean, **one)  # from the true start
+    observed = nde.discover(model, true_rhs, noisy, **one)  # from the bad first point
+    np.testing.assert_allclose(found.term.coefficients, along.term.coefficients, atol=1e-5)
+    assert np.max(np.abs(found.term.coefficients - observed.term.coefficients)) > 1e-2
+    replaced = found.replace(fitted)
+    assert isinstance(replaced, nde.SegmentStates)
+    assert isinstance(replaced.model.net, nde.SparseTerm)
+    with pytest.raises(ValueError, match="SegmentStates with states of shape"):
+        nde.discover(nde.SegmentStates(model, jnp.zeros((2, 1, 2))), true_rhs, noisy)
+
+
 def test_bad_input():
     with pytest.raises(ValueError, match="degree must be at least 1"):
         nde.Library(degree=0)
@@ -135,24 +168,35 @@ def test_selection_does_not_depend_on_the_states_units():
     np.testing.assert_allclose(found[1].scales[1:3], c * found[0].scales[1:3], rtol=1e-5)
 
 
-@pytest.mark.long  # five whole UDE fits (benchmarks/discover_seeds.py records the same study)
-@pytest.mark.xfail(
-    reason="issue #28's target, not met yet: the UDE fits of noise seeds 3 and 4 leave the "
-    "trajectory too far from the truth for exact selection and 10% coefficients (see "
-    "benchmarks/results/*-discover-seeds.md)",
-    strict=False,
-)
-def test_demo_discovers_the_missing_terms_in_four_of_five_seeds():
-    from neuraldiffeq.demos.discover import run_seed
+def demo_seed_numbers(seed: int) -> dict:
+    """`demo discover`'s pipeline for one noise seed, at the demo's defaults: terms selected
+    wrongly (missing or spurious), the worst refitted coefficient's relative error, the
+    formula's extrapolation RMSE over the data's range, and the network's over the formula's."""
+    from neuraldiffeq.demos.discover import MISSING, _kept, run_seed
 
-    good = 0
-    for seed in range(5):
-        r = run_seed(seed, 2000, 300, 0.05, False)
-        errors = r["coefficient_relative_errors"].values()
-        good += bool(
-            r["exact_selection"]
-            and all(e is not None and e <= 0.1 for e in errors)
-            and r["formula_rmse_over_range"] <= 0.1
-            and r["network_over_formula_rmse"] >= 3
-        )
-    assert good >= 4, good
+    r = run_seed(seed, 2000, 300, 0.05, False)
+    kept = _kept(r["_plot"][3].model.field.net)  # the refitted formula
+    wrong = sum(len(kept[out] ^ set(row)) for out, row in MISSING.items())
+    errors = [np.inf if e is None else e for e in r["coefficient_relative_errors"].values()]
+    return {
+        "wrong terms": wrong,
+        "coefficient error": max(errors),
+        "formula RMSE / range": r["formula_rmse_over_range"],
+        "network RMSE / formula RMSE": r["network_over_formula_rmse"],
+    }
+
+
+@pytest.mark.long  # five whole UDE fits (benchmarks/discover_seeds.py records the same study)
+def test_demo_discovers_the_missing_terms_in_four_of_five_seeds():
+    """Issue #28's target: exactly the two bilinear terms, within 10% after refitting, and an
+    extrapolation to t = 20 within 0.1 of the data's range where the network is >= 3x worse,
+    in at least 4 of 5 noise seeds (tests/margins.py reports each seed's margins)."""
+    numbers = [demo_seed_numbers(seed) for seed in range(5)]
+    good = [
+        n["wrong terms"] == 0
+        and n["coefficient error"] <= 0.1
+        and n["formula RMSE / range"] <= 0.1
+        and n["network RMSE / formula RMSE"] >= 3
+        for n in numbers
+    ]
+    assert sum(good) >= 4, numbers

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..fitting.shooting import SegmentStates
+
 _SELECTIONS = ("cv", "aic", "bic")
 _OPTIMIZERS = ("stlsq", "sr3")
 
@@ -277,7 +279,9 @@ def discover(
         states: where to evaluate the network: an array of states `(N, D)` (or `(B, T, D)`), or
             an `nde.TimeSeries`, in which case the model's own trajectory from each series'
             first observation, at `points` times over the data's span, is used ("along the
-            fitted trajectories").
+            fitted trajectories"). If `model` is an `nde.SegmentStates` (a model fitted with
+            its initial states, `MultipleShooting.with_states`), each series' trajectory starts
+            from its fitted first segment state instead of the noisy observation.
         library: the candidate terms; default `nde.Library(degree=2)`.
         optimizer: `"stlsq"` or `"sr3"` (PySINDy's `STLSQ`, `SR3` with an L0 penalty), swept
             over `thresholds`; or a PySINDy optimizer instance, used as configured (no sweep).
@@ -435,10 +439,19 @@ def _states(model: Any, states: Any, points: int) -> np.ndarray:
     if hasattr(states, "ts") and hasattr(states, "ys"):  # a TimeSeries: the model's trajectory
         if isinstance(points, bool) or not isinstance(points, int) or points < 2:
             raise ValueError(f"points must be an integer >= 2, got {points!r}.")
+        dim = np.shape(states.ys)[-1]
         ts = jnp.linspace(states.ts[0], states.ts[-1], points)
         data = jnp.asarray(states.ys)
         first = data[..., 0, :]
         path = first.reshape(-1, first.shape[-1])
+        if isinstance(model, SegmentStates):  # fitted starts: the first segment's, per series
+            if model.states.shape[0] != path.shape[0] or model.states.shape[-1] != dim:
+                raise ValueError(
+                    f"model is an nde.SegmentStates with states of shape {model.states.shape}, "
+                    f"but states (the TimeSeries) has {path.shape[0]} series of {dim} "
+                    "components; pass the series it was fitted to."
+                )
+            path, model = model.states[:, 0], model.model
         ys = jax.vmap(lambda y0: model(ts, y0))(path)
         ys = np.asarray(ys).reshape(-1, ys.shape[-1])
         if not np.all(np.isfinite(ys)):

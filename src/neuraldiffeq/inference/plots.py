@@ -69,11 +69,26 @@ def plot_discovery(
                 ax.plot(
                     data[0], np.asarray(data[1])[:, j], "o", ms=3.5, color=colour, mec="k", mew=0.4
                 )
+        title = "extrapolation"
+        if "truth" in trajectories:  # frame the truth (and data): a runaway model leaves it
+            ref = [np.asarray(trajectories["truth"][1])]
+            ref += [] if data is None else [np.asarray(data[1])]
+            lo = min(float(np.min(r)) for r in ref)
+            hi = max(float(np.max(r)) for r in ref)
+            pad = 0.15 * (hi - lo) or 1.0
+            ax.set_ylim(lo - pad, hi + pad)
+            away = [
+                label
+                for label, (_, ys) in trajectories.items()
+                if not np.all((np.asarray(ys) >= lo - pad) & (np.asarray(ys) <= hi + pad))
+            ]
+            if away:
+                title += f" ({', '.join(away)}: beyond the frame)"
         if fit_end is not None:
             ax.axvline(fit_end, color="0.5", lw=0.8)
             ax.text(fit_end, ax.get_ylim()[1], " end of data", va="top", fontsize=8, color="0.4")
         ax.set_xlabel("t")
-        ax.set_title("extrapolation")
+        ax.set_title(title)
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     save_figure(fig, path)
