@@ -1,4 +1,5 @@
 import importlib
+import threading
 
 import equinox as eqx
 import jax
@@ -310,3 +311,27 @@ def test_cli_preset_losses_are_the_same_cached_built_ahead_or_neither(tmp_path, 
     _without_build_ahead(monkeypatch)
     plain = nde.fit(model, data, stages, progress=False)
     np.testing.assert_array_equal(cached.losses, plain.losses)
+
+
+def test_also_build_jobs_run_in_the_background_on_the_trained_structure():
+    # fit_building's jobs: given the model as the stages train it, run on the builder's thread
+    # once the last stage starts (after that stage's own program is built), errors dropped
+    from neuraldiffeq.fitting.fit import fit_building
+
+    seen = []
+
+    def job(model):
+        seen.append((threading.current_thread().name, jax.tree_util.tree_structure(model)))
+
+    def failing(model):
+        raise RuntimeError("a job's error is not the fit's")
+
+    stages = [
+        nde.Stage(Quadratic(), optax.adam(0.1), 3),
+        nde.Stage(Quadratic(), optax.sgd(0.05), 2),
+    ]
+    model = Params(jnp.zeros(3))
+    result = fit_building(model, TARGET, stages, also_build=[failing, job], progress=False)
+    assert len(result.losses) == 5
+    assert [name.startswith("neuraldiffeq-build-ahead") for name, _ in seen] == [True]
+    assert seen[0][1] == jax.tree_util.tree_structure(result.model)

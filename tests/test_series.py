@@ -37,3 +37,43 @@ def test_one_solve_gives_the_dense_curve_the_observed_values_and_the_loss():
     expected = nde.Trajectory().loss(model, prepared, None)
     np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
     assert float(loss) > 1e-3  # the field is not the data's: the comparison is not vacuous
+
+
+def _compiled_evaluations(records):
+    return [
+        r.threadName
+        for r in records
+        if r.getMessage().startswith("Finished XLA compilation of jit(_solve_and_score)")
+    ]
+
+
+def test_the_evaluation_compiled_while_fitting_is_the_program_that_runs(caplog):
+    # fit_series compiles its after-fit evaluation in the background while the last stage
+    # trains; the call after the fit finds that program (no compile on the calling thread) and
+    # gives what compiling it afresh on the calling thread gives, bit for bit
+    import equinox as eqx
+    import jax
+    import optax
+
+    from neuraldiffeq.fitting.series import fit_series
+
+    ts = np.linspace(0.0, 2.0, 9)
+    data = nde.TimeSeries(ts, np.stack([np.cos(ts), -np.sin(ts)], -1))
+    weights = eqx.nn.Linear(2, 2, use_bias=False, key=jax.random.key(0))
+    model = nde.NeuralODE(nde.autonomous(weights), "tsit5")
+    stages = [nde.Stage(nde.Trajectory(), optax.adam(0.05), steps=2, steps_per_call=2)]
+    with caplog.at_level("WARNING", logger="jax"), jax.log_compiles(True):
+        fitted = fit_series(data, model, stages, progress=False)
+    built = _compiled_evaluations(caplog.records)
+    assert len(built) == 1 and built[0] != "MainThread", built
+
+    caplog.clear()
+    jax.clear_caches()  # compiled afresh, on this thread
+    norm = fitted.normaliser
+    prepared = nde.Trajectory().prepare(fitted.model, norm.forward(data))
+    dense = norm.times(np.linspace(0.0, 2.0, 400))
+    with caplog.at_level("WARNING", logger="jax"), jax.log_compiles(True):
+        (_, at_obs), loss = evaluate(fitted.model, dense, norm.times(ts), prepared)
+    assert _compiled_evaluations(caplog.records) == ["MainThread"]
+    np.testing.assert_array_equal(norm.states_back(at_obs), fitted.predictions)
+    assert float(loss) == fitted.metrics["trajectory_loss_normalised"] > 0

@@ -7,6 +7,7 @@ rule and the user's callback are hooks (`hooks`) that the loop calls at fixed po
 
 from __future__ import annotations
 
+import contextvars
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +23,16 @@ from .devices import as_mesh
 from .diagnostics import diagnose
 from .failure_policy import MAX_CONSECUTIVE_FAILURES, validate_max_failures
 from .hooks import CallbackHook, DevicesHook, FailureHook, LoggingHook
-from .loop import StageRun, build_ahead
+from .loop import StageRun, build_ahead, in_callers_settings
 from .presets import PRESETS
 from .progress import ProgressHook
 from .results import FitFailure, FitLog, FitResult, StageReport
 from .solver_choice import resolve_for_fit
 from .stage import Stage
 from .strategies import AbstractStrategy
+
+#: `fit_building`'s jobs, for the `fit` it calls (a context variable: per thread and task)
+_ALSO_BUILD: contextvars.ContextVar[tuple] = contextvars.ContextVar("also_build", default=())
 
 __all__ = ["MAX_CONSECUTIVE_FAILURES", "FitFailure", "FitResult", "Stage", "StageReport", "fit"]
 
@@ -127,6 +131,7 @@ def fit(
         >>> bool(abs(sharded.losses[-1] - result.losses[-1]) <= 1e-5 * result.losses[-1])
         True
     """
+    also_build, _ = _ALSO_BUILD.get(), _ALSO_BUILD.set(())  # not for fits the jobs run
     stages = _as_stages(strategy, optimizer, steps, steps_per_call, data, model)
     mesh = as_mesh(devices)
     validate_max_failures(max_failures)
@@ -151,6 +156,7 @@ def fit(
         # Every stage's prepare runs first, so that a mismatch between the data and the model
         # (or a model missing what a later stage needs) is reported before anything compiles.
         model = resolve_for_fit(model, data, [stage.strategy for stage in stages])
+        trained = model  # the structure every stage trains (and returns)
         all_prepared = [stage.strategy.prepare(model, data) for stage in stages]
         for hook in hooks:  # e.g. split over the devices, so a bad batch size fails first
             all_prepared = list(map(hook.on_prepared, stages, all_prepared))
@@ -173,6 +179,9 @@ def fit(
                 model, stage, prepared, stage_keys[index], index=index, name=name,
                 one_at_a_time=callback is not None, ahead=ahead[index],
             )  # fmt: skip
+            if index == len(stages) - 1:  # after the stages' own builds, on the same thread
+                for job in also_build:
+                    builder.submit(in_callers_settings(job), trained)
             for hook in hooks:
                 hook.on_stage_start(log, run)
             try:
@@ -196,6 +205,44 @@ def fit(
         for hook in hooks:
             hook.on_end(log, result)
     return result
+
+
+def fit_building(
+    model: Any,
+    data: Any,
+    strategy: AbstractStrategy | Sequence[Stage] | str,
+    *,
+    also_build: Sequence[Callable[[Any], Any]] = (),
+    **kwargs: Any,
+) -> FitResult:
+    """`fit(model, data, strategy, **kwargs)` that also runs each `also_build(model)` in the
+    background while the last stage trains: for compiling, ahead of time, a program the caller
+    runs on the fitted model (e.g. `fit_series`' evaluation), while a core would otherwise wait.
+
+    Each job gets the model as the stages train it (`solver="auto"` resolved): the fitted model
+    has the same structure, static part and shapes, so a program a job compiles by calling a
+    jitted function on it is the one the caller's later call finds in JAX's cache (same
+    function, same static arguments, same shapes, dtypes and placement); anything else is
+    compiled afresh by that call. What a job returns is dropped, and so is an error it raises
+    (the caller's own call then raises it). `fit` waits for the jobs before it returns.
+
+    Example:
+        >>> import equinox as eqx, jax, jax.numpy as jnp, optax, neuraldiffeq as nde
+        >>> from neuraldiffeq.fitting.fit import fit_building
+        >>> data = nde.datasets.spiral(n_points=10, t1=1.0)
+        >>> mlp = eqx.nn.MLP(2, 2, 8, 1, activation=jnp.tanh, key=jax.random.key(0))
+        >>> model = nde.NeuralODE(nde.autonomous(mlp))
+        >>> final = eqx.filter_jit(lambda m: m(data.ts, data.ys[0]))
+        >>> result = fit_building(model, data, nde.Trajectory(), also_build=[final],
+        ...                       optimizer=optax.adam(0.01), steps=2, progress=False)
+        >>> final(result.model).shape  # compiled while the stage trained
+        (10, 2)
+    """
+    token = _ALSO_BUILD.set(tuple(also_build))
+    try:
+        return fit(model, data, strategy, **kwargs)
+    finally:
+        _ALSO_BUILD.reset(token)
 
 
 def _as_stages(strategy, optimizer, steps, steps_per_call, data, model=None) -> list[Stage]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any
 
@@ -31,7 +31,14 @@ from .results import StageReport
 from .stage import Stage
 from .strategies import AbstractStrategy
 
-__all__ = ["AUTO_CALL_SECONDS", "AUTO_MAX_STEPS", "StageRun", "build_ahead", "make_steps"]
+__all__ = [
+    "AUTO_CALL_SECONDS",
+    "AUTO_MAX_STEPS",
+    "StageRun",
+    "build_ahead",
+    "in_callers_settings",
+    "make_steps",
+]
 
 #: `steps_per_call="auto"`: the wall time one compiled call aims at, and the most steps it fuses.
 AUTO_CALL_SECONDS, AUTO_MAX_STEPS = 0.05, 1000
@@ -259,18 +266,40 @@ def build_ahead(executor: Executor, model, stage: Stage, prepared, key) -> Futur
     """
     if stage.steps_per_call != "auto" or jax.config.jax_disable_jit:
         return None
-    settings = {name: getattr(jax.config, f"jax_{name}") for name in _THREAD_SETTINGS}
 
     def build():
+        run = StageRun(model, stage, prepared, key)
+        program = run._program("auto")
+        jax.block_until_ready(program(run.carry, prepared, np.int32(0)))
+        return program
+
+    return executor.submit(in_callers_settings(build))
+
+
+def in_callers_settings(job: Callable[..., Any]) -> Callable[..., Any]:
+    """`job`, to be run on another thread under the JAX settings the calling thread has now
+    (those a `with` block may set for one thread: `_THREAD_SETTINGS`), so that what it traces
+    and compiles is what the calling thread would.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from concurrent.futures import ThreadPoolExecutor
+        >>> from neuraldiffeq.fitting.loop import in_callers_settings
+        >>> with jax.enable_x64(True):
+        ...     job = in_callers_settings(lambda: jnp.asarray(1.0).dtype)
+        >>> with ThreadPoolExecutor(1) as executor:
+        ...     str(executor.submit(job).result())
+        'float64'
+    """
+    settings = {name: getattr(jax.config, f"jax_{name}") for name in _THREAD_SETTINGS}
+
+    def in_settings(*args, **kwargs):
         with contextlib.ExitStack() as stack:
             for name, value in settings.items():
                 stack.enter_context(getattr(jax, name)(value))
-            run = StageRun(model, stage, prepared, key)
-            program = run._program("auto")
-            jax.block_until_ready(program(run.carry, prepared, np.int32(0)))
-        return program
+            return job(*args, **kwargs)
 
-    return executor.submit(build)
+    return in_settings
 
 
 def make_steps(static, strategy: AbstractStrategy, optimizer, n: int | str, per_device=None):

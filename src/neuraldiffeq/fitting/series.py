@@ -21,10 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..io.outputs import prepare_out, write_outputs
-from ..io.plotting import plot_fit
 from ..io.timeseries import TimeSeries
 from ..solve.names import solver_name
-from .fit import FitFailure, FitResult, fit
+from .fit import FitFailure, FitResult, fit_building
 from .strategies import Trajectory, batch_solve, segment_starts
 
 #: the median time step after normalisation
@@ -190,6 +189,10 @@ def evaluate(
     """
     dtype = jnp.asarray(0.0).dtype  # the working precision
     dense_ts, obs_ts = (np.asarray(t, dtype=dtype) for t in (dense_ts, obs_ts))
+    # JAX compiles once per placement: a fitted model's arrays are committed to their device
+    # (a compiled step's outputs), a fresh model's are not. Committed here (nothing moves), one
+    # program serves both, e.g. the one `fit_series` compiles ahead on the model before fitting.
+    model = jax.tree_util.tree_map(_committed, model)
     grid = np.union1d(dense_ts, obs_ts)
     preds, loss = _solve_and_score(model, jnp.asarray(grid), prepared)
     preds = np.asarray(preds)
@@ -197,6 +200,12 @@ def evaluate(
         preds[:, np.searchsorted(grid, dense_ts)],
         preds[:, np.searchsorted(grid, obs_ts)],
     ), loss
+
+
+def _committed(x):
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and not x.committed:
+        return jax.device_put(x, x.sharding)
+    return x
 
 
 @eqx.filter_jit
@@ -248,12 +257,24 @@ def fit_series(
     train = fitted_part(data, holdout)
     norm = Normaliser.from_data(train, center=center)
     train_n = norm.forward(train)
+    dense_ts = np.linspace(float(data.ts[0]), float(data.ts[-1]), 400)
+    grids = norm.times(dense_ts), norm.times(data.ts)
+
+    def build_evaluation(trained):  # the program `evaluate` runs below, compiled ahead
+        evaluate(trained, *grids, Trajectory().prepare(trained, train_n))
+
+    def import_plotting(trained):  # matplotlib: imported while a core would wait, if not yet
+        if out is not None:
+            from ..io import plotting  # noqa: F401
+
     started = time.perf_counter()
     try:
-        result = fit(
+        result = fit_building(
             model,
             train_n,
             stages,
+            # one device: the fitted model is placed as the model the job is given
+            also_build=[build_evaluation, import_plotting] if devices is None else [],
             progress=progress,
             devices=devices,
             checkpoint_dir=checkpoint_dir,
@@ -270,9 +291,8 @@ def fit_series(
     wall = time.perf_counter() - started
     model = result.model
 
-    dense_ts = np.linspace(float(data.ts[0]), float(data.ts[-1]), 400)
     prepared = Trajectory().prepare(model, train_n)
-    preds, train_loss = evaluate(model, norm.times(dense_ts), norm.times(data.ts), prepared)
+    preds, train_loss = evaluate(model, *grids, prepared)
     pred_dense, pred_obs = (norm.states_back(p) for p in preds)
     obs = np.asarray(data.as_batch().ys, np.float64)
     observed = np.ones(obs.shape, bool) if data.mask is None else np.asarray(data.as_batch().mask)
@@ -299,6 +319,8 @@ def fit_series(
     if result.interrupted:  # the picture says so too
         title = f"{title} (interrupted at step {len(result.losses)})"
     if out is not None and jax.process_index() == 0:  # one writer in a multi-process run
+        from ..io.plotting import plot_fit  # matplotlib: only when there are figures to draw
+
         # the same observations and dense prediction in both figures
         shown = np.where(observed, obs, np.nan)  # missing values are not drawn
         plot = functools.partial(
