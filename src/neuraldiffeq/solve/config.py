@@ -67,11 +67,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import as_array, check_positive, is_concrete
-from .bdf import BDF, as_jacobian, resolve_pattern, with_structure
+from .bdf import BDF
 from .errors import SolveError, failure_message, reason_of, step_counts
 from .names import ODE_SOLVERS, SDE_SOLVERS, resolve_solver
 from .sensitivity import AbstractSensitivity, Direct, Forward, resolve_sensitivity
 from .stiffness import estimate_stiffness
+from .structure import as_jacobian, needs_detection, resolve_pattern, with_structure
 
 #: Standalone defaults of the adaptive tolerances (a model may have its own).
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-6
@@ -563,8 +564,7 @@ class HasSolveConfig(eqx.Module):
             >>> type(model.resolve_solver(ts, jnp.ones(2), 1.0).solver).__name__
             'Tsit5'
         """
-        sparse = getattr(self.config.solver, "jacobian", None) == "sparse"
-        if not isinstance(self.config.solver, str) and not sparse:
+        if not isinstance(self.config.solver, str) and not needs_detection(self.config.solver):
             return self
         field = getattr(self, "vector_field", None)
         if field is None:

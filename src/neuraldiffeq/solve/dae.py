@@ -38,6 +38,16 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
+from .jacobian import SparsityPattern, sparse_jacobian
+from .linear import check_linear_solve
+from .pattern_solver import (
+    PatternSolver,
+    check_pattern_solve,
+    pattern_apply,
+    pattern_factor,
+    pattern_method,
+)
+
 # -- the Radau IIA tableau (order 5) and its embedded error formula --------------------------------
 
 _S6 = math.sqrt(6.0)
@@ -158,6 +168,15 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             controller's tolerances).
         root_find_max_steps: Newton iterations per step before the step is rejected (and retried
             smaller).
+        jacobian: `"dense"` (the default: the Newton matrix of the three stages, 3D×3D, formed
+            by `jax.jacfwd` and LU-factorised by lineax) or a `SparsityPattern` of ∂f/∂u
+            (`nde.SolveConfig(..., jacobian="sparse")` detects one). With a pattern, the Newton
+            matrix of the stages has the pattern of every stage coupled to every other (with
+            M's entries), is read from `3·n_colours` products and factorised by `linear_solve`;
+            the error estimate's matrix M - h·γ0·J likewise, from `n_colours` JVPs.
+        linear_solve: with a pattern: `"dense"`, `"blocks"`, `"sparse"` (SuperLU) or `"auto"`
+            (by size, `neuraldiffeq.solve.linear.choose_linear_solve`); see
+            `neuraldiffeq.solve.pattern_solver`.
 
     Example:
         >>> import diffrax, jax.numpy as jnp, neuraldiffeq as nde
@@ -179,9 +198,31 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         diffrax.VeryChord
     )()
     root_find_max_steps: int = eqx.field(static=True, default=10)
+    jacobian: Any = eqx.field(static=True, default="dense")
+    linear_solve: str = eqx.field(static=True, default="auto", converter=check_linear_solve)
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar = CollocationInterpolation
+
+    def __check_init__(self):
+        if not (self.jacobian in ("dense", "sparse") or isinstance(self.jacobian, SparsityPattern)):
+            raise ValueError(
+                "Radau5's jacobian must be 'dense' or a SparsityPattern (see "
+                "neuraldiffeq.solve.jacobian; SolveConfig(..., jacobian='sparse') detects one), "
+                f"got {self.jacobian!r}."
+            )
+        if self.jacobian == "dense":
+            if self.linear_solve not in ("dense", "auto"):
+                raise ValueError(
+                    f"linear_solve={self.linear_solve!r} with Radau5 factorises the sparse "
+                    "Jacobian, so it needs a sparsity pattern: pass jacobian='sparse' (or the "
+                    "pattern), or leave linear_solve out."
+                )
+        else:
+            check_pattern_solve(self.linear_solve, "Radau5")
+
+    def _pattern(self) -> SparsityPattern | None:
+        return self.jacobian if isinstance(self.jacobian, SparsityPattern) else None
 
     def order(self, terms) -> int:
         return 5
@@ -204,6 +245,18 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         if jnp.ndim(y0) != 1:
             raise ValueError(
                 f"Radau5 solves states of shape (D,), got y0 of shape {jnp.shape(y0)}."
+            )
+        if self.jacobian == "sparse":
+            raise ValueError(
+                "Radau5(jacobian='sparse') must have its pattern detected before solving: solve "
+                "through nde.SolveConfig(...).diffeqsolve or a model (they detect it), or pass "
+                "jacobian=neuraldiffeq.solve.jacobian.detect_pattern(field, t0, y0, args)."
+            )
+        pattern = self._pattern()
+        if pattern is not None and pattern.n != y0.shape[0]:
+            raise ValueError(
+                f"Radau5's jacobian pattern is {pattern.n}x{pattern.n} but the state has "
+                f"{y0.shape[0]} components."
             )
         return _State(
             h=jnp.ones((), y0.dtype), ws=jnp.zeros((3, *y0.shape), y0.dtype), valid=jnp.array(False)
@@ -229,13 +282,23 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         guess = jnp.tensordot(_lagrange(s, _NODES)[1:].T, prev.ws, axes=1) - prev.ws[-1]
         guess = jnp.where(prev.valid & jnp.logical_not(made_jump), guess, jnp.zeros_like(guess))
         guess = jnp.where(jnp.all(jnp.isfinite(guess)), guess, jnp.zeros_like(guess))
+        pattern = self._pattern()
+        root_finder, adjoint = self.root_finder, optx.ImplicitAdjoint()
+        if pattern is not None:
+            # the stages' Newton matrix from the sparse Jacobian, for the Newton iteration and
+            # for the implicit-function-theorem solves of its derivatives
+            stages = _stage_pattern(pattern, self.mass_matrix)
+            linear = PatternSolver(stages, self.linear_solve)
+            root_finder = eqx.tree_at(lambda r: r.linear_solver, root_finder, linear)
+            adjoint = optx.ImplicitAdjoint(linear_solver=linear)
         sol = optx.root_find(
             residual,
-            self.root_finder,
+            root_finder,
             guess,
             None,
             throw=False,
             max_steps=self.root_find_max_steps,
+            adjoint=adjoint,
         )
         ws = sol.value
         y1 = y0 + ws[-1]
@@ -243,9 +306,20 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         # The error estimate, filtered through (M - h·γ0·J)⁻¹ (Hairer & Wanner IV.8). It only
         # steers the step size, so no gradient flows through it.
         ws_e, y0_e = jax.lax.stop_gradient((ws, y0))
-        jac = jax.lax.stop_gradient(jax.jacfwd(lambda y: fh(t0, y))(y0_e))  # h·J
         rhs = GAMMA0 * jax.lax.stop_gradient(fh(t0, y0_e)) + m @ (jnp.asarray(E, y0.dtype) @ ws_e)
-        y_error = jnp.linalg.solve(m - GAMMA0 * jac, rhs)
+        if pattern is None:
+            jac = jax.lax.stop_gradient(jax.jacfwd(lambda y: fh(t0, y))(y0_e))  # h·J
+            y_error = jnp.linalg.solve(m - GAMMA0 * jac, rhs)
+        else:
+            full = _with_mass(pattern, self.mass_matrix)
+            hjac = sparse_jacobian(lambda t, y, a: fh(t0, y), None, y0_e, None, full)
+            if self.mass_matrix is None:
+                mass = (full.rows == full.cols).astype(np.float64)
+            else:
+                mass = np.asarray(self.mass_matrix)[full.rows, full.cols]
+            values = jnp.asarray(mass, y0.dtype) - GAMMA0 * jax.lax.stop_gradient(hjac)
+            method = pattern_method(full, self.linear_solve)
+            y_error = pattern_apply(full, method, pattern_factor(full, values, method), rhs)
         result = diffrax.RESULTS.promote(sol.result)
         # a Newton iteration that did not converge rejects the step (retried smaller), as in
         # diffrax's own implicit solvers
@@ -260,6 +334,35 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         uses it only to choose the first step."""
         f = terms.vf(t0, y0, args)
         return jnp.linalg.lstsq(self._mass(y0), f)[0]
+
+
+def _with_mass(pattern: SparsityPattern, mass_matrix) -> SparsityPattern:
+    """The pattern of M - c·J: `pattern` with M's non-zeros added."""
+    if mass_matrix is None:
+        return pattern
+    rows, cols = np.nonzero(np.asarray(mass_matrix))
+    if np.all(rows == cols):
+        return pattern  # the diagonal is always in a pattern
+    return SparsityPattern(np.r_[pattern.rows, rows], np.r_[pattern.cols, cols], pattern.n)
+
+
+_STAGES: dict = {}
+
+
+def _stage_pattern(pattern: SparsityPattern, mass_matrix) -> SparsityPattern:
+    """The pattern of the three stages' Newton matrix I₃⊗M - A⊗(h·J) (stage s of state i at
+    s·n + i): every stage coupled to every other through J's pattern, M's on the diagonal
+    blocks. Built once per pattern and mass matrix (it is static)."""
+    key = (pattern, mass_matrix)
+    if key not in _STAGES:
+        full, n = _with_mass(pattern, mass_matrix), pattern.n
+        shift = (np.arange(3) * n)[:, None, None]
+        rows = (shift + full.rows[None, None, :] + 0 * shift.transpose(1, 0, 2)).ravel()
+        cols = (shift.transpose(1, 0, 2) + full.cols[None, None, :] + 0 * shift).ravel()
+        if len(_STAGES) > 4:
+            _STAGES.clear()
+        _STAGES[key] = SparsityPattern(rows, cols, 3 * n)
+    return _STAGES[key]
 
 
 # -- consistent initial states ---------------------------------------------------------------------
