@@ -28,8 +28,9 @@ def robertson(t, u, log_k):
     return jnp.concatenate([-k1 * x + k3 * y * z, k1 * x - k2 * y * y - k3 * y * z, k2 * y * y])
 
 
-LOG_K = jnp.log(jnp.array([0.04, 3e7, 1e4]))
-Y0_ROBERTSON = jnp.concatenate([jnp.ones(NG), jnp.zeros(2 * NG)])
+# NumPy float64 (jnp arrays made at import time would be float32, before the x64 fixture)
+LOG_K = np.log([0.04, 3e7, 1e4])
+Y0_ROBERTSON = np.concatenate([np.ones(NG), np.zeros(2 * NG)])
 
 
 def reaction_diffusion(t, u, d):
@@ -38,13 +39,15 @@ def reaction_diffusion(t, u, d):
     return d * lap - 50.0 * u**3 + jnp.sin(t)
 
 
-Y0_DIFFUSION = jnp.asarray(np.exp(-(np.linspace(-2, 2, 16) ** 2)))
+Y0_DIFFUSION = np.exp(-(np.linspace(-2, 2, 16) ** 2))
 
 
 def _solve(solver, field, y0, args, t1, jacobian=None, linear_solve=None, rtol=1e-9):
     config = nde.SolveConfig(solver, rtol=rtol, atol=1e-12, jacobian=jacobian,
                              linear_solve=linear_solve, max_steps=20_000,
                              sensitivity=nde.Direct())  # fmt: skip
+    y0 = jnp.asarray(y0)
+    assert y0.dtype == jnp.float64
     sol = config.diffeqsolve(diffrax.ODETerm(field), 0.0, t1, y0, args=args,
                              saveat=diffrax.SaveAt(ts=jnp.array([0.3 * t1, t1])))  # fmt: skip
     assert diffrax.is_successful(sol.result)
@@ -116,14 +119,16 @@ def test_radau_sparse_gradients_with_direct_match_finite_differences():
 
     @jax.jit
     def loss(log_k):
-        sol = config.diffeqsolve(diffrax.ODETerm(robertson), 0.0, 10.0, Y0_ROBERTSON,
+        sol = config.diffeqsolve(diffrax.ODETerm(robertson), 0.0, 10.0, jnp.asarray(Y0_ROBERTSON),
                                  args=log_k, saveat=diffrax.SaveAt(t1=True))  # fmt: skip
         y = sol.ys[-1]
         return jnp.sum(y[:NG]) + 1e4 * jnp.sum(y[NG : 2 * NG])
 
-    grad = np.asarray(jax.grad(loss)(LOG_K))
+    log_k = jnp.asarray(LOG_K)
+    assert log_k.dtype == jnp.float64
+    grad = np.asarray(jax.grad(loss)(log_k))
     eps = 1e-5
-    fd = np.array([(loss(LOG_K + eps * e) - loss(LOG_K - eps * e)) / (2 * eps) for e in np.eye(3)])
+    fd = np.array([(loss(log_k + eps * e) - loss(log_k - eps * e)) / (2 * eps) for e in np.eye(3)])
     np.testing.assert_allclose(grad, fd, rtol=1e-6)
 
 
@@ -148,11 +153,11 @@ def test_a_bad_pattern_is_refused_before_solving(solver):
     n = Y0_DIFFUSION.size
     wrong_shape = nde.SolveConfig(solver, jacobian=np.eye(3, dtype=bool), sensitivity=nde.Direct())
     with pytest.raises(ValueError, match=f"pattern is 3x3 but the state has {n}"):
-        wrong_shape.diffeqsolve(term, 0.0, 1.0, Y0_DIFFUSION, args=1.0,
+        wrong_shape.diffeqsolve(term, 0.0, 1.0, jnp.asarray(Y0_DIFFUSION), args=1.0,
                                 saveat=diffrax.SaveAt(t1=True))  # fmt: skip
     diagonal = nde.SolveConfig(solver, jacobian=np.eye(n, dtype=bool), sensitivity=nde.Direct())
     with pytest.raises(ValueError, match="misses a dependency"):
-        diagonal.diffeqsolve(term, 0.0, 1.0, Y0_DIFFUSION, args=1.0,
+        diagonal.diffeqsolve(term, 0.0, 1.0, jnp.asarray(Y0_DIFFUSION), args=1.0,
                              saveat=diffrax.SaveAt(t1=True))  # fmt: skip
 
 
@@ -160,7 +165,7 @@ def test_sparse_is_detected_for_every_structured_solver_by_name():
     for solver in ("radau5", "kvaerno3", "kvaerno5", "implicit_euler"):
         config = nde.SolveConfig(solver, rtol=1e-6, jacobian="sparse", linear_solve="sparse")
         model = nde.NeuralODE(reaction_diffusion, config=config)
-        resolved = model.resolve_solver(jnp.array([0.0, 1.0]), Y0_DIFFUSION, 1.0)
+        resolved = model.resolve_solver(jnp.array([0.0, 1.0]), jnp.asarray(Y0_DIFFUSION), 1.0)
         pattern = jacobian_of(resolved.solver)
         assert isinstance(pattern, SparsityPattern) and pattern.nnz == 3 * 16 - 2, solver
     assert isinstance(jacobian_of(Radau5(jacobian=pattern)), SparsityPattern)
