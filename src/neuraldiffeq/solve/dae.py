@@ -15,9 +15,11 @@ the Newton tolerance. For the increments W_i = Z_i - u_n of the stages at t_n + 
     M·W_i = h·Σ_j a_ij·f(t_n + c_j·h, u_n + W_j),      i = 1, 2, 3;   u_{n+1} = u_n + W_3,
 
 solved together (3·D unknowns) by the chord iteration from the previous step's collocation
-polynomial, extrapolated. The error estimate is Hairer's: an embedded order-3 formula, filtered
-through (M - h·γ0·J)⁻¹ (J = ∂f/∂u at u_n, γ0 the real eigenvalue of the Radau matrix), which
-keeps it bounded on stiff and algebraic components. Dense output (`SaveAt(ts=...)`) is the
+polynomial, extrapolated (with `jacobian=` a `SparsityPattern`, the Newton matrix is read from
+coloured products and factorised sparsely: `neuraldiffeq.solve.pattern_solver`). The error
+estimate is Hairer's: an embedded order-3 formula, filtered through (M - h·γ0·J)⁻¹ (J = ∂f/∂u
+at u_n, γ0 the real eigenvalue of the Radau matrix), which keeps it bounded on stiff and
+algebraic components. Dense output (`SaveAt(ts=...)`) is the
 collocation polynomial through u_n, Z_1, Z_2, Z_3.
 
 Consistent initial states: with M singular, the algebraic equations w·f(t0, y0) = 0 (w in the
