@@ -265,7 +265,11 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         )
 
     def step(self, terms, t0, t1, y0, args, solver_state: _State, made_jump):
-        m = self._mass(y0)
+        m = None if self.mass_matrix is None else self._mass(y0)
+
+        def mass(w):  # M·w for each row of w (no n×n identity for an ODE: it costs n²)
+            return w if m is None else w @ m.T
+
         h = terms.contr(t0, t1)
         cs = jnp.asarray(C, y0.dtype)
         a = jnp.asarray(A, y0.dtype)
@@ -276,7 +280,7 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
 
         def residual(ws, _):
             fs = jax.vmap(fh)(times, y0 + ws)
-            return ws @ m.T - a @ fs
+            return mass(ws) - a @ fs
 
         # Newton's first guess: the last step's collocation polynomial, extrapolated.
         prev = solver_state
@@ -308,10 +312,10 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         # The error estimate, filtered through (M - h·γ0·J)⁻¹ (Hairer & Wanner IV.8). It only
         # steers the step size, so no gradient flows through it.
         ws_e, y0_e = jax.lax.stop_gradient((ws, y0))
-        rhs = GAMMA0 * jax.lax.stop_gradient(fh(t0, y0_e)) + m @ (jnp.asarray(E, y0.dtype) @ ws_e)
+        rhs = GAMMA0 * jax.lax.stop_gradient(fh(t0, y0_e)) + mass(jnp.asarray(E, y0.dtype) @ ws_e)
         if pattern is None:
             jac = jax.lax.stop_gradient(jax.jacfwd(lambda y: fh(t0, y))(y0_e))  # h·J
-            y_error = jnp.linalg.solve(m - GAMMA0 * jac, rhs)
+            y_error = jnp.linalg.solve(self._mass(y0) - GAMMA0 * jac, rhs)
         else:
             full = _with_mass(pattern, self.mass_matrix)
             hjac = sparse_jacobian(lambda t, y, a: fh(t0, y), None, y0_e, None, full)
@@ -335,7 +339,7 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         """M⁺·f(t0, y0): the differential components' slopes (0 for algebraic ones); diffrax
         uses it only to choose the first step."""
         f = terms.vf(t0, y0, args)
-        return jnp.linalg.lstsq(self._mass(y0), f)[0]
+        return f if self.mass_matrix is None else jnp.linalg.lstsq(self._mass(y0), f)[0]
 
 
 def _with_mass(pattern: SparsityPattern, mass_matrix) -> SparsityPattern:
