@@ -31,6 +31,18 @@ CVODE's. Then, for ours:
   runs that child), and what importing JAX and compiling take in the same child.
 
     python benchmarks/robertson_ngroups.py --ngroups 1 10 100 1000 10000 --repeats 3
+
+`--implicit radau5 kvaerno5` runs instead the other implicit solvers, each with its dense
+Jacobian (the default: `jax.jacfwd` and a dense LU in every Newton matrix) and with the block
+pattern given (`jacobian=pattern`, `linear_solve="auto"`: dense LU of the matrix from the
+sparse Jacobian up to 200 unknowns, else the independent blocks; Radau IIA's three stages make
+3·states unknowns), each in a fresh child process stopped after `--implicit-timeout` seconds
+(compilation included; reported as a lower bound), the final state compared with CVODE's;
+above `--implicit-dense-max` groups the dense Jacobian is not run (its n×n matrix alone
+would take gigabytes):
+
+    taskset -c 1 python benchmarks/robertson_ngroups.py --ngroups 10 100 1000 \\
+        --implicit radau5 kvaerno5
 """
 
 from __future__ import annotations
@@ -166,6 +178,122 @@ def _kvaerno_child(ng, repeats, queue):
     y0 = jnp.asarray(y0_of(ng))
     seconds, y = timed(lambda: jax.block_until_ready(solve(y0)), repeats)
     queue.put((seconds, np.asarray(y).tolist()))
+
+
+def implicit(ng, solver, sparse):
+    """`solver` ("radau5", "kvaerno5", ...) by name through nde.SolveConfig, with its dense
+    Jacobian or the block pattern (`sparse`)."""
+    import diffrax
+    import jax
+    import jax.numpy as jnp
+
+    import neuraldiffeq as nde
+    from neuraldiffeq.solve.jacobian import SparsityPattern
+
+    def field(t, u, args):
+        k1, k2, k3 = K
+        x, y, z = u[:ng], u[ng : 2 * ng], u[2 * ng :]
+        return jnp.concatenate([-k1 * x + k3 * y * z, k1 * x - k2 * y * y - k3 * y * z, k2 * y * y])
+
+    structure = {}
+    if sparse:
+        structure = dict(jacobian=SparsityPattern(*block_pattern(ng), 3 * ng), linear_solve="auto")
+    config = nde.SolveConfig(solver, rtol=TOL, atol=TOL, max_steps=100_000,
+                             sensitivity=nde.Direct(), **structure)  # fmt: skip
+
+    @jax.jit
+    def solve(y0):
+        sol = config.diffeqsolve(diffrax.ODETerm(field), 0.0, T_FINAL, y0,
+                                 saveat=diffrax.SaveAt(t1=True))  # fmt: skip
+        return sol.ys[-1], sol.stats["num_steps"]
+
+    return solve
+
+
+def _implicit_child(ng, solver, sparse, repeats, queue):
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+
+    solve = implicit(ng, solver, sparse)
+    y0 = jnp.asarray(y0_of(ng))
+    start = time.perf_counter()
+    jax.block_until_ready(solve(y0))
+    compile_s = time.perf_counter() - start
+    seconds, (y, steps) = timed(lambda: jax.block_until_ready(solve(y0)), repeats)
+    queue.put((compile_s, seconds, LAST_CPU[0], int(steps), np.asarray(y).tolist()))
+
+
+def run_implicit(ng, args) -> dict:
+    """Each of `args.implicit` with its dense and its sparse Jacobian at ngroups, in children
+    stopped after `args.implicit_timeout` seconds."""
+    row: dict = {"ngroups": ng, "states": 3 * ng}
+    try:
+        reference = casadi_cvode(ng)()
+    except Exception as error:  # a peer that cannot run is reported, not hidden
+        row["cvode_error"] = f"{type(error).__name__}: {error}"[:200]
+        reference = None
+    context = multiprocessing.get_context("spawn")
+    for solver in args.implicit:
+        for sparse in (False, True):
+            key = f"{solver}_{'sparse' if sparse else 'dense'}"
+            if not sparse and ng > args.implicit_dense_max:
+                unknowns = 3 * ng * (3 if solver == "radau5" else 1)
+                row[f"{key}_s"] = f"not run ({unknowns**2 * 8 / 1e9:.0f} GB per matrix)"
+                continue
+            queue = context.Queue()
+            repeats = 1 if ng >= 100 else args.repeats
+            child = context.Process(target=_implicit_child,
+                                    args=(ng, solver, sparse, repeats, queue))  # fmt: skip
+            start = time.perf_counter()
+            child.start()
+            child.join(args.implicit_timeout)
+            if child.is_alive():
+                child.terminate()
+                child.join()
+                row[f"{key}_s"] = f">{args.implicit_timeout:g}"  # stopped: a lower bound
+                continue
+            if queue.empty():
+                row[f"{key}_s"] = f"failed (exit code {child.exitcode})"
+                continue
+            compile_s, seconds, cpu, steps, y = queue.get()
+            row.update({f"{key}_s": seconds, f"{key}_cpu_s": cpu, f"{key}_steps": steps,
+                        f"{key}_compile_s": compile_s,
+                        f"{key}_child_wall_s": time.perf_counter() - start})  # fmt: skip
+            if reference is not None:
+                row[f"{key}_max_dev"] = float(np.max(np.abs(np.asarray(y) - reference)))
+    return row
+
+
+def print_implicit(rows, args) -> None:
+    header = ["ngroups", "states"]
+    for solver in args.implicit:
+        header += [f"{solver} dense (s)", f"{solver} sparse (s)", "dense / sparse", "steps",
+                   "sparse max dev vs CVODE"]  # fmt: skip
+    print("\n| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+
+    def cell(value, fmt="{:.4f}"):
+        return value if isinstance(value, str) else ("n/a" if value is None else fmt.format(value))
+
+    for row in rows:
+        cells = [str(row["ngroups"]), str(row["states"])]
+        for solver in args.implicit:
+            dense, sparse = row.get(f"{solver}_dense_s"), row.get(f"{solver}_sparse_s")
+            if isinstance(dense, float) and isinstance(sparse, float):
+                ratio = f"{dense / sparse:.1f}"
+            elif isinstance(dense, str) and dense.startswith(">") and isinstance(sparse, float):
+                ratio = f">{float(dense[1:]) / sparse:.0f}"
+            else:
+                ratio = "n/a"
+            cells += [cell(dense), cell(sparse), ratio,
+                      cell(row.get(f"{solver}_sparse_steps"), "{}"),
+                      cell(row.get(f"{solver}_sparse_max_dev"), "{:.1e}")]  # fmt: skip
+        print("| " + " | ".join(cells) + " |")
+    print("(times: median solve after compiling, wall; '>N': the child, compiling included, was "
+          "stopped after N s; dense / sparse: how many times longer the dense Jacobian's solve "
+          "takes)")  # fmt: skip
 
 
 def cvode_integrator(ng):
@@ -379,6 +507,19 @@ def main() -> None:
     parser.add_argument("--skip-gradient", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-superlu", action="store_true")
+    parser.add_argument(
+        "--implicit",
+        nargs="+",
+        default=None,
+        help="instead: these solvers (e.g. radau5 kvaerno5), dense vs sparse",
+    )
+    parser.add_argument("--implicit-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--implicit-dense-max",
+        type=int,
+        default=1000,
+        help="largest ngroups given a dense Jacobian (its matrix takes n² memory)",
+    )
     args = parser.parse_args()
 
     import jax
@@ -391,6 +532,13 @@ def main() -> None:
           f"(pydiffsol's benchmark settings); python {platform.python_version()}, "
           f"jax {jax.__version__}; median of {args.repeats} runs after a warm-up")  # fmt: skip
     print("The machine is shared with other jobs: absolute times are noisy, ratios less so.")
+    if args.implicit:
+        rows = []
+        for ng in args.ngroups:
+            rows.append(run_implicit(ng, args))
+            print(json.dumps(rows[-1]), flush=True)
+        print_implicit(rows, args)
+        return
     rows = []
     for ng in args.ngroups:
         row = run_size(ng, args)

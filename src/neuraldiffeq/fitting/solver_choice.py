@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..solve.stiffness import EXPLICIT
+from ..solve.structure import needs_detection
 from .strategies import as_timeseries
 
 #: At most this many trajectories' first states are examined by `resolve_for_fit`.
@@ -34,7 +35,7 @@ def resolve_for_fit(model: Any, data: Any, strategies: Any = ()) -> Any:
         'Kvaerno5'
     """
     solver = getattr(model, "solver", None)
-    pending = isinstance(solver, str) or getattr(solver, "jacobian", None) == "sparse"
+    pending = isinstance(solver, str) or needs_detection(solver)
     if not (pending and hasattr(model, "resolve_solver")):
         return model
     try:

@@ -67,11 +67,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._checks import as_array, check_positive, is_concrete
-from .bdf import BDF, as_jacobian, resolve_pattern, with_structure
+from .bdf import BDF
 from .errors import SolveError, failure_message, reason_of, step_counts
 from .names import ODE_SOLVERS, SDE_SOLVERS, resolve_solver
 from .sensitivity import AbstractSensitivity, Direct, Forward, resolve_sensitivity
 from .stiffness import estimate_stiffness
+from .structure import as_jacobian, needs_detection, resolve_pattern, with_structure
 
 #: Standalone defaults of the adaptive tolerances (a model may have its own).
 DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-6
@@ -125,12 +126,15 @@ class SolveConfig(eqx.Module):
             `"auto"` (the default): `DEFAULT_MAX_STEPS`, or `STIFF_MAX_STEPS` for the implicit
             solver that `solver="auto"` picks for a stiff problem.
         sensitivity: an `nde.Direct()`, ... instance, a lower-case name, or `"auto"`.
-        jacobian: for `solver="bdf"`: `"dense"`, `"sparse"` (the sparsity pattern detected
-            before the first solve) or the pattern (a `neuraldiffeq.solve.jacobian.
-            SparsityPattern`, an (n, n) boolean matrix or a SciPy sparse matrix, checked against
-            the field on a random state). See docs/howto/stiff-problems.md.
-        linear_solve: for `solver="bdf"`: `"dense"`, `"sparse"` (SuperLU), `"krylov"` (GMRES)
-            or `"auto"` (by size); see `neuraldiffeq.solve.linear`.
+        jacobian: for `solver="bdf"`, `"radau5"`, `"kvaerno3"`, `"kvaerno4"`, `"kvaerno5"`
+            and `"implicit_euler"` (`neuraldiffeq.solve.structure`): `"dense"`, `"sparse"`
+            (the sparsity pattern detected before the first solve) or the pattern (a
+            `neuraldiffeq.solve.jacobian.SparsityPattern`, an (n, n) boolean matrix or a SciPy
+            sparse matrix, checked against the field on a random state). Any other solver
+            refuses a sparse one. See docs/howto/stiff-problems.md.
+        linear_solve: for the same solvers: `"dense"`, `"blocks"` (independent blocks),
+            `"sparse"` (SuperLU) or `"auto"` (by size); `"krylov"` (GMRES) for `"bdf"` only.
+            See `neuraldiffeq.solve.linear`.
 
     Example:
         >>> import neuraldiffeq as nde
@@ -368,7 +372,7 @@ class SolveConfig(eqx.Module):
             if chosen == "tsit5":  # an explicit solver forms no Jacobian
                 extra = dict(jacobian=None, linear_solve=None)
             else:
-                chosen = "bdf"  # the only solver with sparse Jacobians and linear solves
+                chosen = "bdf"  # the solver built for large sparse systems (and Krylov)
         max_steps = self.max_steps
         if max_steps == AUTO:  # left out: room for the many small steps of a stiff problem
             implicit = isinstance(resolve_solver(chosen), diffrax.AbstractImplicitSolver)
@@ -563,8 +567,7 @@ class HasSolveConfig(eqx.Module):
             >>> type(model.resolve_solver(ts, jnp.ones(2), 1.0).solver).__name__
             'Tsit5'
         """
-        sparse = getattr(self.config.solver, "jacobian", None) == "sparse"
-        if not isinstance(self.config.solver, str) and not sparse:
+        if not isinstance(self.config.solver, str) and not needs_detection(self.config.solver):
             return self
         field = getattr(self, "vector_field", None)
         if field is None:

@@ -15,9 +15,11 @@ the Newton tolerance. For the increments W_i = Z_i - u_n of the stages at t_n + 
     M·W_i = h·Σ_j a_ij·f(t_n + c_j·h, u_n + W_j),      i = 1, 2, 3;   u_{n+1} = u_n + W_3,
 
 solved together (3·D unknowns) by the chord iteration from the previous step's collocation
-polynomial, extrapolated. The error estimate is Hairer's: an embedded order-3 formula, filtered
-through (M - h·γ0·J)⁻¹ (J = ∂f/∂u at u_n, γ0 the real eigenvalue of the Radau matrix), which
-keeps it bounded on stiff and algebraic components. Dense output (`SaveAt(ts=...)`) is the
+polynomial, extrapolated (with `jacobian=` a `SparsityPattern`, the Newton matrix is read from
+coloured products and factorised sparsely: `neuraldiffeq.solve.pattern_solver`). The error
+estimate is Hairer's: an embedded order-3 formula, filtered through (M - h·γ0·J)⁻¹ (J = ∂f/∂u
+at u_n, γ0 the real eigenvalue of the Radau matrix), which keeps it bounded on stiff and
+algebraic components. Dense output (`SaveAt(ts=...)`) is the
 collocation polynomial through u_n, Z_1, Z_2, Z_3.
 
 Consistent initial states: with M singular, the algebraic equations w·f(t0, y0) = 0 (w in the
@@ -37,6 +39,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
+
+from .jacobian import SparsityPattern, sparse_jacobian
+from .linear import check_linear_solve
+from .pattern_solver import (
+    PatternSolver,
+    check_pattern_solve,
+    pattern_apply,
+    pattern_factor,
+    pattern_method,
+)
 
 # -- the Radau IIA tableau (order 5) and its embedded error formula --------------------------------
 
@@ -158,6 +170,15 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             controller's tolerances).
         root_find_max_steps: Newton iterations per step before the step is rejected (and retried
             smaller).
+        jacobian: `"dense"` (the default: the Newton matrix of the three stages, 3D×3D, formed
+            by `jax.jacfwd` and LU-factorised by lineax) or a `SparsityPattern` of ∂f/∂u
+            (`nde.SolveConfig(..., jacobian="sparse")` detects one). With a pattern, the Newton
+            matrix of the stages has the pattern of every stage coupled to every other (with
+            M's entries), is read from `3·n_colours` products and factorised by `linear_solve`;
+            the error estimate's matrix M - h·γ0·J likewise, from `n_colours` JVPs.
+        linear_solve: with a pattern: `"dense"`, `"blocks"`, `"sparse"` (SuperLU) or `"auto"`
+            (by size, `neuraldiffeq.solve.linear.choose_linear_solve`); see
+            `neuraldiffeq.solve.pattern_solver`.
 
     Example:
         >>> import diffrax, jax.numpy as jnp, neuraldiffeq as nde
@@ -179,9 +200,31 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         diffrax.VeryChord
     )()
     root_find_max_steps: int = eqx.field(static=True, default=10)
+    jacobian: Any = eqx.field(static=True, default="dense")
+    linear_solve: str = eqx.field(static=True, default="auto", converter=check_linear_solve)
 
     term_structure: ClassVar = diffrax.AbstractTerm
     interpolation_cls: ClassVar = CollocationInterpolation
+
+    def __check_init__(self):
+        if not (self.jacobian in ("dense", "sparse") or isinstance(self.jacobian, SparsityPattern)):
+            raise ValueError(
+                "Radau5's jacobian must be 'dense' or a SparsityPattern (see "
+                "neuraldiffeq.solve.jacobian; SolveConfig(..., jacobian='sparse') detects one), "
+                f"got {self.jacobian!r}."
+            )
+        if self.jacobian == "dense":
+            if self.linear_solve not in ("dense", "auto"):
+                raise ValueError(
+                    f"linear_solve={self.linear_solve!r} with Radau5 factorises the sparse "
+                    "Jacobian, so it needs a sparsity pattern: pass jacobian='sparse' (or the "
+                    "pattern), or leave linear_solve out."
+                )
+        else:
+            check_pattern_solve(self.linear_solve, "Radau5")
+
+    def _pattern(self) -> SparsityPattern | None:
+        return self.jacobian if isinstance(self.jacobian, SparsityPattern) else None
 
     def order(self, terms) -> int:
         return 5
@@ -205,12 +248,28 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             raise ValueError(
                 f"Radau5 solves states of shape (D,), got y0 of shape {jnp.shape(y0)}."
             )
+        if self.jacobian == "sparse":
+            raise ValueError(
+                "Radau5(jacobian='sparse') must have its pattern detected before solving: solve "
+                "through nde.SolveConfig(...).diffeqsolve or a model (they detect it), or pass "
+                "jacobian=neuraldiffeq.solve.jacobian.detect_pattern(field, t0, y0, args)."
+            )
+        pattern = self._pattern()
+        if pattern is not None and pattern.n != y0.shape[0]:
+            raise ValueError(
+                f"Radau5's jacobian pattern is {pattern.n}x{pattern.n} but the state has "
+                f"{y0.shape[0]} components."
+            )
         return _State(
             h=jnp.ones((), y0.dtype), ws=jnp.zeros((3, *y0.shape), y0.dtype), valid=jnp.array(False)
         )
 
     def step(self, terms, t0, t1, y0, args, solver_state: _State, made_jump):
-        m = self._mass(y0)
+        m = None if self.mass_matrix is None else self._mass(y0)
+
+        def mass(w):  # M·w for each row of w (no n×n identity for an ODE: it costs n²)
+            return w if m is None else w @ m.T
+
         h = terms.contr(t0, t1)
         cs = jnp.asarray(C, y0.dtype)
         a = jnp.asarray(A, y0.dtype)
@@ -221,7 +280,7 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
 
         def residual(ws, _):
             fs = jax.vmap(fh)(times, y0 + ws)
-            return ws @ m.T - a @ fs
+            return mass(ws) - a @ fs
 
         # Newton's first guess: the last step's collocation polynomial, extrapolated.
         prev = solver_state
@@ -229,13 +288,23 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         guess = jnp.tensordot(_lagrange(s, _NODES)[1:].T, prev.ws, axes=1) - prev.ws[-1]
         guess = jnp.where(prev.valid & jnp.logical_not(made_jump), guess, jnp.zeros_like(guess))
         guess = jnp.where(jnp.all(jnp.isfinite(guess)), guess, jnp.zeros_like(guess))
+        pattern = self._pattern()
+        root_finder, adjoint = self.root_finder, optx.ImplicitAdjoint()
+        if pattern is not None:
+            # the stages' Newton matrix from the sparse Jacobian, for the Newton iteration and
+            # for the implicit-function-theorem solves of its derivatives
+            stages = _stage_pattern(pattern, self.mass_matrix)
+            linear = PatternSolver(stages, self.linear_solve)
+            root_finder = eqx.tree_at(lambda r: r.linear_solver, root_finder, linear)
+            adjoint = optx.ImplicitAdjoint(linear_solver=linear)
         sol = optx.root_find(
             residual,
-            self.root_finder,
+            root_finder,
             guess,
             None,
             throw=False,
             max_steps=self.root_find_max_steps,
+            adjoint=adjoint,
         )
         ws = sol.value
         y1 = y0 + ws[-1]
@@ -243,9 +312,20 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         # The error estimate, filtered through (M - h·γ0·J)⁻¹ (Hairer & Wanner IV.8). It only
         # steers the step size, so no gradient flows through it.
         ws_e, y0_e = jax.lax.stop_gradient((ws, y0))
-        jac = jax.lax.stop_gradient(jax.jacfwd(lambda y: fh(t0, y))(y0_e))  # h·J
-        rhs = GAMMA0 * jax.lax.stop_gradient(fh(t0, y0_e)) + m @ (jnp.asarray(E, y0.dtype) @ ws_e)
-        y_error = jnp.linalg.solve(m - GAMMA0 * jac, rhs)
+        rhs = GAMMA0 * jax.lax.stop_gradient(fh(t0, y0_e)) + mass(jnp.asarray(E, y0.dtype) @ ws_e)
+        if pattern is None:
+            jac = jax.lax.stop_gradient(jax.jacfwd(lambda y: fh(t0, y))(y0_e))  # h·J
+            y_error = jnp.linalg.solve(self._mass(y0) - GAMMA0 * jac, rhs)
+        else:
+            full = _with_mass(pattern, self.mass_matrix)
+            hjac = sparse_jacobian(lambda t, y, a: fh(t0, y), None, y0_e, None, full)
+            if self.mass_matrix is None:
+                mass = (full.rows == full.cols).astype(np.float64)
+            else:
+                mass = np.asarray(self.mass_matrix)[full.rows, full.cols]
+            values = jnp.asarray(mass, y0.dtype) - GAMMA0 * jax.lax.stop_gradient(hjac)
+            method = pattern_method(full, self.linear_solve)
+            y_error = pattern_apply(full, method, pattern_factor(full, values, method), rhs)
         result = diffrax.RESULTS.promote(sol.result)
         # a Newton iteration that did not converge rejects the step (retried smaller), as in
         # diffrax's own implicit solvers
@@ -259,7 +339,36 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         """M⁺·f(t0, y0): the differential components' slopes (0 for algebraic ones); diffrax
         uses it only to choose the first step."""
         f = terms.vf(t0, y0, args)
-        return jnp.linalg.lstsq(self._mass(y0), f)[0]
+        return f if self.mass_matrix is None else jnp.linalg.lstsq(self._mass(y0), f)[0]
+
+
+def _with_mass(pattern: SparsityPattern, mass_matrix) -> SparsityPattern:
+    """The pattern of M - c·J: `pattern` with M's non-zeros added."""
+    if mass_matrix is None:
+        return pattern
+    rows, cols = np.nonzero(np.asarray(mass_matrix))
+    if np.all(rows == cols):
+        return pattern  # the diagonal is always in a pattern
+    return SparsityPattern(np.r_[pattern.rows, rows], np.r_[pattern.cols, cols], pattern.n)
+
+
+_STAGES: dict = {}
+
+
+def _stage_pattern(pattern: SparsityPattern, mass_matrix) -> SparsityPattern:
+    """The pattern of the three stages' Newton matrix I₃⊗M - A⊗(h·J) (stage s of state i at
+    s·n + i): every stage coupled to every other through J's pattern, M's on the diagonal
+    blocks. Built once per pattern and mass matrix (it is static)."""
+    key = (pattern, mass_matrix)
+    if key not in _STAGES:
+        full, n = _with_mass(pattern, mass_matrix), pattern.n
+        shift = (np.arange(3) * n)[:, None, None]
+        rows = (shift + full.rows[None, None, :] + 0 * shift.transpose(1, 0, 2)).ravel()
+        cols = (shift.transpose(1, 0, 2) + full.cols[None, None, :] + 0 * shift).ravel()
+        if len(_STAGES) > 4:
+            _STAGES.clear()
+        _STAGES[key] = SparsityPattern(rows, cols, 3 * n)
+    return _STAGES[key]
 
 
 # -- consistent initial states ---------------------------------------------------------------------

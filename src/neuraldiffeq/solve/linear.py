@@ -154,8 +154,11 @@ def sparse_matvec(pattern: SparsityPattern, values: jax.Array, x: jax.Array) -> 
     return jax.ops.segment_sum(values * x[pattern.cols], pattern.rows, pattern.n)
 
 
-def sparse_solve(pattern: SparsityPattern, values: jax.Array, b: jax.Array) -> jax.Array:
-    """x with A·x = b, A given by its `values` at `pattern`'s entries, by SciPy's SuperLU.
+def sparse_solve(
+    pattern: SparsityPattern, values: jax.Array, b: jax.Array, *, transpose: bool = False
+) -> jax.Array:
+    """x with A·x = b (`transpose`: Aᵀ·x = b), A given by its `values` at `pattern`'s entries,
+    by SciPy's SuperLU (one factorisation serves both).
 
     Differentiable in `values` and `b` (forward and reverse mode, by
     `jax.lax.custom_linear_solve`); batched under `vmap` one solve at a time. A singular A gives
@@ -172,6 +175,13 @@ def sparse_solve(pattern: SparsityPattern, values: jax.Array, b: jax.Array) -> j
     """
     fixed = jax.lax.stop_gradient(values)  # the solves are exact inverses; derivatives of A
     # flow through the matvec (custom_linear_solve's rule)
+    if transpose:
+        return jax.lax.custom_linear_solve(
+            lambda x: jax.ops.segment_sum(values * x[pattern.rows], pattern.cols, pattern.n),
+            b,
+            solve=lambda _, r: _callback_solve(pattern, "T", fixed, r),
+            transpose_solve=lambda _, r: _callback_solve(pattern, "N", fixed, r),
+        )
     return jax.lax.custom_linear_solve(
         lambda x: sparse_matvec(pattern, values, x),
         b,
