@@ -287,6 +287,28 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
     def _pattern(self) -> SparsityPattern | None:
         return self.jacobian if isinstance(self.jacobian, SparsityPattern) else None
 
+    def for_adjoint(self) -> BDF:
+        """This solver for the adjoint equation da/dt = -Jᵀa of a continuous adjoint
+        (`nde.Quadrature`): the same linear solve and settings, with the transposed
+        sparsity pattern (and its own colouring) where a pattern is given.
+
+        Example:
+            >>> from neuraldiffeq.solve.bdf import BDF
+            >>> from neuraldiffeq.solve.jacobian import SparsityPattern
+            >>> solver = BDF(jacobian=SparsityPattern([0, 0], [1, 2], 3), linear_solve="sparse")
+            >>> solver.jacobian.n_colours, solver.for_adjoint().jacobian.n_colours
+            (3, 2)
+        """
+        pattern = self._pattern()
+        if pattern is None:
+            return self
+        return BDF(
+            root_finder=self.root_finder,
+            jacobian=pattern.transposed(),
+            linear_solve=self.linear_solve,
+            reuse_jacobian=self.reuse_jacobian,
+        )
+
     def _linear(self, n: int) -> str:
         if self.linear_solve == "auto":
             return choose_linear_solve(n, self._pattern())
@@ -297,8 +319,9 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             raise ValueError(
                 "BDF solves states of shape (n,), got "
                 + (f"shape {jnp.shape(y0)}" if isinstance(y0, jax.Array) else "a pytree")
-                + ". (The continuous adjoints, e.g. nde.Backsolve(), solve a pytree of state, "
-                "adjoint and parameters: with solver='bdf' use nde.Direct() or nde.Forward().)"
+                + ". (nde.Backsolve() and nde.Interpolating() solve a pytree of state, adjoint "
+                "and parameters backwards: with solver='bdf' use nde.Direct(), nde.Forward() or "
+                "nde.Quadrature().)"
             )
         if self.jacobian == "sparse":
             raise ValueError(
@@ -601,7 +624,8 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         new_state = _State(
             d=d_new, order=new_order, h=h, n_equal=n_equal_new, valid=jnp.array(True), **kept
         )
-        dense_info = dict(d=jnp.stack(d_new), order=order)
+        # (the order as a float: diffrax pads dense-output buffers with inf)
+        dense_info = dict(d=jnp.stack(d_new), order=order.astype(dtype))
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):

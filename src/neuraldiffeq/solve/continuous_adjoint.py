@@ -13,10 +13,19 @@ every model reaches them through the same `diffeqsolve(..., adjoint=sensitivity)
   reading y(t) from the dense output instead of re-solving the state backwards (so it is stable
   where backsolve drifts);
 - quadrature (SciML's `QuadratureAdjoint`): the backward pass integrates only a(t) with dense
-  output, then g = ∫ aᵀ ∂f/∂θ dt by composite Gauss–Legendre quadrature, all nodes at once.
+  output, then g = ∫ aᵀ ∂f/∂θ dt by composite Gauss–Legendre quadrature, on uniform pieces (all
+  nodes at once) or on the steps of the forward and backward solves (`"steps"`: the pieces
+  follow the solution's time scales, which a stiff problem's span many decades of).
 
 The backward solves reuse the forward solve's solver, step-size controller, dt0 and max_steps,
-as passed to `loop` by `diffeqsolve`: no step-size rule is built here. Times inside `loop` are
+as passed to `loop` by `diffeqsolve`: no step-size rule is built here. The adjoint equation of
+a stiff problem is stiff too, and its Jacobian is -Jᵀ: `BDF` (`solver="bdf"`) solves it with
+the same implicit machinery and linear solve, with its sparsity pattern transposed
+(`BDF.for_adjoint`); the state it steps is the adjoint a alone, of shape (n,), which is why
+`BDF` takes `Quadrature` (and not `Interpolating`, whose backward state also holds the
+parameter gradient).
+
+Times inside `loop` are
 diffrax's internal ones (already multiplied by the direction), and the terms are diffrax's
 wrapped terms, so `vf_prod(t, y, args, contr(t, t + 1))` is dy/dt in those internal times.
 """
@@ -32,6 +41,11 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .._compat import saved_states
+from .bdf import BDF
+
+#: Quadrature's uniform pieces per interval between saved times, unless it is told otherwise
+#: (with `BDF`: "steps").
+DEFAULT_SUBINTERVALS = 8
 
 # -- pieces of diffrax's loop protocol ----------------------------------------------------------
 
@@ -203,8 +217,8 @@ def _run_dense(diff, init_state, kw):
             init_state,
             (
                 jnp.full(max_steps + 1, jnp.inf, dtype),
-                jax.tree_util.tree_map(
-                    lambda x: jnp.full((max_steps, *x.shape), jnp.inf, x.dtype), info
+                jax.tree_util.tree_map(  # (integer entries, e.g. BDF's order: zeros)
+                    lambda x: jnp.full((max_steps, *x.shape), _padding(x.dtype), x.dtype), info
                 ),
                 0,
             ),
@@ -234,6 +248,10 @@ def _run_dense(diff, init_state, kw):
     return (final_state, aux), interpolation
 
 
+def _padding(dtype):
+    return jnp.inf if jnp.issubdtype(dtype, jnp.inexact) else 0
+
+
 def _vf(terms, t, y, args):
     """dy/dt in diffrax's internal time."""
     return terms.vf_prod(t, y, args, terms.contr(t, t + 1))
@@ -257,9 +275,12 @@ def _tree_neg(x):
 def _backward_solve(kw, term, t_hi, t_lo, state, saveat):
     """Solve `term` from t_hi back to t_lo with the forward solve's own solver and controller."""
     dt0 = kw["dt0"]
+    solver = kw["solver"]
+    if isinstance(solver, BDF):  # the adjoint's Jacobian is -Jᵀ: the transposed pattern
+        solver = solver.for_adjoint()
     return diffrax.diffeqsolve(
         term,
-        kw["solver"],
+        solver,
         t_hi,
         t_lo,
         None if dt0 is None else -dt0,
@@ -290,6 +311,8 @@ def dense_loop(
         raise ValueError(f"sensitivity={label}() keeps the dense output: max_steps must be set.")
     if _is_sde(terms):  # the models refuse this pair earlier
         raise NotImplementedError(f"sensitivity={label}() is for ODEs, not SDEs.")
+    if name != "interpolating" and name[0] is None:  # Quadrature's default pieces
+        name = ("steps" if isinstance(kw["solver"], BDF) else DEFAULT_SUBINTERVALS, name[1])
     y, init_state = _split_y(_stop_state_gradients(init_state))
     out = _dense(((y, args, terms),), name=name, init_state=init_state, kw=kw)
     return _only_ys_differentiable(out)
@@ -370,19 +393,48 @@ def _quadrature_interval(kw, interpolation, params, subintervals, order):
         a, g, ok = carry
         a = _tree_add(a, grad_y)
         sol = _backward_solve(kw, term, t_hi, t_lo, a, diffrax.SaveAt(t1=True, dense=True))
-        # composite Gauss–Legendre on [t_lo, t_hi]: g += ∫ aᵀ ∂f/∂θ dt
-        edges = jnp.linspace(t_lo, t_hi, subintervals + 1)
-        mid, half = (edges[1:] + edges[:-1]) / 2, (edges[1:] - edges[:-1]) / 2
-        nodes = (mid[:, None] + half[:, None] * unit_nodes[None, :]).ravel()
-        weights = (half[:, None] * unit_weights[None, :]).ravel()
 
         def integrand(t):
             return _field_vjp(params, t, interpolation.evaluate(t), sol.evaluate(t))[1]
 
-        values = jax.vmap(integrand)(nodes)
-        increment = jax.tree_util.tree_map(lambda v: jnp.tensordot(weights, v, axes=1), values)
+        # composite Gauss–Legendre on [t_lo, t_hi]: g += ∫ aᵀ ∂f/∂θ dt
+        if subintervals == "steps":
+            backward = sol.interpolation
+            edges = (interpolation.ts, backward.direction * backward.ts)
+            increment = _over_pieces(integrand, t_lo, t_hi, edges, unit_nodes, unit_weights)
+        else:
+            edges = jnp.linspace(t_lo, t_hi, subintervals + 1)
+            mid, half = (edges[1:] + edges[:-1]) / 2, (edges[1:] - edges[:-1]) / 2
+            nodes = (mid[:, None] + half[:, None] * unit_nodes[None, :]).ravel()
+            weights = (half[:, None] * unit_weights[None, :]).ravel()
+            values = jax.vmap(integrand)(nodes)
+            increment = jax.tree_util.tree_map(lambda v: jnp.tensordot(weights, v, axes=1), values)
         a_lo = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
         ok = ok & (sol.result == diffrax.RESULTS.successful)
         return (a_lo, _tree_add(g, increment), ok), None
 
     return step
+
+
+def _over_pieces(integrand, t_lo, t_hi, step_edges, unit_nodes, unit_weights):
+    """∫ integrand over [t_lo, t_hi] by Gauss–Legendre on each piece between consecutive times
+    of `step_edges` (arrays of step ends, padded with ±inf, as in a dense interpolation), the
+    pieces in a loop: as many as the steps, not a fixed number."""
+    dtype = jnp.result_type(t_lo)
+    times = [jnp.stack([t_lo, t_hi])]
+    times += [jnp.where(jnp.isfinite(e), e, t_hi).astype(dtype) for e in step_edges]
+    edges = jnp.sort(jnp.clip(jnp.concatenate(times), t_lo, t_hi))
+    count = jnp.sum(edges < t_hi)  # edges[count] = t_hi
+    nodes, weights = jnp.asarray(unit_nodes, dtype), jnp.asarray(unit_weights, dtype)
+
+    def piece(k, g):
+        lo, hi = edges[k], edges[k + 1]
+        half = (hi - lo) / 2
+        values = jax.vmap(integrand)((hi + lo) / 2 + half * nodes)
+        return _tree_add(
+            g, jax.tree_util.tree_map(lambda v: half * jnp.tensordot(weights, v, axes=1), values)
+        )
+
+    zeros = eqx.filter_eval_shape(integrand, t_lo)
+    zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
+    return jax.lax.fori_loop(0, count, piece, zeros)
