@@ -161,7 +161,7 @@ class BDFInterpolation(diffrax.AbstractLocalInterpolation):
 
     t0: Any
     t1: Any
-    d: jax.Array  # (MAX_ORDER + 3, n): the differences after the step
+    d: jax.Array  # (MAX_ORDER + 1, n): the differences after the step (rows beyond: unused)
     order: jax.Array
 
     def evaluate(self, t0, t1=None, left: bool = True):
@@ -624,8 +624,9 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         new_state = _State(
             d=d_new, order=new_order, h=h, n_equal=n_equal_new, valid=jnp.array(True), **kept
         )
-        # (the order as a float: diffrax pads dense-output buffers with inf)
-        dense_info = dict(d=jnp.stack(d_new), order=order.astype(dtype))
+        # (only the rows the interpolation reads: the dense output of a long solve is kept by
+        # Quadrature; the order as a float: diffrax pads dense-output buffers with inf)
+        dense_info = dict(d=jnp.stack(d_new[: MAX_ORDER + 1]), order=order.astype(dtype))
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):
