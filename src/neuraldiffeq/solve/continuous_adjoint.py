@@ -272,12 +272,35 @@ def _tree_neg(x):
     return jax.tree_util.tree_map(jnp.negative, x)
 
 
-def _backward_solve(kw, term, t_hi, t_lo, state, saveat):
+def _backward_settings(kw, tolerances=(None, None)):
+    """The backward solve's solver and step-size controller: the forward solve's, with the
+    adjoint's own (rtol, atol) where given (None: the forward's); BDF with its pattern
+    transposed (the adjoint's Jacobian is -Jᵀ)."""
+    solver, controller = kw["solver"], kw["stepsize_controller"]
+    rtol, atol = tolerances
+    if rtol is not None or atol is not None:
+        if not isinstance(controller, diffrax.PIDController):
+            raise ValueError(
+                "Quadrature(rtol=..., atol=...) sets the adjoint solve's tolerances on the "
+                f"forward solve's PIDController; this solve's controller is "
+                f"{type(controller).__name__}: leave them out."
+            )
+        rtol = controller.rtol if rtol is None else rtol
+        atol = controller.atol if atol is None else atol
+        controller = eqx.tree_at(lambda c: (c.rtol, c.atol), controller, (rtol, atol))
+        if isinstance(solver, diffrax.AbstractImplicitSolver):  # its Newton tolerances
+            solver = eqx.tree_at(
+                lambda s: (s.root_finder.rtol, s.root_finder.atol), solver, (rtol, atol)
+            )
+    if isinstance(solver, BDF):
+        solver = solver.for_adjoint()
+    return solver, controller
+
+
+def _backward_solve(kw, term, t_hi, t_lo, state, saveat, tolerances=(None, None)):
     """Solve `term` from t_hi back to t_lo with the forward solve's own solver and controller."""
     dt0 = kw["dt0"]
-    solver = kw["solver"]
-    if isinstance(solver, BDF):  # the adjoint's Jacobian is -Jᵀ: the transposed pattern
-        solver = solver.for_adjoint()
+    solver, controller = _backward_settings(kw, tolerances)
     return diffrax.diffeqsolve(
         term,
         solver,
@@ -286,7 +309,7 @@ def _backward_solve(kw, term, t_hi, t_lo, state, saveat):
         None if dt0 is None else -dt0,
         state,
         saveat=saveat,
-        stepsize_controller=kw["stepsize_controller"],
+        stepsize_controller=controller,
         max_steps=kw["max_steps"],
         throw=False,
     )
@@ -312,7 +335,7 @@ def dense_loop(
     if _is_sde(terms):  # the models refuse this pair earlier
         raise NotImplementedError(f"sensitivity={label}() is for ODEs, not SDEs.")
     if name != "interpolating" and name[0] is None:  # Quadrature's default pieces
-        name = ("steps" if isinstance(kw["solver"], BDF) else DEFAULT_SUBINTERVALS, name[1])
+        name = ("steps" if isinstance(kw["solver"], BDF) else DEFAULT_SUBINTERVALS, *name[1:])
     y, init_state = _split_y(_stop_state_gradients(init_state))
     out = _dense(((y, args, terms),), name=name, init_state=init_state, kw=kw)
     return _only_ys_differentiable(out)
@@ -381,37 +404,109 @@ def _interpolating_interval(kw, interpolation, params):
     return step
 
 
-def _quadrature_interval(kw, interpolation, params, subintervals, order):
+def _quadrature_interval(kw, interpolation, params, subintervals, order, *tolerances):
     unit_nodes, unit_weights = np.polynomial.legendre.leggauss(order)  # on [-1, 1]
 
     def adjoint_only(t, a, _):
         return _tree_neg(_field_vjp(params, t, interpolation.evaluate(t), a)[0])
 
+    if subintervals == "steps":
+        return _steps_interval(
+            kw, interpolation, params, adjoint_only, unit_nodes, unit_weights, tolerances
+        )
     term = diffrax.ODETerm(adjoint_only)
 
     def step(carry, t_hi, t_lo, grad_y):
         a, g, ok = carry
         a = _tree_add(a, grad_y)
-        sol = _backward_solve(kw, term, t_hi, t_lo, a, diffrax.SaveAt(t1=True, dense=True))
+        sol = _backward_solve(
+            kw, term, t_hi, t_lo, a, diffrax.SaveAt(t1=True, dense=True), tolerances
+        )
+        # composite Gauss–Legendre on [t_lo, t_hi]: g += ∫ aᵀ ∂f/∂θ dt
+        edges = jnp.linspace(t_lo, t_hi, subintervals + 1)
+        mid, half = (edges[1:] + edges[:-1]) / 2, (edges[1:] - edges[:-1]) / 2
+        nodes = (mid[:, None] + half[:, None] * unit_nodes[None, :]).ravel()
+        weights = (half[:, None] * unit_weights[None, :]).ravel()
 
         def integrand(t):
             return _field_vjp(params, t, interpolation.evaluate(t), sol.evaluate(t))[1]
 
-        # composite Gauss–Legendre on [t_lo, t_hi]: g += ∫ aᵀ ∂f/∂θ dt
-        if subintervals == "steps":
-            backward = sol.interpolation
-            edges = (interpolation.ts, backward.direction * backward.ts)
-            increment = _over_pieces(integrand, t_lo, t_hi, edges, unit_nodes, unit_weights)
-        else:
-            edges = jnp.linspace(t_lo, t_hi, subintervals + 1)
-            mid, half = (edges[1:] + edges[:-1]) / 2, (edges[1:] - edges[:-1]) / 2
-            nodes = (mid[:, None] + half[:, None] * unit_nodes[None, :]).ravel()
-            weights = (half[:, None] * unit_weights[None, :]).ravel()
-            values = jax.vmap(integrand)(nodes)
-            increment = jax.tree_util.tree_map(lambda v: jnp.tensordot(weights, v, axes=1), values)
+        values = jax.vmap(integrand)(nodes)
+        increment = jax.tree_util.tree_map(lambda v: jnp.tensordot(weights, v, axes=1), values)
         a_lo = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
         ok = ok & (sol.result == diffrax.RESULTS.successful)
         return (a_lo, _tree_add(g, increment), ok), None
+
+    return step
+
+
+def _steps_interval(kw, interpolation, params, adjoint_only, unit_nodes, unit_weights, tolerances):
+    """Quadrature on the solves' steps, the adjoint solved in two halves, each in a time
+    s = |t - its end| measured from the end of the interval it starts at.
+
+    Why the halves: the cotangent a saved value injects at t_hi excites the adjoint's fast
+    modes, a transient far shorter than the interval (1e-4 on Robertson, whose benchmark ends
+    at t = 1e10, where float64 times are 2e-6 apart). Solved in t, the steps that transient
+    needs would be below the spacing of the times themselves; solved in s = t_hi - t it starts
+    at s = 0, where they are not. The second half (t_mid down to t_lo, in s = t - t_lo) keeps
+    the same resolution at t_lo, where the forward solve had its own transient. Both halves are
+    one `diffeqsolve` (a scan over (origin, sign) with t = origin + sign·s)."""
+
+    def in_s(s, a, frame):
+        origin, sign = frame
+        return jax.tree_util.tree_map(lambda v: sign * v, adjoint_only(origin + sign * s, a, None))
+
+    term = diffrax.ODETerm(in_s)
+    solver, inner = _backward_settings(kw, tolerances)
+
+    def step(carry, t_hi, t_lo, grad_y):
+        a, g, ok = carry
+        a = _tree_add(a, grad_y)
+        t_mid = t_lo + (t_hi - t_lo) / 2
+        one = jnp.ones_like(t_hi)
+        # (origin, sign, s where the half starts, s where it ends)
+        frames = jnp.stack([
+            jnp.stack([t_hi, -one, 0 * one, t_hi - t_mid]),
+            jnp.stack([t_lo, one, t_mid - t_lo, 0 * one]),
+        ])  # fmt: skip
+
+        def half(c, frame):
+            a, g, ok = c
+            origin, sign, s_start, s_end = frame
+            dt0 = kw["dt0"]
+            # the forward solve's step ends in s: the backward solve steps to each of them, so
+            # no step jumps over a change of y(t) (a transient) that its own error estimate,
+            # sampling the field at its step ends only, would not see
+            forward_ends = sign * (interpolation.ts - origin)
+            forward_ends = jnp.where(jnp.isfinite(forward_ends), forward_ends, jnp.inf)
+            controller = diffrax.ClipStepSizeController(inner, step_ts=forward_ends)
+            sol = diffrax.diffeqsolve(
+                term,
+                solver,
+                s_start,
+                s_end,
+                None if dt0 is None else jnp.where(s_end > s_start, 1, -1) * jnp.abs(dt0),
+                a,
+                args=(origin, sign),
+                saveat=diffrax.SaveAt(t1=True, dense=True),
+                stepsize_controller=controller,
+                max_steps=kw["max_steps"],
+                throw=False,
+            )
+
+            def integrand(s):
+                t = origin + sign * s
+                return _field_vjp(params, t, interpolation.evaluate(t), sol.evaluate(s))[1]
+
+            backward = sol.interpolation
+            edges = (forward_ends, backward.direction * backward.ts)
+            s_lo, s_hi = jnp.minimum(s_start, s_end), jnp.maximum(s_start, s_end)
+            increment = _over_pieces(integrand, s_lo, s_hi, edges, unit_nodes, unit_weights)
+            a_end = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
+            ok = ok & (sol.result == diffrax.RESULTS.successful)
+            return (a_end, _tree_add(g, increment), ok), None
+
+        return jax.lax.scan(half, (a, g, ok), frames)
 
     return step
 

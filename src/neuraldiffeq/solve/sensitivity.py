@@ -147,6 +147,10 @@ class Quadrature(AbstractSensitivity):
     With `solver="bdf"` the adjoint equation (stiff as the problem is) is solved by BDF too,
     with the forward solve's Jacobian pattern transposed and its linear solve.
 
+    `rtol`, `atol`: the adjoint solve's tolerances (None: the forward solve's). The adjoint a
+    is in units of dL/dy, not of y: an `atol` chosen for small concentrations can be far below
+    what the adjoint needs and make its solve take many more steps (or reach `max_steps`).
+
     Example:
         >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
         >>> model = nde.NeuralODE(lambda t, y, a: a * y, rtol=1e-6, sensitivity=nde.Quadrature())
@@ -157,6 +161,8 @@ class Quadrature(AbstractSensitivity):
 
     subintervals: int | str | None = eqx.field(default=None, static=True)
     order: int = eqx.field(default=5, static=True)
+    rtol: float | None = None
+    atol: float | None = None
 
     def __check_init__(self):
         pieces = self.subintervals
@@ -171,7 +177,7 @@ class Quadrature(AbstractSensitivity):
             )
 
     def loop(self, **kwargs: Any) -> Any:
-        return _ca.dense_loop((self.subintervals, self.order), **kwargs)
+        return _ca.dense_loop((self.subintervals, self.order, self.rtol, self.atol), **kwargs)
 
 
 SENSITIVITIES = {
