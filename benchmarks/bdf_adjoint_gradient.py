@@ -2,8 +2,9 @@
 forward mode (`nde.Forward`) on Robertson × ngroups: cost in forward solves, agreement, memory.
 
 The problem of `benchmarks/robertson_ngroups.py` (pydiffsol's: Robertson's kinetics duplicated
-`ngroups` times, t_final = 1e10, float64) at its gradient tolerances (rtol 1e-10, atol 1e-14),
-the block pattern given, the linear solve by size (SuperLU above 200 states). L = Σ x_final +
+`ngroups` times, t_final = 1e10, float64) at its gradient tolerances (rtol 1e-10, atol 1e-14;
+others by `--rtol`, `--atol`), the block pattern given, the linear solve by size (SuperLU
+above 200 states). L = Σ x_final +
 1e4·Σ y_final, differentiated with respect to log(k1, k2, k3). For each ngroups and
 sensitivity: the median seconds (wall and CPU) of one compiled loss-and-gradient after a
 warm-up, over the median seconds of one compiled forward solve (no derivatives); the largest
@@ -16,6 +17,8 @@ share is the difference. Quadrature keeps the forward solve's dense output: its 
 `max_steps` steps of 6 state-sized vectors, so `--max-steps` sets its memory.
 
     taskset -c 1 python benchmarks/bdf_adjoint_gradient.py --ngroups 10 1000 --repeats 3
+    taskset -c 1 python benchmarks/bdf_adjoint_gradient.py --rtol 1e-8 --atol 1e-8 \
+        --adjoint-atol 1e-8
     taskset -c 1 python benchmarks/bdf_adjoint_gradient.py --ngroups 1000 --memory
 """
 
@@ -131,6 +134,8 @@ def main() -> None:
                         choices=SENSITIVITIES)  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-steps", type=int, default=4096)
+    parser.add_argument("--rtol", type=float, default=rn.GRAD_RTOL)
+    parser.add_argument("--atol", type=float, default=rn.GRAD_ATOL)
     parser.add_argument("--adjoint-atol", type=float, default=1e-10,
                         help="Quadrature(atol=...): the adjoint solve's atol (it is in units of "
                         "dL/dy, O(1) to 1e4 here; the forward's 1e-14 stalls it)")  # fmt: skip
@@ -142,11 +147,13 @@ def main() -> None:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    rn.GRAD_RTOL, rn.GRAD_ATOL = args.rtol, args.atol  # (the problem reads them there)
     if args.child is not None:
         memory_child(int(args.child[0]), args.child[1], args.max_steps, args.adjoint_atol)
         return
     print(f"Robertson x ngroups, t_final = {rn.T_FINAL:g}, rtol = {rn.GRAD_RTOL:g}, atol = "
-          f"{rn.GRAD_ATOL:g} (Quadrature's adjoint solve: atol {args.adjoint_atol:g}), float64, BDF "
+          f"{rn.GRAD_ATOL:g} (Quadrature's adjoint solve: atol {args.adjoint_atol:g}), float64, "
+          "BDF "
           f"with the block pattern, max_steps = {args.max_steps}; "
           f"median of {args.repeats} runs after a warm-up. Shared machine: compare the CPU-time "
           "ratios, not absolute times.")  # fmt: skip
@@ -156,7 +163,8 @@ def main() -> None:
                 if name == "forward" and ng > args.forward_max:
                     continue
                 command = [sys.executable, __file__, "--child", str(ng), name, "--max-steps",
-                           str(args.max_steps), "--adjoint-atol", str(args.adjoint_atol)]  # fmt: skip
+                           str(args.max_steps), "--adjoint-atol", str(args.adjoint_atol),
+                           "--rtol", str(args.rtol), "--atol", str(args.atol)]  # fmt: skip
                 out = subprocess.run(command, capture_output=True, text=True, check=True)
                 print(out.stdout.strip().splitlines()[-1], flush=True)
         else:
