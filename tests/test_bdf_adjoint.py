@@ -146,13 +146,14 @@ def test_bdf_refuses_backsolve_and_interpolating_naming_the_sensitivities_it_tak
     assert model.config.sensitivity == nde.Quadrature()
     # "auto" still picks the discrete adjoint
     assert isinstance(nde.NeuralODE(field, solver="bdf").config.sensitivity, nde.Direct)
+    with pytest.raises(ValueError, match="subintervals"):
+        nde.Quadrature(subintervals="adaptive")
 
 
+@pytest.mark.long
 def test_quadrature_on_the_steps_of_an_explicit_solve_matches_the_analytic_gradient():
     # subintervals="steps" is not BDF's alone: d/da of y(2) = e^(2a) at a = -1 is 2e^-2
     model = nde.NeuralODE(lambda t, y, a: a * y, solver="tsit5", rtol=1e-8, atol=1e-10,
                           sensitivity=nde.Quadrature(subintervals="steps"))  # fmt: skip
     grad = jax.grad(lambda a: model(jnp.array([0.0, 2.0]), jnp.ones(1), a)[-1, 0])(-1.0)
     np.testing.assert_allclose(grad, 2 * np.exp(-2.0), rtol=1e-7)
-    with pytest.raises(ValueError, match="subintervals"):
-        nde.Quadrature(subintervals="adaptive")
