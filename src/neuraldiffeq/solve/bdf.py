@@ -16,7 +16,8 @@ D[j] ≈ h^j·y^(j)/j! scaled for the current step h); a step of order k
   the order that allows the largest next step (at most `MAX_ORDER`).
 
 Everything else is diffrax's: `diffeqsolve`'s loop, `SaveAt`, the discrete adjoint
-(`nde.Direct`), forward mode (`nde.Forward`). The step size is the solver's own choice passed
+(`nde.Direct`), forward mode (`nde.Forward`); the continuous adjoint `nde.Quadrature` solves the
+adjoint equation with this solver too (`BDF.for_adjoint`: the Jacobian pattern transposed). The step size is the solver's own choice passed
 through diffrax's `PIDController`: the solver reports as its error the scaled norm that makes
 the controller (an integral controller with `error_order` 1) pick exactly the step factor the
 method wants (held at 1 for k+1 steps after a change, as BDF needs; 0.5 after a failed Newton
