@@ -136,7 +136,9 @@ def test_a_continuous_adjoint_through_diffrax_is_refused_with_the_sensitivities_
         )  # fmt: skip
         return sol.ys[-1, 0]
 
-    with pytest.raises(ValueError, match="use nde.Direct\\(\\) or nde.Forward\\(\\)"):
+    with pytest.raises(
+        ValueError, match="use nde.Direct\\(\\), nde.Forward\\(\\) or nde.Quadrature"
+    ):
         jax.grad(final)(jnp.array(ROBER_RATES))
 
 
@@ -169,9 +171,10 @@ def test_kept_jacobian_solves_like_a_fresh_one_and_is_kept():
     assert fresh.solver_state.jac_age is None
 
 
-def test_bdf_refuses_the_continuous_adjoints_when_the_model_is_built():
+def test_bdf_refuses_backsolve_and_interpolating_when_the_model_is_built():
+    # (its continuous adjoint, Quadrature: tests/test_bdf_adjoint.py)
     field = lambda t, y, args: -y  # noqa: E731
-    for sensitivity in (nde.Backsolve(), nde.Interpolating(), nde.Quadrature()):
+    for sensitivity in (nde.Backsolve(), nde.Interpolating()):
         with pytest.raises(ValueError, match="cannot honour.*nde.Direct\\(\\), nde.Forward\\(\\)"):
             nde.NeuralODE(field, solver="bdf", sensitivity=sensitivity)
     # "auto" picks one it can honour, whatever the parameter count would suggest

@@ -16,7 +16,8 @@ D[j] ≈ h^j·y^(j)/j! scaled for the current step h); a step of order k
   the order that allows the largest next step (at most `MAX_ORDER`).
 
 Everything else is diffrax's: `diffeqsolve`'s loop, `SaveAt`, the discrete adjoint
-(`nde.Direct`), forward mode (`nde.Forward`). The step size is the solver's own choice passed
+(`nde.Direct`), forward mode (`nde.Forward`); the continuous adjoint `nde.Quadrature` solves the
+adjoint equation with this solver too (`BDF.for_adjoint`: the Jacobian pattern transposed). The step size is the solver's own choice passed
 through diffrax's `PIDController`: the solver reports as its error the scaled norm that makes
 the controller (an integral controller with `error_order` 1) pick exactly the step factor the
 method wants (held at 1 for k+1 steps after a change, as BDF needs; 0.5 after a failed Newton
@@ -155,7 +156,7 @@ class BDFInterpolation(diffrax.AbstractLocalInterpolation):
 
     t0: Any
     t1: Any
-    d: jax.Array  # (MAX_ORDER + 3, n): the differences after the step
+    d: jax.Array  # (MAX_ORDER + 1, n): the differences after the step (rows beyond: unused)
     order: jax.Array
 
     def evaluate(self, t0, t1=None, left: bool = True):
@@ -281,6 +282,28 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
     def _pattern(self) -> SparsityPattern | None:
         return self.jacobian if isinstance(self.jacobian, SparsityPattern) else None
 
+    def for_adjoint(self) -> BDF:
+        """This solver for the adjoint equation da/dt = -Jᵀa of a continuous adjoint
+        (`nde.Quadrature`): the same linear solve and settings, with the transposed
+        sparsity pattern (and its own colouring) where a pattern is given.
+
+        Example:
+            >>> from neuraldiffeq.solve.bdf import BDF
+            >>> from neuraldiffeq.solve.jacobian import SparsityPattern
+            >>> solver = BDF(jacobian=SparsityPattern([0, 0], [1, 2], 3), linear_solve="sparse")
+            >>> solver.jacobian.n_colours, solver.for_adjoint().jacobian.n_colours
+            (3, 2)
+        """
+        pattern = self._pattern()
+        if pattern is None:
+            return self
+        return BDF(
+            root_finder=self.root_finder,
+            jacobian=pattern.transposed(),
+            linear_solve=self.linear_solve,
+            reuse_jacobian=self.reuse_jacobian,
+        )
+
     def _linear(self, n: int) -> str:
         if self.linear_solve == "auto":
             return choose_linear_solve(n, self._pattern())
@@ -291,8 +314,9 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             raise ValueError(
                 "BDF solves states of shape (n,), got "
                 + (f"shape {jnp.shape(y0)}" if isinstance(y0, jax.Array) else "a pytree")
-                + ". (The continuous adjoints, e.g. nde.Backsolve(), solve a pytree of state, "
-                "adjoint and parameters: with solver='bdf' use nde.Direct() or nde.Forward().)"
+                + ". (nde.Backsolve() and nde.Interpolating() solve a pytree of state, adjoint "
+                "and parameters backwards: with solver='bdf' use nde.Direct(), nde.Forward() or "
+                "nde.Quadrature().)"
             )
         if self.jacobian == "sparse":
             raise ValueError(
@@ -595,7 +619,9 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         new_state = _State(
             d=d_new, order=new_order, h=h, n_equal=n_equal_new, valid=jnp.array(True), **kept
         )
-        dense_info = dict(d=jnp.stack(d_new), order=order)
+        # (only the rows the interpolation reads: the dense output of a long solve is kept by
+        # Quadrature; the order as a float: diffrax pads dense-output buffers with inf)
+        dense_info = dict(d=jnp.stack(d_new[: MAX_ORDER + 1]), order=order.astype(dtype))
         return y1, y_error, dense_info, new_state, diffrax.RESULTS.successful
 
     def func(self, terms, t0, y0, args):

@@ -70,7 +70,7 @@ from .._checks import as_array, check_positive, is_concrete
 from .bdf import BDF
 from .errors import SolveError, failure_message, reason_of, step_counts
 from .names import ODE_SOLVERS, SDE_SOLVERS, resolve_solver
-from .sensitivity import AbstractSensitivity, Direct, Forward, resolve_sensitivity
+from .sensitivity import AbstractSensitivity, Direct, Forward, Quadrature, resolve_sensitivity
 from .stiffness import estimate_stiffness
 from .structure import as_jacobian, needs_detection, resolve_pattern, with_structure
 
@@ -401,12 +401,19 @@ class SolveConfig(eqx.Module):
         """  # noqa: E501
         sensitivity = self.sensitivity
         if isinstance(self.solver, BDF):
-            # BDF steps a state of shape (n,); a continuous adjoint solves a pytree of state,
-            # adjoint and parameters backwards, which it cannot
-            accepts = [c for c in (accepts or (Direct, Forward)) if c in (Direct, Forward)]
-            hint = "BDF has no continuous adjoint" + (f"; {hint}" if hint else "")
-            if isinstance(sensitivity, str):
-                sensitivity = accepts[0]()
+            # BDF steps a state of shape (n,): Quadrature's backward state is the adjoint alone
+            # (its Jacobian -Jᵀ, solved by BDF with the pattern transposed); Interpolating's
+            # also holds the parameter gradient, and Backsolve re-solves the state backwards,
+            # unstable where the problem is stiff (its decaying modes grow backwards)
+            bdf_ok = (Direct, Forward, Quadrature)
+            accepts = [c for c in (accepts or bdf_ok) if c in bdf_ok]
+            hint = (
+                "with solver='bdf', Backsolve re-solves the stiff state backwards (unstable) "
+                "and Interpolating's backward state holds the parameter gradient, which BDF's "
+                "(n,) state cannot"
+            ) + (f"; {hint}" if hint else "")
+            if isinstance(sensitivity, str):  # "auto": as before, a discrete or forward one
+                sensitivity = [c for c in accepts if c in (Direct, Forward)][0]()
         if isinstance(sensitivity, str):
             sensitivity = auto()
         if accepts is not None and not isinstance(sensitivity, tuple(accepts)):

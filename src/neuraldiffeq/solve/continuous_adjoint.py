@@ -13,10 +13,19 @@ every model reaches them through the same `diffeqsolve(..., adjoint=sensitivity)
   reading y(t) from the dense output instead of re-solving the state backwards (so it is stable
   where backsolve drifts);
 - quadrature (SciML's `QuadratureAdjoint`): the backward pass integrates only a(t) with dense
-  output, then g = ∫ aᵀ ∂f/∂θ dt by composite Gauss–Legendre quadrature, all nodes at once.
+  output, then g = ∫ aᵀ ∂f/∂θ dt by composite Gauss–Legendre quadrature, on uniform pieces (all
+  nodes at once) or on the steps of the forward and backward solves (`"steps"`: the pieces
+  follow the solution's time scales, which a stiff problem's span many decades of).
 
 The backward solves reuse the forward solve's solver, step-size controller, dt0 and max_steps,
-as passed to `loop` by `diffeqsolve`: no step-size rule is built here. Times inside `loop` are
+as passed to `loop` by `diffeqsolve`: no step-size rule is built here. The adjoint equation of
+a stiff problem is stiff too, and its Jacobian is -Jᵀ: `BDF` (`solver="bdf"`) solves it with
+the same implicit machinery and linear solve, with its sparsity pattern transposed
+(`BDF.for_adjoint`); the state it steps is the adjoint a alone, of shape (n,), which is why
+`BDF` takes `Quadrature` (and not `Interpolating`, whose backward state also holds the
+parameter gradient).
+
+Times inside `loop` are
 diffrax's internal ones (already multiplied by the direction), and the terms are diffrax's
 wrapped terms, so `vf_prod(t, y, args, contr(t, t + 1))` is dy/dt in those internal times.
 """
@@ -32,6 +41,11 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .._compat import saved_states
+from .bdf import BDF
+
+#: Quadrature's uniform pieces per interval between saved times, unless it is told otherwise
+#: (with `BDF`: "steps").
+DEFAULT_SUBINTERVALS = 8
 
 # -- pieces of diffrax's loop protocol ----------------------------------------------------------
 
@@ -203,8 +217,8 @@ def _run_dense(diff, init_state, kw):
             init_state,
             (
                 jnp.full(max_steps + 1, jnp.inf, dtype),
-                jax.tree_util.tree_map(
-                    lambda x: jnp.full((max_steps, *x.shape), jnp.inf, x.dtype), info
+                jax.tree_util.tree_map(  # (integer entries, e.g. BDF's order: zeros)
+                    lambda x: jnp.full((max_steps, *x.shape), _padding(x.dtype), x.dtype), info
                 ),
                 0,
             ),
@@ -234,6 +248,10 @@ def _run_dense(diff, init_state, kw):
     return (final_state, aux), interpolation
 
 
+def _padding(dtype):
+    return jnp.inf if jnp.issubdtype(dtype, jnp.inexact) else 0
+
+
 def _vf(terms, t, y, args):
     """dy/dt in diffrax's internal time."""
     return terms.vf_prod(t, y, args, terms.contr(t, t + 1))
@@ -254,18 +272,44 @@ def _tree_neg(x):
     return jax.tree_util.tree_map(jnp.negative, x)
 
 
-def _backward_solve(kw, term, t_hi, t_lo, state, saveat):
+def _backward_settings(kw, tolerances=(None, None)):
+    """The backward solve's solver and step-size controller: the forward solve's, with the
+    adjoint's own (rtol, atol) where given (None: the forward's); BDF with its pattern
+    transposed (the adjoint's Jacobian is -Jᵀ)."""
+    solver, controller = kw["solver"], kw["stepsize_controller"]
+    rtol, atol = tolerances
+    if rtol is not None or atol is not None:
+        if not isinstance(controller, diffrax.PIDController):
+            raise ValueError(
+                "Quadrature(rtol=..., atol=...) sets the adjoint solve's tolerances on the "
+                f"forward solve's PIDController; this solve's controller is "
+                f"{type(controller).__name__}: leave them out."
+            )
+        rtol = controller.rtol if rtol is None else rtol
+        atol = controller.atol if atol is None else atol
+        controller = eqx.tree_at(lambda c: (c.rtol, c.atol), controller, (rtol, atol))
+        if isinstance(solver, diffrax.AbstractImplicitSolver):  # its Newton tolerances
+            solver = eqx.tree_at(
+                lambda s: (s.root_finder.rtol, s.root_finder.atol), solver, (rtol, atol)
+            )
+    if isinstance(solver, BDF):
+        solver = solver.for_adjoint()
+    return solver, controller
+
+
+def _backward_solve(kw, term, t_hi, t_lo, state, saveat, tolerances=(None, None)):
     """Solve `term` from t_hi back to t_lo with the forward solve's own solver and controller."""
     dt0 = kw["dt0"]
+    solver, controller = _backward_settings(kw, tolerances)
     return diffrax.diffeqsolve(
         term,
-        kw["solver"],
+        solver,
         t_hi,
         t_lo,
         None if dt0 is None else -dt0,
         state,
         saveat=saveat,
-        stepsize_controller=kw["stepsize_controller"],
+        stepsize_controller=controller,
         max_steps=kw["max_steps"],
         throw=False,
     )
@@ -290,6 +334,8 @@ def dense_loop(
         raise ValueError(f"sensitivity={label}() keeps the dense output: max_steps must be set.")
     if _is_sde(terms):  # the models refuse this pair earlier
         raise NotImplementedError(f"sensitivity={label}() is for ODEs, not SDEs.")
+    if name != "interpolating" and name[0] is None:  # Quadrature's default pieces
+        name = ("steps" if isinstance(kw["solver"], BDF) else DEFAULT_SUBINTERVALS, *name[1:])
     y, init_state = _split_y(_stop_state_gradients(init_state))
     out = _dense(((y, args, terms),), name=name, init_state=init_state, kw=kw)
     return _only_ys_differentiable(out)
@@ -358,18 +404,24 @@ def _interpolating_interval(kw, interpolation, params):
     return step
 
 
-def _quadrature_interval(kw, interpolation, params, subintervals, order):
+def _quadrature_interval(kw, interpolation, params, subintervals, order, *tolerances):
     unit_nodes, unit_weights = np.polynomial.legendre.leggauss(order)  # on [-1, 1]
 
     def adjoint_only(t, a, _):
         return _tree_neg(_field_vjp(params, t, interpolation.evaluate(t), a)[0])
 
+    if subintervals == "steps":
+        return _steps_interval(
+            kw, interpolation, params, adjoint_only, unit_nodes, unit_weights, tolerances
+        )
     term = diffrax.ODETerm(adjoint_only)
 
     def step(carry, t_hi, t_lo, grad_y):
         a, g, ok = carry
         a = _tree_add(a, grad_y)
-        sol = _backward_solve(kw, term, t_hi, t_lo, a, diffrax.SaveAt(t1=True, dense=True))
+        sol = _backward_solve(
+            kw, term, t_hi, t_lo, a, diffrax.SaveAt(t1=True, dense=True), tolerances
+        )
         # composite Gauss–Legendre on [t_lo, t_hi]: g += ∫ aᵀ ∂f/∂θ dt
         edges = jnp.linspace(t_lo, t_hi, subintervals + 1)
         mid, half = (edges[1:] + edges[:-1]) / 2, (edges[1:] - edges[:-1]) / 2
@@ -386,3 +438,98 @@ def _quadrature_interval(kw, interpolation, params, subintervals, order):
         return (a_lo, _tree_add(g, increment), ok), None
 
     return step
+
+
+def _steps_interval(kw, interpolation, params, adjoint_only, unit_nodes, unit_weights, tolerances):
+    """Quadrature on the solves' steps, the adjoint solved in two halves, each in a time
+    s = |t - its end| measured from the end of the interval it starts at.
+
+    Why the halves: the cotangent a saved value injects at t_hi excites the adjoint's fast
+    modes, a transient far shorter than the interval (1e-4 on Robertson, whose benchmark ends
+    at t = 1e10, where float64 times are 2e-6 apart). Solved in t, the steps that transient
+    needs would be below the spacing of the times themselves; solved in s = t_hi - t it starts
+    at s = 0, where they are not. The second half (t_mid down to t_lo, in s = t - t_lo) keeps
+    the same resolution at t_lo, where the forward solve had its own transient. Both halves are
+    one `diffeqsolve` (a scan over (origin, sign) with t = origin + sign·s)."""
+
+    def in_s(s, a, frame):
+        origin, sign = frame
+        return jax.tree_util.tree_map(lambda v: sign * v, adjoint_only(origin + sign * s, a, None))
+
+    term = diffrax.ODETerm(in_s)
+    solver, inner = _backward_settings(kw, tolerances)
+
+    def step(carry, t_hi, t_lo, grad_y):
+        a, g, ok = carry
+        a = _tree_add(a, grad_y)
+        t_mid = t_lo + (t_hi - t_lo) / 2
+        one = jnp.ones_like(t_hi)
+        # (origin, sign, s where the half starts, s where it ends)
+        frames = jnp.stack([
+            jnp.stack([t_hi, -one, 0 * one, t_hi - t_mid]),
+            jnp.stack([t_lo, one, t_mid - t_lo, 0 * one]),
+        ])  # fmt: skip
+
+        def half(c, frame):
+            a, g, ok = c
+            origin, sign, s_start, s_end = frame
+            dt0 = kw["dt0"]
+            # the forward solve's step ends in s: the backward solve steps to each of them, so
+            # no step jumps over a change of y(t) (a transient) that its own error estimate,
+            # sampling the field at its step ends only, would not see
+            forward_ends = sign * (interpolation.ts - origin)
+            forward_ends = jnp.where(jnp.isfinite(forward_ends), forward_ends, jnp.inf)
+            controller = diffrax.ClipStepSizeController(inner, step_ts=forward_ends)
+            sol = diffrax.diffeqsolve(
+                term,
+                solver,
+                s_start,
+                s_end,
+                None if dt0 is None else jnp.where(s_end > s_start, 1, -1) * jnp.abs(dt0),
+                a,
+                args=(origin, sign),
+                saveat=diffrax.SaveAt(t1=True, dense=True),
+                stepsize_controller=controller,
+                max_steps=kw["max_steps"],
+                throw=False,
+            )
+
+            def integrand(s):
+                t = origin + sign * s
+                return _field_vjp(params, t, interpolation.evaluate(t), sol.evaluate(s))[1]
+
+            backward = sol.interpolation
+            edges = (forward_ends, backward.direction * backward.ts)
+            s_lo, s_hi = jnp.minimum(s_start, s_end), jnp.maximum(s_start, s_end)
+            increment = _over_pieces(integrand, s_lo, s_hi, edges, unit_nodes, unit_weights)
+            a_end = jax.tree_util.tree_map(lambda x: x[-1], sol.ys)
+            ok = ok & (sol.result == diffrax.RESULTS.successful)
+            return (a_end, _tree_add(g, increment), ok), None
+
+        return jax.lax.scan(half, (a, g, ok), frames)
+
+    return step
+
+
+def _over_pieces(integrand, t_lo, t_hi, step_edges, unit_nodes, unit_weights):
+    """∫ integrand over [t_lo, t_hi] by Gauss–Legendre on each piece between consecutive times
+    of `step_edges` (arrays of step ends, padded with ±inf, as in a dense interpolation), the
+    pieces in a loop: as many as the steps, not a fixed number."""
+    dtype = jnp.result_type(t_lo)
+    times = [jnp.stack([t_lo, t_hi])]
+    times += [jnp.where(jnp.isfinite(e), e, t_hi).astype(dtype) for e in step_edges]
+    edges = jnp.sort(jnp.clip(jnp.concatenate(times), t_lo, t_hi))
+    count = jnp.sum(edges < t_hi)  # edges[count] = t_hi
+    nodes, weights = jnp.asarray(unit_nodes, dtype), jnp.asarray(unit_weights, dtype)
+
+    def piece(k, g):
+        lo, hi = edges[k], edges[k + 1]
+        half = (hi - lo) / 2
+        values = jax.vmap(integrand)((hi + lo) / 2 + half * nodes)
+        return _tree_add(
+            g, jax.tree_util.tree_map(lambda v: half * jnp.tensordot(weights, v, axes=1), values)
+        )
+
+    zeros = eqx.filter_eval_shape(integrand, t_lo)
+    zeros = jax.tree_util.tree_map(lambda x: jnp.zeros(x.shape, x.dtype), zeros)
+    return jax.lax.fori_loop(0, count, piece, zeros)

@@ -125,6 +125,7 @@ class SparsityPattern:
         self.n_colours = int(self.colours.max()) + 1
         self._key = (self.n, self.rows.tobytes(), self.cols.tobytes())
         self._blocks = None
+        self._transposed = None
 
     @classmethod
     def from_dense(cls, mask) -> SparsityPattern:
@@ -172,6 +173,22 @@ class SparsityPattern:
             where = np.stack([label[self.rows], position[self.rows], position[self.cols]])
             self._blocks = (members, where)
         return self._blocks
+
+    def transposed(self) -> SparsityPattern:
+        """The pattern of the transposed Jacobian Jᵀ, with its own colouring (kept after the
+        first call). The adjoint equation da/dt = -Jᵀa of a continuous adjoint has this
+        Jacobian.
+
+        Example:
+            >>> from neuraldiffeq.solve.jacobian import SparsityPattern
+            >>> p = SparsityPattern([0, 0], [1, 2], 3)  # y0' depends on every state (+ diagonal)
+            >>> p.n_colours, p.transposed().n_colours
+            (3, 2)
+        """
+        if self._transposed is None:
+            self._transposed = SparsityPattern(self.cols, self.rows, self.n)
+            self._transposed._transposed = self
+        return self._transposed
 
     @property
     def nnz(self) -> int:

@@ -133,8 +133,23 @@ class Interpolating(AbstractSensitivity):
 class Quadrature(AbstractSensitivity):
     """Adjoint ODE backwards, then the parameter gradient by Gauss–Legendre quadrature.
 
-    Each interval between saved times is split into `subintervals` pieces with `order`
-    Gauss–Legendre nodes each (exact for polynomials of degree 2·order − 1 on each piece).
+    The gradient ∫ aᵀ ∂f/∂θ dt is integrated with `order` Gauss–Legendre nodes on each piece
+    (exact for polynomials of degree 2·order − 1 on each piece) of each interval between saved
+    times. The pieces (`subintervals`):
+
+    - an integer: that many equal pieces, all nodes evaluated at once;
+    - `"steps"`: the steps of the forward and the backward (adjoint) solves, so the pieces
+      follow the solution's time scales (a stiff problem's span many decades, which equal
+      pieces miss), one piece after another;
+    - `None` (the default): `"steps"` with the BDF solver (`solver="bdf"`), which is for stiff
+      problems, else 8.
+
+    With `solver="bdf"` the adjoint equation (stiff as the problem is) is solved by BDF too,
+    with the forward solve's Jacobian pattern transposed and its linear solve.
+
+    `rtol`, `atol`: the adjoint solve's tolerances (None: the forward solve's). The adjoint a
+    is in units of dL/dy, not of y: an `atol` chosen for small concentrations can be far below
+    what the adjoint needs and make its solve take many more steps (or reach `max_steps`).
 
     Example:
         >>> import jax, jax.numpy as jnp, neuraldiffeq as nde
@@ -144,19 +159,25 @@ class Quadrature(AbstractSensitivity):
         0.368
     """
 
-    subintervals: int = eqx.field(default=8, static=True)
+    subintervals: int | str | None = eqx.field(default=None, static=True)
     order: int = eqx.field(default=5, static=True)
+    rtol: float | None = None
+    atol: float | None = None
 
     def __check_init__(self):
-        for name in ("subintervals", "order"):
-            value = getattr(self, name)
-            if not (isinstance(value, int) and value > 0):
-                raise ValueError(
-                    f"Quadrature({name}=...) must be a positive integer, got {value!r}."
-                )
+        pieces = self.subintervals
+        if not (pieces is None or pieces == "steps" or (isinstance(pieces, int) and pieces > 0)):
+            raise ValueError(
+                "Quadrature(subintervals=...) must be a positive integer, 'steps' or None, got "
+                f"{pieces!r}."
+            )
+        if not (isinstance(self.order, int) and self.order > 0):
+            raise ValueError(
+                f"Quadrature(order=...) must be a positive integer, got {self.order!r}."
+            )
 
     def loop(self, **kwargs: Any) -> Any:
-        return _ca.dense_loop((self.subintervals, self.order), **kwargs)
+        return _ca.dense_loop((self.subintervals, self.order, self.rtol, self.atol), **kwargs)
 
 
 SENSITIVITIES = {
