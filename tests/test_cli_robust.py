@@ -44,7 +44,7 @@ def one_line_error(capsys):
 
 def test_unwritable_out_is_refused_before_fitting(tmp_path, capsys, monkeypatch):
     fitted = []
-    monkeypatch.setattr(series, "fit", lambda *a, **k: fitted.append(1))
+    monkeypatch.setattr(series, "fit_building", lambda *a, **k: fitted.append(1))
     blocker = tmp_path / "file"
     blocker.write_text("")
     csv = write_csv(tmp_path / "d.csv")
@@ -121,14 +121,14 @@ def test_outputs_follow_the_umask(tmp_path, capsys):
 
 
 def test_ctrl_c_exits_130_and_saves_the_best_model(tmp_path, capsys, monkeypatch):
-    from neuraldiffeq.fitting.fit import fit as real_fit
+    from neuraldiffeq.fitting.fit import fit_building as real_fit
 
     def interrupt_at_step_2(step, loss, model):
         if step >= 2:
             raise KeyboardInterrupt  # what Ctrl-C raises inside the training loop
 
     monkeypatch.setattr(
-        series, "fit", lambda *a, **k: real_fit(*a, **k, callback=interrupt_at_step_2)
+        series, "fit_building", lambda *a, **k: real_fit(*a, **k, callback=interrupt_at_step_2)
     )
     out = tmp_path / "o"
     csv = write_csv(tmp_path / "d.csv")

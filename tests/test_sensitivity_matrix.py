@@ -518,11 +518,12 @@ def test_controller_built_in_one_place():
                     places.setdefault(name, set()).add(str(path.relative_to(src)))
     # solve_dde clips the one controller to step onto the delay discontinuities; the stiffness
     # estimate's probe is a fixed explicit solve of its own (tsit5, PROBE_STEPS steps), on purpose
-    # not the user's configuration, whose solver is the very thing being chosen
+    # not the user's configuration, whose solver is the very thing being chosen; Quadrature's
+    # backward solve clips the forward solve's own controller to stop at its steps
     assert places == {
         "PIDController": {"solve/config.py", "solve/stiffness.py"},
         "ConstantStepSize": {"solve/config.py"},
-        "ClipStepSizeController": {"solve/dde.py"},
+        "ClipStepSizeController": {"solve/dde.py", "solve/continuous_adjoint.py"},
     }, places
 
 

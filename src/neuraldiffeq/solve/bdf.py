@@ -17,8 +17,9 @@ D[j] ≈ h^j·y^(j)/j! scaled for the current step h); a step of order k
 
 Everything else is diffrax's: `diffeqsolve`'s loop, `SaveAt`, the discrete adjoint
 (`nde.Direct`), forward mode (`nde.Forward`); the continuous adjoint `nde.Quadrature` solves the
-adjoint equation with this solver too (`BDF.for_adjoint`: the Jacobian pattern transposed). The step size is the solver's own choice passed
-through diffrax's `PIDController`: the solver reports as its error the scaled norm that makes
+adjoint equation with this solver too (`BDF.for_adjoint`: the Jacobian pattern transposed).
+The step size is the solver's own choice passed through diffrax's `PIDController`: the solver
+reports as its error the scaled norm that makes
 the controller (an integral controller with `error_order` 1) pick exactly the step factor the
 method wants (held at 1 for k+1 steps after a change, as BDF needs; 0.5 after a failed Newton
 iteration), and accepts exactly the steps whose true error norm is below 1. So use it with the
