@@ -3,6 +3,7 @@ three separate solves give."""
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import neuraldiffeq as nde
 from neuraldiffeq.fitting.series import evaluate
@@ -47,6 +48,9 @@ def _compiled_evaluations(records):
     ]
 
 
+# long tier: a whole fit_series (three stages) in a thread-watching program count; the default
+# run checks the same background build on `fit` (test_fit's also_build test)
+@pytest.mark.long
 def test_the_evaluation_compiled_while_fitting_is_the_program_that_runs(caplog):
     # fit_series compiles its after-fit evaluation in the background while the last stage
     # trains; the call after the fit finds that program (no compile on the calling thread) and
