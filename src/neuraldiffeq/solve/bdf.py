@@ -58,7 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from .jacobian import SparsityPattern, sparse_jacobian
+from .jacobian import SparsityPattern, check_pattern_at_start, sparse_jacobian
 from .linear import (
     block_apply,
     block_factor,
@@ -319,18 +319,8 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
                 "and parameters backwards: with solver='bdf' use nde.Direct(), nde.Forward() or "
                 "nde.Quadrature().)"
             )
-        if self.jacobian == "sparse":
-            raise ValueError(
-                "BDF(jacobian='sparse') must have its pattern detected before solving: solve "
-                "through nde.SolveConfig(...).diffeqsolve or a model (they detect it), or pass "
-                "jacobian=neuraldiffeq.solve.jacobian.detect_pattern(field, t0, y0, args)."
-            )
         pattern = self._pattern()
-        if pattern is not None and pattern.n != y0.shape[0]:
-            raise ValueError(
-                f"BDF's jacobian pattern is {pattern.n}x{pattern.n} but the state has "
-                f"{y0.shape[0]} components."
-            )
+        check_pattern_at_start("BDF", self.jacobian, pattern, y0.shape[0])
         state = _State(
             d=tuple(jnp.zeros(y0.shape, y0.dtype) for _ in range(_ROWS)),
             order=jnp.array(1),

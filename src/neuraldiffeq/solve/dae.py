@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from .jacobian import SparsityPattern, sparse_jacobian
+from .jacobian import SparsityPattern, check_pattern_at_start, sparse_jacobian
 from .linear import check_linear_solve
 from .pattern_solver import (
     PatternSolver,
@@ -248,18 +248,8 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
             raise ValueError(
                 f"Radau5 solves states of shape (D,), got y0 of shape {jnp.shape(y0)}."
             )
-        if self.jacobian == "sparse":
-            raise ValueError(
-                "Radau5(jacobian='sparse') must have its pattern detected before solving: solve "
-                "through nde.SolveConfig(...).diffeqsolve or a model (they detect it), or pass "
-                "jacobian=neuraldiffeq.solve.jacobian.detect_pattern(field, t0, y0, args)."
-            )
         pattern = self._pattern()
-        if pattern is not None and pattern.n != y0.shape[0]:
-            raise ValueError(
-                f"Radau5's jacobian pattern is {pattern.n}x{pattern.n} but the state has "
-                f"{y0.shape[0]} components."
-            )
+        check_pattern_at_start("Radau5", self.jacobian, pattern, y0.shape[0])
         return _State(
             h=jnp.ones((), y0.dtype), ws=jnp.zeros((3, *y0.shape), y0.dtype), valid=jnp.array(False)
         )

@@ -334,3 +334,28 @@ def check_pattern(
             f"Jacobian from the pattern differs from the field's own derivative by {gap:.3g} "
             "(relative). Add the missing entries, or let it be detected with jacobian='sparse'."
         )
+
+
+def check_pattern_at_start(solver: str, jacobian: Any, pattern: SparsityPattern | None, n: int):
+    """A structured solver's check when its solve starts (`init`): `jacobian="sparse"` must have
+    been replaced by the detected pattern, and a pattern must be n x n for a state of n entries.
+
+    Example:
+        >>> from neuraldiffeq.solve.jacobian import check_pattern_at_start
+        >>> check_pattern_at_start("BDF", "dense", None, 3)  # nothing to check
+        >>> check_pattern_at_start("BDF", "sparse", None, 3)
+        Traceback (most recent call last):
+        ...
+        ValueError: BDF(jacobian='sparse') must have its pattern detected before solving: solve through nde.SolveConfig(...).diffeqsolve or a model (they detect it), or pass jacobian=neuraldiffeq.solve.jacobian.detect_pattern(field, t0, y0, args).
+    """  # noqa: E501
+    if jacobian == "sparse":
+        raise ValueError(
+            f"{solver}(jacobian='sparse') must have its pattern detected before solving: solve "
+            "through nde.SolveConfig(...).diffeqsolve or a model (they detect it), or pass "
+            "jacobian=neuraldiffeq.solve.jacobian.detect_pattern(field, t0, y0, args)."
+        )
+    if pattern is not None and pattern.n != n:
+        raise ValueError(
+            f"{solver}'s jacobian pattern is {pattern.n}x{pattern.n} but the state has {n} "
+            "components."
+        )
