@@ -148,12 +148,17 @@ def test_bdf_refuses_backsolve_and_interpolating_naming_the_sensitivities_it_tak
     assert isinstance(nde.NeuralODE(field, solver="bdf").config.sensitivity, nde.Direct)
     with pytest.raises(ValueError, match="subintervals"):
         nde.Quadrature(subintervals="adaptive")
+    with pytest.raises(ValueError, match="atol.*adjoint solve's tolerance"):
+        nde.Quadrature(atol=-1e-8)
 
 
 @pytest.mark.long
-def test_quadrature_on_the_steps_of_an_explicit_solve_matches_the_analytic_gradient():
-    # subintervals="steps" is not BDF's alone: d/da of y(2) = e^(2a) at a = -1 is 2e^-2
+@pytest.mark.parametrize("tolerances", [{}, {"rtol": 1e-9, "atol": 1e-11}])
+def test_quadrature_on_the_steps_of_an_explicit_solve_matches_the_analytic_gradient(tolerances):
+    # subintervals="steps" is not BDF's alone: d/da of y(2) = e^(2a) at a = -1 is 2e^-2; also
+    # with the adjoint solve's own tolerances
+    sensitivity = nde.Quadrature(subintervals="steps", **tolerances)
     model = nde.NeuralODE(lambda t, y, a: a * y, solver="tsit5", rtol=1e-8, atol=1e-10,
-                          sensitivity=nde.Quadrature(subintervals="steps"))  # fmt: skip
+                          sensitivity=sensitivity)  # fmt: skip
     grad = jax.grad(lambda a: model(jnp.array([0.0, 2.0]), jnp.ones(1), a)[-1, 0])(-1.0)
     np.testing.assert_allclose(grad, 2 * np.exp(-2.0), rtol=1e-7)

@@ -175,6 +175,13 @@ class Quadrature(AbstractSensitivity):
             raise ValueError(
                 f"Quadrature(order=...) must be a positive integer, got {self.order!r}."
             )
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int | float) and 0 < value < 1):
+                raise ValueError(
+                    f"Quadrature({name}=...) is the adjoint solve's tolerance: a number in (0, 1) "
+                    f"or None (the forward solve's), got {value!r}."
+                )
 
     def loop(self, **kwargs: Any) -> Any:
         return _ca.dense_loop((self.subintervals, self.order, self.rtol, self.atol), **kwargs)
