@@ -42,6 +42,7 @@ import optax
 import neuraldiffeq as nde
 
 from ..inference.plots import plot_marginals, plot_predictive
+from ..inference.posterior import check_max_tree_depth
 from ..io.outputs import prepare_out, write_outputs
 
 TRUE_RATES = (1.3, 0.9, 0.8, 1.8)
@@ -236,10 +237,8 @@ def run(args: argparse.Namespace) -> dict:
     lynx_hare = getattr(args, "lynx_hare", True)
     if lynx_hare and (args.lynx_hare_warmup < 1 or args.lynx_hare_samples < 1):
         raise ValueError("--lynx-hare-warmup and --lynx-hare-samples must be >= 1.")
-    if lynx_hare and not 1 <= args.lynx_hare_tree_depth <= 20:
-        raise ValueError(
-            f"--lynx-hare-tree-depth must be in [1, 20], got {args.lynx_hare_tree_depth}."
-        )
+    if lynx_hare:  # before the first half runs, not after it
+        check_max_tree_depth(args.lynx_hare_tree_depth, "--lynx-hare-tree-depth")
     if lynx_hare and args.fit_steps < 1:
         raise ValueError(f"--fit-steps must be >= 1, got {args.fit_steps}.")
     out = prepare_out(args.out)

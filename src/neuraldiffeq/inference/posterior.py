@@ -215,13 +215,7 @@ def sample_posterior(
         raise ValueError(f"mass_matrix must be one of {MASS_MATRICES}, got {mass_matrix!r}.")
     if chain_method not in CHAIN_METHODS:
         raise ValueError(f"chain_method must be one of {CHAIN_METHODS}, got {chain_method!r}.")
-    if isinstance(max_tree_depth, bool) or not isinstance(max_tree_depth, int):
-        raise ValueError(f"max_tree_depth must be an integer >= 1, got {max_tree_depth!r}.")
-    if not 1 <= max_tree_depth <= 20:
-        raise ValueError(
-            f"max_tree_depth must be in [1, 20] (2**depth - 1 gradients a draw), got "
-            f"{max_tree_depth}."
-        )
+    check_max_tree_depth(max_tree_depth)
     key = jax.random.key(0) if key is None else key
     if not isinstance(priors, Mapping) or not priors:
         raise ValueError("priors must be a non-empty dict: parameter name -> nde.priors.*.")
@@ -274,6 +268,22 @@ def sample_posterior(
         max_tree_depth,
     )
     return _posterior(units, leaves, treedef, data_y0, noise, max_tree_depth, chains_out)
+
+
+def check_max_tree_depth(depth: Any, name: str = "max_tree_depth") -> None:
+    """Refuse a NUTS tree-depth cap outside [1, 20] (`name`: the argument, as the user wrote it).
+
+    Example:
+        >>> from neuraldiffeq.inference.posterior import check_max_tree_depth
+        >>> check_max_tree_depth(25, "--lynx-hare-tree-depth")
+        Traceback (most recent call last):
+        ...
+        ValueError: --lynx-hare-tree-depth must be in [1, 20] (2**depth - 1 gradients a draw), got 25.
+    """  # noqa: E501
+    if isinstance(depth, bool) or not isinstance(depth, int):
+        raise ValueError(f"{name} must be an integer >= 1, got {depth!r}.")
+    if not 1 <= depth <= 20:
+        raise ValueError(f"{name} must be in [1, 20] (2**depth - 1 gradients a draw), got {depth}.")
 
 
 class _Problem(eqx.Module):
