@@ -27,15 +27,27 @@ ROWS = {
 UNION = [0.0, 0.25, 0.5, 1.0, 1.5, 2.0]
 
 
+def as_polars(frame):
+    """A pandas frame as a polars one, column by column: `pl.from_pandas` needs pyarrow for
+    pandas 3's text columns, which neither library requires. NaN becomes null, as there."""
+    columns = {str(c): frame[c].tolist() for c in frame.columns}
+    return pl.DataFrame(columns, nan_to_null=True)
+
+
+def as_pandas(frame):
+    """A polars frame as a pandas one (`to_pandas` needs pyarrow); null becomes NaN."""
+    return pd.DataFrame(frame.fill_null(np.nan).to_dict(as_series=False))
+
+
 def wide(library):
     frame = pd.DataFrame(ROWS).sample(frac=1.0, random_state=1)  # rows in any order
-    return frame if library == "pandas" else pl.from_pandas(frame)
+    return frame if library == "pandas" else as_polars(frame)
 
 
 def long(library):
     melted = pd.DataFrame(ROWS).melt(id_vars=["site", "t"], var_name="name", value_name="val")
     melted = melted.dropna()  # a long table lists only what was observed
-    return melted if library == "pandas" else pl.from_pandas(melted)
+    return melted if library == "pandas" else as_polars(melted)
 
 
 def read(library, layout):
@@ -49,7 +61,7 @@ def read(library, layout):
 def rows_of(frame):
     """A frame's rows as sorted tuples, NaN as None, values rounded to float32's precision."""
     if isinstance(frame, pl.DataFrame):
-        frame = frame.to_pandas()
+        frame = as_pandas(frame)
     out = []
     for row in frame.itertuples(index=False):
         out.append(
@@ -94,7 +106,7 @@ def test_round_trip_frame_series_fit_frame(library, layout):
     out = nde.TimeSeries(data.ts, preds, ids=data.ids, columns=data.columns).to_frame(
         time="t", id="site", library=library
     )
-    out = out if library == "pandas" else out.to_pandas()
+    out = out if library == "pandas" else as_pandas(out)
     assert list(out.columns) == ["site", "t", "x", "y"] and len(out) == 3 * 6
     b = out[out["site"] == "b"]
     np.testing.assert_allclose(b["x"], np.asarray(preds)[1, :, 0], rtol=1e-6)
@@ -112,7 +124,7 @@ def test_single_series_and_a_time_index():
 def test_datetimes_with_unit_and_origin(library):
     stamps = [datetime.datetime(2024, 3, 1) + datetime.timedelta(hours=h) for h in (0, 6, 30)]
     frame = pd.DataFrame({"when": stamps, "x": [1.0, 2.0, 3.0]})
-    frame = frame if library == "pandas" else pl.from_pandas(frame)
+    frame = frame if library == "pandas" else as_polars(frame)
     data = nde.TimeSeries.from_frame(frame, time="when", time_unit="h", time_origin="2024-03-01")
     assert np.asarray(data.ts).tolist() == [0.0, 6.0, 30.0]
     days = nde.TimeSeries.from_frame(
@@ -232,7 +244,7 @@ def test_csv_gz_and_parquet_read_like_the_csv(tmp_path):
     text = frame.to_csv(index=False)
     (tmp_path / "d.csv").write_text(text)
     (tmp_path / "d.csv.gz").write_bytes(gzip.compress(text.encode()))
-    pl.from_pandas(frame).write_parquet(tmp_path / "d.parquet")
+    as_polars(frame).write_parquet(tmp_path / "d.parquet")
     read = [
         nde.TimeSeries.from_csv(tmp_path / name, time="t", id="site")
         for name in ("d.csv", "d.csv.gz", "d.parquet")
