@@ -25,7 +25,7 @@ import numpy as np
 from .._checks import check_batch_series, check_positive, check_sizes, check_times, is_concrete
 from ..solve.brownian import resolve_brownian
 from ..solve.config import HasSolveConfig, SolveConfig, on_failure, shortcuts
-from ..solve.sensitivity import AbstractSensitivity
+from ..solve.sensitivity import AbstractSensitivity, Direct
 from .latent import gaussian_log_likelihood
 from .sde import _Diagonal, sde_config, sde_terms
 
@@ -153,6 +153,9 @@ class LatentSDE(HasSolveConfig):
             dt0 = 0.01, `max_steps=None`, `nde.Direct()`. Steps are constant (rtol/atol are
             refused). Sensitivities: `nde.Direct()`, `nde.Forward()`, and `nde.Backsolve()` with
             a Stratonovich solver of one term (`"heun"`, `"midpoint"`); others are refused.
+            `nde.Direct()` keeps the state of every step for the backward pass (the state is
+            batch × (latent_dim + 1) numbers, so this costs little memory and saves recomputing
+            steps); `nde.Direct(checkpoints=k)` keeps k.
         brownian: the Brownian motion, as for `nde.NeuralSDE`: `"auto"` (default) gives
             `"grid"` (one Gaussian increment per step, `nde.GridBrownianPath`) with `Direct()`
             and `Forward()`, and `"tree"` (`diffrax.VirtualBrownianTree`) with `Backsolve()`;
@@ -363,20 +366,28 @@ class LatentSDE(HasSolveConfig):
         diffusion = _BatchDiffusion(self.diffusion, batch, logqp)
         if logqp:
             z0 = jnp.concatenate([z0, jnp.zeros((batch, 1), z0.dtype)], -1)
-        sol = self._sde_solve(drift, diffusion, ts_out, z0.reshape(-1), key, (ts, context), ts)
+        both = drift.with_diffusion if logqp else None
+        y0, args = z0.reshape(-1), (ts, context)
+        sol = self._sde_solve(drift, diffusion, ts_out, y0, key, args, ts, both)
         ys = jnp.swapaxes(sol.ys.reshape(ts_out.shape[0], batch, width), 0, 1)
         kl_path = ys[:, -1, latent] if logqp else None
         return ys[:, :, :latent], kl_path, sol.result
 
-    def _sde_solve(self, drift, diffusion, ts_out, y0, key, args, ts_span=None):
+    def _sde_solve(self, drift, diffusion, ts_out, y0, key, args, ts_span=None, both=None):
         """Solve from the span's start (default `ts_out[0]`) to `ts_out[-1]`, saving at
         `ts_out`. A tree Brownian motion lives on the whole span (default `ts_out`), a grid one
-        on the solve's grid."""
+        on the solve's grid. `both`: drift and diffusion from one evaluation (`JointTerms`)."""
         span = ts_out if ts_span is None else ts_span
+        config = self.config
+        if isinstance(config.sensitivity, Direct) and config.sensitivity.checkpoints is None:
+            # every step kept: the backward pass recomputes none (the constant-step count is
+            # known only when the times are, else it is max_steps' bound)
+            every_step = Direct(checkpoints=config.steps_for(span[0], ts_out[-1]))
+            config = config.replace(sensitivity=every_step)
         bm = jax.ShapeDtypeStruct(y0.shape, y0.dtype)
         end = span[-1] if self.brownian == "tree" else ts_out[-1]
         terms = sde_terms(
-            self.config,
+            config,
             drift,
             _Diagonal(diffusion),
             span[0],
@@ -385,8 +396,9 @@ class LatentSDE(HasSolveConfig):
             key,
             self.brownian,
             "LatentSDE",
+            both,
         )
-        return self.config.diffeqsolve(
+        return config.diffeqsolve(
             terms, span[0], ts_out[-1], y0, args=args, saveat=diffrax.SaveAt(ts=ts_out)
         )
 
@@ -433,6 +445,11 @@ class _PosteriorField(eqx.Module):
     logqp: bool = eqx.field(static=True)
 
     def __call__(self, t, y, args):
+        return self.with_diffusion(t, y, args)[0]
+
+    def with_diffusion(self, t, y, args):
+        """The drift, and (logqp) the diffusion it computed for the KL integrand, as
+        `_BatchDiffusion` gives it (None without logqp)."""
         ts, ctx = args
         i = jnp.clip(jnp.searchsorted(ts, t, side="right"), 0, ts.shape[0] - 1)
         c = jax.lax.dynamic_index_in_dim(ctx, i, axis=1, keepdims=False)  # (B, C)
@@ -441,12 +458,14 @@ class _PosteriorField(eqx.Module):
             z = z[:, :-1]
         f = jax.vmap(lambda zb, cb: self.posterior(t, zb, cb))(z, c)
         if not self.logqp:
-            return f.reshape(-1)
+            return f.reshape(-1), None
         h = jax.vmap(lambda zb: self.prior(t, zb))(z)
         g = jax.vmap(lambda zb: self.diffusion(t, zb))(z)
-        g = jnp.where(jnp.abs(g) > _MIN_DIFFUSION, g, _MIN_DIFFUSION * jnp.sign(g))
-        u = (f - h) / g
-        return jnp.concatenate([f, 0.5 * jnp.sum(u**2, -1, keepdims=True)], -1).reshape(-1)
+        g_kl = jnp.where(jnp.abs(g) > _MIN_DIFFUSION, g, _MIN_DIFFUSION * jnp.sign(g))
+        u = (f - h) / g_kl
+        drift = jnp.concatenate([f, 0.5 * jnp.sum(u**2, -1, keepdims=True)], -1)
+        noise = jnp.concatenate([g, jnp.zeros((self.batch, 1), g.dtype)], -1)
+        return drift.reshape(-1), noise.reshape(-1)
 
 
 def _normal_kl(mean_q, logstd_q, mean_p, logstd_p) -> jax.Array:

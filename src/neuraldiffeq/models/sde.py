@@ -243,14 +243,56 @@ def sde_terms(
     key: jax.Array,
     brownian: str,
     owner: str,
+    both: Callable | None = None,
 ) -> diffrax.MultiTerm:
     """drift dt + diffusion dW for a solve on [t0, t1], W of shape/dtype `bm_shape` with the
     Lévy area `config`'s solver needs: a `GridBrownianPath` on the solve's constant-step grid
-    (`brownian="grid"`) or a `diffrax.VirtualBrownianTree` of tolerance dt0 / 16 (`"tree"`)."""
+    (`brownian="grid"`) or a `diffrax.VirtualBrownianTree` of tolerance dt0 / 16 (`"tree"`).
+    `both(t, y, args) -> (drift, diagonal of the diffusion)`, if given, evaluates the two
+    together (`JointTerms`)."""
     # checked again here: a model whose config was swapped (eqx.tree_at) after it was built
     brownian = resolve_brownian(brownian, config.sensitivity, owner)
     path = brownian_path(brownian, t0, t1, config.dt0, bm_shape, key, _levy_area(config.solver))
-    return diffrax.MultiTerm(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, path))
+    terms = (diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, path))
+    return diffrax.MultiTerm(*terms) if both is None else JointTerms(*terms, both)
+
+
+class JointTerms(diffrax.MultiTerm):
+    """drift dt + diagonal diffusion dW, as `diffrax.MultiTerm(ODETerm, ControlTerm)`, for a
+    drift that computes the diffusion anyway: `both(t, y, args)` returns the drift and the
+    diffusion's diagonal from one evaluation.
+
+    Why: the latent SDE's drift carries the KL integrand ½|(f - h) / g|², so evaluating drift
+    and diffusion separately runs the diffusion networks twice at every step, and XLA does not
+    merge the two copies. Solvers that evaluate the whole term at a point (`vf`, `vf_prod`:
+    Euler, Heun, midpoint, ...) now evaluate it once, with the same operations as before; those
+    that evaluate drift and diffusion at different points (stochastic Runge–Kutta, Milstein)
+    use the two terms, as for any `MultiTerm`.
+
+    Example:
+        >>> import diffrax, jax.numpy as jnp
+        >>> from neuraldiffeq.models.sde import JointTerms
+        >>> bm = diffrax.UnsafeBrownianPath(shape=(2,), key=jax.random.key(0))
+        >>> drift, diffusion = (lambda t, y, a: -y), (lambda t, y, a: 0.1 * y)
+        >>> terms = JointTerms(diffrax.ODETerm(drift), diffrax.ControlTerm(diffusion, bm),
+        ...                    lambda t, y, a: (-y, 0.1 * y))
+        >>> f, g = terms.vf(0.0, jnp.ones(2), None)
+        >>> f.tolist(), g.as_matrix().tolist()
+        ([-1.0, -1.0], [[0.10000000149011612, 0.0], [0.0, 0.10000000149011612]])
+    """
+
+    joint: diffrax.AbstractTerm  # `both` as a term: diffeqsolve wraps it like the others
+
+    def __init__(self, drift: diffrax.ODETerm, diffusion: diffrax.ControlTerm, both: Callable):
+        self.terms = (drift, diffusion)
+        self.joint = _BothFields(both)
+
+    def vf(self, t, y, args):
+        f, g = self.joint.vf(t, y, args)
+        return f, lx.DiagonalLinearOperator(g)
+
+    def vf_prod(self, t, y, args, control):
+        return self.prod(self.vf(t, y, args), control)
 
 
 class _Diagonal(eqx.Module):
@@ -260,6 +302,22 @@ class _Diagonal(eqx.Module):
 
     def __call__(self, t, y, args):
         return lx.DiagonalLinearOperator(self.fn(t, y, args))
+
+
+class _BothFields(diffrax.AbstractTerm):
+    """The vector fields of `JointTerms`, in a term of their own so that `diffrax.diffeqsolve`
+    wraps it as it wraps every term (its `WrapTerm` flips time for solves backwards)."""
+
+    both: Callable
+
+    def vf(self, t, y, args):
+        return self.both(t, y, args)
+
+    def contr(self, t0, t1, **kwargs):
+        return t1 - t0
+
+    def prod(self, vf, control):
+        raise NotImplementedError("JointTerms multiplies by the controls of its two terms")
 
 
 def _backsolve_ok(solver) -> bool:
