@@ -1,5 +1,6 @@
 # ruff: noqa: E501 (long measurement print lines)
-"""Where a latent SDE training step (benchmarks/latent_sde.py, batch 64) can spend its time.
+"""Where a latent SDE training step (benchmarks/latent_sde.py, `--batch`, default 64) can spend
+its time.
 
 Prints: the matrix-product FLOP count of one training step (posterior and prior drift MLPs,
 diffusion nets, GRU encoder; backward counted as twice the forward); the throughput of one
@@ -7,11 +8,13 @@ diffusion nets, GRU encoder; backward counted as twice the forward); the through
 product; the drift/diffusion networks alone over 200 Euler steps, forward + backward, with
 softplus and with the identity (the matrix-product floor), in JAX (lax.scan, no checkpointing)
 and PyTorch (autograd); 200 increments of diffrax's VirtualBrownianTree (what one solve draws);
-and the GRU encoder, forward and forward + backward.
+and the GRU encoder, forward and forward + backward (JAX's scan of `eqx.nn.GRUCell`, what
+`nde.LatentSDE` runs, and `torch.nn.GRU`, what the torchsde side runs).
 
-    python benchmarks/latent_sde_floor.py
+    python benchmarks/latent_sde_floor.py --batch 128 --threads 1
 """
 
+import argparse
 import statistics
 import time
 
@@ -20,8 +23,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from one_thread import add_threads_option, apply_threads
 
-B, L, C, H, N = 64, 4, 64, 128, 200
+parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+parser.add_argument("--batch", type=int, default=64)
+add_threads_option(parser)
+options = parser.parse_args()
+apply_threads(options, parser)  # before JAX's first computation
+B, L, C, H, N = options.batch, 4, 64, 128, 200
 macs_step = B * ((L + C) * H + H * H + H * L + L * H + H * H + H * L + L * (H + H))
 gru = B * 100 * 3 * (6 * H + H * H) + B * 100 * H * C
 
@@ -189,8 +198,12 @@ print(
 )
 
 fl = 3 * 2 * macs_step * N / 1e9
+import neuraldiffeq as nde  # noqa: E402
+from neuraldiffeq.models.latent_sde import softplus as nde_softplus  # noqa: E402
+
 for name, ja, ta in [
     ("softplus", jax.nn.softplus, torch.nn.functional.softplus),
+    ("softplus (nde.LatentSDE's)", nde_softplus, torch.nn.functional.softplus),
     ("identity", lambda x: x, lambda x: x),
 ]:
     jw, jc = t_jax(make(ja))
@@ -244,16 +257,26 @@ def gru_loss(cell, xs):
     return jnp.sum(jax.lax.scan(step, jnp.zeros((B, H)), xs, reverse=True)[1] ** 2)
 
 
-timed("GRU encoder (100 steps, batch 64, hidden 128), forward", gru_loss, cell, xs)
+timed(f"GRU encoder (100 steps, batch {B}, hidden 128), forward", gru_loss, cell, xs)
 timed("GRU encoder, forward + backward", eqx.filter_value_and_grad(gru_loss), cell, xs)
+tgru, txs = torch.nn.GRU(6, H), torch.ones(100, B, 6)
+cs, ws = [], []
+for _ in range(6):
+    t0, c0 = time.perf_counter(), time.process_time()
+    out, _ = tgru(torch.flip(txs, dims=(0,)))
+    (out**2).sum().backward()
+    cs.append((time.process_time() - c0) * 1e3)
+    ws.append((time.perf_counter() - t0) * 1e3)
+print(
+    f"torch.nn.GRU, forward + backward: wall min {min(ws[1:]):.1f} ms "
+    f"(cpu {statistics.median(cs[1:]):.1f})",
+    flush=True,
+)
 
 # the FLOPs of torchsde's training step by PyTorch's own counter (benchmarks/latent_sde.py)
-import argparse  # noqa: E402
 import sys  # noqa: E402
 
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-
-import neuraldiffeq as nde  # noqa: E402
 
 sys.path.insert(0, "benchmarks")
 import latent_sde as bench  # noqa: E402
