@@ -144,12 +144,15 @@ def test_odeblock_inside_a_conv_model_under_vmap_and_grad():
     )
     x = jax.random.normal(jax.random.key(1), (5, 4, 6, 6))
 
+    # one compiled program: the batched output comes back as the loss's aux
     @eqx.filter_jit
+    @eqx.filter_value_and_grad(has_aux=True)
     def loss(net):
-        return jnp.sum(jax.vmap(net)(x) ** 2)
+        out = jax.vmap(net)(x)
+        return jnp.sum(out**2), out
 
-    value, grads = eqx.filter_value_and_grad(loss)(net)
-    assert jax.vmap(net)(x).shape == (5, 3)
+    (value, out), grads = loss(net)
+    assert out.shape == (5, 3)
     g = grads.block.node.field.conv.weight
     assert bool(jnp.all(jnp.isfinite(g))) and float(jnp.abs(g).sum()) > 0
 
