@@ -80,16 +80,15 @@ Y0 = jnp.array([H0, 0.0])
 def test_bouncing_ball_times_and_gradient(sensitivity):
     p = jnp.array([G, E])
 
-    @jax.jit
     def run(p):
         sol = ball(p, sensitivity).solve(TS, Y0, throw=False)
-        return sol.event_ts, sol.ys[-1, 0]
+        return sol.ys[-1, 0], sol.event_ts
 
-    event_ts, height = run(p)
+    # one compiled program gives the event times, the final height and its gradient
+    (height, event_ts), grad = jax.jit(jax.value_and_grad(run, has_aux=True))(p)
     assert np.max(np.abs(np.asarray(event_ts[:6]) - bounce_times(G, E, 6))) < 1e-7
     n = int(np.searchsorted(bounce_times(G, E, 60), T1))  # bounces before T1
     assert abs(float(height) - float(final_height(p, n))) < 1e-7
-    grad = jax.jit(jax.grad(lambda p: run(p)[1]))(p)
     want = jax.grad(final_height)(p, n)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(want), rtol=0, atol=1e-6)
 
@@ -228,9 +227,8 @@ def test_strategies_fit_a_hybrid_model_and_collocation_refuses():
         nde.Collocation().prepare(model, data)
 
 
-# long tier: the dosing demo's short fit (default run) fits six patients' own schedules through
-# nde.PerSeries the same way
-@pytest.mark.long
+# the default run's fit through per-patient schedules (nde.PerSeries); the dosing demo's fits,
+# six patients with a network and L-BFGS, are in the long tier
 def test_per_series_schedules_fit():
     # two patients, each their own doses; the shared elimination rate is recovered
     ts = jnp.linspace(0.0, 6.0, 13)
@@ -335,7 +333,10 @@ def short_dosing_fit(seed=0):
     return {"ka": abs(ka / demo.KA - 1), "curve": curve}
 
 
-@pytest.mark.slow  # a fit: the short version of the demo's test below
+# long tier: tracing and compiling the demo's L-BFGS step costs about 17 CPU s; the default run
+# fits per-patient schedules in test_per_series_schedules_fit and checks scheduled doses' values
+# and gradients in test_scheduled_doses_values_and_gradients
+@pytest.mark.long
 def test_demo_dosing_short_recovers_the_absorption_rate():
     errors = short_dosing_fit(DOSING_SEEDS[0])
     assert errors["ka"] < 0.05  # the issue's 5%
