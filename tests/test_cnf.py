@@ -81,10 +81,16 @@ def _check_gradient_along_random_direction(flow, x):
     flat, unravel = ravel_pytree(params)
     key = jax.random.key(7)
 
-    def nll(p):
+    # one compiled program gives the gradient and both finite-difference values
+    @jax.jit
+    @jax.value_and_grad
+    def value_and_grad(p):
         return -jnp.mean(eqx.combine(unravel(p), static).log_prob(x, key))
 
-    grad = jax.grad(nll)(flat)
+    def nll(p):
+        return value_and_grad(p)[0]
+
+    grad = value_and_grad(flat)[1]
     direction = jax.random.normal(jax.random.key(8), flat.shape, flat.dtype)
     eps = 1e-5
     fd = (nll(flat + eps * direction) - nll(flat - eps * direction)) / (2 * eps)
