@@ -154,14 +154,19 @@ def test_scheduled_doses_values_and_gradients():
         return model(ts, y0, None)
 
     amounts = jnp.array([[2.0], [1.0], [0.5]])
-    ys = jax.jit(run)(amounts, jnp.array([y0]))
+
+    def last(amounts):
+        ys = run(amounts, jnp.array([y0]))
+        return ys[-1, 0], ys
+
+    # one compiled program gives the values and the gradient of the last one
+    (_, ys), grad = jax.jit(jax.value_and_grad(last, has_aux=True))(amounts)
     t = np.asarray(ts)
     want = y0 * np.exp(-k * t) + sum(
         float(a) * np.exp(-k * (t - tj)) * (t >= tj)
         for a, tj in zip(amounts[:, 0], times, strict=True)
     )
     np.testing.assert_allclose(np.asarray(ys[:, 0]), want, rtol=1e-5)  # default tolerances
-    grad = jax.grad(lambda a: run(a, jnp.array([y0]))[-1, 0])(amounts)
     np.testing.assert_allclose(np.asarray(grad[:, 0]), np.exp(-k * (5.0 - times)), rtol=1e-5)
 
 
@@ -310,7 +315,10 @@ def short_ball_fit(g0=9.0, e0=0.75, seed=0):
     return {"g": abs(g / demo.TRUE_G - 1), "e": abs(e / demo.TRUE_E - 1)}
 
 
-@pytest.mark.slow  # a fit: the short version of the demo's test below
+# long tier: a fit through events (about 5.5 CPU s); the default run checks the bounce times
+# and the gradient in g and e against the closed form (test_bouncing_ball_times_and_gradient)
+# and fits a hybrid model in test_per_series_schedules_fit
+@pytest.mark.long
 def test_demo_bouncing_ball_short_recovers_g_and_restitution():
     errors = short_ball_fit(*BALL_STARTS[0])
     assert errors["g"] < 0.01 and errors["e"] < 0.01  # the 1% each
