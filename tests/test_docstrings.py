@@ -16,7 +16,7 @@ MODULES = sorted(
 )
 
 
-#: Modules whose examples fit or differentiate a model, or solve several models (about 2 CPU
+#: Modules whose examples fit or differentiate a model, or solve several models (about 1.8 CPU
 #: seconds or more each, mostly compiling): the long tier runs them, as it runs the docs pages'
 #: examples; the default run runs every other module's examples (each module's own test file
 #: checks what its examples show).
@@ -25,6 +25,7 @@ LONG = {
     "neuraldiffeq.datasets.synthetic",
     "neuraldiffeq.demos.bouncing_ball",
     "neuraldiffeq.fitting.checkpoint",
+    "neuraldiffeq.fitting.collocation",
     "neuraldiffeq.fitting.elbo",
     "neuraldiffeq.fitting.fit",
     "neuraldiffeq.fitting.likelihood",
@@ -38,6 +39,8 @@ LONG = {
     "neuraldiffeq.inference.discovery",
     "neuraldiffeq.models.cde",
     "neuraldiffeq.models.cnf",
+    "neuraldiffeq.models.concat_squash",
+    "neuraldiffeq.models.dde",
     "neuraldiffeq.models.hamiltonian",
     "neuraldiffeq.models.hybrid",
     "neuraldiffeq.models.latent",
@@ -48,8 +51,11 @@ LONG = {
     "neuraldiffeq.models.vae",
     "neuraldiffeq.solve.bdf",
     "neuraldiffeq.solve.config",
+    "neuraldiffeq.solve.dde",
+    "neuraldiffeq.solve.events",
     "neuraldiffeq.solve.linear",
     "neuraldiffeq.solve.sensitivity",
+    "neuraldiffeq.solve.stiffness",
 }
 
 
