@@ -81,10 +81,16 @@ def _check_gradient_along_random_direction(flow, x):
     flat, unravel = ravel_pytree(params)
     key = jax.random.key(7)
 
-    def nll(p):
+    # one compiled program gives the gradient and both finite-difference values
+    @jax.jit
+    @jax.value_and_grad
+    def value_and_grad(p):
         return -jnp.mean(eqx.combine(unravel(p), static).log_prob(x, key))
 
-    grad = jax.grad(nll)(flat)
+    def nll(p):
+        return value_and_grad(p)[0]
+
+    grad = value_and_grad(flat)[1]
     direction = jax.random.normal(jax.random.key(8), flat.shape, flat.dtype)
     eps = 1e-5
     fd = (nll(flat + eps * direction) - nll(flat - eps * direction)) / (2 * eps)
@@ -137,7 +143,7 @@ def shifted_gaussian_nlls(seed: int = 10) -> tuple[float, float, float]:
         data,
         nde.MaximumLikelihood(batch_size=128, kinetic=0.01),
         optimizer=optax.adam(1e-2),
-        steps=150,
+        steps=50,
         steps_per_call=50,
         progress=False,
     )
@@ -150,8 +156,9 @@ def shifted_gaussian_nlls(seed: int = 10) -> tuple[float, float, float]:
 def test_fit_with_maximum_likelihood_learns_a_shifted_gaussian():
     """A trained flow beats the base density by a wide margin and approaches the entropy."""
     before, after, entropy = shifted_gaussian_nlls(seed=10)
-    # Over initialisations 10, 1, 2, 3 (tests/margins.py): before - H = 1.3-2.0 nats and
-    # after - H = -0.004-0.001 nats (the sample's own entropy differs from H by that much).
+    # Over initialisations 10, 1, 2, 3 (tests/margins.py): before - H = 1.3-2.0 nats and, after
+    # 50 steps, after - H = 0.009-0.047 nats (150 steps took it to -0.004-0.001, the sample's
+    # own entropy differing from H by that much; 50 keep a margin over 5x for a third of the run).
     assert before > entropy + 0.5
     assert after < entropy + 0.25, (before, after, entropy)
 

@@ -16,30 +16,46 @@ MODULES = sorted(
 )
 
 
-#: Modules whose examples fit or differentiate a model (about 2.5 CPU seconds or more each,
-#: mostly compiling): the long tier runs them, as it runs the docs pages' examples; the default
-#: run runs every other module's examples.
+#: Modules whose examples fit or differentiate a model, or solve several models (about 1.8 CPU
+#: seconds or more each, mostly compiling): the long tier runs them, as it runs the docs pages'
+#: examples; the default run runs every other module's examples (each module's own test file
+#: checks what its examples show).
 LONG = {
+    "neuraldiffeq.datasets.lorenz",
     "neuraldiffeq.datasets.synthetic",
+    "neuraldiffeq.demos.bouncing_ball",
     "neuraldiffeq.fitting.checkpoint",
+    "neuraldiffeq.fitting.collocation",
     "neuraldiffeq.fitting.elbo",
     "neuraldiffeq.fitting.fit",
     "neuraldiffeq.fitting.likelihood",
     "neuraldiffeq.fitting.loop",
+    "neuraldiffeq.fitting.moments",
+    "neuraldiffeq.fitting.presets",
     "neuraldiffeq.fitting.series",
     "neuraldiffeq.fitting.shooting",
     "neuraldiffeq.fitting.strategies",
     "neuraldiffeq.fitting.supervised",
+    "neuraldiffeq.inference.discovery",
     "neuraldiffeq.models.cde",
     "neuraldiffeq.models.cnf",
+    "neuraldiffeq.models.concat_squash",
+    "neuraldiffeq.models.dde",
+    "neuraldiffeq.models.hamiltonian",
     "neuraldiffeq.models.hybrid",
     "neuraldiffeq.models.latent",
     "neuraldiffeq.models.latent_sde",
     "neuraldiffeq.models.ode",
+    "neuraldiffeq.models.odemm",
+    "neuraldiffeq.models.sde",
     "neuraldiffeq.models.vae",
+    "neuraldiffeq.solve.bdf",
     "neuraldiffeq.solve.config",
+    "neuraldiffeq.solve.dde",
+    "neuraldiffeq.solve.events",
     "neuraldiffeq.solve.linear",
     "neuraldiffeq.solve.sensitivity",
+    "neuraldiffeq.solve.stiffness",
 }
 
 

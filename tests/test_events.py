@@ -80,16 +80,15 @@ Y0 = jnp.array([H0, 0.0])
 def test_bouncing_ball_times_and_gradient(sensitivity):
     p = jnp.array([G, E])
 
-    @jax.jit
     def run(p):
         sol = ball(p, sensitivity).solve(TS, Y0, throw=False)
-        return sol.event_ts, sol.ys[-1, 0]
+        return sol.ys[-1, 0], sol.event_ts
 
-    event_ts, height = run(p)
+    # one compiled program gives the event times, the final height and its gradient
+    (height, event_ts), grad = jax.jit(jax.value_and_grad(run, has_aux=True))(p)
     assert np.max(np.abs(np.asarray(event_ts[:6]) - bounce_times(G, E, 6))) < 1e-7
     n = int(np.searchsorted(bounce_times(G, E, 60), T1))  # bounces before T1
     assert abs(float(height) - float(final_height(p, n))) < 1e-7
-    grad = jax.jit(jax.grad(lambda p: run(p)[1]))(p)
     want = jax.grad(final_height)(p, n)
     np.testing.assert_allclose(np.asarray(grad), np.asarray(want), rtol=0, atol=1e-6)
 
@@ -155,14 +154,19 @@ def test_scheduled_doses_values_and_gradients():
         return model(ts, y0, None)
 
     amounts = jnp.array([[2.0], [1.0], [0.5]])
-    ys = jax.jit(run)(amounts, jnp.array([y0]))
+
+    def last(amounts):
+        ys = run(amounts, jnp.array([y0]))
+        return ys[-1, 0], ys
+
+    # one compiled program gives the values and the gradient of the last one
+    (_, ys), grad = jax.jit(jax.value_and_grad(last, has_aux=True))(amounts)
     t = np.asarray(ts)
     want = y0 * np.exp(-k * t) + sum(
         float(a) * np.exp(-k * (t - tj)) * (t >= tj)
         for a, tj in zip(amounts[:, 0], times, strict=True)
     )
     np.testing.assert_allclose(np.asarray(ys[:, 0]), want, rtol=1e-5)  # default tolerances
-    grad = jax.grad(lambda a: run(a, jnp.array([y0]))[-1, 0])(amounts)
     np.testing.assert_allclose(np.asarray(grad[:, 0]), np.exp(-k * (5.0 - times)), rtol=1e-5)
 
 
@@ -228,9 +232,8 @@ def test_strategies_fit_a_hybrid_model_and_collocation_refuses():
         nde.Collocation().prepare(model, data)
 
 
-# long tier: the dosing demo's short fit (default run) fits six patients' own schedules through
-# nde.PerSeries the same way
-@pytest.mark.long
+# the default run's fit through per-patient schedules (nde.PerSeries); the dosing demo's fits,
+# six patients with a network and L-BFGS, are in the long tier
 def test_per_series_schedules_fit():
     # two patients, each their own doses; the shared elimination rate is recovered
     ts = jnp.linspace(0.0, 6.0, 13)
@@ -312,7 +315,10 @@ def short_ball_fit(g0=9.0, e0=0.75, seed=0):
     return {"g": abs(g / demo.TRUE_G - 1), "e": abs(e / demo.TRUE_E - 1)}
 
 
-@pytest.mark.slow  # a fit: the short version of the demo's test below
+# long tier: a fit through events (about 5.5 CPU s); the default run checks the bounce times
+# and the gradient in g and e against the closed form (test_bouncing_ball_times_and_gradient)
+# and fits a hybrid model in test_per_series_schedules_fit
+@pytest.mark.long
 def test_demo_bouncing_ball_short_recovers_g_and_restitution():
     errors = short_ball_fit(*BALL_STARTS[0])
     assert errors["g"] < 0.01 and errors["e"] < 0.01  # the issue's 1% each
@@ -335,7 +341,10 @@ def short_dosing_fit(seed=0):
     return {"ka": abs(ka / demo.KA - 1), "curve": curve}
 
 
-@pytest.mark.slow  # a fit: the short version of the demo's test below
+# long tier: tracing and compiling the demo's L-BFGS step costs about 17 CPU s; the default run
+# fits per-patient schedules in test_per_series_schedules_fit and checks scheduled doses' values
+# and gradients in test_scheduled_doses_values_and_gradients
+@pytest.mark.long
 def test_demo_dosing_short_recovers_the_absorption_rate():
     errors = short_dosing_fit(DOSING_SEEDS[0])
     assert errors["ka"] < 0.05  # the issue's 5%

@@ -236,7 +236,10 @@ def spiral_tutorial_losses(seed: int = 0) -> tuple[float, float, int]:
     return initial, float(strategy.loss(result.model, prepared, None)), result.skipped
 
 
-@pytest.mark.slow
+# long tier: its two fused steps (Adam, then L-BFGS) cost about 10 CPU s to trace and compile; the
+# default run fits the spiral with Adam then L-BFGS in test_cli.py's demo and an ODE to a threshold
+# with shooting then L-BFGS in test_cli_fit.py, and checks stages and L-BFGS here on a quadratic
+@pytest.mark.long
 def test_spiral_fit_reaches_tutorial_loss():
     # Training is chaotic: rounding differs between CPUs (XLA emits different code), and the
     # end loss moves with it. Over initialisations 0-5 this machine measures 0.038-0.35 from

@@ -120,8 +120,11 @@ def _spring_data():
     return nde.TimeSeries(ts, ys)
 
 
+# the HNN in the long tier (about 7 CPU s, mostly its multiple-shooting step): the default run
+# checks the HNN's gradient through a solve (test_sensitivity_matrix), collocation through
+# `vector_field` on the second-order model here, and multiple shooting in test_shooting
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", ["hnn", "second_order"])
+@pytest.mark.parametrize("kind", [pytest.param("hnn", marks=pytest.mark.long), "second_order"])
 def test_tiny_fit_through_every_strategy(kind):
     """Collocation (through `vector_field`; as the "collocation" preset for one of them), then,
     for the HNN, a few solving steps of multiple shooting; judged by the trajectory loss."""

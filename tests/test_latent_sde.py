@@ -165,6 +165,10 @@ def test_bad_inputs_are_value_errors():
         nde.fit(model, data, nde.ELBO(), optimizer=optax.adam(1e-2), steps=1, progress=False)
 
 
+# long tier: about 7 CPU s, mostly compiling the fused step; the default run checks the ELBO's
+# gradient against finite differences (test_sensitivity_matrix's LatentSDE.elbo row), its terms
+# and path KL here, and fit with the ELBO strategy on a LatentODE (test_latent)
+@pytest.mark.long
 def test_fit_improves_the_elbo():
     data = nde.datasets.stochastic_lorenz(16, n_obs=20, t1=1.0, dt=0.01, key=jax.random.key(0))
     model = nde.LatentSDE(
