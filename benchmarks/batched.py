@@ -408,6 +408,17 @@ def main() -> None:
 
     import torch
 
+    if args.part in ("classifier", "all") and not args.no_torch:
+        try:
+            import torchdyn.core  # noqa: F401
+        except Exception as error:  # noqa: BLE001 — any import failure: say why and how to fix
+            sys.exit(
+                f"torchdyn cannot be imported ({type(error).__name__}: {error}). If that is "
+                "'operator torchvision::nms does not exist': torchdyn's dependencies pulled "
+                "PyPI's torchvision, which does not load beside the CPU build of torch, and "
+                "torchdyn's NeuralODE does not need it: `pip uninstall -y torchvision`. Or run "
+                "--part vdp."
+            )
     torch.set_num_threads(1)
     failures = []
     report = {
