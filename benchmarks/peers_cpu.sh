@@ -31,6 +31,8 @@ run latent-sde-64 python benchmarks/latent_sde.py --batch 64 --steps 3 --repeats
   --torch-steps 1 --torch-repeats 5 --threads 1 --no-fit
 run latent-sde-128 python benchmarks/latent_sde.py --batch 128 --steps 3 --repeats 5 \
   --torch-steps 1 --torch-repeats 5 --threads 1 --no-fit
+run latent-sde-64-default-threads python benchmarks/latent_sde.py --batch 64 --steps 3 \
+  --repeats 5 --torch-steps 1 --torch-repeats 5 --no-fit
 run latent-sde-128-default-threads python benchmarks/latent_sde.py --batch 128 --steps 3 \
   --repeats 5 --torch-steps 1 --torch-repeats 5 --no-fit
 run neural-sde python benchmarks/sde.py --steps 20 --repeats 5 --torch-steps 2 --torch-repeats 3 \
