@@ -58,7 +58,12 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from .jacobian import SparsityPattern, check_pattern_at_start, sparse_jacobian
+from .jacobian import (
+    SparsityPattern,
+    check_jacobian_choice,
+    check_pattern_at_start,
+    sparse_jacobian,
+)
 from .linear import (
     block_apply,
     block_factor,
@@ -261,12 +266,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
     interpolation_cls: ClassVar = BDFInterpolation
 
     def __check_init__(self):
-        if not (self.jacobian in ("dense", "sparse") or isinstance(self.jacobian, SparsityPattern)):
-            raise ValueError(
-                "BDF's jacobian must be 'dense' or a SparsityPattern (see "
-                "neuraldiffeq.solve.jacobian; SolveConfig(..., jacobian='sparse') detects one), "
-                f"got {self.jacobian!r}."
-            )
+        check_jacobian_choice("BDF", self.jacobian)
         if self.linear_solve in ("sparse", "blocks") and self.jacobian == "dense":
             raise ValueError(
                 f"linear_solve={self.linear_solve!r} factorises the sparse Jacobian, so it needs a "

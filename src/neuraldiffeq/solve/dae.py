@@ -40,7 +40,12 @@ import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
 
-from .jacobian import SparsityPattern, check_pattern_at_start, sparse_jacobian
+from .jacobian import (
+    SparsityPattern,
+    check_jacobian_choice,
+    check_pattern_at_start,
+    sparse_jacobian,
+)
 from .linear import check_linear_solve
 from .pattern_solver import (
     PatternSolver,
@@ -207,12 +212,7 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
     interpolation_cls: ClassVar = CollocationInterpolation
 
     def __check_init__(self):
-        if not (self.jacobian in ("dense", "sparse") or isinstance(self.jacobian, SparsityPattern)):
-            raise ValueError(
-                "Radau5's jacobian must be 'dense' or a SparsityPattern (see "
-                "neuraldiffeq.solve.jacobian; SolveConfig(..., jacobian='sparse') detects one), "
-                f"got {self.jacobian!r}."
-            )
+        check_jacobian_choice("Radau5", self.jacobian)
         if self.jacobian == "dense":
             if self.linear_solve not in ("dense", "auto"):
                 raise ValueError(

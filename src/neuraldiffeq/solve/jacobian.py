@@ -336,6 +336,26 @@ def check_pattern(
         )
 
 
+def check_jacobian_choice(solver: str, jacobian: Any) -> None:
+    """A structured solver's `jacobian=` when it is built: `"dense"`, `"sparse"` (detected when
+    the solve starts) or a `SparsityPattern`, else a `ValueError` naming them.
+
+    Example:
+        >>> from neuraldiffeq.solve.jacobian import check_jacobian_choice
+        >>> check_jacobian_choice("BDF", "sparse")  # accepted
+        >>> check_jacobian_choice("BDF", "banded")
+        Traceback (most recent call last):
+        ...
+        ValueError: BDF's jacobian must be 'dense' or a SparsityPattern (see neuraldiffeq.solve.jacobian; SolveConfig(..., jacobian='sparse') detects one), got 'banded'.
+    """  # noqa: E501
+    if not (jacobian in ("dense", "sparse") or isinstance(jacobian, SparsityPattern)):
+        raise ValueError(
+            f"{solver}'s jacobian must be 'dense' or a SparsityPattern (see "
+            "neuraldiffeq.solve.jacobian; SolveConfig(..., jacobian='sparse') detects one), "
+            f"got {jacobian!r}."
+        )
+
+
 def check_pattern_at_start(solver: str, jacobian: Any, pattern: SparsityPattern | None, n: int):
     """A structured solver's check when its solve starts (`init`): `jacobian="sparse"` must have
     been replaced by the detected pattern, and a pattern must be n x n for a state of n entries.
