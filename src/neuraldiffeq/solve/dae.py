@@ -49,6 +49,7 @@ from .jacobian import (
 from .linear import check_linear_solve
 from .pattern_solver import (
     PatternSolver,
+    check_dense_solve,
     check_pattern_solve,
     pattern_apply,
     pattern_factor,
@@ -214,12 +215,7 @@ class Radau5(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
     def __check_init__(self):
         check_jacobian_choice("Radau5", self.jacobian)
         if self.jacobian == "dense":
-            if self.linear_solve not in ("dense", "auto"):
-                raise ValueError(
-                    f"linear_solve={self.linear_solve!r} with Radau5 factorises the sparse "
-                    "Jacobian, so it needs a sparsity pattern: pass jacobian='sparse' (or the "
-                    "pattern), or leave linear_solve out."
-                )
+            check_dense_solve(self.linear_solve, "Radau5")
         else:
             check_pattern_solve(self.linear_solve, "Radau5")
 

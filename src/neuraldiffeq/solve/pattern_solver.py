@@ -71,6 +71,26 @@ def check_pattern_solve(name: str, solver: str = "this solver") -> str:
     return key
 
 
+def check_dense_solve(linear_solve: str | None, solver: str) -> None:
+    """A solver keeping its dense Jacobian factorises it densely: `linear_solve` must be None,
+    `"dense"` or `"auto"`, else a `ValueError` asking for a pattern.
+
+    Example:
+        >>> from neuraldiffeq.solve.pattern_solver import check_dense_solve
+        >>> check_dense_solve("auto", "Radau5")  # accepted
+        >>> check_dense_solve("sparse", "Radau5")
+        Traceback (most recent call last):
+        ...
+        ValueError: linear_solve='sparse' with Radau5 factorises the sparse Jacobian, so it needs a sparsity pattern: pass jacobian='sparse' (or the pattern), or leave linear_solve out.
+    """  # noqa: E501
+    if linear_solve not in (None, "dense", "auto"):
+        raise ValueError(
+            f"linear_solve={linear_solve!r} with {solver} factorises the sparse Jacobian, so it "
+            "needs a sparsity pattern: pass jacobian='sparse' (or the pattern), or leave "
+            "linear_solve out."
+        )
+
+
 def pattern_method(pattern: SparsityPattern, linear_solve: str) -> str:
     """The linear solve actually used for `pattern` (`"auto"` chosen by size)."""
     return choose_linear_solve(pattern.n, pattern) if linear_solve == "auto" else linear_solve

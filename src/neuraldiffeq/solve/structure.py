@@ -35,7 +35,7 @@ from .bdf import BDF
 from .dae import Radau5
 from .jacobian import SparsityPattern, as_pattern, check_pattern, detect_pattern
 from .linear import check_linear_solve
-from .pattern_solver import PatternSolver, check_pattern_solve
+from .pattern_solver import PatternSolver, check_dense_solve, check_pattern_solve
 
 #: diffrax's implicit solvers whose Newton iteration can take a `PatternSolver`.
 ESDIRKS = (diffrax.Kvaerno3, diffrax.Kvaerno4, diffrax.Kvaerno5, diffrax.ImplicitEuler)
@@ -148,12 +148,7 @@ def with_structure(solver: Any, jacobian: Any, linear_solve: str | None) -> Any:
         if linear_solve is None and isinstance(current, PatternSolver):
             linear_solve = current.linear_solve
         if jacobian == "dense":
-            if linear_solve not in (None, "dense", "auto"):
-                raise ValueError(
-                    f"linear_solve={linear_solve!r} with {name} factorises the sparse Jacobian, "
-                    "so it needs a sparsity pattern: pass jacobian='sparse' (or the pattern), or "
-                    "leave linear_solve out."
-                )
+            check_dense_solve(linear_solve, name)
             if not isinstance(current, PatternSolver):
                 return solver
             new = lx.AutoLinearSolver(well_posed=None)  # diffrax's default
