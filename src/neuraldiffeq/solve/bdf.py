@@ -49,6 +49,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import diffrax
@@ -298,12 +299,7 @@ class BDF(diffrax.AbstractImplicitSolver, diffrax.AbstractAdaptiveSolver):
         pattern = self._pattern()
         if pattern is None:
             return self
-        return BDF(
-            root_finder=self.root_finder,
-            jacobian=pattern.transposed(),
-            linear_solve=self.linear_solve,
-            reuse_jacobian=self.reuse_jacobian,
-        )
+        return dataclasses.replace(self, jacobian=pattern.transposed())
 
     def _linear(self, n: int) -> str:
         if self.linear_solve == "auto":

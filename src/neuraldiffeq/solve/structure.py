@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import diffrax
@@ -126,21 +127,9 @@ def with_structure(solver: Any, jacobian: Any, linear_solve: str | None) -> Any:
     jacobian = as_jacobian(jacobian)
     linear_solve = None if linear_solve is None else check_linear_solve(linear_solve)
     name = type(solver).__name__
-    if isinstance(solver, BDF):
-        return BDF(
-            root_finder=solver.root_finder,
-            jacobian=solver.jacobian if jacobian is None else jacobian,
-            linear_solve=solver.linear_solve if linear_solve is None else linear_solve,
-            reuse_jacobian=solver.reuse_jacobian,
-        )
-    if isinstance(solver, Radau5):
-        return Radau5(
-            mass_matrix=solver.mass_matrix,
-            root_finder=solver.root_finder,
-            root_find_max_steps=solver.root_find_max_steps,
-            jacobian=solver.jacobian if jacobian is None else jacobian,
-            linear_solve=solver.linear_solve if linear_solve is None else linear_solve,
-        )
+    if isinstance(solver, BDF | Radau5):  # their own fields; every other setting kept
+        changes = dict(jacobian=jacobian, linear_solve=linear_solve)
+        return dataclasses.replace(solver, **{k: v for k, v in changes.items() if v is not None})
     if isinstance(solver, ESDIRKS) and _linear_solver(solver) is not None:
         current = _linear_solver(solver)
         if jacobian is None:
