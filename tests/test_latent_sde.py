@@ -5,6 +5,8 @@ central finite differences for every sensitivity in tests/test_sensitivity_matri
 ("LatentSDE.elbo").
 """
 
+import functools as ft
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -271,3 +273,19 @@ def test_joint_terms_solve_as_the_two_terms_do():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     np.testing.assert_allclose(ga, gb, rtol=1e-5)
     assert np.all(np.abs(np.asarray(ga)) > 1e-3)
+    # and the fields are evaluated together: the two terms' own fields are never called
+    calls = []
+    record = lambda name, value: calls.append(name) or value  # noqa: E731
+    bm = nde.GridBrownianPath(0.0, 1.0, 0.1, jax.ShapeDtypeStruct((2,), jnp.float32), KEY)
+    joint = JointTerms(
+        diffrax.ODETerm(lambda t, y, a: record("drift", -y)),
+        diffrax.ControlTerm(lambda t, y, a: record("diffusion", lx.DiagonalLinearOperator(y)), bm),
+        lambda t, y, a: record("both", (-y, y)),
+    )
+    for solver in (diffrax.Euler(), diffrax.Heun()):
+        step_all = ft.partial(diffrax.diffeqsolve, joint, solver, 0.0, 1.0, 0.1)
+        jax.eval_shape(lambda y, f=step_all: f(y).ys, jnp.ones(2))
+    assert "both" in calls and "drift" not in calls and "diffusion" not in calls, calls
+
+
+KEY = jax.random.key(5)
