@@ -289,3 +289,24 @@ def test_joint_terms_solve_as_the_two_terms_do():
 
 
 KEY = jax.random.key(5)
+
+
+def test_direct_keeps_every_step_of_the_posterior_solve_unless_told(monkeypatch):
+    """`Direct()` gives the posterior solve as many checkpoints as it may take steps (none
+    recomputed in the backward pass); `Direct(checkpoints=k)` is honoured."""
+    used = []
+    solve = nde.SolveConfig.diffeqsolve
+
+    def recording(self, terms, t0, t1, *args, **kwargs):
+        used.append((self.sensitivity, self.steps_for(t0, t1)))
+        return solve(self, terms, t0, t1, *args, **kwargs)
+
+    monkeypatch.setattr(nde.SolveConfig, "diffeqsolve", recording)
+    ts, ys = jnp.linspace(0.0, 1.0, 6), jnp.zeros((2, 6, 1))
+    common = dict(context_size=2, hidden_size=4, dt0=0.05, key=jax.random.key(0))
+    for sensitivity in (nde.Direct(), nde.Direct(checkpoints=3)):
+        model = nde.LatentSDE(1, 1, sensitivity=sensitivity, **common)
+        eqx.filter_eval_shape(lambda m: m.elbo(ts, ys, None, KEY), model)  # traced only
+        (direct, steps) = used[-1]
+        assert isinstance(direct, nde.Direct) and steps > 20  # the bound of 20 steps or more
+        assert direct.checkpoints == (steps if sensitivity.checkpoints is None else 3)
